@@ -1,0 +1,136 @@
+"""`python -m entrypoint <command>`: the container's entrypoint and the operator's tool.
+
+    config [--env-file F] [--format json|text] [OVERRIDES]   print the launch plan (exit 0) or problems (exit 2)
+    check  [--env-file F] [OVERRIDES]                       validate only, one line per problem
+    serve  [--env-file F] [OVERRIDES]                       validate, preflight, start supervisord
+    healthcheck                                             exit 0 only when the appliance is ready
+
+OVERRIDES are `vllm serve`-style flags that override the environment: `--max-model-len 4096`,
+`--kv-offloading-backend lmcache`, `--lmcache-chunk-size 512`, a model id first, raw arguments after `--`.
+Any other command (`bash`, `nvidia-smi`) is executed as given, as in the official database images;
+a first argument that looks like a flag means `serve` with those flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+from . import schema as schema_mod
+from .plan import Plan, build_plan
+from .settings import BY_NAME
+from .sources import collect
+
+COMMANDS = ("config", "check", "serve", "healthcheck")
+EXIT_INVALID = 2
+
+
+def _is_bool_name(schema):
+    def is_bool(name: str) -> bool:
+        if name in BY_NAME:
+            return BY_NAME[name].kind == "bool"
+        flag = schema.flag_by_env_name.get(name)
+        return bool(flag) and schema.serve_flags[flag]["kind"] in ("bool", "flag")
+    return is_bool
+
+
+def make_plan(env_file: str | None, overrides: list[str], environ=None) -> Plan:
+    environ = dict(os.environ if environ is None else environ)
+    schema = schema_mod.load()
+    raw = collect(environ, env_file, overrides, _is_bool_name(schema))
+    return build_plan(raw, schema, environ)
+
+
+def format_text(plan: Plan) -> str:
+    d = plan.to_dict()
+    lines = [f"Model: {plan.model} (served as {plan.served_model_name})", "", "vLLM command:",
+             _shell(d["vllm"]["argv"], "  ")]
+    if d["vllm"]["env"]:
+        lines += ["", "vLLM environment (added or passed through):"]
+        lines += [f"  {k}={v}" for k, v in sorted(d["vllm"]["env"].items())]
+    if d["vllm"]["env_removed"]:
+        lines += ["", "Removed from vLLM's environment (translated above): " + ", ".join(d["vllm"]["env_removed"])]
+    mode = plan.lmcache_mode
+    lines += ["", f"KV offloading: {mode or 'off'}"]
+    if mode == "server":
+        lines += ["  LMCache server command:", _shell(d["lmcache"]["argv"], "    ")]
+    elif mode == "in-process":
+        lines += [f"  LMCache config ({plan.lmcache_config_file}):"]
+        lines += [f"    {k}: {json.dumps(v)}" for k, v in plan.lmcache_config.items()]
+    if plan.disk:
+        lines += [f"  Disk tier: {plan.disk.path} (at most {plan.disk.max_size_gib:g} GiB)"]
+    lines += ["", "Values (source):"]
+    width = max((len(k) for k in d["values"]), default=0)
+    for name in sorted(d["values"]):
+        lines.append(f"  {name.ljust(width)} = {_show(d['values'][name])}  ({d['sources'].get(name, 'default')})")
+    for title, items in (("Warnings", plan.warnings), ("Errors", plan.errors)):
+        if items:
+            lines += ["", f"{title}:"] + [f"  - {m}" for m in items]
+    return "\n".join(lines)
+
+
+def _shell(argv: list[str], indent: str) -> str:
+    """A copy-pasteable command, one `--flag value` per line."""
+    lines = [[]]
+    for arg in argv:
+        if arg.startswith("--") and lines[-1]:
+            lines.append([])
+        lines[-1].append(shlex.quote(arg))
+    return indent + (" \\\n" + indent + "  ").join(" ".join(line) for line in lines)
+
+
+def _show(value) -> str:
+    if isinstance(value, dict):  # LMCACHE_LOCAL_DISK
+        return (value.get("path") or "true (image volume)") if value.get("enabled") else "false"
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def report_problems(plan: Plan, stream=sys.stderr) -> None:
+    for msg in plan.errors:
+        print(f"error: {msg}", file=stream)
+    if plan.errors:
+        print(f"{len(plan.errors)} problem(s); nothing was started. See docs/ENVIRONMENT.md.", file=stream)
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m entrypoint {command}", add_help=True)
+    p.add_argument("--env-file", help="a .env file (the real environment wins over it)")
+    if command == "config":
+        p.add_argument("--format", choices=("json", "text"), default="text")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]
+    command, rest = argv[0], argv[1:]
+    if command in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    if command not in COMMANDS:
+        os.execvp(command, argv)  # `docker run image bash`: run it as given
+    if command == "healthcheck":
+        from .healthcheck import main as healthcheck_main
+        return healthcheck_main(rest)
+    opts, overrides = _parser(command).parse_known_args(rest)
+    plan = make_plan(opts.env_file, overrides)
+    for w in plan.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if command == "config":
+        if opts.format == "json":
+            print(json.dumps(plan.to_dict(), indent=2))
+        else:
+            print(format_text(plan))
+        report_problems(plan)
+        return EXIT_INVALID if plan.errors else 0
+    if plan.errors:
+        report_problems(plan)
+        return EXIT_INVALID
+    if command == "check":
+        print(f"ok: {plan.model} on port {plan.api_port}, KV offloading {plan.lmcache_mode or 'off'}")
+        return 0
+    from .supervise import serve
+    return serve(plan, env_file_values=None)

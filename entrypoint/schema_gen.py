@@ -1,0 +1,188 @@
+"""Generate the schema files the entrypoint validates against, from the *installed* vLLM and LMCache.
+
+    python -m entrypoint.schema_gen [--out DIR]
+
+Writes `vllm-<version>.json` (every `vllm serve` flag with its type and choices, every environment
+variable vLLM itself reads, the registered tool-call parsers) and `lmcache-<version>.json` (every
+LMCache config key, the `lmcache server` flags, the L2 adapter types). The image build runs this and
+fails if it cannot; a copy for the pinned versions is committed so that `config`, `check` and the unit
+tests work without vLLM installed. This module is the only one that imports vLLM or LMCache.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import re
+import sys
+from pathlib import Path
+
+SCHEMA_DIR = Path(__file__).parent / "schema"
+
+
+def _force_cpu_platform() -> None:
+    # Without a GPU vLLM cannot infer its platform and the serve parser fails to build;
+    # forcing the CPU platform is what vLLM's own bench command does. Harmless on a GPU host.
+    from vllm import platforms
+
+    if platforms.current_platform.is_unspecified():
+        from vllm.platforms.cpu import CpuPlatform
+
+        platforms.current_platform = CpuPlatform()
+
+
+def vllm_serve_parser():
+    """The real `vllm serve` argument parser (shared with the contract tests)."""
+    _force_cpu_platform()
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(description="vLLM CLI")
+    sub = parser.add_subparsers(required=False, dest="subparser")
+    cmd = ServeSubcommand()
+    serve = cmd.subparser_init(sub)
+    serve.set_defaults(dispatch_function=cmd.cmd)
+    return parser, serve
+
+
+def _inner_type(t):
+    # vLLM wraps many types as optional_type(inner): look through the closure.
+    if t is not None and getattr(t, "__name__", "") == "_optional_type" and t.__closure__:
+        for cell in t.__closure__:
+            if callable(cell.cell_contents):
+                return cell.cell_contents, True
+    return t, False
+
+
+def _kind(action) -> str:
+    name = type(action).__name__
+    if name == "BooleanOptionalAction":
+        return "bool"
+    if name in ("_StoreTrueAction", "_StoreFalseAction"):
+        return "flag"
+    t, _ = _inner_type(action.type)
+    tname = getattr(t, "__name__", "")
+    if action.choices and not callable(action.choices):
+        return "choice"
+    return {
+        "int": "int",
+        "float": "float",
+        "str": "str",
+        "human_readable_int": "int_human",
+        "human_readable_int_or_auto": "int_human_or_auto",
+        "loads": "json",
+        "parse_dataclass": "json",
+        "union_dict_and_str": "json_or_str",
+    }.get(tname, "str")
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+def vllm_schema() -> dict:
+    _, serve = vllm_serve_parser()
+    flags = {}
+    for action in serve._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        long = [o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")]
+        if not long:
+            continue
+        flag = long[0]
+        flags[flag] = {
+            "dest": action.dest,
+            "kind": _kind(action),
+            "choices": sorted(map(str, action.choices)) if action.choices and not callable(action.choices) else None,
+            "nargs": action.nargs if isinstance(action.nargs, (str, type(None))) else str(action.nargs),
+            "append": type(action).__name__ == "_AppendAction",
+            "default": _jsonable(action.default),
+            "help": (action.help or "").strip().split("\n")[0][:300],
+        }
+    import vllm.envs
+    from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
+
+    return {
+        "vllm_version": importlib.metadata.version("vllm"),
+        "serve_flags": dict(sorted(flags.items())),
+        "env_vars": sorted(vllm.envs.environment_variables),
+        "tool_call_parsers": ToolParserManager.list_registered(),
+    }
+
+
+def lmcache_server_parser() -> argparse.ArgumentParser:
+    """The real `lmcache server` argument parser (shared with the contract tests)."""
+    from lmcache.cli.commands.server import ServerCommand
+
+    parser = argparse.ArgumentParser(prog="lmcache server")
+    ServerCommand().add_arguments(parser)
+    if len(parser._actions) < 10:  # LMCache silently registers nothing if its server deps fail to import
+        raise RuntimeError("lmcache server arguments could not be loaded (server dependencies missing)")
+    return parser
+
+
+def lmcache_schema() -> dict:
+    from lmcache.v1 import config as lmc_config
+    from lmcache.v1.distributed.l2_adapters import config as l2_config
+
+    keys = {}
+    for key, spec in lmc_config._CONFIG_DEFINITIONS.items():
+        t = spec.get("type")
+        tname = getattr(t, "__name__", None) or str(t).replace("typing.", "")
+        keys[key] = {"type": tname, "default": _jsonable(spec.get("default"))}
+    server_flags = sorted(
+        o for a in lmcache_server_parser()._actions for o in a.option_strings if o.startswith("--")
+    )
+    # Environment variables LMCache reads outside its config keys (logging, config file, ...):
+    # scanned from the installed sources so that they are valid names without a hand-kept list.
+    pkg = Path(lmc_config.__file__).parents[1]
+    env_names = set()  # names ending in "_" are prefixes, not variables
+    for path in pkg.rglob("*.py"):
+        env_names.update(re.findall(r"[\"'](LMCACHE_[A-Z0-9_]+)[\"']", path.read_text(errors="ignore")))
+    config_envs = {f"LMCACHE_{k.upper()}" for k in keys}
+    adapters = sorted(l2_config._L2_ADAPTER_CONFIG_REGISTRY)
+    return {
+        "lmcache_version": importlib.metadata.version("lmcache"),
+        "config_keys": keys,
+        "other_env_vars": sorted(n for n in env_names - config_envs if not n.endswith("_")),
+        "server_flags": server_flags,
+        "l2_adapter_types": adapters,
+    }
+
+
+
+def stub_lmcache_compiled_ops() -> None:
+    """On a machine without CUDA, LMCache's compiled ops cannot load (they link libc10_cuda), and its
+    parser modules import them at module level although parsing never calls them. Stand them in."""
+    try:
+        import lmcache.c_ops  # noqa: F401
+    except ImportError:
+        from unittest import mock
+
+        sys.modules["lmcache.c_ops"] = mock.MagicMock(name="lmcache.c_ops")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=SCHEMA_DIR)
+    p.add_argument("--cpu-only", action="store_true",
+                   help="stand in LMCache's compiled ops (CPU machines); the image build never passes this")
+    args = p.parse_args(argv)
+    if args.cpu_only:
+        stub_lmcache_compiled_ops()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, build in (("vllm", vllm_schema), ("lmcache", lmcache_schema)):
+        schema = build()
+        version = schema[f"{name}_version"]
+        path = args.out / f"{name}-{version}.json"
+        path.write_text(json.dumps(schema, indent=1, sort_keys=False) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
