@@ -20,7 +20,7 @@ from . import models
 from .schema import Schema
 from .settings import (BY_NAME, DEFAULT_DISK_TIER_PATH, FILE_SECRETS, OWNED_FLAGS, SECRET_NAMES, SETTINGS,
                        DiskChoice, Setting, ValueProblem, parse_bool, parse_value)
-from .sources import DEFAULT, REGISTRY, RawInputs
+from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 REDACTED = "***"
 SECRET_FLAGS = ("--api-key", "--hf-token")  # vLLM flags whose value is a secret
@@ -488,7 +488,8 @@ class _Builder:
     def environment(self) -> None:
         """vLLM's environment: its own variables pass through, ours are removed (VLLM_PORT above all)."""
         p = self.plan
-        consumed = {n for n in self.raw.values if n not in self.vllm_passthrough and n not in self.lmcache_env}
+        consumed = {n for n in self.raw.values if n not in self.vllm_passthrough and n not in self.lmcache_env
+                    and self.raw.sources.get(n) in (ENVIRONMENT, ENV_FILE)}
         secrets_passed = {n for n in FILE_SECRETS if n in self.raw.values}
         p.vllm_env_removed = sorted((consumed - secrets_passed) | {n for n in FILE_SECRETS.values()
                                                                    if n in self.environ})
