@@ -83,7 +83,7 @@ class Plan:
             "model": self.model, "served_model_name": self.served_model_name,
             "api": {"host": self.api_host, "port": self.api_port},
             "appliance": self.appliance,
-            "values": {k: (REDACTED if redact and k in SECRET_NAMES else v) for k, v in self.values.items()},
+            "values": {k: _redact_value(k, v) if redact else v for k, v in self.values.items()},
             "sources": self.sources, "warnings": self.warnings, "errors": self.errors,
         }
 
@@ -103,6 +103,17 @@ class Plan:
 
 def _redact_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACTED if k in SECRET_NAMES else v) for k, v in env.items()}
+
+
+def _redact_value(name: str, value):
+    if name in SECRET_NAMES:
+        return REDACTED
+    if name.endswith("EXTRA_ARGS") and isinstance(value, str):  # may hold `--api-key ...`
+        try:
+            return shlex.join(_redact_argv(shlex.split(value)))
+        except ValueError:
+            return value
+    return value
 
 
 def _redact_argv(argv: list[str]) -> list[str]:
@@ -176,9 +187,7 @@ def flag_args(flag: str, spec: dict | None, value) -> list[str]:
         return [flag] if value else ["--no-" + flag[2:]]
     if kind == "flag":
         return [flag] if value else []
-    if isinstance(value, float) and value.is_integer():
-        value = int(value) if kind in ("int", "str") else value
-    text = value if isinstance(value, str) else str(value)
+    text = f"{value:g}" if isinstance(value, float) else str(value)
     if spec and spec.get("append"):
         return [part for token in shlex.split(text) for part in (flag, token)]
     if spec and spec.get("nargs") in ("+", "*"):

@@ -36,8 +36,10 @@ def is_ours(name: str) -> bool:
 
 
 def read_env_file(path: str) -> dict[str, str]:
-    # python-dotenv: handles quotes, `export`, comments and ${VAR} expansion like compose does.
-    return {k: (v if v is not None else "") for k, v in dotenv_values(path).items()}
+    # python-dotenv handles quotes, `export`, comments and ${VAR} expansion as compose does, but returns
+    # nothing for a missing file: open it first so that a wrong path is an error, not an empty config.
+    with open(path, encoding="utf-8") as stream:
+        return {k: (v if v is not None else "") for k, v in dotenv_values(stream=stream).items()}
 
 
 def collect(environ: dict[str, str], env_file: str | None = None, overrides: list[str] | None = None,

@@ -52,7 +52,7 @@ cleanup() {
     # mounted, and rm -rf through a bind mount of /dev or /proc would be a disaster. Unmount, deepest first,
     # and never let rm cross a filesystem boundary.
     local m
-    for m in $(awk -v r="$WORK" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
+    awk -v r="$WORK" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
     rm -rf --one-file-system "$WORK"
