@@ -341,6 +341,8 @@ class _Builder:
                         self.user_given.add(s.name)
                 except ValueProblem as e:
                     self.bad_value(s.name, raw, str(e))
+                    if s.default is not None:  # carry on with the default to find the other problems
+                        self.values[s.name] = s.default
             elif s.default is not None:
                 self.values[s.name] = s.default
                 self.raw.sources[s.name] = DEFAULT
