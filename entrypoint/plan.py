@@ -461,6 +461,9 @@ class _Builder:
         v, p = self.values, self.plan
         if "LMCACHE_SERVER_EXTRA_ARGS" in v:
             self.error("LMCACHE_SERVER_EXTRA_ARGS: applies in server mode only (LMCACHE_MODE=server)")
+        if "LMCACHE_CONFIG_FILE" in self.lmcache_env:
+            self.error("LMCACHE_CONFIG_FILE: the appliance renders LMCache's config file itself; set its keys "
+                       "as LMCACHE_<KEY> variables instead (docs/ENVIRONMENT.md)")
         # Sizes are for all GPUs together; in-process, each of the TP workers holds its own share.
         config: dict[str, object] = {
             "chunk_size": chunk,

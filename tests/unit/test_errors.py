@@ -180,3 +180,10 @@ def test_registry_entry_with_an_unknown_key(tmp_path, plan_for):
 def test_missing_env_file(plan_for):
     plan = plan_for({}, env_file="/nonexistent/.env")
     assert plan.errors == ["--env-file /nonexistent/.env: cannot read it (No such file or directory); check the path"]
+
+
+def test_in_process_mode_renders_its_own_config_file(plan_for):
+    plan = plan_for({"VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_MODE": "in-process",
+                     "LMCACHE_CONFIG_FILE": "/etc/lmcache.yaml"})
+    assert plan.errors == ["LMCACHE_CONFIG_FILE: the appliance renders LMCache's config file itself; set its "
+                           "keys as LMCACHE_<KEY> variables instead (docs/ENVIRONMENT.md)"]
