@@ -180,6 +180,11 @@ def parse_flag_value(spec: dict, raw: str):
     return text
 
 
+def number_text(value: float) -> str:
+    """5.0 -> "5", 0.87654321 -> "0.87654321": no ".0" noise and no precision lost (unlike %g)."""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
 def flag_args(flag: str, spec: dict | None, value) -> list[str]:
     """How one flag is written on vLLM's command line, following the installed parser's action."""
     kind = spec["kind"] if spec else "str"
@@ -187,7 +192,7 @@ def flag_args(flag: str, spec: dict | None, value) -> list[str]:
         return [flag] if value else ["--no-" + flag[2:]]
     if kind == "flag":
         return [flag] if value else []
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = number_text(value) if isinstance(value, float) else str(value)
     if spec and spec.get("append"):
         return [part for token in shlex.split(text) for part in (flag, token)]
     if spec and spec.get("nargs") in ("+", "*"):
@@ -394,7 +399,7 @@ class _Builder:
         cpu = self.cpu = self.cpu_tier_gib()
         if backend == "native":
             p.lmcache_mode = "native"
-            p.vllm_argv += ["--kv-offloading-backend", "native", "--kv-offloading-size", f"{cpu:g}"]
+            p.vllm_argv += ["--kv-offloading-backend", "native", "--kv-offloading-size", number_text(cpu)]
             return
         mode = v["LMCACHE_MODE"]
         p.lmcache_mode = mode
@@ -439,7 +444,7 @@ class _Builder:
         argv = [*shlex.split(str(v["APPLIANCE_LMCACHE_COMMAND"])), "server",
                 "--host", "127.0.0.1", "--port", str(port),
                 "--http-host", "127.0.0.1", "--http-port", str(http_port),
-                "--chunk-size", str(chunk), "--l1-size-gb", f"{cpu:g}",
+                "--chunk-size", str(chunk), "--l1-size-gb", number_text(cpu),
                 "--eviction-policy", str(v["LMCACHE_EVICTION_POLICY"])]
         if p.disk:
             # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity,

@@ -1,0 +1,95 @@
+"""`python -m entrypoint healthcheck`: exit 0 only when the appliance is ready to serve.
+
+Ready: vLLM's /health answers 200, /v1/models lists the served model name, and the LMCache server (server
+mode) answers 200 on its health URL. This is what the image's HEALTHCHECK and compose call. The plan comes
+from the run directory `serve` wrote (APPLIANCE_RUN_DIR, default /run/appliance), else from the environment.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import requests
+
+from .plan import Plan
+from .render import RunDir, read_plan
+from .settings import DEFAULT_RUN_DIR, FILE_SECRETS
+
+
+def api_base(plan: Plan) -> str:
+    """Where to reach vLLM's API from inside the container."""
+    host = plan.api_host if plan.api_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    return f"http://[{host}]:{plan.api_port}" if ":" in host else f"http://{host}:{plan.api_port}"
+
+
+def api_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """vLLM protects /v1/* with VLLM_API_KEY (given directly or as VLLM_API_KEY_FILE)."""
+    key = environ.get("VLLM_API_KEY")
+    if not key and environ.get(FILE_SECRETS["VLLM_API_KEY"]):
+        try:
+            key = Path(environ[FILE_SECRETS["VLLM_API_KEY"]]).read_text().strip()
+        except OSError:
+            key = None
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def load_plan(environ: Mapping[str, str] = os.environ) -> Plan:
+    written = RunDir(Path(environ.get("APPLIANCE_RUN_DIR") or DEFAULT_RUN_DIR)).plan
+    if written.exists():
+        return read_plan(written)
+    from .cli import make_plan  # not started by `serve` (yet): what it would run
+    return make_plan(None, [], environ)
+
+
+def problems(plan: Plan, timeout: float, headers: dict[str, str]) -> list[str]:
+    base, found = api_base(plan), []
+
+    def get(url: str, **kw) -> requests.Response | None:
+        try:
+            return requests.get(url, timeout=timeout, **kw)
+        except requests.RequestException as e:
+            found.append(f"{url}: no answer ({type(e).__name__})")
+            return None
+
+    r = get(f"{base}/health")
+    if r is not None and r.status_code != 200:
+        found.append(f"{base}/health answered {r.status_code}")
+    if r is not None and r.status_code == 200:
+        r = get(f"{base}/v1/models", headers=headers)
+        if r is not None:
+            try:
+                ids = [m.get("id") for m in r.json().get("data", [])] if r.status_code == 200 else None
+            except ValueError:
+                ids = None
+            if ids is None:
+                found.append(f"{base}/v1/models answered {r.status_code}")
+            elif plan.served_model_name not in ids:
+                found.append(f"{base}/v1/models does not list {plan.served_model_name!r} (it lists {ids})")
+    if plan.lmcache_health_url:
+        r = get(plan.lmcache_health_url)
+        if r is not None and r.status_code != 200:
+            found.append(f"LMCache server {plan.lmcache_health_url} answered {r.status_code}")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m entrypoint healthcheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+    args = parser.parse_args(argv)
+    plan = load_plan()
+    if plan.errors:
+        print("unhealthy: the configuration is invalid: " + "; ".join(plan.errors), file=sys.stderr)
+        return 1
+    found = problems(plan, args.timeout, api_headers())
+    if found:
+        print("unhealthy: " + "; ".join(found), file=sys.stderr)
+        return 1
+    print(f"healthy: {plan.served_model_name} at {api_base(plan)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The `logs` eventlistener: every line vLLM and LMCache print, on the container's output, prefixed with
+the program's name (`vllm     | ...`).
+
+supervisord cannot prefix lines itself. Doing it here, from PROCESS_LOG events, leaves the programs alone:
+supervisord's pid for `vllm` is vLLM's own process, so signals, process groups and exit codes are exactly
+those of vLLM, and the full output also stays in the run directory's `<program>.log` for on-fatal.
+"""
+from __future__ import annotations
+
+import sys
+
+from .events import Listener, prefix, split_payload
+
+MAX_PARTIAL = 65536  # a "line" longer than this without a newline is printed as it is
+
+
+def main(argv: list[str] | None = None) -> int:
+    out = sys.stderr.buffer
+    partial: dict[str, bytes] = {}  # output after the last newline, per program
+    listener = Listener()
+    while True:
+        event = listener.next()
+        if event is None:
+            continue
+        headers, payload = event
+        meta, data = split_payload(payload)
+        name = meta.get("processname", "?")
+        if headers.get("eventname", "").startswith("PROCESS_LOG"):
+            *lines, rest = (partial.pop(name, b"") + data).split(b"\n")
+            if len(rest) > MAX_PARTIAL:
+                lines, rest = lines + [rest], b""
+            if rest:
+                partial[name] = rest
+        else:  # a state change: the program may have ended in the middle of a line
+            lines = [partial.pop(name)] if name in partial else []
+        for line in lines:
+            out.write(prefix(name).encode() + line.rstrip(b"\r") + b"\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

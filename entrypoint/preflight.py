@@ -1,0 +1,218 @@
+"""Checks before anything starts. Errors stop `serve` (nothing started); warnings explain a compose fix.
+
+- errors: the run directory and the disk-tier directory can be created and written (write, fsync,
+  delete a probe file), the disk tier's filesystem has room for LMCACHE_MAX_LOCAL_DISK_SIZE, and where
+  `nvidia-smi` exists it lists enough GPUs for the tensor/pipeline-parallel size;
+- warnings: the locked-memory limit (`ulimit -l`) and /dev/shm are large enough for the CPU tier and TP.
+The disk tier is also pruned to its cap here (and by the watchdog later): a backstop to LMCache's eviction.
+"""
+from __future__ import annotations
+
+import math
+import os
+import resource
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .plan import DiskTier, Plan
+from .render import RunDir
+
+GIB = 1 << 30
+PRUNE_TO = 0.9  # an over-full disk tier is pruned to this share of its cap
+SHM_FOR_TP = 1 * GIB  # NCCL and vLLM's shared-memory broadcast between TP workers; Docker's default is 64 MiB
+MAX_SOCKET_PATH = 100  # sun_path is 108 bytes
+
+
+@dataclass
+class Findings:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def size_text(n: float) -> str:
+    return f"{n / GIB:.3g} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.3g} MiB"
+
+
+# -- the disk tier ---------------------------------------------------------------------------------------
+def tier_files(path: str | Path) -> list[tuple[float, int, str]]:
+    """(last use, size, path) of every file under the disk tier; last use is the later of atime and mtime,
+    since volumes are often mounted noatime."""
+    out, stack = [], [str(path)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    out.append((max(st.st_atime, st.st_mtime), st.st_size, entry.path))
+            except OSError:
+                continue  # LMCache removed it meanwhile
+    return out
+
+
+def prune(path: str | Path, max_bytes: float) -> tuple[int, int, int]:
+    """Over the cap, remove least recently used files down to PRUNE_TO of it. Returns (files removed,
+    bytes removed, bytes held before)."""
+    files = tier_files(path)
+    total = sum(size for _, size, _ in files)
+    removed = freed = 0
+    if total <= max_bytes:
+        return 0, 0, total
+    for _, size, name in sorted(files):
+        if total - freed <= PRUNE_TO * max_bytes:
+            break
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass  # evicted by LMCache meanwhile: gone all the same
+        except OSError:
+            continue
+        freed += size
+        removed += 1
+    return removed, freed, total
+
+
+def prune_note(disk: DiskTier, removed: int, freed: int, held: int) -> str:
+    return (f"disk tier {disk.path} held {size_text(held)}, over its cap of {disk.max_size_gib:g} GiB "
+            f"(LMCACHE_MAX_LOCAL_DISK_SIZE): removed the {removed} least recently used file(s), {size_text(freed)}")
+
+
+def check_disk_tier(disk: DiskTier, found: Findings) -> None:
+    path = Path(disk.path)
+    other = "set LMCACHE_LOCAL_DISK to a writable path, or LMCACHE_LOCAL_DISK=false to run without a disk tier"
+    fix = f"mount a writable volume at {disk.base} (compose: `volumes: [\"kv-disk:{disk.base}\"]`), or {other}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        found.errors.append(f"disk tier {path}: cannot create the directory ({e.strerror}: {e.filename}); {fix}")
+        return
+    probe = path / f".appliance-write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        found.errors.append(f"disk tier {path}: not writable by uid {os.getuid()} ({e.strerror}); mount the volume "
+                            f"read-write and writable for uid {os.getuid()}, or {other}")
+        return
+    cap = disk.max_size_gib * GIB
+    removed, freed, held = prune(path, cap)
+    if removed:
+        found.notes.append(prune_note(disk, removed, freed, held))
+    used = held - freed
+    st = os.statvfs(path)
+    have = st.f_bavail * st.f_frsize
+    need = cap - used
+    if have < need:
+        at_most = math.floor((have + used) / GIB * 100) / 100
+        lower = (f"lower LMCACHE_MAX_LOCAL_DISK_SIZE to at most {at_most:g}" if at_most > 0
+                 else "set LMCACHE_LOCAL_DISK=false")
+        found.errors.append(f"disk tier {path}: LMCACHE_MAX_LOCAL_DISK_SIZE={disk.max_size_gib:g} GiB needs "
+                            f"{size_text(need)} free but its filesystem has {size_text(have)} available; {lower}, "
+                            "or give the volume more space")
+
+
+# -- memory limits ----------------------------------------------------------------------------------------
+def check_memlock(cpu_gib: float | None, found: Findings) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if not cpu_gib or soft == resource.RLIM_INFINITY or soft >= cpu_gib * GIB:
+        return
+    found.warnings.append(
+        f"the locked-memory limit (ulimit -l) is {size_text(soft)}, but the CPU tier pins {cpu_gib:g} GiB of host "
+        "memory; pinning can fail or fall back to slower transfers. Fix: compose `ulimits: {memlock: -1}` "
+        "(docker run --ulimit memlock=-1)")
+
+
+def check_shm(plan: Plan, cpu_gib: float | None, parallel: int, found: Findings, shm: str = "/dev/shm") -> None:
+    need, why = 0, []
+    if parallel > 1:
+        need = SHM_FOR_TP
+        why.append(f"{parallel} GPU workers (NCCL, vLLM's shared-memory broadcast)")
+    if plan.lmcache_mode == "server" and cpu_gib:
+        need = max(need, int(cpu_gib * GIB))
+        why.append(f"the LMCache server's {cpu_gib:g} GiB CPU tier (shared with vLLM through /dev/shm, else a "
+                   "slower copy)")
+    if not need:
+        return
+    try:
+        st = os.statvfs(shm)
+        have = st.f_bavail * st.f_frsize
+    except OSError:
+        have = 0
+    if have < need:
+        found.warnings.append(
+            f"{shm} has {size_text(have)} free, but {' and '.join(why)} want {size_text(need)}. Fix: compose "
+            f"`ipc: host` (or `shm_size: {math.ceil(need / GIB) + 1}gb`), docker run --ipc=host")
+
+
+# -- GPUs -------------------------------------------------------------------------------------------------
+def check_gpus(parallel: int, environ: Mapping[str, str], found: Findings) -> None:
+    exe = shutil.which("nvidia-smi", path=environ.get("PATH"))
+    if not exe:
+        return  # not a GPU host (CI); vLLM says what it misses
+    fix = ("give the container the GPUs: compose `deploy.resources.reservations.devices: [{driver: nvidia, count: "
+           "all, capabilities: [gpu]}]` (docker run --gpus all)")
+    try:
+        result = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        found.errors.append(f"nvidia-smi -L did not answer ({e}); {fix}")
+        return
+    if result.returncode != 0:
+        first = (result.stdout + result.stderr).strip().splitlines()[:1]
+        found.errors.append(f"nvidia-smi -L failed (exit {result.returncode}: {first[0] if first else 'no output'}), "
+                            f"so no GPU is usable; {fix}")
+        return
+    count = sum(1 for line in result.stdout.splitlines() if line.startswith("GPU "))
+    visible = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    where = "nvidia-smi -L"
+    if visible:
+        count = min(count, len([d for d in visible.split(",") if d.strip()]))
+        where += f", CUDA_VISIBLE_DEVICES={visible}"
+    if count < parallel:
+        found.errors.append(f"VLLM_TENSOR_PARALLEL_SIZE x VLLM_PIPELINE_PARALLEL_SIZE = {parallel} needs {parallel} "
+                            f"GPUs, but {count} {'is' if count == 1 else 'are'} visible ({where}); {fix}, or lower "
+                            "VLLM_TENSOR_PARALLEL_SIZE")
+
+
+# -- the run directory ------------------------------------------------------------------------------------
+def check_run_dir(run: RunDir, found: Findings) -> None:
+    if len(str(run.socket)) > MAX_SOCKET_PATH:
+        found.errors.append(f"APPLIANCE_RUN_DIR={run.root}: too long for supervisord's unix socket ({run.socket} "
+                            f"is {len(str(run.socket))} characters, at most {MAX_SOCKET_PATH}); choose a shorter path")
+        return
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        probe = run.root / f".appliance-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        found.errors.append(f"APPLIANCE_RUN_DIR={run.root}: cannot write there ({e.strerror}); mount a writable "
+                            "directory (compose: `tmpfs: [/run/appliance]`) or set APPLIANCE_RUN_DIR")
+
+
+def check(plan: Plan, environ: Mapping[str, str] | None = None) -> Findings:
+    environ = os.environ if environ is None else environ
+    found = Findings()
+    check_run_dir(RunDir.of(plan), found)
+    if plan.disk:
+        check_disk_tier(plan.disk, found)
+    cpu = plan.appliance.get("cpu_tier_gib")
+    parallel = (int(plan.values.get("VLLM_TENSOR_PARALLEL_SIZE") or 1)
+                * int(plan.values.get("VLLM_PIPELINE_PARALLEL_SIZE") or 1))
+    check_memlock(cpu, found)
+    check_shm(plan, cpu, parallel, found)
+    check_gpus(parallel, {**environ, **plan.vllm_env}, found)
+    return found

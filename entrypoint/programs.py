@@ -1,0 +1,201 @@
+"""The programs supervisord runs: `python -m entrypoint.programs vllm|lmcache PLAN_FILE`.
+
+Each one makes sure the ground is clear, then becomes the planned server with os.execvpe, so that the pid
+supervisord watches, signals and reaps is the server itself:
+- `lmcache`: no earlier LMCache process of ours is alive (pinned CPU memory) and its ports are free.
+- `vllm`: the LMCache server (if any) answers its health check, within APPLIANCE_LMCACHE_WAIT; no earlier
+  vLLM process of ours is alive (a dying one still holds GPU memory) and the API port is free.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from .plan import REDACTED, Plan, _redact_argv
+from .render import read_plan
+from .settings import SECRET_NAMES
+
+# Secret values of the planned command lines (e.g. --api-key in VLLM_EXTRA_ARGS): the plan file has them
+# redacted, so `serve` hands them over in this variable, which never reaches the servers.
+SECRET_ARGV_VAR = "_APPLIANCE_SECRET_ARGV"
+STRAGGLER_GRACE = 10.0  # seconds an earlier process of ours may take to exit before it is killed
+STRAGGLER_KILL_WAIT = 30.0  # then, seconds for the kernel to take it away (GPU memory is freed on exit)
+PORT_WAIT = 30.0  # seconds a port may stay taken (by a process that is not ours) before we give up
+POLL = 0.2
+
+
+def log(message: str) -> None:
+    print(f"[appliance] {message}", flush=True)  # the `logs` listener prefixes it with the program name
+
+
+# -- environment and argv ------------------------------------------------------------------------------
+def server_environment(plan: Plan, extra: dict[str, str], environ=None) -> dict[str, str]:
+    """os.environ minus what the appliance translated, plus the planned variables. Redacted secrets in the
+    plan are taken from the environment, where `serve` put their real values."""
+    env = dict(os.environ if environ is None else environ)
+    env.pop(SECRET_ARGV_VAR, None)
+    for name in plan.vllm_env_removed:
+        env.pop(name, None)
+    for name, value in extra.items():
+        if value == REDACTED and name in SECRET_NAMES:
+            continue  # keep the real value from the environment (not on disk)
+        env[name] = value
+    return env
+
+
+def server_argv(name: str, argv: list[str], environ=None) -> list[str]:
+    secrets = json.loads((os.environ if environ is None else environ).get(SECRET_ARGV_VAR) or "{}").get(name, {})
+    return [secrets.get(str(i), arg) for i, arg in enumerate(argv)]
+
+
+def secret_argv_values(plan: Plan) -> str:
+    """For `serve`: {program: {index: value}} for every argv position the plan file redacts."""
+    out = {}
+    for name, argv in (("vllm", plan.vllm_argv), ("lmcache", plan.lmcache_argv or [])):
+        hidden = {str(i): real for i, (real, shown) in enumerate(zip(argv, _redact_argv(argv))) if real != shown}
+        if hidden:
+            out[name] = hidden
+    return json.dumps(out)
+
+
+# -- waiting for a clear ground ------------------------------------------------------------------------
+def processes_of(program: str, server_url: str, exclude: int) -> list[int]:
+    """Live processes started by this supervisord as `program` (and their children, which inherit the
+    environment): supervisord puts SUPERVISOR_PROCESS_NAME and SUPERVISOR_SERVER_URL in it. Unlike a pid
+    file this survives pid reuse and finds workers that left the process group."""
+    want = (f"\0SUPERVISOR_PROCESS_NAME={program}\0".encode(), f"\0SUPERVISOR_SERVER_URL={server_url}\0".encode())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == exclude:
+            continue
+        try:
+            environ = b"\0" + Path(f"/proc/{entry}/environ").read_bytes()  # empty for zombies
+        except OSError:
+            continue
+        if all(w in environ for w in want):
+            found.append(int(entry))
+    return found
+
+
+def wait_for_earlier(program: str) -> bool:
+    url = os.environ.get("SUPERVISOR_SERVER_URL")
+    if not url:
+        return True  # not under supervisord (run by hand)
+    start = time.monotonic()
+    pids = processes_of(program, url, os.getpid())
+    if pids:
+        log(f"waiting for {len(pids)} earlier {program} process(es) to exit: pid {', '.join(map(str, pids))}")
+    killed = False
+    while pids:
+        waited = time.monotonic() - start
+        if not killed and waited >= STRAGGLER_GRACE:
+            log(f"still alive after {STRAGGLER_GRACE:g} s, killing: pid {', '.join(map(str, pids))}")
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            killed = True
+        if waited >= STRAGGLER_GRACE + STRAGGLER_KILL_WAIT:
+            log(f"error: earlier {program} processes did not go away: pid {', '.join(map(str, pids))}")
+            return False
+        time.sleep(POLL)
+        pids = processes_of(program, url, os.getpid())
+    return True
+
+
+def port_free(host: str, port: int) -> bool:
+    for family, kind, proto, _, addr in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                           flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
+            try:
+                s.bind(addr)
+            except OSError:
+                return False
+    return True
+
+
+def wait_for_ports(ports: list[tuple[str, int]]) -> bool:
+    start, said = time.monotonic(), False
+    while True:
+        busy = [f"{h}:{p}" for h, p in ports if not port_free(h, p)]
+        if not busy:
+            return True
+        if time.monotonic() - start >= PORT_WAIT:
+            log(f"error: port {', '.join(busy)} is still in use by another process after {PORT_WAIT:g} s; "
+                         "stop it or choose another port")
+            return False
+        if not said:
+            log(f"waiting for port {', '.join(busy)} to be free")
+            said = True
+        time.sleep(POLL)
+
+
+def wait_for_lmcache(plan: Plan) -> bool:
+    url, budget = plan.lmcache_health_url, float(plan.appliance["APPLIANCE_LMCACHE_WAIT"])
+    start, next_note = time.monotonic(), 10.0
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        waited = time.monotonic() - start
+        if waited >= budget:
+            log(f"error: the LMCache server did not become healthy at {url} within {budget:g} s "
+                        "(APPLIANCE_LMCACHE_WAIT); see the lmcache lines above")
+            return False
+        if waited >= next_note:
+            log(f"waiting for the LMCache server at {url} ({waited:.0f} s of {budget:g} s)")
+            next_note += 10.0
+        time.sleep(0.5)
+
+
+# -- the programs --------------------------------------------------------------------------------------
+def _exec(argv: list[str], env: dict[str, str]) -> None:
+    log("Executing: " + shlex.join(_redact_argv(argv)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, env)
+
+
+def vllm(plan: Plan) -> int:
+    if plan.lmcache_health_url and not wait_for_lmcache(plan):
+        return 1
+    if not wait_for_earlier("vllm") or not wait_for_ports([(plan.api_host, plan.api_port)]):
+        return 1
+    _exec(server_argv("vllm", plan.vllm_argv), server_environment(plan, plan.vllm_env))
+    return 1  # not reached
+
+
+def lmcache(plan: Plan) -> int:
+    ports = [("127.0.0.1", int(plan.appliance["APPLIANCE_LMCACHE_PORT"])),
+             ("127.0.0.1", int(plan.appliance["APPLIANCE_LMCACHE_HTTP_PORT"]))]
+    if not wait_for_earlier("lmcache") or not wait_for_ports(ports):
+        return 1
+    _exec(server_argv("lmcache", plan.lmcache_argv or []), server_environment(plan, plan.lmcache_env))
+    return 1  # not reached
+
+
+PROGRAMS = {"vllm": vllm, "lmcache": lmcache}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 2 or argv[0] not in PROGRAMS:
+        print(f"usage: python -m entrypoint.programs {{{'|'.join(PROGRAMS)}}} PLAN_FILE", file=sys.stderr)
+        return 2
+    return PROGRAMS[argv[0]](read_plan(argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Plan -> supervisord.conf: the programs, their order, restart and stop policy, and where output goes.
+
+Only this module knows supervisord's configuration format; `serve` writes what it returns.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .plan import Plan
+
+# supervisord's stop wait for vLLM beyond its own drain (--shutdown-timeout): engine and worker teardown.
+VLLM_TEARDOWN_SECONDS = 10
+LMCACHE_STOP_SECONDS = 10
+START_RETRIES = 3  # failed starts in a row before a program is FATAL (then on-fatal stops the appliance)
+LOG_MAX_BYTES = "10MB"  # per program log in the run directory (on-fatal shows its tail); one backup
+EVENT_BUFFER = 10000  # events queued per listener before supervisord drops the oldest (log chunks)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files `serve` writes and the supervised programs read."""
+    root: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"  # Plan.to_dict(): secrets redacted
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "supervisord.conf"
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "supervisor.sock"
+
+    @property
+    def fatal(self) -> Path:
+        return self.root / "fatal"  # written by on-fatal: the program that failed; read by serve
+
+    def log(self, program: str) -> Path:
+        return self.root / f"{program}.log"
+
+    @classmethod
+    def of(cls, plan: Plan) -> "RunDir":
+        return cls(Path(str(plan.appliance["APPLIANCE_RUN_DIR"])))
+
+
+def read_plan(path: str | Path) -> Plan:
+    """The plan `serve` wrote (secrets redacted: the programs take them from the environment)."""
+    return Plan.from_dict(json.loads(Path(path).read_text()))
+
+
+def stop_wait_seconds(plan: Plan) -> int:
+    """supervisord's stopwaitsecs for vLLM: longer than vLLM's own drain, so requests can finish."""
+    return int(plan.appliance["APPLIANCE_SHUTDOWN_TIMEOUT"]) + VLLM_TEARDOWN_SECONDS
+
+
+def _v(text: object) -> str:
+    """A value for supervisord's ini file: it expands %(name)s, so a literal % is %%."""
+    return str(text).replace("%", "%%")
+
+
+def _command(python: str, module: str, *args: str) -> str:
+    # `-m` finds the entrypoint package the way `serve` found it: supervisord -n keeps serve's working
+    # directory and environment, so the same sys.path applies.
+    return _v(shlex.join([python, "-m", module, *args]))
+
+
+def render(plan: Plan, run: RunDir, python: str = sys.executable) -> str:
+    a = plan.appliance
+    startup = int(a["APPLIANCE_STARTUP_TIMEOUT"])
+    sections = [
+        "; Rendered by `python -m entrypoint serve` at every start from the launch plan; edits are lost.",
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={_v(run.root / 'supervisord.log')}",
+        f"logfile_maxbytes={LOG_MAX_BYTES}",
+        "logfile_backups=1",
+        f"pidfile={_v(run.root / 'supervisord.pid')}",
+        f"childlogdir={_v(run.root)}",
+        "loglevel=info",
+    ]
+    if os.getuid() == 0:  # say so, or supervisord logs a CRIT line at every start
+        sections.append(f"user={_v(getpass.getuser())}")
+    sections += [
+        "",
+        "[unix_http_server]",
+        f"file={_v(run.socket)}",
+        "chmod=0700",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory=supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{_v(run.socket)}",
+    ]
+
+    def program(name: str, priority: int, stopwait: int) -> list[str]:
+        # startsecs: a program counts as started only after surviving the whole start grace, so a vLLM that
+        # dies while loading the model (OOM, bad weights) ends FATAL after START_RETRIES, not in a loop forever.
+        return [
+            "", f"[program:{name}]",
+            f"command={_command(python, 'entrypoint.programs', name, str(run.plan))}",
+            f"priority={priority}",
+            "autostart=true", "autorestart=true",
+            f"startsecs={startup}", f"startretries={START_RETRIES}",
+            "stopsignal=TERM", f"stopwaitsecs={stopwait}",
+            # vLLM and LMCache run worker processes: stop and kill the whole process group.
+            "stopasgroup=true", "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={_v(run.log(name))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
+            "stdout_logfile_backups=1",
+            # Each chunk of output also goes, as an event, to the `logs` listener, which prefixes its lines.
+            "stdout_events_enabled=true",
+        ]
+
+    def listener(name: str, module: str, events: str, priority: int) -> list[str]:
+        return [
+            "", f"[eventlistener:{name}]",
+            f"command={_command(python, module, str(run.plan))}",
+            f"events={events}",
+            f"priority={priority}",
+            f"buffer_size={EVENT_BUFFER}",
+            "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
+            # A listener's stdout is the protocol; what it says goes to stderr, straight to the container.
+            "stderr_logfile=/dev/stdout", "stderr_logfile_maxbytes=0",
+        ]
+
+    # Start order is ascending priority, stop order descending: the watchdog stops first (it must not
+    # restart what a shutdown stops), then vLLM, then LMCache, and the log relay last.
+    sections += listener("logs", "entrypoint.logs", "PROCESS_LOG,PROCESS_STATE", 1)
+    sections += listener("on-fatal", "entrypoint.on_fatal", "PROCESS_STATE_FATAL", 2)
+    if plan.lmcache_mode == "server":
+        sections += program("lmcache", 10, LMCACHE_STOP_SECONDS)
+    sections += program("vllm", 20, stop_wait_seconds(plan))
+    sections += listener("watchdog", "entrypoint.watchdog", "PROCESS_STATE,TICK_5", 30)
+    return "\n".join(sections) + "\n"

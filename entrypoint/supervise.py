@@ -1,0 +1,128 @@
+"""`serve` after validation: preflight, write the run directory, run supervisord until it stops.
+
+    tini -g -> python -m entrypoint serve -> supervisord -n -> lmcache, vllm, logs, on-fatal, watchdog
+
+`serve` stays as supervisord's parent instead of exec'ing it, for one reason: supervisord exits 0 after any
+shutdown, so "a program is FATAL" (on-fatal writes RunDir.fatal, then shuts supervisord down) can only
+become a non-zero exit status here. Otherwise `serve` forwards signals to supervisord (its own process group,
+so that each signal arrives once) and reaps orphans as a child subreaper, like tini does above it.
+
+Exit status: 0 after a requested stop (SIGTERM, docker stop), EXIT_FATAL when a program ended FATAL,
+EXIT_PREFLIGHT when a preflight check failed (nothing started), supervisord's own status otherwise.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from . import preflight
+from .plan import Plan
+from .programs import SECRET_ARGV_VAR, secret_argv_values
+from .render import START_RETRIES, RunDir, render
+from .settings import SECRET_NAMES
+
+EXIT_FATAL = 1
+EXIT_PREFLIGHT = 3
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2)
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def run_preflight(plan: Plan) -> bool:
+    found = preflight.check(plan)
+    for note in found.notes:
+        print(f"preflight: {note}", file=sys.stderr)
+    for warning in found.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for error in found.errors:
+        print(f"error: {error}", file=sys.stderr)
+    if found.errors:
+        print(f"{len(found.errors)} preflight problem(s); nothing was started.", file=sys.stderr)
+    return not found.errors
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Atomically, so that a program never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+def write_run_dir(plan: Plan, run: RunDir) -> None:
+    run.fatal.unlink(missing_ok=True)
+    _write(run.plan, json.dumps(plan.to_dict(), indent=2) + "\n", 0o600)  # secrets redacted
+    if plan.lmcache_mode == "in-process" and plan.lmcache_config_file:
+        _write(Path(plan.lmcache_config_file), json.dumps(plan.lmcache_config, indent=2) + "\n")  # JSON is YAML
+    _write(run.conf, render(plan, run))
+
+
+def export_secrets(plan: Plan) -> None:
+    """Secret values never go to disk: they travel in the environment, which supervisord passes on. Those
+    read from *_FILE or an env file are put there now; the programs take them back (programs.py)."""
+    for name in SECRET_NAMES:
+        if plan.vllm_env.get(name):
+            os.environ[name] = plan.vllm_env[name]
+    hidden = secret_argv_values(plan)
+    if hidden != "{}":
+        os.environ[SECRET_ARGV_VAR] = hidden
+
+
+def _become_subreaper() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans go to PID 1 as usual
+
+
+def run_supervisord(run: RunDir) -> int:
+    argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(run.conf)]
+    print("Executing: " + shlex.join(argv), flush=True)
+    sys.stderr.flush()
+    _become_subreaper()
+    pid = os.posix_spawn(sys.executable, argv, os.environ, setpgroup=0)
+
+    def forward(signum, _frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    status = 0
+    while True:
+        try:
+            reaped, raw = os.waitpid(-1, 0)  # supervisord, or an orphan handed to us as subreaper
+        except ChildProcessError:
+            break
+        if reaped == pid:
+            status = os.waitstatus_to_exitcode(raw)
+            break
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:  # orphans that already ended
+            pass
+    except ChildProcessError:
+        pass
+    if run.fatal.exists():
+        program = run.fatal.read_text().strip()
+        print(f"appliance: stopped because {program!r} failed {START_RETRIES + 1} times in a row (FATAL); its "
+              "last lines are above", file=sys.stderr)
+        return EXIT_FATAL
+    return 128 - status if status < 0 else status
+
+
+def serve(plan: Plan, env_file_values: dict[str, str] | None = None) -> int:
+    if not run_preflight(plan):
+        return EXIT_PREFLIGHT
+    for name, value in (env_file_values or {}).items():
+        os.environ.setdefault(name, value)  # the real environment wins over the env file
+    run = RunDir.of(plan)
+    write_run_dir(plan, run)
+    export_secrets(plan)
+    return run_supervisord(run)
