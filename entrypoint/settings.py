@@ -155,6 +155,12 @@ SETTINGS: tuple[Setting, ...] = (
        default=3, group="Appliance", minimum=1, target="watchdog restart threshold"),
     _s("APPLIANCE_SHUTDOWN_TIMEOUT", "seconds", "Seconds vLLM may take to finish in-flight requests on stop.",
        default=30, group="Appliance", minimum=0, target="vllm serve --shutdown-timeout; supervisord stopwaitsecs"),
+    # --- Compose: read by compose.yaml from the project's .env; they also reach the container through
+    # `env_file: .env`, where the entrypoint accepts and ignores them.
+    _s("APPLIANCE_IMAGE", "str", "Image compose runs; an upgrade is a new tag here, then `docker compose up -d`.",
+       group="Compose", target="compose.yaml image"),
+    _s("APPLIANCE_HOST_PORT", "port", "Host port published for the API (default: VLLM_PORT).",
+       group="Compose", target="compose.yaml ports"),
     _s("APPLIANCE_LMCACHE_WAIT", "seconds", "How long vLLM waits for the LMCache server to be healthy.",
        default=300, group="Appliance", minimum=1, target="vllm program start"),
 )

@@ -1,0 +1,153 @@
+# vLLM + LMCache serving appliance: one image, configured by environment variables (docs/ENVIRONMENT.md).
+#
+#   docker build -t local/llm-appliance .              # the product image (last stage, the default target)
+#   docker run --gpus all --ipc host --ulimit memlock=-1 --stop-timeout 90 -p 8000:8000 local/llm-appliance
+#
+# Versions are pinned in ONE place, entrypoint/versions.env; every step that installs or checks a version
+# reads that file. Upgrading = change versions.env, the BASE_IMAGE tag and the PINNED_* label defaults below
+# (the build and tests/container/test_static_checks.py fail if they disagree), rebuild, run the contract tests.
+#
+# Stages: base (runtime tools, user, volumes, labels) -> app (the entrypoint package) -> test (stub vLLM and
+# LMCache servers, for CPU-only CI: scripts/ci/build-test-image.sh) -> product (LMCache, and vLLM if the base
+# lacks it; the build fails if LMCache's compiled ops do not load or the vLLM schema cannot be generated).
+# `test` comes before `product` because the classic builder builds every stage above its --target.
+
+# The vLLM image whose vLLM, torch and CUDA match versions.env (vLLM 0.26.0, torch 2.11.0+cu130, CUDA 13).
+# A plain CUDA 13 image works too: vLLM and torch are then installed from versions.env.
+ARG BASE_IMAGE=vllm/vllm-openai:v0.26.0
+
+FROM ${BASE_IMAGE} AS base
+ARG BASE_IMAGE
+# Image labels only; Docker cannot read a file into a LABEL, so these repeat versions.env and the build
+# checks that they agree. No ARG here is named VLLM_*, LMCACHE_* or APPLIANCE_*: BuildKit hands a stage's
+# ARGs to the RUN steps of the stages built on it, and `entrypoint check` rejects unknown names there.
+ARG PINNED_VLLM=0.26.0
+ARG PINNED_LMCACHE=0.5.3
+ARG PINNED_TORCH=2.11.0
+ARG PINNED_CUDA=13.0
+# The non-root option: `docker run --user appliance ...` (group 0, so an arbitrary `--user UID:0` works too).
+ARG NONROOT_UID=10001
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+COPY entrypoint/versions.env /opt/appliance/entrypoint/versions.env
+RUN for pin in "VLLM_VERSION=$PINNED_VLLM" "LMCACHE_VERSION=$PINNED_LMCACHE" \
+               "TORCH_VERSION=$PINNED_TORCH" "CUDA_VERSION=$PINNED_CUDA"; do \
+        grep -qx "$pin" /opt/appliance/entrypoint/versions.env || { \
+            echo "error: the Dockerfile's label default $pin differs from entrypoint/versions.env;" \
+                 "change the PINNED_* defaults together with versions.env" >&2; exit 1; }; \
+    done
+
+# tini reaps zombies and forwards signals as PID 1 (the vLLM image has none); supervisor runs vLLM, the
+# LMCache server and the watchdog; python-dotenv reads .env files; requests is what the probes use.
+# The .pth file puts /opt/appliance on the system Python's path, so `python3 -m entrypoint` works from any
+# directory and for any user. PIP_BREAK_SYSTEM_PACKAGES: like the vLLM image itself, the appliance installs
+# into the system Python (which Ubuntu 24.04 based images mark as externally managed).
+# DL3008: no apt version pin for tini: the base image fixes the distribution release (Ubuntu for vLLM's
+# image, Debian for CI's), and a version string valid in one is unknown in the other.
+# hadolint ignore=DL3008
+RUN if ! command -v tini >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir \
+           "supervisor==4.3.0" "python-dotenv>=1.0" "requests>=2.31" \
+    && site_dir=$(python3 -c 'import site; print(site.getsitepackages()[0])') \
+    && mkdir -p "$site_dir" && echo /opt/appliance > "$site_dir/appliance.pth" \
+    && useradd --uid "$NONROOT_UID" --gid 0 --create-home --shell /bin/bash appliance \
+    && mkdir -p /run/appliance /var/lib/appliance/hf-cache /var/lib/appliance/kv-disk \
+    && chown -R "$NONROOT_UID:0" /run/appliance /var/lib/appliance \
+    && chmod -R g=u /run/appliance /var/lib/appliance
+
+# The model cache lives next to the disk tier rather than in /root/.cache, so that root and the
+# `appliance` user share it; mount a volume there to keep downloads across containers.
+ENV HF_HOME=/var/lib/appliance/hf-cache \
+    PYTHONUNBUFFERED=1
+VOLUME ["/var/lib/appliance/hf-cache", "/var/lib/appliance/kv-disk"]
+EXPOSE 8000
+
+LABEL org.opencontainers.image.title="llm-appliance" \
+      org.opencontainers.image.description="vLLM + LMCache serving appliance, configured by environment variables" \
+      org.opencontainers.image.base.name="$BASE_IMAGE" \
+      appliance.vllm.version="$PINNED_VLLM" \
+      appliance.lmcache.version="$PINNED_LMCACHE" \
+      appliance.torch.version="$PINNED_TORCH" \
+      appliance.cuda.version="$PINNED_CUDA"
+
+# The start period covers a model download and load (APPLIANCE_STARTUP_TIMEOUT, 900 s by default); failures
+# during it do not count, a success ends it. The check asks vLLM and the LMCache server over loopback.
+HEALTHCHECK --start-period=900s --interval=15s --timeout=10s --retries=3 \
+    CMD ["python3", "-m", "entrypoint", "healthcheck"]
+# tini -g: a `docker stop` reaches the whole foreground process group. `serve` validates, runs the preflight
+# checks and starts supervisord; flags after `serve` override the environment; any other command runs as given.
+ENTRYPOINT ["tini", "-g", "--", "python3", "-m", "entrypoint"]
+CMD ["serve"]
+
+
+FROM base AS app
+COPY entrypoint /opt/appliance/entrypoint
+COPY docs /opt/appliance/docs
+COPY env /opt/appliance/env
+RUN python3 -m compileall -q /opt/appliance/entrypoint
+
+
+# CI only: stub servers stand in for vLLM and LMCache (they need CUDA), with the same command lines.
+FROM app AS test
+COPY tests/stubs /opt/appliance/stubs
+RUN printf '#!/bin/sh\nexec python3 /opt/appliance/stubs/%s "$@"\n' vllm_stub.py > /usr/local/bin/vllm \
+    && printf '#!/bin/sh\nexec python3 /opt/appliance/stubs/%s "$@"\n' lmcache_stub.py > /usr/local/bin/lmcache \
+    && chmod 0755 /usr/local/bin/vllm /usr/local/bin/lmcache \
+    && python3 -m entrypoint check
+# Per-build labels come last in each final stage: a new revision must not invalidate the layers above.
+ARG IMAGE_VERSION=dev
+ARG IMAGE_REVISION=""
+ARG IMAGE_CREATED=""
+LABEL org.opencontainers.image.version="$IMAGE_VERSION" \
+      org.opencontainers.image.revision="$IMAGE_REVISION" \
+      org.opencontainers.image.created="$IMAGE_CREATED" \
+      appliance.version="$IMAGE_VERSION" \
+      appliance.variant="test: stub vLLM and LMCache servers, not for serving"
+
+
+FROM base AS product
+# LMCache's compiled ops are built against one torch version: install it next to the pinned vLLM and torch
+# (pip keeps them when they already match), then check that what is installed is what versions.env says.
+# `import lmcache.c_ops` alone proves little: LMCache 0.5.3 answers it with a shim that falls back to torch
+# when the compiled module does not load (and always on a build machine without a GPU). So the compiled
+# c_ops.*.so is also loaded directly (RTLD_NOW: every torch symbol resolved), which fails on a torch/CUDA
+# mismatch and works without a GPU (checked with torch 2.11.0+cu130, no visible GPU: 64 symbols).
+RUN . /opt/appliance/entrypoint/versions.env \
+    && export PIP_BREAK_SYSTEM_PACKAGES=1 \
+    && if ! python3 -c 'import vllm' 2>/dev/null; then \
+           python3 -m pip install --no-cache-dir \
+               --extra-index-url "https://download.pytorch.org/whl/cu${CUDA_VERSION%%.*}${CUDA_VERSION#*.}" \
+               "vllm==$VLLM_VERSION" "torch==$TORCH_VERSION"; \
+       fi \
+    && python3 -m pip install --no-cache-dir \
+           "lmcache==$LMCACHE_VERSION" "vllm==$VLLM_VERSION" "torch==$TORCH_VERSION" \
+    && found=$(python3 -c 'import importlib.metadata as m, torch; print(m.version("vllm"), m.version("lmcache"), torch.__version__.split("+")[0], torch.version.cuda)') \
+    && echo "installed: vllm lmcache torch cuda = $found" \
+    && if [ "$found" != "$VLLM_VERSION $LMCACHE_VERSION $TORCH_VERSION $CUDA_VERSION" ]; then \
+           echo "error: installed versions ($found) differ from entrypoint/versions.env" \
+                "($VLLM_VERSION $LMCACHE_VERSION $TORCH_VERSION $CUDA_VERSION)" >&2; \
+           exit 1; \
+       fi \
+    && python3 -c 'import lmcache.c_ops' \
+    && python3 -c 'import glob, importlib.machinery as ma, importlib.util as u, os, torch; \
+pkg = u.find_spec("lmcache").submodule_search_locations[0]; (so,) = glob.glob(os.path.join(pkg, "c_ops.*.so")); \
+loader = ma.ExtensionFileLoader("lmcache.c_ops", so); m = u.module_from_spec(u.spec_from_loader("lmcache.c_ops", loader)); \
+loader.exec_module(m); print("compiled lmcache.c_ops loads:", so)'
+COPY --from=app /opt/appliance /opt/appliance
+# The schema the entrypoint validates against, generated from the installed vLLM and LMCache (this
+# overwrites the committed copy); then the default configuration must validate against it.
+RUN python3 -m entrypoint.schema_gen \
+    && python3 -m compileall -q /opt/appliance/entrypoint \
+    && python3 -m entrypoint check
+# Set by the build (scripts/ci/build-test-image.sh passes git describe, the commit and the date).
+ARG IMAGE_VERSION=dev
+ARG IMAGE_REVISION=""
+ARG IMAGE_CREATED=""
+LABEL org.opencontainers.image.version="$IMAGE_VERSION" \
+      org.opencontainers.image.revision="$IMAGE_REVISION" \
+      org.opencontainers.image.created="$IMAGE_CREATED" \
+      appliance.version="$IMAGE_VERSION" \
+      appliance.variant="product"

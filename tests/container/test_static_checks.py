@@ -1,0 +1,78 @@
+"""Static checks of the Dockerfile and the compose files: no daemon needed."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+from entrypoint.schema import pinned_versions
+
+from .conftest import ROOT
+
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "compose.yaml"
+COMPOSE_TEST = ROOT / "tests" / "container" / "compose.test.yaml"
+
+
+def run(*cmd, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def test_hadolint_passes_the_dockerfile(hadolint):
+    result = run(hadolint, "--no-color", DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_labels_repeat_versions_env():
+    """Docker cannot read versions.env into a LABEL: the PINNED_* defaults repeat it (the build checks too)."""
+    pins = pinned_versions()
+    defaults = dict(re.findall(r"^ARG PINNED_(\w+)=(\S+)$", DOCKERFILE.read_text(), re.M))
+    assert defaults == {name: pins[f"{name}_VERSION"] for name in ("VLLM", "LMCACHE", "TORCH", "CUDA")}
+    base = re.search(r"^ARG BASE_IMAGE=\S+:v(\S+)$", DOCKERFILE.read_text(), re.M)
+    assert base and base.group(1) == pins["VLLM_VERSION"], "the default BASE_IMAGE is the pinned vLLM's image"
+
+
+def _config(compose_binary, *files) -> dict:
+    args = [a for f in files for a in ("-f", f)]
+    quiet = run(compose_binary, *args, "config", "-q")
+    assert quiet.returncode == 0, quiet.stderr
+    full = run(compose_binary, *args, "config", "--format", "json")
+    assert full.returncode == 0, full.stderr
+    return json.loads(full.stdout)["services"]["appliance"]
+
+
+def test_compose_file_is_valid_and_has_what_a_gpu_host_needs(compose_binary):
+    svc = _config(compose_binary, COMPOSE)
+    devices = svc["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]
+    assert svc["ipc"] == "host"
+    assert svc["ulimits"]["memlock"] == -1
+    assert svc["restart"] == "unless-stopped"
+    assert svc["healthcheck"]["test"] == ["CMD", "python3", "-m", "entrypoint", "healthcheck"]
+    assert [v["target"] for v in svc["volumes"]] == ["/var/lib/appliance/hf-cache", "/var/lib/appliance/kv-disk"]
+    assert [(p["published"], p["target"]) for p in svc["ports"]] == [("8000", 8000)]
+    # Longer than supervisord's stop wait for vLLM, which is longer than vLLM's shutdown timeout (30 s).
+    assert _seconds(svc["stop_grace_period"]) >= 60
+
+
+def test_compose_port_follows_vllm_port_from_the_env(compose_binary):
+    env = {"PATH": "/usr/bin:/bin", "VLLM_PORT": "9000"}
+    result = run(compose_binary, "-f", COMPOSE, "config", "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    ports = json.loads(result.stdout)["services"]["appliance"]["ports"]
+    assert [(p["published"], p["target"]) for p in ports] == [("9000", 9000)]
+
+
+def test_compose_test_override_drops_gpu_and_memlock_and_swaps_the_image(compose_binary):
+    svc = _config(compose_binary, COMPOSE, COMPOSE_TEST)
+    assert "deploy" not in svc
+    assert "ulimits" not in svc
+    assert "build" not in svc
+    assert svc["image"] == "llm-appliance:test"
+    assert svc["pull_policy"] == "never"
+    assert svc["ipc"] == "host" and svc["restart"] == "unless-stopped"  # the rest is the product's
+
+
+def _seconds(duration: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)([hms])", duration))
