@@ -11,14 +11,15 @@ cd "$(dirname "$0")/.."
 VENV=${APPLIANCE_TEST_VENV:-$HOME/.cache/appliance/contract-venv}
 
 bash scripts/ci/install-contract-venv.sh "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check testcontainers==4.15.0 >&2
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check testcontainers==4.15.0 matplotlib >&2
 eval "$(bash scripts/ci/install-lint-tools.sh "$VENV")"
 export HADOLINT DOCKER_COMPOSE
 
 if [ "${APPLIANCE_TEST_DOCKER:-1}" != 0 ]; then
     bash scripts/ci/start-docker.sh
     bash scripts/ci/build-local-base.sh
-    [ -f scripts/ci/build-test-image.sh ] && bash scripts/ci/build-test-image.sh
+    bash scripts/ci/build-test-image.sh
+    export CONTAINER_TESTS_REQUIRED=1  # Docker is there: a container test that would skip must fail instead
 fi
 
 export TESTCONTAINERS_RYUK_DISABLED=true  # the reaper image cannot be pulled here; fixtures clean up
