@@ -1,0 +1,293 @@
+"""Multi-round conversations: N users, M rounds each, one long shared system prompt plus a history that
+grows every round (the previous answer and a new user message). With a GPU KV cache smaller than the
+working set (all histories), a user's history is evicted from the GPU between two of its rounds: without
+offloading it is recomputed, with an offload tier it is loaded back.
+
+  multiround.py run --label lmcache --base-url http://127.0.0.1:8000 --model llama8b --results R
+        streams every request (TTFT = first chunk), appends per-request rows and a run summary
+  multiround.py report --results R [--baseline no-offload --candidate lmcache --native native]
+        p50/p90 TTFT, throughput per label and the issue's targets
+
+Prompts are token ids (exact lengths); the answer appended to the history is a deterministic stand-in of the
+length the server generated (dummy weights make the text meaningless anyway; the KV reuse is the same).
+Bounded in time: no new request starts after --max-seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+
+import common as c
+
+P50_VS_BASELINE = 0.5  # p50 TTFT at least 2x better than no offload
+P50_VS_NATIVE = 1.0  # and no worse than vLLM's native CPU offload
+
+
+def working_set_tokens(users: int, rounds: int, system: int, user: int, answer: int) -> int:
+    """Distinct tokens of KV all conversations hold at their end (the shared system prompt once)."""
+    return system + users * rounds * (user + answer)
+
+
+def final_context_tokens(rounds: int, system: int, user: int, answer: int) -> int:
+    """Tokens of a user's last request (prompt + its answer)."""
+    return system + rounds * (user + answer)
+
+
+class Conversation:
+    def __init__(self, a, user: int, system_prompt: list[int]):
+        self.a, self.user, self.system = a, user, system_prompt
+        self.history: list[int] = []
+
+    def prompt(self, rnd: int) -> list[int]:
+        return self.system + self.history + c.token_prompt(f"u{self.user}r{rnd}", self.a.user_tokens, self.a.salt)
+
+    def answered(self, rnd: int, prompt: list[int], completion_tokens: int) -> None:
+        answer = c.token_prompt(f"a{self.user}r{rnd}", completion_tokens or self.a.answer_tokens, self.a.salt)
+        self.history = prompt[len(self.system):] + answer
+
+
+def run_users(a, emit) -> dict:
+    system = c.token_prompt("system", a.system_tokens, a.salt)
+    gate = threading.Semaphore(a.concurrency)
+    start = time.perf_counter()
+    deadline = start + a.max_seconds
+    stats = {"requests": 0, "failed": 0, "stopped_by_deadline": 0, "stopped_by_length": 0}
+    lock = threading.Lock()
+
+    def user_loop(u: int):
+        conv = Conversation(a, u, system)
+        time.sleep(u * a.stagger)
+        for rnd in range(a.rounds):
+            prompt = conv.prompt(rnd)
+            if len(prompt) + a.answer_tokens > a.max_model_len:
+                with lock:
+                    stats["stopped_by_length"] += 1
+                return
+            with gate:
+                if time.perf_counter() > deadline:
+                    with lock:
+                        stats["stopped_by_deadline"] += 1
+                    return
+                t_send = time.perf_counter() - start
+                res = c.stream_completion(a.base_url, a.model, prompt, a.answer_tokens, a.request_timeout)
+            with lock:
+                stats["requests"] += 1
+                stats["failed"] += 0 if res["ok"] else 1
+            emit({"bench": "multiround", "label": a.label, "user": u, "round": rnd, "sent_at_s": t_send,
+                  "prompt_len": len(prompt), **res})
+            if not res["ok"]:
+                c.log(f"user {u} round {rnd}: FAILED {res['error']}")
+                if a.stop_on_error:
+                    return
+            conv.answered(rnd, prompt, res.get("completion_tokens") or 0)
+            if a.think_time:
+                time.sleep(a.think_time)
+
+    threads = [threading.Thread(target=user_loop, args=(u,), daemon=True) for u in range(a.users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, deadline - time.perf_counter() + a.request_timeout + 5))
+    stats["wall_s"] = time.perf_counter() - start
+    stats["threads_left"] = sum(t.is_alive() for t in threads)
+    return stats
+
+
+def cmd_run(a) -> int:
+    c.wait_ready(a.base_url, a.model, timeout=a.ready_timeout)
+    ws = working_set_tokens(a.users, a.rounds, a.system_tokens, a.user_tokens, a.answer_tokens)
+    final = final_context_tokens(a.rounds, a.system_tokens, a.user_tokens, a.answer_tokens)
+    c.log(f"{a.label}: {a.users} users x {a.rounds} rounds, concurrency {a.concurrency}; working set {ws} tokens, "
+          f"last request {final} tokens")
+    if not a.no_warmup:  # first-request costs out of the numbers; a prompt no user sends
+        w = c.stream_completion(a.base_url, a.model, c.token_prompt(time.time_ns(), 1024, "warmup"), 4,
+                                a.request_timeout)
+        if not w["ok"]:
+            raise c.BenchError(f"warm-up request failed: {w['error']}")
+    rows: list[dict] = []
+    lock = threading.Lock()
+
+    def emit(row):  # appended at once: a run cut short keeps what it measured
+        with lock:
+            rows.append(row)
+        c.append_rows(a.results, [row])
+        if row["ok"]:
+            c.log(f"{a.label} u{row['user']:>2} r{row['round']}: ttft {row['ttft_s']:.3f} s, "
+                  f"{row['prompt_tokens']} prompt tok")
+
+    stats = run_users(a, emit)
+    ok = [r for r in rows if r["ok"]]
+    prompt_tok = sum(r.get("prompt_tokens") or r["prompt_len"] for r in ok)
+    out_tok = sum(r.get("completion_tokens") or 0 for r in ok)
+    summary = {"bench": "multiround_run", "label": a.label, "ok": stats["failed"] == 0 and bool(ok),
+               "params": {k: getattr(a, k) for k in ("users", "rounds", "system_tokens", "user_tokens",
+                                                     "answer_tokens", "concurrency", "max_seconds", "think_time",
+                                                     "stagger", "max_model_len", "gpu_kv_tokens")},
+               "working_set_tokens": ws, **stats, "prompt_tokens": prompt_tok, "completion_tokens": out_tok,
+               "tokens_per_s": (prompt_tok + out_tok) / stats["wall_s"] if stats["wall_s"] else None,
+               "output_tokens_per_s": out_tok / stats["wall_s"] if stats["wall_s"] else None,
+               "requests_per_s": len(ok) / stats["wall_s"] if stats["wall_s"] else None,
+               "ttft_p50_s": c.percentile([r["ttft_s"] for r in ok], 50),
+               "ttft_p90_s": c.percentile([r["ttft_s"] for r in ok], 90)}
+    c.append_rows(a.results, [summary])
+    c.log(f"{a.label}: {len(ok)} ok / {stats['failed']} failed in {stats['wall_s']:.1f} s; "
+          f"p50 {c.fmt(summary['ttft_p50_s'])} s, p90 {c.fmt(summary['ttft_p90_s'])} s, "
+          f"{c.fmt(summary['tokens_per_s'], 0)} tok/s; stopped by deadline: {stats['stopped_by_deadline']} users")
+    if stats["failed"] or not ok:
+        c.log(f"ERROR: {stats['failed']} request(s) failed")
+        return 1
+    return 0
+
+
+# --- report ----------------------------------------------------------------------------------------------
+
+def last_runs(rows: list[dict]) -> dict:
+    """{label: (run summary row, its request rows)} for the last `run` of each label."""
+    out, reqs = {}, {}
+    for r in rows:
+        if r.get("bench") == "multiround":
+            reqs.setdefault(r.get("label"), []).append(r)
+        elif r.get("bench") == "multiround_run":
+            out[r["label"]] = (r, reqs.pop(r["label"], []))
+    return out
+
+
+def summarize(rows: list[dict], from_round: int = 0) -> dict:
+    """Per label: TTFT percentiles over its last run's requests, and that run's throughput."""
+    out = {}
+    for label, (run, reqs) in last_runs(rows).items():
+        ttft = [r["ttft_s"] for r in reqs if r.get("ok")]
+        later = [r["ttft_s"] for r in reqs if r.get("ok") and r.get("round", 0) >= from_round]
+        by_round = {}
+        for r in reqs:
+            if r.get("ok"):
+                by_round.setdefault(int(r["round"]), []).append(r["ttft_s"])
+        out[label] = {"requests": len(reqs), "failed": sum(not r.get("ok") for r in reqs),
+                      "p50_s": c.percentile(ttft, 50), "p90_s": c.percentile(ttft, 90),
+                      "mean_s": (sum(ttft) / len(ttft)) if ttft else None,
+                      "p50_later_s": c.percentile(later, 50), "p90_later_s": c.percentile(later, 90),
+                      "tokens_per_s": run.get("tokens_per_s"), "output_tokens_per_s": run.get("output_tokens_per_s"),
+                      "requests_per_s": run.get("requests_per_s"), "wall_s": run.get("wall_s"),
+                      "working_set_tokens": run.get("working_set_tokens"), "params": run.get("params"),
+                      "p50_by_round_s": {k: c.median(v) for k, v in sorted(by_round.items())}}
+    return out
+
+
+def evaluate(s: dict, baseline: str, candidate: str, native: str) -> list[dict]:
+    cand, base, nat = s.get(candidate, {}), s.get(baseline, {}), s.get(native, {})
+    ratio = lambda x, y: (x / y) if (x is not None and y) else None  # noqa: E731
+    return [c.target_row(f"{candidate}: p50 TTFT x {baseline}", ratio(cand.get("p50_s"), base.get("p50_s")),
+                         P50_VS_BASELINE, "x"),
+            c.target_row(f"{candidate}: p50 TTFT x {native}", ratio(cand.get("p50_s"), nat.get("p50_s")),
+                         P50_VS_NATIVE, "x")]
+
+
+def build_report(rows, baseline: str, candidate: str, native: str, from_round: int) -> tuple[dict, str]:
+    s = summarize(rows, from_round)
+    if not s:
+        raise c.BenchError("no multiround runs in the results (run `multiround.py run` first)")
+    order = sorted(s, key=lambda lab: ({baseline: 0, native: 1, candidate: 2}.get(lab, 3), lab))
+    any_params = next(iter(s.values())).get("params") or {}
+    md = [f"### Multi-round: {any_params.get('users')} users x {any_params.get('rounds')} rounds, "
+          f"system {any_params.get('system_tokens')} + {any_params.get('user_tokens')} tok/round + answer "
+          f"{any_params.get('answer_tokens')}, concurrency {any_params.get('concurrency')}", ""]
+    md.append(c.markdown_table(
+        ["config", "requests", "failed", "TTFT p50 s", "TTFT p90 s", f"p50 rounds>={from_round}",
+         f"p90 rounds>={from_round}", "tok/s", "out tok/s", "req/s", "wall s"],
+        [[lab, str(v["requests"]), str(v["failed"]), v["p50_s"], v["p90_s"], v["p50_later_s"], v["p90_later_s"],
+          c.fmt(v["tokens_per_s"], 0), c.fmt(v["output_tokens_per_s"], 0), c.fmt(v["requests_per_s"], 2),
+          c.fmt(v["wall_s"], 1)] for lab, v in ((lab, s[lab]) for lab in order)]))
+    rounds = sorted({r for v in s.values() for r in v["p50_by_round_s"]})
+    md += ["", "### p50 TTFT by round, seconds", ""]
+    md.append(c.markdown_table(["config", *[f"r{r}" for r in rounds]],
+                               [[lab, *[s[lab]["p50_by_round_s"].get(r) for r in rounds]] for lab in order]))
+    targets = evaluate(s, baseline, candidate, native)
+    ws = next(iter(s.values())).get("working_set_tokens")
+    kv = any_params.get("gpu_kv_tokens")
+    vs_gpu = f" = {ws / kv:.1f} x the GPU KV cache of {kv} tokens" if (ws and kv) else ""
+    md += ["", f"### Targets (issue 5; working set {ws} tokens{vs_gpu})", "", c.targets_markdown(targets)]
+    return {"labels": s, "targets": targets, "baseline": baseline, "candidate": candidate, "native": native}, "\n".join(md)
+
+
+def chart(rows, s: dict, order: list[str]):
+    def draw(plt, path):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        runs = last_runs(rows)
+        for lab in order:
+            ttft = sorted(r["ttft_s"] for r in runs[lab][1] if r.get("ok"))
+            if ttft:
+                ax1.plot(ttft, [(i + 1) / len(ttft) for i in range(len(ttft))], label=lab)
+            by_round = s[lab]["p50_by_round_s"]
+            ax2.plot(list(by_round), list(by_round.values()), marker="o", label=lab)
+            ax2.set_xticks(list(by_round))
+        ax1.set_xlabel("TTFT, s")
+        ax1.set_ylabel("share of requests")
+        ax1.set_title("TTFT distribution")
+        ax2.set_xlabel("round")
+        ax2.set_ylabel("p50 TTFT, s")
+        ax2.set_title("p50 TTFT by round")
+        for ax in (ax1, ax2):
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    return draw
+
+
+def cmd_report(a) -> int:
+    rows = c.load_rows(a.results)
+    summary, md = build_report(rows, a.baseline, a.candidate, a.native, a.from_round)
+    order = sorted(summary["labels"], key=lambda lab: ({a.baseline: 0, a.native: 1, a.candidate: 2}.get(lab, 3), lab))
+    written = c.write_report(a.results, "multiround", summary, md, chart(rows, summary["labels"], order))
+    c.log(f"wrote {written}")
+    print(md)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--label", required=True)
+    run.add_argument("--base-url", default="http://127.0.0.1:8000")
+    run.add_argument("--model", default="llama8b")
+    run.add_argument("--users", type=int, default=20)
+    run.add_argument("--rounds", type=int, default=8)
+    run.add_argument("--system-tokens", type=int, default=2000)
+    run.add_argument("--user-tokens", type=int, default=768, help="new user message per round")
+    run.add_argument("--answer-tokens", type=int, default=32, help="max_tokens of each answer (ignore_eos)")
+    run.add_argument("--concurrency", type=int, default=3, help="requests in flight at most")
+    run.add_argument("--think-time", type=float, default=0.0, help="seconds a user waits between rounds")
+    run.add_argument("--stagger", type=float, default=0.05, help="user i starts i x this many seconds late")
+    run.add_argument("--max-seconds", type=float, default=120, help="no new request after this")
+    run.add_argument("--max-model-len", type=int, default=16384, help="a user stops before exceeding it")
+    run.add_argument("--gpu-kv-tokens", type=int, help="vLLM's GPU KV cache size in tokens (its log says it), "
+                     "recorded so the report can say how far the working set exceeds it")
+    run.add_argument("--salt", default="multiround")
+    run.add_argument("--request-timeout", type=float, default=120)
+    run.add_argument("--ready-timeout", type=float, default=300)
+    run.add_argument("--stop-on-error", action="store_true", help="a user stops at its first failed request")
+    run.add_argument("--no-warmup", action="store_true")
+    run.add_argument("--results", required=True)
+    rep = sub.add_parser("report")
+    rep.add_argument("--results", required=True)
+    rep.add_argument("--baseline", default="no-offload")
+    rep.add_argument("--candidate", default="lmcache")
+    rep.add_argument("--native", default="native")
+    rep.add_argument("--from-round", type=int, default=2, help="extra p50/p90 columns over rounds >= this")
+    return ap
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "report": cmd_report}[a.cmd](a)
+    except c.BenchError as e:
+        c.log(f"ERROR: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The pure parts of the benchmark tools (scripts/bench): prompts, KV sizes, the copy floor, the reports and
+their verdicts against the issue's targets. No server, no GPU; the chart only where matplotlib is installed."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
+import common  # noqa: E402
+import multiround  # noqa: E402
+import reuse  # noqa: E402
+
+LLAMA3_8B = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
+             "head_dim": 128, "torch_dtype": "bfloat16"}
+
+
+# --- prompts ---------------------------------------------------------------------------------------------
+
+def test_prompt_has_the_exact_length_and_ids_inside_the_vocabulary():
+    for n in (0, 1, 16000):
+        p = common.token_prompt(3, n, "reuse")
+        assert len(p) == n
+        assert all(common.TOKEN_LOW <= t < common.TOKEN_HIGH < 32000 for t in p)
+
+
+def test_prompt_is_the_same_for_the_same_seed_and_differs_otherwise():
+    assert common.token_prompt(0, 500, "s") == common.token_prompt(0, 500, "s")
+    assert common.token_prompt(0, 500, "s") != common.token_prompt(1, 500, "s")
+    assert common.token_prompt(0, 500, "s") != common.token_prompt(0, 500, "other salt")
+
+
+def test_prompts_of_two_lengths_share_no_prefix():
+    # a 30k prompt must not find the KV of the 16k prompt with the same seed
+    short, long = common.token_prompt(0, 1600, "s"), common.token_prompt(0, 3000, "s")
+    assert long[:16] != short[:16]
+
+
+# --- KV bytes and the copy floor -------------------------------------------------------------------------
+
+def test_kv_bytes_per_token_of_the_llama3_8b_shape():
+    assert common.kv_bytes_per_token(LLAMA3_8B) == 131072
+    assert common.kv_bytes_per_token(common.LLAMA3_8B_SHAPE) == 131072
+
+
+def test_kv_bytes_per_token_other_shapes():
+    llama_1b = {"num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+                "hidden_size": 2048, "torch_dtype": "bfloat16"}
+    assert common.kv_bytes_per_token(llama_1b) == 2 * 16 * 8 * 64 * 2
+    no_head_dim = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 256, "torch_dtype": "float32"}
+    assert common.kv_bytes_per_token(no_head_dim) == 2 * 2 * 4 * 64 * 4  # MHA: KV heads = heads
+    assert common.kv_bytes_per_token({"text_config": LLAMA3_8B}) == 131072
+    assert common.kv_bytes_per_token(LLAMA3_8B, dtype_bytes=1) == 65536  # fp8 KV cache
+    with pytest.raises(ValueError):
+        common.kv_bytes_per_token({**LLAMA3_8B, "torch_dtype": "int3"})
+
+
+def test_load_model_config_takes_the_directory_or_the_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA3_8B))
+    assert common.load_model_config(tmp_path) == common.load_model_config(tmp_path / "config.json") == LLAMA3_8B
+
+
+def test_copy_floor():
+    # 16000 tokens x 128 KiB = 2.097 GB; at 50 GB/s 41.9 ms
+    assert common.copy_floor_s(131072, 16000, 50.0) == pytest.approx(0.0419, abs=1e-4)
+    with pytest.raises(ValueError):
+        common.copy_floor_s(131072, 16000, 0)
+
+
+def test_bandwidth_measure_says_why_when_it_cannot():
+    result = common.measure_h2d_bandwidth(size_gib=0.001, reps=1)
+    assert result["ok"] or result["note"]
+
+
+# --- statistics and tables -------------------------------------------------------------------------------
+
+def test_percentile_interpolates_and_ignores_missing_values():
+    assert common.percentile([3, 1, 2, None], 50) == 2
+    assert common.percentile([1, 2, 3, 4], 50) == 2.5
+    assert common.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 90) == pytest.approx(9.1)
+    assert common.percentile([], 50) is None
+    assert common.percentile([7], 90) == 7
+
+
+def test_markdown_table_aligns_columns():
+    text = common.markdown_table(["a", "bb"], [["x", 0.5], ["long", None]])
+    lines = text.splitlines()
+    assert lines[0] == "| a    | bb    |"
+    assert lines[2] == "| x    | 0.500 |"
+    assert lines[3] == "| long | -     |"
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_target_verdicts():
+    assert common.target_row("t", 0.2, 0.25)["verdict"] == "pass"
+    assert common.target_row("t", 0.3, 0.25)["verdict"] == "miss"
+    assert common.target_row("t", None, 0.25)["verdict"] == "n/a"
+    assert common.target_row("t", 3.0, 2.0, lower_is_better=False)["verdict"] == "pass"
+
+
+def test_results_are_appended_and_read_back(tmp_path):
+    common.append_rows(tmp_path, [{"bench": "reuse", "x": 1}])
+    common.append_rows(tmp_path, [{"bench": "multiround", "x": 2}])
+    with (tmp_path / common.RESULTS_FILE).open("a") as f:
+        f.write('{"bench": "reuse", "cut sho')  # a run killed mid-write
+    assert [r["x"] for r in common.load_rows(tmp_path)] == [1, 2]
+    assert [r["x"] for r in common.load_rows(tmp_path, "reuse")] == [1]
+
+
+# --- reuse report ----------------------------------------------------------------------------------------
+
+def reuse_rows(label, tokens, **phase_times):
+    return [{"bench": "reuse", "label": label, "phase": phase, "tokens": tokens, "seed": i, "ttft_s": t, "ok": True}
+            for phase, times in phase_times.items() for i, t in enumerate(times)]
+
+
+def measured_reuse_rows(cpu_hit=0.10, after_vllm=0.13, after_all=0.40, cold=0.53):
+    rows = reuse_rows("no-offload", 16000, cold=[0.50, 0.49, 0.51], gpu_hit=[0.07] * 3, after_reset=[0.48, 0.50, 0.49])
+    rows += reuse_rows("no-offload", 30000, cold=[1.1] * 3, gpu_hit=[0.08] * 3, after_reset=[1.1] * 3)
+    rows += reuse_rows("lmcache-server", 16000, cold=[cold] * 3, gpu_hit=[0.08] * 3, after_reset=[cpu_hit] * 3,
+                       after_vllm_restart=[after_vllm] * 3, after_full_restart=[after_all] * 3)
+    rows += [{"bench": "reuse", "label": "lmcache-server", "phase": "restart:after_vllm_restart", "ok": True,
+              "restart_to_ready_s": 71.0},
+             {"bench": "reuse", "label": "lmcache-server", "phase": "warmup", "tokens": 1024, "ttft_s": 9.0,
+              "ok": True},
+             {"bench": "reuse", "label": "lmcache-server", "phase": "after_reset", "tokens": 16000, "ttft_s": None,
+              "ok": False, "error": "HTTP 500"}]
+    return rows
+
+
+def verdicts(targets):
+    return {t["target"]: t["verdict"] for t in targets}
+
+
+def test_reuse_summary_takes_medians_of_successful_measured_rows():
+    s = reuse.summarize(measured_reuse_rows())
+    assert s["median"]["no-offload"][16000]["cold"] == 0.50
+    assert s["count"]["lmcache-server"][16000]["after_reset"] == 3  # the failed row is left out
+    assert "warmup" not in s["median"]["lmcache-server"][16000]
+    assert 1024 not in s["median"]["lmcache-server"]
+    assert s["restart_to_ready_s"] == {"lmcache-server": {"after_vllm_restart": 71.0}}
+    assert reuse.recompute_s(s["median"], "no-offload", 16000) == 0.49  # after_reset median
+
+
+def test_reuse_targets_pass():
+    summary, md = reuse.build_report(measured_reuse_rows(), "no-offload", 131072, 50.0)
+    v = verdicts(summary["targets"])
+    assert v["lmcache-server: CPU-tier hit (after GPU reset), 16k, x recompute"] == "pass"  # 0.10/0.49 = 0.20
+    assert v["lmcache-server: CPU-tier hit, 16k, x copy floor"] == "miss"  # 0.10 / 0.042 = 2.4
+    assert v["lmcache-server: after vLLM restart, 16k, x recompute"] == "pass"  # 0.27
+    assert v["lmcache-server: after full restart (disk), 16k, x recompute"] == "pass"  # 0.82
+    assert v["lmcache-server: cold-request cost of storing, 16000 tok, over no-offload"] == "pass"  # +6 %
+    assert "| lmcache-server | 16000  |" in md
+    assert md.index("### Targets") > md.index("### Copy floor")
+
+
+def test_reuse_targets_miss_and_not_measured():
+    rows = [r for r in measured_reuse_rows(cpu_hit=0.2, after_vllm=0.58, cold=0.60)
+            if r.get("phase") != "after_full_restart"]
+    summary, md = reuse.build_report(rows, "no-offload", 131072, None)
+    v = verdicts(summary["targets"])
+    assert v["lmcache-server: CPU-tier hit (after GPU reset), 16k, x recompute"] == "miss"  # 0.41
+    assert v["lmcache-server: CPU-tier hit, 16k, x copy floor"] == "n/a"  # bandwidth not measured
+    assert v["lmcache-server: after vLLM restart, 16k, x recompute"] == "miss"
+    assert v["lmcache-server: after full restart (disk), 16k, x recompute"] == "n/a"
+    assert v["lmcache-server: cold-request cost of storing, 16000 tok, over no-offload"] == "miss"  # +20 %
+    assert "MISS" in md
+
+
+def test_reuse_report_without_rows_fails_loudly():
+    with pytest.raises(common.BenchError):
+        reuse.build_report([], "no-offload", 131072, 50.0)
+
+
+def test_reuse_report_writes_json_markdown_and_maybe_a_chart(tmp_path):
+    common.append_rows(tmp_path, measured_reuse_rows())
+    common.append_rows(tmp_path, [{"bench": "h2d", "ok": True, "gb_per_s": 52.0, "kv_bytes_per_token": 131072}])
+    assert reuse.main(["report", "--results", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "reuse.json").read_text())
+    assert summary["h2d_gb_per_s"] == 52.0 and summary["kv_bytes_per_token"] == 131072
+    assert (tmp_path / "reuse.md").read_text().startswith("### TTFT")
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "reuse.png").stat().st_size > 1000
+
+
+# --- multiround report -----------------------------------------------------------------------------------
+
+def test_working_set_and_last_context():
+    assert multiround.working_set_tokens(20, 8, 2000, 768, 32) == 2000 + 20 * 8 * 800
+    assert multiround.final_context_tokens(8, 2000, 768, 32) == 8400
+
+
+def test_conversation_history_grows_by_message_and_answer():
+    class A:
+        user_tokens, answer_tokens, salt = 10, 4, "t"
+    system = common.token_prompt("system", 20, "t")
+    conv = multiround.Conversation(A, 0, system)
+    p0 = conv.prompt(0)
+    assert len(p0) == 30 and p0[:20] == system
+    conv.answered(0, p0, 3)
+    p1 = conv.prompt(1)
+    assert len(p1) == 30 + 3 + 10 and p1[:30] == p0  # the previous prompt is a prefix of the next
+
+
+def mr_rows(label, ttfts, tokens_per_s=1000.0):
+    rows = [{"bench": "multiround", "label": label, "user": i % 4, "round": i // 4, "ttft_s": t, "ok": True}
+            for i, t in enumerate(ttfts)]
+    rows.append({"bench": "multiround_run", "label": label, "tokens_per_s": tokens_per_s, "wall_s": 10.0,
+                 "working_set_tokens": 100000, "params": {"users": 4, "rounds": 2, "gpu_kv_tokens": 25000}})
+    return rows
+
+
+def test_multiround_targets():
+    rows = (mr_rows("no-offload", [0.4] * 8) + mr_rows("native", [0.15] * 8) + mr_rows("lmcache", [0.1] * 8))
+    summary, md = multiround.build_report(rows, "no-offload", "lmcache", "native", from_round=1)
+    assert summary["labels"]["lmcache"]["p50_s"] == 0.1
+    assert [t["verdict"] for t in summary["targets"]] == ["pass", "pass"]
+    assert "4.0 x the GPU KV cache of 25000 tokens" in md
+    rows = (mr_rows("no-offload", [0.4] * 8) + mr_rows("native", [0.15] * 8) + mr_rows("lmcache", [0.3] * 8))
+    summary, _ = multiround.build_report(rows, "no-offload", "lmcache", "native", from_round=1)
+    assert [t["verdict"] for t in summary["targets"]] == ["miss", "miss"]
+
+
+def test_multiround_uses_the_last_run_of_a_label():
+    rows = mr_rows("lmcache", [5.0] * 8) + mr_rows("lmcache", [0.1] * 8) + mr_rows("no-offload", [0.4] * 8)
+    summary, _ = multiround.build_report(rows, "no-offload", "lmcache", "native", from_round=0)
+    assert summary["labels"]["lmcache"]["p50_s"] == 0.1
+    assert summary["labels"]["lmcache"]["requests"] == 8
+    assert [t["verdict"] for t in summary["targets"]] == ["pass", "n/a"]  # no native run
