@@ -1,13 +1,17 @@
-"""supervisord's eventlistener protocol (read as bytes) and its XML-RPC interface over the unix socket.
+"""supervisord's eventlistener protocol and its XML-RPC interface over the unix socket.
 
-supervisor.childutils reads the protocol from text stdin, where `len:` counts bytes but read(n) counts
-characters: the first non-ASCII log line (vLLM's progress bars) would desynchronise it. So we read bytes,
-and we can wait for an event with a timeout, which lets the watchdog keep its own clock.
+Unlike supervisor.childutils.listener, `Listener.next()` can wait with a timeout, which lets the watchdog
+keep its own clock. Protocol facts that matter here: supervisord sends each payload as UTF-8 text whose
+`len:` counts characters, not bytes; and a PROCESS_LOG chunk that is not valid UTF-8 on its own (a read
+that splits a multi-byte character) arrives as the text `Undecodable: b'...'`, see log_bytes().
 """
 from __future__ import annotations
 
+import ast
+import codecs
 import os
 import select
+import signal
 import sys
 import time
 import xmlrpc.client
@@ -15,21 +19,39 @@ import xmlrpc.client
 from supervisor.xmlrpc import SupervisorTransport
 
 
-def supervisor_rpc(socket_path: str) -> xmlrpc.client.ServerProxy:
-    """The `supervisor.*` XML-RPC namespace of the supervisord listening on `socket_path`."""
-    transport = SupervisorTransport(None, None, f"unix://{socket_path}")
+RPC_USER = "appliance"
+
+
+def supervisor_rpc(socket_path: str, password: str) -> xmlrpc.client.ServerProxy:
+    """supervisord's XML-RPC interface on its unix socket (`.supervisor.getState()` and so on)."""
+    transport = SupervisorTransport(RPC_USER, password, f"unix://{socket_path}")
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 
-def parse_tokens(line: bytes) -> dict[str, str]:
+def parse_tokens(line: str) -> dict[str, str]:
     """`key:value key:value` (the header line, and the first line of most payloads)."""
-    return dict(token.split(":", 1) for token in line.decode("utf-8", "replace").split() if ":" in token)
+    return dict(token.split(":", 1) for token in line.split() if ":" in token)
 
 
-def split_payload(payload: bytes) -> tuple[dict[str, str], bytes]:
-    """A payload is one line of `key:value` tokens, then (for PROCESS_LOG) the raw data."""
-    head, _, data = payload.partition(b"\n")
+def split_payload(payload: str) -> tuple[dict[str, str], str]:
+    """A payload is one line of `key:value` tokens, then (for PROCESS_LOG) the program's output."""
+    head, _, data = payload.partition("\n")
     return parse_tokens(head), data
+
+
+UNDECODABLE = "Undecodable: "
+
+
+def log_bytes(data: str) -> bytes:
+    """The bytes a program wrote, from a PROCESS_LOG payload's data."""
+    if data.startswith(UNDECODABLE):
+        try:
+            raw = ast.literal_eval(data[len(UNDECODABLE):])
+            if isinstance(raw, bytes):
+                return raw
+        except (ValueError, SyntaxError):
+            pass
+    return data.encode("utf-8", "surrogateescape")
 
 
 class Listener:
@@ -38,9 +60,12 @@ class Listener:
     def __init__(self, stdin_fd: int = 0, stdout=None):
         self.fd = stdin_fd
         self.out = stdout or sys.stdout.buffer
-        self.buf = b""
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.buf = ""
         self.ready = False  # READY sent, no event read since
         self.unacked = False  # an event was handed out and needs its RESULT
+        # supervisord stops listeners with SIGTERM: a normal end (exit 0, not a "terminated by SIGTERM" warning).
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     def _write(self, data: bytes) -> None:
         self.out.write(data)
@@ -55,10 +80,10 @@ class Listener:
         chunk = os.read(self.fd, 65536)
         if not chunk:
             sys.exit(0)
-        self.buf += chunk
+        self.buf += self.decoder.decode(chunk)
         return True
 
-    def next(self, timeout: float | None = None) -> tuple[dict[str, str], bytes] | None:
+    def next(self, timeout: float | None = None) -> tuple[dict[str, str], str] | None:
         """The next event as (headers, payload), or None when `timeout` seconds pass without one."""
         if self.unacked:
             self._write(b"RESULT 2\nOK")
@@ -67,10 +92,10 @@ class Listener:
             self._write(b"READY\n")
             self.ready = True
         deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buf:
+        while "\n" not in self.buf:
             if not self._fill(deadline):
                 return None
-        line, self.buf = self.buf.split(b"\n", 1)
+        line, self.buf = self.buf.split("\n", 1)
         headers = parse_tokens(line)
         size = int(headers.get("len", "0"))
         while len(self.buf) < size:  # the payload follows its header at once

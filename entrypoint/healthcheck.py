@@ -14,7 +14,7 @@ from typing import Mapping
 
 import requests
 
-from .plan import Plan
+from .plan import REDACTED, Plan
 from .render import RunDir, read_plan
 from .settings import DEFAULT_RUN_DIR, FILE_SECRETS
 
@@ -25,15 +25,32 @@ def api_base(plan: Plan) -> str:
     return f"http://[{host}]:{plan.api_port}" if ":" in host else f"http://{host}:{plan.api_port}"
 
 
-def api_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """vLLM protects /v1/* with VLLM_API_KEY (given directly or as VLLM_API_KEY_FILE)."""
+def _argv_api_key(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--api-key" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--api-key="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def api_headers(plan: Plan, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """vLLM protects /v1/* with VLLM_API_KEY (given directly or as VLLM_API_KEY_FILE) or --api-key (in
+    VLLM_EXTRA_ARGS). The plan file has the latter redacted: the watchdog finds it where `serve` put it,
+    the healthcheck (run apart, with the container's environment) by planning again."""
     key = environ.get("VLLM_API_KEY")
     if not key and environ.get(FILE_SECRETS["VLLM_API_KEY"]):
         try:
             key = Path(environ[FILE_SECRETS["VLLM_API_KEY"]]).read_text().strip()
         except OSError:
             key = None
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    if not key and _argv_api_key(plan.vllm_argv):
+        from .programs import server_argv
+        key = _argv_api_key(server_argv("vllm", plan.vllm_argv, environ))
+        if key == REDACTED:
+            from .cli import make_plan
+            key = _argv_api_key(make_plan(None, [], environ).vllm_argv)
+    return {"Authorization": f"Bearer {key}"} if key and key != REDACTED else {}
 
 
 def load_plan(environ: Mapping[str, str] = os.environ) -> Plan:
@@ -83,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if plan.errors:
         print("unhealthy: the configuration is invalid: " + "; ".join(plan.errors), file=sys.stderr)
         return 1
-    found = problems(plan, args.timeout, api_headers())
+    found = problems(plan, args.timeout, api_headers(plan))
     if found:
         print("unhealthy: " + "; ".join(found), file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from .events import Listener, prefix, split_payload
+from .events import Listener, log_bytes, prefix, split_payload
 
 MAX_PARTIAL = 65536  # a "line" longer than this without a newline is printed as it is
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         meta, data = split_payload(payload)
         name = meta.get("processname", "?")
         if headers.get("eventname", "").startswith("PROCESS_LOG"):
-            *lines, rest = (partial.pop(name, b"") + data).split(b"\n")
+            *lines, rest = (partial.pop(name, b"") + log_bytes(data)).split(b"\n")
             if len(rest) > MAX_PARTIAL:
                 lines, rest = lines + [rest], b""
             if rest:

@@ -8,9 +8,10 @@ status 1; supervisord itself always exits 0) and asks supervisord to shut down.
 from __future__ import annotations
 
 import sys
+import xmlrpc.client
 from pathlib import Path
 
-from .events import Listener, say, split_payload, supervisor_rpc
+from .events import Listener, say, split_payload
 from .render import START_RETRIES, RunDir
 
 NAME = "on-fatal"
@@ -31,7 +32,7 @@ def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     run = RunDir(Path(argv[0]).parent)
-    rpc = supervisor_rpc(str(run.socket))
+    rpc = run.rpc()
     listener = Listener()
     while True:
         event = listener.next()
@@ -39,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         meta, _ = split_payload(event[1])
         program = meta.get("processname", "?")
-        if rpc.supervisor.getState()["statename"] != "RUNNING":
-            continue  # a shutdown gives up on programs in BACKOFF: that is no failure of theirs
+        try:
+            if rpc.supervisor.getState()["statename"] != "RUNNING":
+                continue  # a shutdown gives up on programs in BACKOFF: that is no failure of theirs
+        except (OSError, xmlrpc.client.Error):
+            continue  # supervisord is shutting down (it refuses calls with SHUTDOWN_STATE) or gone
         say(NAME, f"{program} failed to start {START_RETRIES + 1} times in a row (FATAL): stopping the appliance")
         log = run.log(program)
         lines = tail(log)

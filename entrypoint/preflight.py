@@ -82,8 +82,16 @@ def prune(path: str | Path, max_bytes: float) -> tuple[int, int, int]:
 
 
 def prune_note(disk: DiskTier, removed: int, freed: int, held: int) -> str:
-    return (f"disk tier {disk.path} held {size_text(held)}, over its cap of {disk.max_size_gib:g} GiB "
+    return (f"disk tier {disk.path} held {size_text(held)}, over its cap of {size_text(disk.max_size_gib * GIB)} "
             f"(LMCACHE_MAX_LOCAL_DISK_SIZE): removed the {removed} least recently used file(s), {size_text(freed)}")
+
+
+def _blocker(path: Path, error: OSError) -> str:
+    """Why mkdir -p failed, said of the deepest part of the path that exists."""
+    existing = next((p for p in path.parents if os.path.lexists(p)), Path("/"))
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    return f"{error.strerror} in {existing}"
 
 
 def check_disk_tier(disk: DiskTier, found: Findings) -> None:
@@ -93,7 +101,7 @@ def check_disk_tier(disk: DiskTier, found: Findings) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        found.errors.append(f"disk tier {path}: cannot create the directory ({e.strerror}: {e.filename}); {fix}")
+        found.errors.append(f"disk tier {path}: cannot create the directory: {_blocker(path, e)}; {fix}")
         return
     probe = path / f".appliance-write-probe-{os.getpid()}"
     try:

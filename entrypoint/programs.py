@@ -67,11 +67,13 @@ def secret_argv_values(plan: Plan) -> str:
 
 
 # -- waiting for a clear ground ------------------------------------------------------------------------
-def processes_of(program: str, server_url: str, exclude: int) -> list[int]:
-    """Live processes started by this supervisord as `program` (and their children, which inherit the
-    environment): supervisord puts SUPERVISOR_PROCESS_NAME and SUPERVISOR_SERVER_URL in it. Unlike a pid
-    file this survives pid reuse and finds workers that left the process group."""
-    want = (f"\0SUPERVISOR_PROCESS_NAME={program}\0".encode(), f"\0SUPERVISOR_SERVER_URL={server_url}\0".encode())
+def processes_of(program: str | None, server_url: str, exclude: int = 0) -> list[int]:
+    """Live processes started by this supervisord as `program` (any, for None), and their children, which
+    inherit the environment where supervisord put SUPERVISOR_PROCESS_NAME and SUPERVISOR_SERVER_URL.
+    Unlike a pid file this survives pid reuse and finds workers that left the process group."""
+    want = [f"\0SUPERVISOR_SERVER_URL={server_url}\0".encode()]
+    if program:
+        want.append(f"\0SUPERVISOR_PROCESS_NAME={program}\0".encode())
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == exclude:

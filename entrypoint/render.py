@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .events import RPC_USER, supervisor_rpc
 from .plan import Plan
 
 # supervisord's stop wait for vLLM beyond its own drain (--shutdown-timeout): engine and worker teardown.
@@ -43,6 +44,14 @@ class RunDir:
     def fatal(self) -> Path:
         return self.root / "fatal"  # written by on-fatal: the program that failed; read by serve
 
+    @property
+    def password(self) -> Path:
+        return self.root / "supervisor.password"  # mode 0600, new at every start
+
+    def rpc(self):
+        """supervisord's XML-RPC interface (the watchdog, on-fatal and the tests use it)."""
+        return supervisor_rpc(str(self.socket), self.password.read_text().strip())
+
     def log(self, program: str) -> Path:
         return self.root / f"{program}.log"
 
@@ -72,7 +81,7 @@ def _command(python: str, module: str, *args: str) -> str:
     return _v(shlex.join([python, "-m", module, *args]))
 
 
-def render(plan: Plan, run: RunDir, python: str = sys.executable) -> str:
+def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable) -> str:
     a = plan.appliance
     startup = int(a["APPLIANCE_STARTUP_TIMEOUT"])
     sections = [
@@ -93,12 +102,17 @@ def render(plan: Plan, run: RunDir, python: str = sys.executable) -> str:
         "[unix_http_server]",
         f"file={_v(run.socket)}",
         "chmod=0700",
+        # Without credentials supervisord logs a CRIT line at every start; the socket is 0700 anyway.
+        f"username={RPC_USER}",
+        f"password={_v(password)}",
         "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory=supervisor.rpcinterface:make_main_rpcinterface",
         "",
         "[supervisorctl]",
         f"serverurl=unix://{_v(run.socket)}",
+        f"username={RPC_USER}",
+        f"password={_v(password)}",
     ]
 
     def program(name: str, priority: int, stopwait: int) -> list[str]:
@@ -128,8 +142,8 @@ def render(plan: Plan, run: RunDir, python: str = sys.executable) -> str:
             f"priority={priority}",
             f"buffer_size={EVENT_BUFFER}",
             "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
-            # A listener's stdout is the protocol; what it says goes to stderr, straight to the container.
-            "stderr_logfile=/dev/stdout", "stderr_logfile_maxbytes=0",
+            # A listener's stdout is the protocol (not logged); what it says goes to stderr, on to the container.
+            "stdout_logfile=NONE", "stderr_logfile=/dev/stdout", "stderr_logfile_maxbytes=0",
         ]
 
     # Start order is ascending priority, stop order descending: the watchdog stops first (it must not

@@ -13,16 +13,20 @@ EXIT_PREFLIGHT when a preflight check failed (nothing started), supervisord's ow
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
+import secrets
 import shlex
 import signal
+import stat
 import sys
+import time
 from pathlib import Path
 
 from . import preflight
 from .plan import Plan
-from .programs import SECRET_ARGV_VAR, secret_argv_values
+from .programs import SECRET_ARGV_VAR, processes_of, secret_argv_values
 from .render import START_RETRIES, RunDir, render
 from .settings import SECRET_NAMES
 
@@ -59,7 +63,9 @@ def write_run_dir(plan: Plan, run: RunDir) -> None:
     _write(run.plan, json.dumps(plan.to_dict(), indent=2) + "\n", 0o600)  # secrets redacted
     if plan.lmcache_mode == "in-process" and plan.lmcache_config_file:
         _write(Path(plan.lmcache_config_file), json.dumps(plan.lmcache_config, indent=2) + "\n")  # JSON is YAML
-    _write(run.conf, render(plan, run))
+    password = secrets.token_hex(16)
+    _write(run.password, password + "\n", 0o600)
+    _write(run.conf, render(plan, run, password), 0o600)
 
 
 def export_secrets(plan: Plan) -> None:
@@ -80,7 +86,46 @@ def _become_subreaper() -> None:
         pass  # not Linux: orphans go to PID 1 as usual
 
 
+def _append_mode_stdio() -> None:
+    """Listeners' output reaches our stdout through supervisord's `/dev/stdout` logfile, opened in append
+    mode. Where stdout is a plain file (`serve > log`), our and supervisord's own writes must append too,
+    or they would overwrite those lines."""
+    for fd in (1, 2):
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        except OSError:
+            pass
+
+
+def kill_leftovers(run: RunDir) -> None:
+    """supervisord is satisfied once a program's main process exits; a worker that outlived it (it left the
+    group, or ignores SIGTERM) has had its graceful stop and is killed here, so that nothing outlives us."""
+    leftovers = processes_of(None, f"unix://{run.socket}")
+    if leftovers:
+        print(f"appliance: killing {len(leftovers)} leftover process(es): pid {', '.join(map(str, leftovers))}",
+              file=sys.stderr)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    for pid in leftovers:
+        try:
+            os.waitpid(pid, 0)  # orphans were handed to us (subreaper): reap them, or they stay zombies
+        except ChildProcessError:  # not ours to reap: wait until it is gone
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:  # any other orphan that already ended
+            pass
+    except ChildProcessError:
+        pass
+
+
 def run_supervisord(run: RunDir) -> int:
+    _append_mode_stdio()
     argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(run.conf)]
     print("Executing: " + shlex.join(argv), flush=True)
     sys.stderr.flush()
@@ -104,11 +149,7 @@ def run_supervisord(run: RunDir) -> int:
         if reaped == pid:
             status = os.waitstatus_to_exitcode(raw)
             break
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0]:  # orphans that already ended
-            pass
-    except ChildProcessError:
-        pass
+    kill_leftovers(run)
     if run.fatal.exists():
         program = run.fatal.read_text().strip()
         print(f"appliance: stopped because {program!r} failed {START_RETRIES + 1} times in a row (FATAL); its "

@@ -6,8 +6,10 @@ vLLM's /health keeps answering 200 while its engine loop hangs, so a probe asks 
 - busy: vLLM's token counters in /metrics must have grown since the previous probe. A completion would
   only queue behind the running requests, so a busy engine that makes progress is never restarted.
 Policy (APPLIANCE_* knobs): probe every HEALTH_INTERVAL s, each request with HEALTH_TIMEOUT; a program is not
-judged before it first passes a probe or STARTUP_TIMEOUT s after it entered STARTING (model load);
-HEALTH_FAILURES failed probes in a row restart it. An unhealthy LMCache server is restarted, then vLLM.
+judged before it first passes a probe or STARTUP_TIMEOUT s after the server process started (model load;
+the launcher's waits before it come first and are bounded on their own);
+HEALTH_FAILURES failed probes in a row restart it: it is killed (stuck, it could not drain anyway) and
+started again. An unhealthy LMCache server is killed and vLLM stopped, then both started in order.
 Where there is a disk tier, each round also prunes it to its cap (preflight.prune).
 
 Probes run on the watchdog's own monotonic clock (it waits for events with a timeout), so periods under
@@ -15,6 +17,8 @@ supervisord's 5 s tick work; TICK_5 and PROCESS_STATE events wake it, and the la
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 import xmlrpc.client
@@ -25,7 +29,7 @@ import requests
 from supervisor.xmlrpc import Faults
 
 from . import preflight
-from .events import Listener, say, split_payload, supervisor_rpc
+from .events import Listener, say, split_payload
 from .healthcheck import api_base, api_headers
 from .plan import Plan
 from .render import RunDir, read_plan
@@ -55,32 +59,31 @@ def parse_metrics(text: str) -> dict[str, float]:
 @dataclass
 class Target:
     name: str
-    started_at: float | None = None  # monotonic time it entered STARTING; None while not running
+    pid: int = 0  # the process being judged (0: not running)
+    started_at: float = 0.0  # monotonic time the server started (its start grace counts from there)
     ready: bool = False  # has passed a probe since it started
     failures: int = 0
 
-    def start(self, now: float) -> None:
-        self.started_at, self.ready, self.failures = now, False, 0
-
-    def stop(self) -> None:
-        self.started_at, self.ready, self.failures = None, False, 0
+    @property
+    def running(self) -> bool:
+        return self.pid != 0
 
 
 class Watchdog:
-    def __init__(self, plan: Plan, rpc, clock=time.monotonic, session: requests.Session | None = None):
+    def __init__(self, plan: Plan, rpc):
         a = plan.appliance
         self.grace = float(a["APPLIANCE_STARTUP_TIMEOUT"])
         self.interval = float(a["APPLIANCE_HEALTH_INTERVAL"])
         self.timeout = float(a["APPLIANCE_HEALTH_TIMEOUT"])
         self.limit = int(a["APPLIANCE_HEALTH_FAILURES"])
-        self.plan, self.rpc, self.clock = plan, rpc, clock
-        self.http = session or requests.Session()
-        self.base, self.headers = api_base(plan), api_headers()
+        self.plan, self.rpc, self.clock = plan, rpc, time.monotonic
+        self.http = requests.Session()
+        self.base, self.headers = api_base(plan), api_headers(plan)
         self.vllm = Target("vllm")
         self.lmcache = Target("lmcache") if plan.lmcache_health_url else None
         self.last_progress: float | None = None  # counters at the previous probe
         self.last_probe_at = 0.0
-        self.next_probe = clock()
+        self.next_probe = self.clock()
 
     def targets(self) -> list[Target]:
         return [t for t in (self.lmcache, self.vllm) if t]
@@ -89,29 +92,33 @@ class Watchdog:
         return next((t for t in self.targets() if t.name == name), None)
 
     # -- what supervisord says ----------------------------------------------------------------------------
-    def sync(self) -> None:
-        """At our own start: which programs already run, and since when."""
-        now, wall = self.clock(), time.time()
-        for info in self.rpc.supervisor.getAllProcessInfo():
-            t = self.target(info["name"])
-            if t and info["statename"] in ("STARTING", "RUNNING"):
-                t.start(now - max(0.0, wall - info["start"]))
-
-    def on_event(self, headers: dict[str, str], payload: bytes) -> None:
-        event = headers.get("eventname", "")
-        if not event.startswith("PROCESS_STATE_"):
-            return  # TICK_5: only a wake-up
-        meta, _ = split_payload(payload)
-        t = self.target(meta.get("processname", ""))
-        state = event[len("PROCESS_STATE_"):]
-        if t is None or state == "RUNNING":
-            return
-        if state == "STARTING":
-            t.start(self.clock())
+    def refresh(self, t: Target) -> None:
+        """Ask supervisord which process runs as `t` and since when. State events only trigger this: they
+        can arrive late (buffered while we start), and a late STARTING must not restart the grace."""
+        info = self.rpc.supervisor.getProcessInfo(t.name)
+        if info["statename"] not in ("STARTING", "RUNNING") or not info["pid"]:
+            t.pid, t.ready, t.failures = 0, False, 0
+        elif info["pid"] != t.pid:
+            t.pid, t.ready, t.failures = info["pid"], False, 0
+            # supervisord gives whole seconds: take the latest moment, so the grace is never cut short.
+            t.started_at = self.clock() - max(0.0, time.time() - (info["start"] + 1))
             if t is self.vllm:
                 self.last_progress = None
-        else:  # STOPPING, STOPPED, EXITED, BACKOFF, FATAL: supervisord's business
-            t.stop()
+
+    @staticmethod
+    def launching(pid: int) -> bool:
+        """Still our launcher (programs.py), waiting for LMCache, an earlier vLLM or a port (each wait is
+        bounded there): not yet the server, so not judged, and its start grace has not begun."""
+        try:
+            return b"entrypoint.programs" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    def on_event(self, headers: dict[str, str], payload: str) -> None:
+        if headers.get("eventname", "").startswith("PROCESS_STATE_"):  # TICK_5 only wakes us up
+            t = self.target(split_payload(payload)[0].get("processname", ""))
+            if t:
+                self.refresh(t)
 
     # -- probes ---------------------------------------------------------------------------------------------
     def _get(self, url: str, **kw) -> requests.Response:
@@ -184,39 +191,55 @@ class Watchdog:
         say(NAME, f"{t.name} probe failed ({t.failures}/{self.limit}){late}: {why}")
         return t.failures >= self.limit
 
-    def restart(self, names: list[str]) -> None:
-        say(NAME, f"{self.limit} failed probes in a row: restarting {' then '.join(names)}")
-        for name in reversed(names):
+    def restart(self, stuck: Target, then: list[str]) -> None:
+        """Kill `stuck` (a stuck server cannot drain: its requests make no progress, so waiting out the
+        graceful stop would only delay the restart), stop `then` gracefully, start all again in order."""
+        names = [stuck.name, *then]
+        how = f"{stuck.name} killed" + (f", {' and '.join(then)} stopped" if then else "")
+        say(NAME, f"{self.limit} failed probes in a row: restarting {' then '.join(names)} ({how}: a stuck server "
+                  "cannot drain)")
+        for name in reversed(then):
+            self._call("stopProcess", name, True)
+        pid = stuck.pid
+        if self._call("stopProcess", stuck.name, False) and pid:  # STOPPING, so the exit is expected
             try:
-                self.rpc.supervisor.stopProcess(name, True)
-            except xmlrpc.client.Fault as e:
-                if e.faultCode != Faults.NOT_RUNNING:
-                    raise
+                os.killpg(pid, signal.SIGKILL)  # supervisord made it a process group leader
+            except ProcessLookupError:
+                pass
+        deadline = self.clock() + 30
+        while self.rpc.supervisor.getProcessInfo(stuck.name)["statename"] == "STOPPING" and self.clock() < deadline:
+            time.sleep(0.1)
         for name in names:
-            try:
-                self.rpc.supervisor.startProcess(name, False)
-            except xmlrpc.client.Fault as e:
-                if e.faultCode != Faults.ALREADY_STARTED:
-                    raise
-        now = self.clock()
+            self._call("startProcess", name, False)
         for name in names:
-            self.target(name).start(now)  # the STARTING events may come later, or not at all if missed
-        self.last_progress = None
+            self.refresh(self.target(name))
+
+    def _call(self, method: str, name: str, wait: bool) -> bool:
+        """stopProcess/startProcess, where "already so" (it crashed meanwhile, or autorestart won) is fine."""
+        try:
+            return getattr(self.rpc.supervisor, method)(name, wait)
+        except xmlrpc.client.Fault as e:
+            if e.faultCode not in (Faults.NOT_RUNNING, Faults.ALREADY_STARTED):
+                raise
+            return False
 
     def round(self) -> None:
         now = self.clock()
         self.next_probe = max(now, self.next_probe + self.interval)
         if self.rpc.supervisor.getState()["statename"] != "RUNNING":
             return  # shutting down: nothing to judge
-        if self.lmcache and self.lmcache.started_at is not None:
+        for t in self.targets():
+            if t.running and self.launching(t.pid):
+                t.started_at = self.clock()  # the grace starts when the server itself does
+        if self.lmcache and self.lmcache.running and not self.launching(self.lmcache.pid):
             ok, why = self.probe_lmcache()
             if self.judge(self.lmcache, ok, why, self.clock()):
-                self.restart(["lmcache", "vllm"])
+                self.restart(self.lmcache, then=["vllm"])
                 return
-        if self.vllm.started_at is not None:
+        if self.vllm.running and not self.launching(self.vllm.pid):
             ok, why = self.probe_vllm()
             if self.judge(self.vllm, ok, why, self.clock()):
-                self.restart(["vllm"])
+                self.restart(self.vllm, then=[])
         disk = self.plan.disk
         if disk:
             removed, freed, held = preflight.prune(disk.path, disk.max_size_gib * preflight.GIB)
@@ -227,15 +250,20 @@ class Watchdog:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     run = RunDir(Path(argv[0]).parent)
-    dog = Watchdog(read_plan(argv[0]), supervisor_rpc(str(run.socket)))
-    dog.sync()
+    dog = Watchdog(read_plan(argv[0]), run.rpc())
+    for t in dog.targets():
+        dog.refresh(t)
     listener = Listener()
     while True:
         event = listener.next(timeout=max(0.0, dog.next_probe - dog.clock()))
-        if event:
-            dog.on_event(*event)
-        if dog.clock() >= dog.next_probe:
-            dog.round()
+        try:
+            if event:
+                dog.on_event(*event)
+            if dog.clock() >= dog.next_probe:
+                dog.round()
+        except (OSError, xmlrpc.client.Error) as e:  # supervisord busy or going away: try again next round
+            say(NAME, f"cannot reach supervisord ({e}); trying again in {dog.interval:g} s")
+            dog.next_probe = dog.clock() + dog.interval
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""The pieces under the supervisor tests, without processes: the eventlistener protocol as supervisord
+speaks it, the log relay's input, the metrics parser, the rendered policy, the disk-tier prune."""
+from __future__ import annotations
+
+import configparser
+import io
+import os
+
+from supervisor.events import ProcessLogStdoutEvent
+
+from entrypoint.cli import make_plan
+from entrypoint.events import Listener, log_bytes, split_payload
+from entrypoint.preflight import prune
+from entrypoint.render import RunDir, render, stop_wait_seconds
+from entrypoint.watchdog import parse_metrics
+
+
+class _Proc:  # what supervisor's events read from a process
+    class config:
+        name = "vllm"
+        options = type("o", (), {"strip_ansi": False})
+
+    group = type("g", (), {"config": type("c", (), {"name": "vllm"})})
+    pid = 42
+
+
+def envelope(payload: str) -> bytes:
+    """As supervisord's pool writes it: `len` counts the characters of the text, which is sent as UTF-8."""
+    header = ("ver:3.0 server:supervisor serial:1 pool:logs poolserial:1 eventname:PROCESS_LOG_STDOUT "
+              f"len:{len(payload)}")
+    return (header + "\n" + payload).encode()
+
+
+def test_listener_reads_non_ascii_and_split_characters_as_supervisord_sends_them():
+    whole = ProcessLogStdoutEvent(_Proc, 42, "progress \u2588\u2588 done \u2713\n".encode()).payload()
+    split = ProcessLogStdoutEvent(_Proc, 42, "tail \u2588".encode()[:-1]).payload()  # a read cut inside a character
+    r, w = os.pipe()
+    os.write(w, envelope(whole) + envelope(split))
+    out = io.BytesIO()
+    listener = Listener(r, out)
+    headers, payload = listener.next(timeout=1)
+    assert headers["eventname"] == "PROCESS_LOG_STDOUT"
+    meta, data = split_payload(payload)
+    assert meta["processname"] == "vllm" and log_bytes(data) == "progress \u2588\u2588 done \u2713\n".encode()
+    _, data = split_payload(listener.next(timeout=1)[1])
+    assert data.startswith("Undecodable: ") and log_bytes(data) == "tail \u2588".encode()[:-1]
+    assert listener.next(timeout=0.05) is None  # no event: a timeout, not a hang
+    assert out.getvalue() == b"READY\nRESULT 2\nOKREADY\nRESULT 2\nOKREADY\n"
+    os.close(w)
+    os.close(r)
+
+
+def test_metrics_are_summed_over_label_sets():
+    text = ('# HELP vllm:num_requests_running x\nvllm:num_requests_running{engine="0",model_name="m"} 2.0\n'
+            'vllm:num_requests_running{engine="1",model_name="m"} 1.0\nvllm:generation_tokens_total{a="b c"} 7\n')
+    assert parse_metrics(text) == {"vllm:num_requests_running": 3.0, "vllm:generation_tokens_total": 7.0}
+
+
+def test_rendered_policy(tmp_path):
+    env = {"VLLM_KV_OFFLOADING_BACKEND": "lmcache", "APPLIANCE_RUN_DIR": str(tmp_path / "run 100%"),
+           "APPLIANCE_SHUTDOWN_TIMEOUT": "30", "APPLIANCE_STARTUP_TIMEOUT": "900"}
+    plan = make_plan(None, [], environ=env)
+    conf = configparser.RawConfigParser()
+    conf.read_string(render(plan, RunDir.of(plan), "pw"))
+    vllm, lmcache = conf["program:vllm"], conf["program:lmcache"]
+    assert int(vllm["stopwaitsecs"]) == stop_wait_seconds(plan) > 30  # longer than vLLM's own drain
+    assert vllm["stopasgroup"] == vllm["killasgroup"] == lmcache["killasgroup"] == "true"
+    assert vllm["startsecs"] == "900" and vllm["startretries"] == "3"
+    assert "100%%" in vllm["command"]  # supervisord expands %(...)s
+    priorities = {s.split(":", 1)[1]: int(conf[s]["priority"]) for s in conf.sections()
+                  if s.startswith(("program:", "eventlistener:"))}
+    # started in this order, stopped in the reverse one
+    assert sorted(priorities, key=priorities.get) == ["logs", "on-fatal", "lmcache", "vllm", "watchdog"]
+
+
+def test_prune_removes_least_recently_used_down_to_90_percent(tmp_path):
+    for i in range(10):
+        f = tmp_path / "sub" / f"{i}" if i % 2 else tmp_path / f"{i}"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (100 + i, 100 + i))
+    assert prune(tmp_path, 20_000) == (0, 0, 10_000)
+    assert prune(tmp_path, 5_000) == (6, 6_000, 10_000)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["6", "7", "8", "9"]
