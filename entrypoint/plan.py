@@ -27,6 +27,8 @@ SECRET_FLAGS = ("--api-key", "--hf-token")  # vLLM flags whose value is a secret
 LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"
 LMCACHE_CONNECTOR_IN_PROCESS = "LMCacheConnectorV1"
 DEFAULT_CPU_TIER_GIB = 5.0  # LMCache's own default max_local_cpu_size
+LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's KV registration is dropped
+LMCACHE_HEARTBEAT_S = 5  # vLLM -> LMCache server pings; LMCache wants the reap timeout >= 3x this
 LMCACHE_KEYS_WITH_SERVER_EQUIVALENT = {"chunk_size", "local_cpu", "max_local_cpu_size", "local_disk",
                                        "max_local_disk_size"}
 
@@ -445,7 +447,11 @@ class _Builder:
                 "--host", "127.0.0.1", "--port", str(port),
                 "--http-host", "127.0.0.1", "--http-port", str(http_port),
                 "--chunk-size", str(chunk), "--l1-size-gb", number_text(cpu),
-                "--eviction-policy", str(v["LMCACHE_EVICTION_POLICY"])]
+                "--eviction-policy", str(v["LMCACHE_EVICTION_POLICY"]),
+                # A vLLM that dies keeps its GPU KV cache mapped in the server until the server reaps it:
+                # 120 s by default, during which a restarted vLLM finds too little free GPU memory and fails.
+                # 30 s is LMCache's floor; vLLM pings every LMCACHE_HEARTBEAT_S, well under a third of it.
+                "--worker-reap-timeout-seconds", str(LMCACHE_REAP_S)]
         if p.disk:
             # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity,
             # so LMCache's own L2 eviction keeps it under LMCACHE_MAX_LOCAL_DISK_SIZE.
@@ -456,7 +462,8 @@ class _Builder:
         p.lmcache_argv = argv
         p.lmcache_health_url = f"http://127.0.0.1:{http_port}/healthcheck"
         transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_role": "kv_both",
-                    "kv_connector_extra_config": {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port}}
+                    "kv_connector_extra_config": {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port,
+                                                  "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S}}
         p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
         if len({port, http_port, p.api_port}) < 3:
             self.error(f"VLLM_PORT={p.api_port}, APPLIANCE_LMCACHE_PORT={port} and APPLIANCE_LMCACHE_HTTP_PORT="

@@ -283,6 +283,14 @@ suite_faults() {
         LMCACHE_LOCAL_DISK="$small" LMCACHE_MAX_LOCAL_DISK_SIZE=1.5 VLLM_MAX_MODEL_LEN=32768 || return 0
     bench faults.py disk-fill --base-url "$BASE" --model "$SERVED" --results "$RES" --run-dir /tmp/run-faults \
         --disk "$small" || fail "fault: disk fill"
+    # vLLM SIGKILLed: restart-to-ready (the launcher waits for the LMCache server to release the dead vLLM's
+    # GPU memory), and an earlier prompt still served from the LMCache server's CPU tier afterwards
+    local one=(--base-url "$BASE" --model "$SERVED" --tokens 16000 --seeds 1 --results "$RES")
+    if need 120 "fault: kill vLLM"; then
+        bench reuse.py run --label faults "${one[@]}" || fail "reuse run faults"
+        bench reuse.py again --label faults --phase after_vllm_restart --restart kill-vllm --run-dir /tmp/run-faults \
+            --warmup-tokens 1024 --ready-timeout 200 "${one[@]}" || fail "fault: kill vLLM"
+    fi
     kill_lmcache
     sigterm_inflight
     stop_appliance

@@ -80,7 +80,10 @@ def test_example2_multi_round(plan_for):
     assert plan.errors == []
     assert flag_value(plan.lmcache_argv, "--l1-size-gb") == "5"
     assert kv_transfer(plan)["kv_connector_extra_config"] == {"lmcache.mp.host": "tcp://127.0.0.1",
-                                                            "lmcache.mp.port": 5555}
+                                                            "lmcache.mp.port": 5555,
+                                                            "lmcache.mp.heartbeat_interval": 5}
+    # a dead vLLM's GPU memory is released by the server after 30 s (LMCache's default is 120 s)
+    assert flag_value(plan.lmcache_argv, "--worker-reap-timeout-seconds") == "30"
 
 
 def test_advanced_lmcache_variables_cpu_and_disk(plan_for):
