@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
 import common  # noqa: E402
+import from_log  # noqa: E402
 import multiround  # noqa: E402
 import reuse  # noqa: E402
 
@@ -227,3 +228,74 @@ def test_multiround_uses_the_last_run_of_a_label():
     assert summary["labels"]["lmcache"]["p50_s"] == 0.1
     assert summary["labels"]["lmcache"]["requests"] == 8
     assert [t["verdict"] for t in summary["targets"]] == ["pass", "n/a"]  # no native run
+
+
+# --- from_log: results rebuilt from a suite's console log ------------------------------------------------
+
+SUITE_LOG = """\
+=== [0s] suite reuse on vm; budget 560 s
+    gpu: NVIDIA H200, 143771 MiB, 580.159.04
+host->device (pinned, 1 GiB x 5): 54.9 GB/s median [54.79, 55.01, 54.82, 54.87, 54.97]; device->host 55.2 GB/s; NVIDIA H200
+=== [5s] start no-offload: VLLM_KV_OFFLOADING_BACKEND=none VLLM_MAX_MODEL_LEN=32768
+startup no-offload: ready_s 115.3 s, supervisor_socket_s 0.9 s, vllm_spawned_s 1.5 s
+[01:57:13]       no-offload warmup                1024 tok seed -1: 0.066 s
+[01:57:13]       no-offload cold                 16000 tok seed 0: 0.492 s
+[01:57:13]       no-offload gpu_hit              16000 tok seed 0: 0.147 s
+[01:57:15]       no-offload after_reset          16000 tok seed 0: 0.487 s
+stop no-offload: clean in 2.2 s
+[01:58:59]   lmcache-server cold                 16000 tok seed 0: 0.510 s
+[01:58:59]   lmcache-server gpu_hit              16000 tok seed 0: 0.083 s
+[01:59:00]   lmcache-server after_reset          16000 tok seed 0: FAILED (HTTP 500: boom)
+[01:59:12] SIGKILL to vLLM (pid 1207)
+[02:02:15] restart kill-vllm: ready 183.4 s after the restart began; {'restart': 'kill-vllm', 'restart_to_ready_s': 183.425, 'vllm_pid': [1207, 2002]}
+[02:02:15]   lmcache-server warmup                1024 tok seed -1: 0.074 s
+[02:02:17]   lmcache-server after_vllm_restart   16000 tok seed 0: 0.105 s
+[02:03:38]   lmcache-server warmup                1024 tok seed -1: 0.108 s
+[02:03:40]   lmcache-server after_full_restart   16000 tok seed 0: 0.264 s
+[02:03:55] fault SIGTERM during a long request: OK: in-flight request completed with 256/256 tokens, 5.8 s after SIGTERM; serve exited 13.6 s after SIGTERM
+[02:08:58] native: 2 users x 2 rounds, concurrency 3; working set 5200 tokens, last request 3600 tokens
+[02:08:59] native u 0 r0: ttft 0.080 s, 2768 prompt tok
+[02:08:59] native u 1 r0: ttft 0.100 s, 2768 prompt tok
+[02:09:00] native u 0 r1: ttft 0.050 s, 3568 prompt tok
+[02:09:00] user 1 round 1: FAILED stream cut
+[02:09:46] native: 3 ok / 1 failed in 0.6 s; p50 0.080 s, p90 0.096 s, 15000 tok/s; stopped by deadline: 0 users
+
+### serve to ready, seconds (from launching `python -m entrypoint serve`)
+
+| config     | ok  | ready s | supervisord socket s | lmcache spawned s | vllm spawned s | error |
+|------------|-----|---------|----------------------|-------------------|----------------|-------|
+| no-offload | yes | 115.278 | 0.899                | -                 | 1.465          |       |
+
+### Copy floor: KV bytes/token 131072 x tokens / host-to-device bandwidth (54.9 GB/s, pinned memory, NVIDIA H200)
+"""
+
+
+def test_from_log_rebuilds_the_rows_the_bench_scripts_append():
+    rows = from_log.rebuild(SUITE_LOG, "suite.log", date="2026-11-28", answer_tokens=32, system_tokens=2000,
+                            user_tokens=768, max_seconds=60, think_time=0.0, stagger=0.05, kv_bytes_per_token=None)
+    assert all(r["from_log"] == "suite.log" for r in rows)
+    h2d = common.latest_h2d(rows)
+    assert h2d["gb_per_s"] == 54.87 and h2d["kv_bytes_per_token"] == 131072  # the median of the five, not 54.9
+    start = next(r for r in rows if r["bench"] == "startup")
+    assert start["ready_s"] == 115.278 and start["vllm_spawned_s"] == 1.465  # the final table's digits
+    assert next(r for r in rows if r["bench"] == "stop")["stop_s"] == 2.2
+    failed = next(r for r in rows if r.get("error"))
+    assert failed["phase"] == "after_reset" and failed["ok"] is False and failed["ttft_s"] is None
+    heads = {r["phase"]: r for r in rows if str(r.get("phase")).startswith("restart:")}
+    assert heads["restart:after_vllm_restart"]["restart_to_ready_s"] == 183.425
+    assert heads["restart:after_vllm_restart"]["label"] == "lmcache-server"
+    assert heads["restart:after_full_restart"]["restart"] == "none"  # logged nothing; its head row is back
+    s = reuse.summarize(rows)
+    assert s["median"]["lmcache-server"][16000] == {"cold": 0.51, "gpu_hit": 0.083, "after_vllm_restart": 0.105,
+                                                    "after_full_restart": 0.264}
+    assert s["restart_to_ready_s"] == {"lmcache-server": {"after_vllm_restart": 183.425}}
+    first = next(r for r in rows if r["bench"] == "reuse")
+    assert first["time"] == 1795831033.0  # 2026-11-28 01:57:13 UTC
+    assert next(r for r in rows if r["bench"] == "fault")["exited_s"] == 13.6
+    run = next(r for r in rows if r["bench"] == "multiround_run")
+    assert (run["requests"], run["failed"], run["prompt_tokens"], run["completion_tokens"]) == (4, 1, 9104, 96)
+    assert run["wall_s"] == pytest.approx((9104 + 96) / 15000)
+    assert run["params"]["users"] == 2 and run["params"]["max_seconds"] == 60
+    summary, md = multiround.build_report(rows, "no-offload", "lmcache", "native", from_round=1)
+    assert summary["labels"]["native"]["p50_by_round_s"] == {0: 0.09, 1: 0.05}
+    assert summary["labels"]["native"]["failed"] == 1
