@@ -97,6 +97,9 @@ def test_straggler_of_an_earlier_vllm_is_killed_before_the_next_starts(appliance
     a.wait_ready()
     old = a.wait_state("vllm", "RUNNING")["pid"]
     worker = wait_until(lambda: next((p.pid for p in a.session() if p.ppid == old), None), 10, "the worker")
+    # Kill only once the worker is up: one still starting would write its first line into the pipe that
+    # supervisord closes when its parent dies, and die of EPIPE instead of straggling.
+    a.wait_output(f"stub-vllm[{worker}]: worker started (parent {old})")
     killed = time.monotonic()
     os.kill(old, signal.SIGKILL)
     a.wait_output(f"vllm     | [appliance] waiting for 1 earlier vllm process(es) to exit: pid {worker}")
