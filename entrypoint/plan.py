@@ -19,7 +19,7 @@ from typing import Mapping
 from . import models
 from .schema import Schema
 from .settings import (BY_NAME, DEFAULT_DISK_TIER_PATH, FILE_SECRETS, OWNED_FLAGS, SECRET_NAMES, SETTINGS,
-                       DiskChoice, Setting, ValueProblem, parse_bool, parse_value)
+                       DiskChoice, ValueProblem, parse_bool, parse_value)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 REDACTED = "***"
