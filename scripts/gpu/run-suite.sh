@@ -12,7 +12,18 @@
 #   bash scripts/gpu/run-suite.sh multiround   no-offload, lmcache, native; GPU KV cache capped (MR_KV_BYTES)
 #   bash scripts/gpu/run-suite.sh faults       a disk tier that fills up (2 GiB tmpfs), kill the LMCache server,
 #                                              SIGTERM during a long request
+#   bash scripts/gpu/run-suite.sh tp           tensor parallel 2 (a 2-GPU host): LMCache server mode (reuse at
+#                                              16k, vLLM killed, the appliance restarted: disk tier), then
+#                                              in-process mode; prints the CPU/disk sizes each process was given
 #   bash scripts/gpu/run-suite.sh reuse multiround   (both, if the budget allows: it does not on one call)
+#
+# Several suites at once on a multi-GPU host: GPU=N pins one to GPU N (CUDA_VISIBLE_DEVICES) and moves its
+# ports (API 8000+N, LMCache 5555+10N / 8080+N / Prometheus 9090+N), run directories and pid file, e.g.
+#   GPU=0 OUT=/tmp/bo/g0 bash scripts/gpu/run-suite.sh multiround & GPU=1 OUT=/tmp/bo/g1 MR_CONFIGS=... bash ... &
+# Multi-round configurations (MR_CONFIGS, default "no-offload lmcache native"; see mr_backend below):
+#   no-offload, lmcache, native, lmcache-inproc (LMCACHE_MODE=in-process), lmcache-mw4 (the LMCache server
+#   with --max-workers 4), lmcache-chunk512 (LMCACHE_CHUNK_SIZE=512); any of them with a suffix -mnbtN adds
+#   VLLM_MAX_NUM_BATCHED_TOKENS=N (vLLM's token budget per scheduler step).
 #
 # Output: $OUT/results/ (results.jsonl, <bench>.md/.json/.png), $OUT/logs/<label>/ (serve output, the run
 # directory's supervisord/vllm/lmcache logs, rendered config), $OUT/logs/suite.log (this console).
@@ -26,7 +37,14 @@ LOGS=$OUT/logs
 SITE=${SITE-/tmp/site}                     # the staged vLLM + LMCache (empty: use the installed ones)
 MODEL=${MODEL:-/tmp/model-8b}
 SERVED=${SERVED:-llama8b}
-PORT=${PORT:-8000}
+GPU=${GPU:-}                                 # one GPU of a multi-GPU host (see above); empty: all GPUs
+INST=${GPU:+g$GPU-}                         # prefix of run directories, so that parallel suites do not collide
+PORT=${PORT:-$((8000 + ${GPU:-0}))}
+LMC_PORTS=()                                # the LMCache server's ports, moved off the defaults for GPU=N
+if [ -n "$GPU" ]; then
+    export CUDA_VISIBLE_DEVICES=$GPU        # the appliance, vLLM, and the bandwidth measure use this GPU only
+    LMC_PORTS=(APPLIANCE_LMCACHE_PORT=$((5555 + 10 * GPU)) APPLIANCE_LMCACHE_HTTP_PORT=$((8080 + GPU)))
+fi
 BASE=http://127.0.0.1:$PORT
 PY=${PY:-python3}                           # runs the appliance and the bench scripts (stdlib + torch)
 VLLM_CMD=${VLLM_CMD:-$PY -m vllm.entrypoints.cli.main}   # there is no `vllm` console script in the bundle
@@ -37,6 +55,8 @@ KVDISK=${KVDISK:-/tmp/kvdisk}
 GPU_UTIL=${GPU_UTIL:-0.6}
 CPU_TIER_GIB=${CPU_TIER_GIB:-20}
 DISK_TIER_GIB=${DISK_TIER_GIB:-40}
+TP_CPU_GIB=${TP_CPU_GIB:-16}                # the tp suite's CPU tier (a total: in-process workers get 8 each)
+TP_DISK_GIB=${TP_DISK_GIB:-20}
 REUSE_TOKENS=${REUSE_TOKENS:-16000,30000}
 REUSE_SEEDS=${REUSE_SEEDS:-3}
 REUSE_MAX_MODEL_LEN=${REUSE_MAX_MODEL_LEN:-32768}
@@ -47,8 +67,11 @@ MR_GPU_UTIL=${MR_GPU_UTIL:-}                # or: a small GPU memory share inste
 MR_MAX_MODEL_LEN=${MR_MAX_MODEL_LEN:-16384}
 MR_MAX_SECONDS=${MR_MAX_SECONDS:-75}
 MR_ARGS=${MR_ARGS:-}                        # extra multiround.py run arguments (--users 20 --rounds 8 ...)
+MR_CONFIGS=${MR_CONFIGS:-no-offload lmcache native}
+MR_REUSE_TOKENS=${MR_REUSE_TOKENS:-}        # e.g. 16000: after each multi-round run, a reuse run on the same
+                                            # appliance (cold / GPU hit / after GPU reset) at that length
 EXTRA_ENV=${EXTRA_ENV:-}                    # extra VAR=value words for every appliance, e.g. VLLM_TENSOR_PARALLEL_SIZE=2
-PIDS_FILE=/tmp/bench-suite.pids             # serve pids of this script, so a later call can clean up
+PIDS_FILE=/tmp/bench-suite${GPU:+-g$GPU}.pids             # serve pids of this script, so a later call can clean up
 
 mkdir -p "$RES" "$LOGS"
 exec 3>&1 4>&2 > >(tee -a "$LOGS/suite.log") 2>&1
@@ -83,16 +106,34 @@ HF_HUB_OFFLINE=1
 EOF
 }
 
+with_instance_ports() {  # the configuration's words, plus (GPU=N) the LMCache server's Prometheus port moved
+    local kv server=0 inproc=0 extra="" out=()
+    for kv in "$@"; do
+        case $kv in
+            VLLM_KV_OFFLOADING_BACKEND=lmcache) server=1 ;;
+            LMCACHE_MODE=in-process) inproc=1 ;;
+            LMCACHE_SERVER_EXTRA_ARGS=*) extra=${kv#*=}; continue ;;
+        esac
+        out+=("$kv")
+    done
+    # two LMCache servers on one host would both bind Prometheus' default port 9090
+    [ -n "$GPU" ] && [ "$server" = 1 ] && [ "$inproc" = 0 ] && extra="${extra:+$extra }--prometheus-port $((9090 + GPU))"
+    [ -n "$extra" ] && out+=("LMCACHE_SERVER_EXTRA_ARGS=$extra")
+    printf '%s\n' "${out[@]}"
+}
+
 start_appliance() {  # start_appliance LABEL VAR=value...: serve in the background, wait until ready
     LABEL=$1; shift
-    local run=/tmp/run-$LABEL
+    local words=(); mapfile -t words < <(with_instance_ports "$@")
+    set -- "${words[@]}"
+    local run=/tmp/run-$INST$LABEL
     rm -rf "$run"; mkdir -p "$LOGS/$LABEL"
     {
         appliance_env
         echo "APPLIANCE_RUN_DIR=$run"
-        for kv in "$@" $EXTRA_ENV; do echo "$kv"; done
+        for kv in "${LMC_PORTS[@]}" "$@" $EXTRA_ENV; do echo "$kv"; done
     } > "$LOGS/$LABEL/appliance.env"
-    say "start $LABEL: $(grep -E '^(VLLM_KV|LMCACHE|VLLM_MAX_MODEL|VLLM_KV_CACHE|VLLM_GPU)' "$LOGS/$LABEL/appliance.env" | tr '\n' ' ')"
+    say "start $LABEL: $(grep -E '^(VLLM_KV|LMCACHE|VLLM_MAX_|VLLM_KV_CACHE|VLLM_GPU|VLLM_TENSOR)' "$LOGS/$LABEL/appliance.env" | tr '\n' ' ')"
     local started
     started=$(date +%s.%N)
     (
@@ -121,15 +162,16 @@ stop_appliance() {  # SIGTERM to serve, wait, keep the logs; waits for the GPU t
     [ -n "$SERVE_PID" ] || return 0
     bench startup.py stop --pid "$SERVE_PID" --label "$LABEL" --results "$RES" --timeout 90 || fail "$LABEL: stop not clean"
     wait "$SERVE_PID" 2>/dev/null; echo "    serve exit code: $?"
-    local run=/tmp/run-$LABEL
+    local run=/tmp/run-$INST$LABEL
     cp "$run"/*.log "$run"/*.log.1 "$run"/supervisord.conf "$run"/plan.json "$LOGS/$LABEL/" 2>/dev/null
     SERVE_PID=""
     if command -v nvidia-smi >/dev/null; then
+        local only=(); [ -n "$GPU" ] && only=(-i "$GPU")   # a parallel suite's GPU is not ours to wait for
         for _ in $(seq 60); do
-            [ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null)" ] && break
+            [ -z "$(nvidia-smi "${only[@]}" --query-compute-apps=pid --format=csv,noheader 2>/dev/null)" ] && break
             sleep 0.5
         done
-        local busy; busy=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader 2>/dev/null)
+        local busy; busy=$(nvidia-smi "${only[@]}" --query-compute-apps=pid,used_memory --format=csv,noheader 2>/dev/null)
         [ -n "$busy" ] && fail "GPU still in use after stopping $LABEL: $busy"
     fi
     return 0
@@ -203,7 +245,7 @@ suite_reuse() {
     if need 110 "after_vllm_restart (SIGKILL of vLLM mid-request)"; then
         local wait_s=$(( $(left) - 100 )); [ "$wait_s" -gt 240 ] && wait_s=240
         bench reuse.py again --label lmcache-server --phase after_vllm_restart --restart kill-vllm \
-            --run-dir /tmp/run-lmcache-server --warmup-tokens 1024 --ready-timeout "$wait_s" "${common[@]}" \
+            --run-dir "/tmp/run-${INST}lmcache-server" --warmup-tokens 1024 --ready-timeout "$wait_s" "${common[@]}" \
             || fail "after_vllm_restart (vLLM SIGKILLed: see logs/lmcache-server/vllm.log)"
     fi
     # 3. a restart of everything: the appliance stopped (SIGTERM) and started again; the disk tier remains
@@ -230,7 +272,7 @@ kill_lmcache() {  # SIGKILL the LMCache server; probe until serving is back (bou
     local probe=$(( $(left) - 60 ))
     [ "$probe" -gt 150 ] && probe=150
     need 90 "fault: kill the LMCache server" || return 0
-    bench faults.py kill-lmcache --base-url "$BASE" --model "$SERVED" --results "$RES" --run-dir "/tmp/run-$LABEL" \
+    bench faults.py kill-lmcache --base-url "$BASE" --model "$SERVED" --results "$RES" --run-dir "/tmp/run-$INST$LABEL" \
         --max-seconds "$probe" || fail "fault: kill the LMCache server"
 }
 
@@ -239,7 +281,7 @@ sigterm_inflight() {  # the way this appliance stops: SIGTERM while a long reque
     bench faults.py sigterm-inflight --base-url "$BASE" --model "$SERVED" --results "$RES" --serve-pid "$SERVE_PID" \
         || fail "fault: SIGTERM during a long request"
     wait "$SERVE_PID" 2>/dev/null; echo "    serve exit code after SIGTERM: $?"
-    cp "/tmp/run-$LABEL"/*.log "/tmp/run-$LABEL/supervisord.conf" "$LOGS/$LABEL/" 2>/dev/null
+    cp "/tmp/run-$INST$LABEL"/*.log "/tmp/run-$INST$LABEL/supervisord.conf" "$LOGS/$LABEL/" 2>/dev/null
     SERVE_PID=""
 }
 
@@ -251,21 +293,138 @@ suite_multiround() {
     local args=(--base-url "$BASE" --model "$SERVED" --results "$RES" --max-seconds "$MR_MAX_SECONDS"
                 --max-model-len "$MR_MAX_MODEL_LEN" $MR_ARGS)
     bandwidth
-    local label backend
-    for label in no-offload lmcache native; do
-        case $label in
-            no-offload) backend=(VLLM_KV_OFFLOADING_BACKEND=none) ;;
-            lmcache) backend=(VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB") ;;
-            native) backend=(VLLM_KV_OFFLOADING_BACKEND=native VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB") ;;
-        esac
+    local label kv_tokens backend=()
+    [ -n "$MR_REUSE_TOKENS" ] && REPORTS+=(reuse.py)
+    for label in $MR_CONFIGS; do
+        mapfile -t backend < <(mr_backend "$label")
+        [ "${#backend[@]}" -gt 0 ] || { fail "unknown multiround configuration $label"; continue; }
         need $((MR_MAX_SECONDS + 90)) "multiround $label" || continue
         start_appliance "$label" "${backend[@]}" "${gpu[@]}" VLLM_MAX_MODEL_LEN="$MR_MAX_MODEL_LEN" || continue
-        local kv_tokens
-        kv_tokens=$(grep -ohE "GPU KV cache size: [0-9,]+ tokens" "/tmp/run-$label/vllm.log" 2>/dev/null | head -1 | tr -dc 0-9)
+        kv_tokens=$(grep -ohE "GPU KV cache size: [0-9,]+ tokens" "/tmp/run-$INST$label/vllm.log" 2>/dev/null | head -1 | tr -dc 0-9)
         bench multiround.py run --label "$label" "${args[@]}" ${kv_tokens:+--gpu-kv-tokens "$kv_tokens"} \
             || fail "multiround $label"
+        if [ -n "$MR_REUSE_TOKENS" ] && need 40 "reuse $label"; then
+            # the same appliance, its tiers holding the conversations: what one long prompt costs cold, on a
+            # GPU hit and after a GPU reset (the offload tier, or a recompute without one)
+            bench reuse.py run --label "$label" --base-url "$BASE" --model "$SERVED" --tokens "$MR_REUSE_TOKENS" \
+                --seeds 3 --warmup-tokens 1024 --results "$RES" || fail "reuse $label"
+        fi
         stop_appliance
     done
+}
+
+mr_backend() {  # mr_backend LABEL: the offloading words of a multi-round configuration, one per line
+    local label=$1 base mnbt=""
+    base=${label%-mnbt*}
+    [ "$base" != "$label" ] && mnbt=${label##*-mnbt}
+    case $base in
+        no-offload) echo VLLM_KV_OFFLOADING_BACKEND=none ;;
+        native) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=native VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" ;;
+        lmcache) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" ;;
+        lmcache-inproc) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" \
+            LMCACHE_MODE=in-process ;;
+        lmcache-mw4) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" \
+            "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" ;;
+        lmcache-chunk512) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" \
+            LMCACHE_CHUNK_SIZE=512 ;;
+        *) return 1 ;;
+    esac
+    [ -z "$mnbt" ] || echo "VLLM_MAX_NUM_BATCHED_TOKENS=$mnbt"
+}
+
+footprint() {  # what the appliance's processes hold: RSS of each (pinned CPU tiers are resident), GPU memory
+    say "footprint of $LABEL (RSS; a pinned CPU tier is resident, so it shows here)"
+    "$PY" - "$SERVE_PID" <<'PYEOF'
+import os, sys
+kids, info = {}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+        rss = int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1])
+    except (OSError, IndexError, ValueError):
+        continue
+    kids.setdefault(int(st[1]), []).append(int(pid))
+    info[int(pid)] = (rss, cmd)
+def walk(pid, depth):
+    rss, cmd = info.get(pid, (0, "?"))
+    if rss > 512 * 1024 or depth < 2:  # skip small helpers
+        print(f"    {'  ' * depth}{pid:>7} rss {rss / 1048576:6.1f} GiB  {cmd[:110]}")
+    for k in sorted(kids.get(pid, [])):
+        walk(k, depth + 1)
+walk(int(sys.argv[1]), 0)
+PYEOF
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader 2>/dev/null | sed 's/^/    gpu: /'
+}
+
+sizes() {  # the sizes the appliance rendered for LABEL, and what LMCache says it was given
+    local run=/tmp/run-$INST$LABEL
+    say "sizes of $LABEL (rendered; then LMCache's own log lines)"
+    "$PY" - "$run/plan.json" <<'PYEOF'
+import json, sys
+p = json.load(open(sys.argv[1]))
+def show(x, path=""):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            show(v, f"{path}.{k}" if path else k)
+    elif isinstance(x, list):
+        text = " ".join(map(str, x))
+        for key in ("--l1-size-gb", "--l2-adapter", "--tensor-parallel-size"):
+            if key in x:
+                i = x.index(key)
+                print(f"    {path}: {key} {x[i + 1]}")
+    elif not path.startswith("sources") and any(w in path.lower() for w in ("size", "disk", "capacity")):
+        print(f"    {path} = {x}")
+show(p)
+PYEOF
+    for f in "$run"/lmcache*.y*ml "$run"/lmcache*.json; do [ -f "$f" ] && sed 's/^/    config: /' "$f"; done
+    grep -hiE "l1.*size|size.*gb|max_local_cpu_size|max_local_disk_size|max_capacity|capacity_gb|world_size|worker_id" \
+        "$run"/lmcache.log "$run"/vllm.log 2>/dev/null | grep -v "^\s*$" | cut -c1-220 | sort -u | head -14 | sed 's/^/    log: /'
+}
+
+suite_tp() {
+    REPORTS+=(startup.py reuse.py)
+    local tp=(VLLM_TENSOR_PARALLEL_SIZE=2 VLLM_MAX_MODEL_LEN=32768)
+    local one=(--base-url "$BASE" --model "$SERVED" --tokens 16000 --seeds 3 --results "$RES")
+    rm -rf "$KVDISK" "$KVDISK-inproc"
+    bandwidth
+    # 1. server mode: one LMCache server holds the tiers for both workers; the sizes are totals
+    local lmc=(VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$TP_CPU_GIB" LMCACHE_LOCAL_DISK="$KVDISK"
+               LMCACHE_MAX_LOCAL_DISK_SIZE="$TP_DISK_GIB" "${tp[@]}")
+    if need 150 "tp2 lmcache-server" && start_appliance tp2-lmcache-server "${lmc[@]}"; then
+        sizes
+        bench reuse.py run --label tp2-lmcache-server "${one[@]}" || fail "reuse tp2-lmcache-server"
+        footprint
+        if need 200 "tp2: vLLM killed"; then
+            bench reuse.py again --label tp2-lmcache-server --phase after_vllm_restart --restart kill-vllm \
+                --run-dir "/tmp/run-${INST}tp2-lmcache-server" --warmup-tokens 1024 --ready-timeout 240 "${one[@]}" \
+                || fail "tp2: after_vllm_restart"
+        fi
+        stop_appliance
+        find "$KVDISK" -maxdepth 1 -mindepth 1 -printf '    disk tier directory: %f\n'
+        du -sh "$KVDISK" 2>/dev/null | sed 's/^/    disk tier after the stop: /'
+        if need 140 "tp2: the appliance restarted (disk tier)" && start_appliance tp2-lmcache-server-restarted "${lmc[@]}"; then
+            bench reuse.py again --label tp2-lmcache-server --phase after_full_restart --restart none \
+                --warmup-tokens 1024 "${one[@]}" || fail "tp2: after_full_restart"
+            stop_appliance
+        fi
+    fi
+    # 2. in-process mode: LMCache inside each worker, each with its share (total / TP) of the CPU and disk tiers
+    if need 140 "tp2 lmcache-inproc" && start_appliance tp2-lmcache-inproc VLLM_KV_OFFLOADING_BACKEND=lmcache \
+            VLLM_KV_OFFLOADING_SIZE="$TP_CPU_GIB" LMCACHE_MODE=in-process LMCACHE_LOCAL_DISK="$KVDISK-inproc" \
+            LMCACHE_MAX_LOCAL_DISK_SIZE="$TP_DISK_GIB" "${tp[@]}"; then
+        sizes
+        bench reuse.py run --label tp2-lmcache-inproc "${one[@]}" || fail "reuse tp2-lmcache-inproc"
+        footprint
+        stop_appliance
+        du -sh "$KVDISK-inproc"/* 2>/dev/null | sed 's/^/    in-process disk tier: /'
+    fi
+    # 3. the no-offload baseline at TP 2 (recompute time, and the workers' RSS without a CPU tier)
+    if need 130 "tp2 no-offload" && start_appliance no-offload VLLM_KV_OFFLOADING_BACKEND=none "${tp[@]}"; then
+        bench reuse.py run --label no-offload "${one[@]}" || fail "reuse tp2 no-offload"
+        footprint
+        stop_appliance
+    fi
 }
 
 suite_faults() {
@@ -281,14 +440,14 @@ suite_faults() {
     # The cap fits the tmpfs (preflight insists); faults.py disk-fill then fills the tmpfs from outside.
     start_appliance faults VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE=4 \
         LMCACHE_LOCAL_DISK="$small" LMCACHE_MAX_LOCAL_DISK_SIZE=1.5 VLLM_MAX_MODEL_LEN=32768 || return 0
-    bench faults.py disk-fill --base-url "$BASE" --model "$SERVED" --results "$RES" --run-dir /tmp/run-faults \
+    bench faults.py disk-fill --base-url "$BASE" --model "$SERVED" --results "$RES" --run-dir "/tmp/run-${INST}faults" \
         --disk "$small" || fail "fault: disk fill"
     # vLLM SIGKILLed: restart-to-ready (the launcher waits for the LMCache server to release the dead vLLM's
     # GPU memory), and an earlier prompt still served from the LMCache server's CPU tier afterwards
     local one=(--base-url "$BASE" --model "$SERVED" --tokens 16000 --seeds 1 --results "$RES")
     if need 120 "fault: kill vLLM"; then
         bench reuse.py run --label faults "${one[@]}" || fail "reuse run faults"
-        bench reuse.py again --label faults --phase after_vllm_restart --restart kill-vllm --run-dir /tmp/run-faults \
+        bench reuse.py again --label faults --phase after_vllm_restart --restart kill-vllm --run-dir "/tmp/run-${INST}faults" \
             --warmup-tokens 1024 --ready-timeout 200 "${one[@]}" || fail "fault: kill vLLM"
     fi
     kill_lmcache
@@ -298,7 +457,7 @@ suite_faults() {
 
 [ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
 for s in "$@"; do
-    case $s in reuse|multiround|faults) ;; *) echo "unknown suite: $s (reuse, multiround, faults)"; exit 2 ;; esac
+    case $s in reuse|multiround|faults|tp) ;; *) echo "unknown suite: $s (reuse, multiround, faults, tp)"; exit 2 ;; esac
 done
 header "$@"
 cleanup_earlier
