@@ -100,7 +100,9 @@ SETTINGS: tuple[Setting, ...] = (
        example="5.0"),
     # --- LMCache -------------------------------------------------------------------------------------
     _s("LMCACHE_MODE", "choice", "`server`: a supervised LMCache server holds the tiers, so they survive a "
-       "vLLM restart (default). `in-process`: LMCache runs inside each vLLM worker.", default="server",
+       "vLLM restart (default). `in-process`: LMCache runs inside each vLLM worker: the fastest hit for one long "
+       "prompt at a time, but slower under concurrent load, and its tiers do not survive a vLLM restart "
+       "(docs/BENCHMARKS.md, run 2).", default="server",
        group="LMCache", choices=("server", "in-process"), target="process layout"),
     _s("LMCACHE_LOCAL_CPU", "bool", "Keep a CPU tier. Server mode always has one; `false` is only "
        "valid with LMCACHE_MODE=in-process.", default=True, group="LMCache",

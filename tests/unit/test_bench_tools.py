@@ -299,3 +299,45 @@ def test_from_log_rebuilds_the_rows_the_bench_scripts_append():
     summary, md = multiround.build_report(rows, "no-offload", "lmcache", "native", from_round=1)
     assert summary["labels"]["native"]["p50_by_round_s"] == {0: 0.09, 1: 0.05}
     assert summary["labels"]["native"]["failed"] == 1
+
+
+# --- the GPU suite's configuration tables (scripts/gpu/run-suite.sh) -------------------------------------
+SUITE = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "run-suite.sh"
+
+
+def suite_function(name: str, call: str, **env: str) -> list[str]:
+    """Runs one bash function of run-suite.sh, cut out of the file (the script itself starts a suite)."""
+    import re
+    import subprocess
+    text = SUITE.read_text()
+    body = re.search(rf"^{name}\(\) {{.*?^}}$", text, re.S | re.M)
+    assert body, f"{name} not found in {SUITE}"
+    out = subprocess.run(["bash", "-c", f"{body.group(0)}\n{call}"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "CPU_TIER_GIB": "20", **env})
+    return out.stdout.splitlines() if out.returncode == 0 else [f"exit {out.returncode}"]
+
+
+def test_multiround_labels_become_the_documented_settings():
+    assert suite_function("mr_backend", "mr_backend no-offload") == ["VLLM_KV_OFFLOADING_BACKEND=none"]
+    assert suite_function("mr_backend", "mr_backend native") == [
+        "VLLM_KV_OFFLOADING_BACKEND=native", "VLLM_KV_OFFLOADING_SIZE=20"]
+    assert suite_function("mr_backend", "mr_backend lmcache-inproc-mnbt2048") == [
+        "VLLM_KV_OFFLOADING_BACKEND=lmcache", "VLLM_KV_OFFLOADING_SIZE=20", "LMCACHE_MODE=in-process",
+        "VLLM_MAX_NUM_BATCHED_TOKENS=2048"]
+    assert "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" in suite_function("mr_backend", "mr_backend lmcache-mw4")
+    assert "LMCACHE_CHUNK_SIZE=512" in suite_function("mr_backend", "mr_backend lmcache-chunk512")
+    assert suite_function("mr_backend", "mr_backend lmcache-typo") == ["exit 1"]
+
+
+def test_a_pinned_suite_moves_only_the_lmcache_servers_prometheus_port():
+    call = 'with_instance_ports VLLM_KV_OFFLOADING_BACKEND=lmcache "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4"'
+    assert suite_function("with_instance_ports", call, GPU="1") == [
+        "VLLM_KV_OFFLOADING_BACKEND=lmcache", "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4 --prometheus-port 9091"]
+    assert suite_function("with_instance_ports", call) == [  # all GPUs: nothing moved
+        "VLLM_KV_OFFLOADING_BACKEND=lmcache", "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4"]
+    # in-process mode and no offloading start no LMCache server (and reject server arguments)
+    assert suite_function("with_instance_ports", "with_instance_ports VLLM_KV_OFFLOADING_BACKEND=lmcache "
+                          "LMCACHE_MODE=in-process", GPU="1") == ["VLLM_KV_OFFLOADING_BACKEND=lmcache",
+                                                                 "LMCACHE_MODE=in-process"]
+    assert suite_function("with_instance_ports", "with_instance_ports VLLM_KV_OFFLOADING_BACKEND=none",
+                          GPU="0") == ["VLLM_KV_OFFLOADING_BACKEND=none"]
