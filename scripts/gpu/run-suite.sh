@@ -320,13 +320,13 @@ mr_backend() {  # mr_backend LABEL: the offloading words of a multi-round config
     case $base in
         no-offload) echo VLLM_KV_OFFLOADING_BACKEND=none ;;
         native) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=native VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" ;;
-        lmcache) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" ;;
-        lmcache-inproc) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" \
-            LMCACHE_MODE=in-process ;;
-        lmcache-mw4) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" \
-            "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" ;;
-        lmcache-chunk512) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" \
-            LMCACHE_CHUNK_SIZE=512 ;;
+        lmcache|lmcache-inproc|lmcache-mw4|lmcache-chunk512)
+            printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB"
+            case $base in  # the one change each variant makes to the default LMCache configuration
+                lmcache-inproc) echo LMCACHE_MODE=in-process ;;
+                lmcache-mw4) echo "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" ;;
+                lmcache-chunk512) echo LMCACHE_CHUNK_SIZE=512 ;;
+            esac ;;
         *) return 1 ;;
     esac
     [ -z "$mnbt" ] || echo "VLLM_MAX_NUM_BATCHED_TOKENS=$mnbt"

@@ -1,6 +1,8 @@
 """The pure parts of the benchmark tools (scripts/bench): prompts, KV sizes, the copy floor, the reports and
 their verdicts against the issue's targets. No server, no GPU; the chart only where matplotlib is installed."""
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -307,8 +309,6 @@ SUITE = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "run-suite.sh"
 
 def suite_function(name: str, call: str, **env: str) -> list[str]:
     """Runs one bash function of run-suite.sh, cut out of the file (the script itself starts a suite)."""
-    import re
-    import subprocess
     text = SUITE.read_text()
     body = re.search(rf"^{name}\(\) {{.*?^}}$", text, re.S | re.M)
     assert body, f"{name} not found in {SUITE}"
