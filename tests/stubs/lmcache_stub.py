@@ -16,8 +16,10 @@ import signal
 import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from quiet_http import QuietHTTPServer  # next to this file: the stubs run as scripts
 
 ENV = os.environ
 
@@ -57,8 +59,7 @@ def main() -> int:
             self.wfile.write(body)
 
     zmq = socket.create_server((args.host, args.port))
-    http = ThreadingHTTPServer((args.http_host, args.http_port), Handler)
-    http.daemon_threads = True
+    http = QuietHTTPServer((args.http_host, args.http_port), Handler)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     say(f"serving on {args.host}:{args.port}, health on {args.http_host}:{args.http_port}/healthcheck")
 

@@ -33,8 +33,10 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from quiet_http import QuietHTTPServer  # next to this file: the stubs run as scripts
 
 ENV = os.environ
 
@@ -241,8 +243,7 @@ def main() -> int:
             return 0
     model = (args.served_model_name or [args.model])[0]
     handler = make_handler(engine, model, args.api_key or ENV.get("VLLM_API_KEY"))
-    server = ThreadingHTTPServer((args.host, args.port), handler)
-    server.daemon_threads = True
+    server = QuietHTTPServer((args.host, args.port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     say(f"serving {model} on {args.host}:{args.port} \u2713")  # non-ASCII on purpose: the log relay must cope
     stop.wait()
