@@ -139,7 +139,7 @@ loader.exec_module(m); print("compiled lmcache.c_ops loads:", so)'
 COPY --from=app /opt/appliance /opt/appliance
 # The schema the entrypoint validates against, generated from the installed vLLM and LMCache (this
 # overwrites the committed copy); then the default configuration must validate against it.
-RUN python3 -m entrypoint.schema_gen \
+RUN python3 -m entrypoint.generators.schema \
     && python3 -m compileall -q /opt/appliance/entrypoint \
     && python3 -m entrypoint check
 # Set by the build (scripts/ci/build-test-image.sh passes git describe, the commit and the date).

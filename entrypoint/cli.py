@@ -18,29 +18,11 @@ import os
 import shlex
 import sys
 
-from . import schema as schema_mod
-from .plan import Plan, build_plan
-from .settings import BY_NAME
-from .sources import collect
+from .config.load import make_plan
+from .config.plan import Plan
 
 COMMANDS = ("config", "check", "serve", "healthcheck")
 EXIT_INVALID = 2
-
-
-def _is_bool_name(schema):
-    def is_bool(name: str) -> bool:
-        if name in BY_NAME:
-            return BY_NAME[name].kind == "bool"
-        flag = schema.flag_by_env_name.get(name)
-        return bool(flag) and schema.serve_flags[flag]["kind"] in ("bool", "flag")
-    return is_bool
-
-
-def make_plan(env_file: str | None, overrides: list[str], environ=None) -> Plan:
-    environ = dict(os.environ if environ is None else environ)
-    schema = schema_mod.load()
-    raw = collect(environ, env_file, overrides, _is_bool_name(schema))
-    return build_plan(raw, schema, environ)
 
 
 def format_text(plan: Plan) -> str:
@@ -113,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         os.execvp(command, argv)  # `docker run image bash`: run it as given
     if command == "healthcheck":
-        from .healthcheck import main as healthcheck_main
+        from .runtime.healthcheck import main as healthcheck_main
         return healthcheck_main(rest)
     opts, overrides = _parser(command).parse_known_args(rest)
     plan = make_plan(opts.env_file, overrides)
@@ -132,5 +114,5 @@ def main(argv: list[str] | None = None) -> int:
     if command == "check":
         print(f"ok: {plan.model} on port {plan.api_port}, KV offloading {plan.lmcache_mode or 'off'}")
         return 0
-    from .supervise import serve
+    from .runtime.supervise import serve
     return serve(plan, env_file_values=None)

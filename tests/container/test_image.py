@@ -1,7 +1,7 @@
 """What the image is, before anything is served: entrypoint, labels, other commands."""
 from __future__ import annotations
 
-from entrypoint.schema import pinned_versions
+from entrypoint.config.schema import pinned_versions
 
 
 def test_any_other_command_runs_as_given(run_once):

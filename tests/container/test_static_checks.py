@@ -5,7 +5,7 @@ import json
 import re
 import subprocess
 
-from entrypoint.schema import pinned_versions
+from entrypoint.config.schema import pinned_versions
 
 from .conftest import ROOT
 

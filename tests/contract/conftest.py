@@ -38,14 +38,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def stack():
     """The real stack, with LMCache's compiled ops stood in (they need CUDA) and, in serve_parser, vLLM's
-    CPU platform forced: the same steps `python -m entrypoint.schema_gen --cpu-only` takes.
+    CPU platform forced: the same steps `python -m entrypoint.generators.schema --cpu-only` takes.
     Hub offline mode is turned off for the session: with HF_HUB_OFFLINE=1 in the runner's environment,
     AsyncEngineArgs.__post_init__ resolves every hub id through the local HF cache and fails for ids that
     are not downloaded. Without it nothing here reaches the network: hub ids stay strings (no model is
     loaded) and the engine-config test uses a local directory."""
     import huggingface_hub.constants
 
-    from entrypoint.schema_gen import stub_lmcache_compiled_ops
+    from entrypoint.generators.schema import stub_lmcache_compiled_ops
 
     stub_lmcache_compiled_ops()
     with pytest.MonkeyPatch.context() as mp:
@@ -56,7 +56,7 @@ def stack():
 @pytest.fixture(scope="session")
 def serve_parser(stack):
     """The real top-level `vllm` parser with its `serve` subcommand (built once: importing takes ~8 s)."""
-    from entrypoint.schema_gen import vllm_serve_parser
+    from entrypoint.generators.schema import vllm_serve_parser
 
     parser, _serve = vllm_serve_parser()
     return parser
@@ -65,7 +65,7 @@ def serve_parser(stack):
 @pytest.fixture(scope="session")
 def lmcache_parser(stack):
     """The real `lmcache server` parser."""
-    from entrypoint.schema_gen import lmcache_server_parser
+    from entrypoint.generators.schema import lmcache_server_parser
 
     return lmcache_server_parser()
 
@@ -89,14 +89,14 @@ REPO = HERE.parents[1]
 
 @pytest.fixture(scope="session")
 def regenerated_schema(tmp_path_factory):
-    """`python -m entrypoint.schema_gen --cpu-only` as the image build runs it: a fresh process, without the
+    """`python -m entrypoint.generators.schema --cpu-only` as the image build runs it: a fresh process, without the
     runner's VLLM_*/LMCACHE_*/APPLIANCE_* variables. Yields (process, output dir, log file)."""
     out = tmp_path_factory.mktemp("schema")
     log = out / "schema_gen.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "LMCACHE_", "APPLIANCE_"))}
     env["PYTHONPATH"] = str(REPO)
     with open(log, "w") as stream:
-        proc = subprocess.Popen([sys.executable, "-m", "entrypoint.schema_gen", "--cpu-only", "--out", str(out)],
+        proc = subprocess.Popen([sys.executable, "-m", "entrypoint.generators.schema", "--cpu-only", "--out", str(out)],
                                 cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
     yield proc, out, log
     if proc.poll() is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from entrypoint.cli import make_plan
+from entrypoint.config.load import make_plan
 
 from .parsers import parse_serve_argv
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint import schema as schema_mod
+from entrypoint.config import schema as schema_mod
 
 from .parsers import load_lmcache_config, parse_lmcache_server_argv, parse_serve_argv, unknown_lmcache_keys
 
@@ -78,19 +78,19 @@ def test_committed_schema_is_what_the_installed_packages_generate(regenerated_sc
     try:
         proc.wait(timeout=300)
     except subprocess.TimeoutExpired:
-        pytest.fail("python -m entrypoint.schema_gen did not finish in 300 s")
+        pytest.fail("python -m entrypoint.generators.schema did not finish in 300 s")
     assert proc.returncode == 0, log.read_text()[-3000:]
     generated = sorted(p.name for p in out.glob("*.json"))
     pinned = schema_mod.pinned_versions()
     assert generated == sorted([f"lmcache-{pinned['LMCACHE_VERSION']}.json", f"vllm-{pinned['VLLM_VERSION']}.json"])
     for name in generated:
-        committed_path = REPO / "entrypoint" / "schema" / name
+        committed_path = REPO / "entrypoint" / "config" / "schema" / name
         assert committed_path.exists(), f"entrypoint/schema/{name} is not committed"
         new, old = json.loads((out / name).read_text()), json.loads(committed_path.read_text())
         drift = [f"{key}: {_describe(old.get(key), new.get(key))}" for key in sorted(set(new) | set(old))
                  if new.get(key) != old.get(key)]
         assert not drift, (f"entrypoint/schema/{name} is stale; regenerate it with "
-                           f"`python -m entrypoint.schema_gen --cpu-only` in the contract venv:\n  "
+                           f"`python -m entrypoint.generators.schema --cpu-only` in the contract venv:\n  "
                            + "\n  ".join(drift))
         assert (out / name).read_text() == committed_path.read_text(), f"{name}: same content, other formatting"
 

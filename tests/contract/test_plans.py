@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from entrypoint.cli import make_plan
+from entrypoint.config.load import make_plan
 
 from .cases import CASES, Case
 from .parsers import (connector_extra_config_keys, load_lmcache_config, parse_lmcache_server_argv,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.cli import make_plan
-from entrypoint.preflight import MAX_SOCKET_PATH
+from entrypoint.config.load import make_plan
+from entrypoint.runtime.preflight import MAX_SOCKET_PATH
 
 EXIT_PREFLIGHT = 3
 

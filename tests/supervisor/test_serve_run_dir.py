@@ -10,7 +10,7 @@ from pathlib import Path
 
 from appliance_harness import wait_until
 
-from entrypoint.cli import make_plan
+from entrypoint.config.load import make_plan
 
 API_KEY = "key-from-a-file-3141"
 HF_TOKEN = "hf-token-2718"

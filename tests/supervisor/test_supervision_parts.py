@@ -8,11 +8,11 @@ import os
 
 from supervisor.events import ProcessLogStdoutEvent
 
-from entrypoint.cli import make_plan
-from entrypoint.events import Listener, log_bytes, split_payload
-from entrypoint.preflight import prune
-from entrypoint.render import RunDir, render, stop_wait_seconds
-from entrypoint.watchdog import parse_metrics
+from entrypoint.config.load import make_plan
+from entrypoint.runtime.events import Listener, log_bytes, split_payload
+from entrypoint.runtime.preflight import prune
+from entrypoint.runtime.render import RunDir, render, stop_wait_seconds
+from entrypoint.runtime.watchdog import parse_metrics
 
 
 class _Proc:  # what supervisor's events read from a process

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from entrypoint.cli import make_plan
+from entrypoint.config.load import make_plan
 
 
 @pytest.fixture

@@ -98,6 +98,6 @@ def test_every_example_env_file_passes_check(env_file):
 
 
 def test_generated_docs_and_examples_are_up_to_date():
-    out = subprocess.run([sys.executable, "-m", "entrypoint.docs_gen", "--check"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "entrypoint.generators.docs", "--check"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -2,8 +2,8 @@
 import threading
 import time
 
-from entrypoint import programs
-from entrypoint.plan import Plan
+from entrypoint.runtime import programs
+from entrypoint.config.plan import Plan
 
 
 def fake_nvidia_smi(tmp_path, monkeypatch, free_mib):

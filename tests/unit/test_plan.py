@@ -4,9 +4,9 @@ import json
 import pytest
 
 from conftest import flag_value, kv_transfer
-from entrypoint import models, schema
-from entrypoint.plan import disk_namespace
-from entrypoint.settings import BY_NAME, SETTINGS
+from entrypoint.config import models, schema
+from entrypoint.config.kv_tiers import disk_namespace
+from entrypoint.config.settings import BY_NAME, SETTINGS
 
 
 def test_defaults_serve_the_embedded_model_with_lmcache(plan_for):
@@ -200,7 +200,7 @@ def test_every_builtin_registry_entry_builds_a_valid_plan(plan_for):
 
 
 def test_registry_plan_round_trips_through_json(plan_for):
-    from entrypoint.plan import Plan
+    from entrypoint.config.plan import Plan
     plan = plan_for({"VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_LOCAL_DISK": "/d"})
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again.to_dict() == plan.to_dict()

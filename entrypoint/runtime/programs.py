@@ -1,4 +1,4 @@
-"""The programs supervisord runs: `python -m entrypoint.programs vllm|lmcache PLAN_FILE`.
+"""The programs supervisord runs: `python -m entrypoint.runtime.programs vllm|lmcache PLAN_FILE`.
 
 Each one makes sure the ground is clear, then becomes the planned server with os.execvpe, so that the pid
 supervisord watches, signals and reaps is the server itself:
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import requests
 
-from .plan import REDACTED, Plan, _redact_argv
+from ..config.plan import Plan
+from ..config.secrets import REDACTED, redact_argv
 from .render import read_plan
-from .settings import SECRET_NAMES
+from ..config.settings import SECRET_NAMES
 
 # Secret values of the planned command lines (e.g. --api-key in VLLM_EXTRA_ARGS): the plan file has them
 # redacted, so `serve` hands them over in this variable, which never reaches the servers.
@@ -63,7 +64,7 @@ def secret_argv_values(plan: Plan) -> str:
     """For `serve`: {program: {index: value}} for every argv position the plan file redacts."""
     out = {}
     for name, argv in (("vllm", plan.vllm_argv), ("lmcache", plan.lmcache_argv or [])):
-        hidden = {str(i): real for i, (real, shown) in enumerate(zip(argv, _redact_argv(argv))) if real != shown}
+        hidden = {str(i): real for i, (real, shown) in enumerate(zip(argv, redact_argv(argv))) if real != shown}
         if hidden:
             out[name] = hidden
     return json.dumps(out)
@@ -209,7 +210,7 @@ def wait_for_lmcache(plan: Plan) -> bool:
 
 # -- the programs --------------------------------------------------------------------------------------
 def _exec(argv: list[str], env: dict[str, str]) -> None:
-    log("Executing: " + shlex.join(_redact_argv(argv)))
+    log("Executing: " + shlex.join(redact_argv(argv)))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(argv[0], argv, env)
@@ -240,7 +241,7 @@ PROGRAMS = {"vllm": vllm, "lmcache": lmcache}
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2 or argv[0] not in PROGRAMS:
-        print(f"usage: python -m entrypoint.programs {{{'|'.join(PROGRAMS)}}} PLAN_FILE", file=sys.stderr)
+        print(f"usage: python -m entrypoint.runtime.programs {{{'|'.join(PROGRAMS)}}} PLAN_FILE", file=sys.stderr)
         return 2
     return PROGRAMS[argv[0]](read_plan(argv[1]))
 

@@ -1,6 +1,6 @@
 """Generate the schema files the entrypoint validates against, from the *installed* vLLM and LMCache.
 
-    python -m entrypoint.schema_gen [--out DIR]
+    python -m entrypoint.generators.schema [--out DIR]
 
 Writes `vllm-<version>.json` (every `vllm serve` flag with its type and choices, every environment
 variable vLLM itself reads, the registered tool-call parsers) and `lmcache-<version>.json` (every
@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-SCHEMA_DIR = Path(__file__).parent / "schema"
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "config" / "schema"
 
 
 def _force_cpu_platform() -> None:

@@ -31,7 +31,7 @@ from supervisor.xmlrpc import Faults
 from . import preflight
 from .events import Listener, say, split_payload
 from .healthcheck import api_base, api_headers
-from .plan import Plan
+from ..config.plan import Plan
 from .render import RunDir, read_plan
 
 NAME = "watchdog"
@@ -110,7 +110,7 @@ class Watchdog:
         """Still our launcher (programs.py), waiting for LMCache, an earlier vLLM or a port (each wait is
         bounded there): not yet the server, so not judged, and its start grace has not begun."""
         try:
-            return b"entrypoint.programs" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            return b"entrypoint.runtime.programs" in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
 

@@ -1,6 +1,6 @@
 """What the installed vLLM and LMCache accept, read from generated JSON (never by importing them).
 
-`python -m entrypoint.schema_gen` writes the files from the installed packages (the image build does,
+`python -m entrypoint.generators.schema` writes the files from the installed packages (the image build does,
 and fails if it cannot); the copies for the pinned versions are committed, so `config`, `check` and the
 tests work without vLLM installed and answer without importing torch.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
-VERSIONS_FILE = Path(__file__).parent / "versions.env"
+VERSIONS_FILE = Path(__file__).resolve().parents[1] / "versions.env"
 
 
 def pinned_versions() -> dict[str, str]:
@@ -42,7 +42,7 @@ def _load(name: str, pinned_key: str) -> dict:
     path = directory / f"{name}-{version}.json"
     if not path.exists():
         raise FileNotFoundError(
-            f"no schema for {name} {version} in {directory}: run `python -m entrypoint.schema_gen` "
+            f"no schema for {name} {version} in {directory}: run `python -m entrypoint.generators.schema` "
             f"with {name} {version} installed")
     return json.loads(path.read_text())
 

@@ -14,9 +14,10 @@ from typing import Mapping
 
 import requests
 
-from .plan import REDACTED, Plan
+from ..config.plan import Plan
+from ..config.secrets import REDACTED
 from .render import RunDir, read_plan
-from .settings import DEFAULT_RUN_DIR, FILE_SECRETS
+from ..config.settings import DEFAULT_RUN_DIR, FILE_SECRETS
 
 
 def api_base(plan: Plan) -> str:
@@ -48,7 +49,7 @@ def api_headers(plan: Plan, environ: Mapping[str, str] = os.environ) -> dict[str
         from .programs import server_argv
         key = _argv_api_key(server_argv("vllm", plan.vllm_argv, environ))
         if key == REDACTED:
-            from .cli import make_plan
+            from ..config.load import make_plan
             key = _argv_api_key(make_plan(None, [], environ).vllm_argv)
     return {"Authorization": f"Bearer {key}"} if key and key != REDACTED else {}
 
@@ -57,7 +58,7 @@ def load_plan(environ: Mapping[str, str] = os.environ) -> Plan:
     written = RunDir(Path(environ.get("APPLIANCE_RUN_DIR") or DEFAULT_RUN_DIR)).plan
     if written.exists():
         return read_plan(written)
-    from .cli import make_plan  # not started by `serve` (yet): what it would run
+    from ..config.load import make_plan  # not started by `serve` (yet): what it would run
     return make_plan(None, [], environ)
 
 

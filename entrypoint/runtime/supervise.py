@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 from . import preflight
-from .plan import Plan
+from ..config.plan import Plan
 from .programs import SECRET_ARGV_VAR, processes_of, secret_argv_values
 from .render import START_RETRIES, RunDir, render
-from .settings import SECRET_NAMES
+from ..config.settings import SECRET_NAMES
 
 EXIT_FATAL = 1
 EXIT_PREFLIGHT = 3

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .plan import DiskTier, Plan
+from ..config.plan import DiskTier, Plan
 from .render import RunDir
 
 GIB = 1 << 30

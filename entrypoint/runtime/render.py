@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .events import RPC_USER, supervisor_rpc
-from .plan import Plan
+from ..config.plan import Plan
 
 # supervisord's stop wait for vLLM beyond its own drain (--shutdown-timeout): engine and worker teardown.
 VLLM_TEARDOWN_SECONDS = 10
@@ -120,7 +120,7 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
         # dies while loading the model (OOM, bad weights) ends FATAL after START_RETRIES, not in a loop forever.
         return [
             "", f"[program:{name}]",
-            f"command={_command(python, 'entrypoint.programs', name, str(run.plan))}",
+            f"command={_command(python, 'entrypoint.runtime.programs', name, str(run.plan))}",
             f"priority={priority}",
             "autostart=true", "autorestart=true",
             f"startsecs={startup}", f"startretries={START_RETRIES}",
@@ -148,10 +148,10 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
 
     # Start order is ascending priority, stop order descending: the watchdog stops first (it must not
     # restart what a shutdown stops), then vLLM, then LMCache, and the log relay last.
-    sections += listener("logs", "entrypoint.logs", "PROCESS_LOG,PROCESS_STATE", 1)
-    sections += listener("on-fatal", "entrypoint.on_fatal", "PROCESS_STATE_FATAL", 2)
+    sections += listener("logs", "entrypoint.runtime.logs", "PROCESS_LOG,PROCESS_STATE", 1)
+    sections += listener("on-fatal", "entrypoint.runtime.on_fatal", "PROCESS_STATE_FATAL", 2)
     if plan.lmcache_mode == "server":
         sections += program("lmcache", 10, LMCACHE_STOP_SECONDS)
     sections += program("vllm", 20, stop_wait_seconds(plan))
-    sections += listener("watchdog", "entrypoint.watchdog", "PROCESS_STATE,TICK_5", 30)
+    sections += listener("watchdog", "entrypoint.runtime.watchdog", "PROCESS_STATE,TICK_5", 30)
     return "\n".join(sections) + "\n"

@@ -1,0 +1,254 @@
+"""Settings -> Plan: the steps that turn the collected values into a validated launch plan.
+
+Building a Plan is pure: it reads no volume, writes nothing and starts nothing (it may read the
+`*_FILE` secrets and the registry file the operator names). Every problem is collected, not raised,
+so that one run reports all of them. The steps run in the order of `Builder.build`; the KV offloading
+step lives in kv_tiers.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import shlex
+from pathlib import Path
+from typing import Mapping
+
+from . import kv_tiers, models
+from .flags import flag_args, parse_flag_value
+from .plan import Plan
+from .schema import Schema
+from .secrets import REDACTED
+from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SECRET_NAMES, SETTINGS, DiskChoice, ValueProblem,
+                       parse_bool, parse_value)
+from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
+
+
+def _suggest(name: str, candidates) -> str:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def _typed_lmcache_value(type_name: str, raw: str):
+    t = type_name.replace("Optional[", "").rstrip("]")
+    if t == "int":
+        return int(raw)
+    if t == "float":
+        return float(raw)
+    if t == "bool":
+        return parse_bool(raw)
+    if raw.strip()[:1] in "[{":
+        return json.loads(raw)
+    return raw
+
+
+class Builder:
+    """Holds the state of one plan build; each method handles one concern and records problems."""
+
+    def __init__(self, raw: RawInputs, schema: Schema, environ: Mapping[str, str]):
+        self.raw, self.schema, self.environ = raw, schema, environ
+        self.plan = Plan(errors=list(raw.errors))
+        self.values: dict[str, object] = {}  # typed values of explicit settings
+        self.user_given: set[str] = set()  # names set by the operator (not registry, not default)
+        self.generic_flags: dict[str, tuple[str, object]] = {}  # name -> (flag, typed value)
+        self.vllm_passthrough: dict[str, str] = {}
+        self.lmcache_keys: dict[str, object] = {}  # in-process config keys from LMCACHE_<KEY>
+        self.lmcache_env: dict[str, str] = {}
+        self.cpu: float | None = None  # CPU tier size (GiB), set by kv_tiers.kv_offloading
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def error(self, msg: str) -> None:
+        self.plan.errors.append(msg)
+
+    def label(self, name: str) -> str:
+        """How the operator wrote it: `--max-model-len` on the command line, else the variable name."""
+        return self.raw.cli_flags.get(name, name)
+
+    def bad_value(self, name: str, raw: str, problem: str) -> None:
+        shown = REDACTED if name in SECRET_NAMES else raw
+        example = BY_NAME[name].example if name in BY_NAME else None
+        fix = f", e.g. {self.label(name)}={example}" if example and not problem.endswith(example) else ""
+        self.error(f"{self.label(name)}={shown!r}: {problem}{fix}")
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def secrets_from_files(self) -> None:
+        for var, file_var in FILE_SECRETS.items():
+            direct, path = self.raw.values.get(var), self.raw.values.get(file_var)
+            if direct and path:
+                self.error(f"{var} and {file_var} are both set: set only one of them")
+            elif path:
+                try:
+                    self.raw.values[var] = Path(path).read_text().strip()
+                    self.raw.sources[var] = self.raw.sources[file_var]
+                except OSError as e:
+                    self.error(f"{file_var}={path!r}: cannot read the file ({e.strerror}); mount it or fix the path")
+            self.raw.values.pop(file_var, None)
+
+    def classify(self) -> None:
+        """Every VLLM_/LMCACHE_/APPLIANCE_ name is an appliance setting, a vLLM flag, a variable vLLM or
+        LMCache reads itself, or a mistake."""
+        flags = self.schema.flag_by_env_name
+        for name in sorted(self.raw.values):
+            if name in BY_NAME or name in FILE_SECRETS.values():
+                continue
+            value = self.raw.values[name]
+            if name.startswith("VLLM_") and name in flags:
+                flag = flags[name]
+                if flag in OWNED_FLAGS:
+                    self.error(f"{self.label(name)}: {flag} is set by the appliance; {OWNED_FLAGS[flag]}")
+                elif value.strip() != "":
+                    try:
+                        self.generic_flags[name] = (flag, parse_flag_value(self.schema.serve_flags[flag], value))
+                        if self.raw.sources.get(name) != REGISTRY:
+                            self.user_given.add(name)
+                    except ValueProblem as e:
+                        self.bad_value(name, value, str(e))
+            elif name.startswith("VLLM_") and name in self.schema.vllm_env_vars:
+                self.vllm_passthrough[name] = value
+            elif name.startswith("LMCACHE_") and name[len("LMCACHE_"):].lower() in self.schema.lmcache_keys:
+                key = name[len("LMCACHE_"):].lower()
+                try:
+                    self.lmcache_keys[key] = _typed_lmcache_value(self.schema.lmcache_keys[key]["type"], value)
+                    self.user_given.add(name)
+                except (ValueError, json.JSONDecodeError):
+                    self.bad_value(name, value, f"must be of type {self.schema.lmcache_keys[key]['type']} "
+                                                f"(LMCache config key {key})")
+            elif name.startswith("LMCACHE_") and name in self.schema.lmcache_other_env_vars:
+                self.lmcache_env[name] = value
+            else:
+                self.unknown(name)
+
+    def unknown(self, name: str) -> None:
+        candidates = (set(BY_NAME) | set(self.schema.flag_by_env_name) | self.schema.vllm_env_vars
+                      | {f"LMCACHE_{k.upper()}" for k in self.schema.lmcache_keys})
+        if name in self.raw.cli_flags:
+            flag = self.raw.cli_flags[name]
+            cli_candidates = {s.cli_flag for s in SETTINGS} | set(self.schema.serve_flags)
+            self.error(f"{flag}: unknown option{_suggest(flag, cli_candidates)}")
+        else:
+            self.error(f"{name}: unknown variable{_suggest(name, candidates)} (names under VLLM_, LMCACHE_ "
+                       "and APPLIANCE_ must be appliance settings, vllm serve flags, or variables vLLM or "
+                       "LMCache read; see docs/ENVIRONMENT.md)")
+
+    def apply_registry(self) -> None:
+        model = self.raw.values.get("VLLM_MODEL", "").strip() or BY_NAME["VLLM_MODEL"].default
+        extra = self.raw.values.get("APPLIANCE_MODEL_REGISTRY_FILE", "").strip() or None
+        try:
+            registry = models.load_registry(extra)
+        except (OSError, ValueError) as e:
+            problem = getattr(e, "strerror", None) or str(e)
+            self.error(f"APPLIANCE_MODEL_REGISTRY_FILE={extra!r}: {problem}")
+            registry = models.MODEL_REGISTRY
+        for key, value in registry.get(model, {}).items():
+            name = models.registry_env_name(key)
+            known = (name in BY_NAME or name in self.schema.flag_by_env_name)
+            if not known:
+                self.error(f"model registry entry {model!r}: {key!r} is not a setting (it would be {name})")
+                continue
+            if self.raw.values.get(name, "").strip() == "":  # the environment wins over the registry
+                self.raw.values[name] = models.registry_value_text(value)
+                self.raw.sources[name] = REGISTRY
+
+    def resolve_settings(self) -> None:
+        for s in SETTINGS:
+            raw = self.raw.values.get(s.name)
+            if raw is not None and raw.strip() != "":
+                try:
+                    self.values[s.name] = parse_value(s, raw, self.schema.tool_call_parsers)
+                    if self.raw.sources.get(s.name) != REGISTRY:
+                        self.user_given.add(s.name)
+                except ValueProblem as e:
+                    self.bad_value(s.name, raw, str(e))
+                    if s.default is not None:  # carry on with the default to find the other problems
+                        self.values[s.name] = s.default
+            elif s.default is not None:
+                self.values[s.name] = s.default
+                self.raw.sources[s.name] = DEFAULT
+        self.values.setdefault("LMCACHE_LOCAL_DISK", DiskChoice(False))
+
+    def vllm_command(self) -> None:
+        v, p = self.values, self.plan
+        p.model = str(v["VLLM_MODEL"])
+        p.api_host, p.api_port = str(v["VLLM_HOST"]), int(v["VLLM_PORT"])
+        names = shlex.split(str(v.get("VLLM_SERVED_MODEL_NAME", "")))
+        p.served_model_name = names[0] if names else p.model  # vLLM answers to the first name
+        argv = [*shlex.split(str(v["APPLIANCE_VLLM_COMMAND"])), "serve", p.model]
+        flags = self.schema.serve_flags
+        for s in SETTINGS:
+            if s.flag and s.name in v:
+                if s.flag not in flags:
+                    self.error(f"{s.name}: the installed vLLM {self.schema.vllm_version} has no {s.flag} flag")
+                    continue
+                argv += flag_args(s.flag, flags[s.flag], v[s.name])
+        for name in sorted(self.generic_flags):
+            flag, value = self.generic_flags[name]
+            argv += flag_args(flag, flags[flag], value)
+        argv += ["--shutdown-timeout", str(v["APPLIANCE_SHUTDOWN_TIMEOUT"])]
+        p.vllm_argv = argv
+        if v.get("VLLM_ENABLE_AUTO_TOOL_CHOICE") and not v.get("VLLM_TOOL_CALL_PARSER"):
+            self.error("VLLM_ENABLE_AUTO_TOOL_CHOICE=true needs VLLM_TOOL_CALL_PARSER (vLLM refuses to start "
+                       "without it), e.g. VLLM_TOOL_CALL_PARSER=hermes")
+        if "VLLM_CPU_OFFLOAD_GB" in v:
+            p.warnings.append(
+                f"VLLM_CPU_OFFLOAD_GB={v['VLLM_CPU_OFFLOAD_GB']:g} offloads model weights to CPU RAM, not the KV "
+                "cache (vllm --cpu-offload-gb; deprecated here). To offload the KV cache instead: remove "
+                "VLLM_CPU_OFFLOAD_GB and set VLLM_KV_OFFLOADING_BACKEND=lmcache and VLLM_KV_OFFLOADING_SIZE=<GiB>.")
+        if "VLLM_HF_TOKEN" in self.generic_flags:
+            p.warnings.append("VLLM_HF_TOKEN puts the token on vLLM's command line; prefer HF_TOKEN")
+
+    def extra_args(self) -> None:
+        v, p = self.values, self.plan
+        extra = []
+        try:
+            extra = shlex.split(str(v.get("VLLM_EXTRA_ARGS", ""))) + self.raw.extra_args
+        except ValueError as e:
+            self.error(f"VLLM_EXTRA_ARGS: cannot be split like a shell command line ({e})")
+        for arg in extra:
+            flag = arg.split("=", 1)[0]
+            if flag in OWNED_FLAGS:
+                self.error(f"VLLM_EXTRA_ARGS: {flag} is set by the appliance; {OWNED_FLAGS[flag]}")
+        p.vllm_argv += extra
+
+    def environment(self) -> None:
+        """vLLM's environment: its own variables pass through, ours are removed (VLLM_PORT above all)."""
+        p = self.plan
+        consumed = {n for n in self.raw.values if n not in self.vllm_passthrough and n not in self.lmcache_env
+                    and self.raw.sources.get(n) in (ENVIRONMENT, ENV_FILE)}
+        secrets_passed = {n for n in FILE_SECRETS if n in self.raw.values}
+        p.vllm_env_removed = sorted((consumed - secrets_passed) | {n for n in FILE_SECRETS.values()
+                                                                   if n in self.environ})
+        p.vllm_env.update(self.vllm_passthrough)
+        p.vllm_env.update(self.lmcache_env)
+        p.vllm_env.update(self.raw.passthrough)
+        for name in secrets_passed:
+            p.vllm_env[name] = self.raw.values[name]
+
+    def record(self) -> None:
+        p = self.plan
+        for name, value in self.values.items():
+            p.values[name] = dataclasses.asdict(value) if isinstance(value, DiskChoice) else value
+        for name, (_, value) in self.generic_flags.items():
+            p.values[name] = value
+        for name in sorted(set(p.values) | set(self.vllm_passthrough) | set(self.lmcache_env)):
+            p.sources[name] = self.raw.sources.get(name, DEFAULT)
+        p.appliance = {s.name: self.values.get(s.name) for s in SETTINGS if s.group == "Appliance"}
+        if p.lmcache_mode:
+            p.appliance["cpu_tier_gib"] = self.cpu
+
+    def build(self) -> Plan:
+        self.secrets_from_files()
+        self.apply_registry()
+        self.classify()
+        self.resolve_settings()
+        if any(n not in self.values for n in ("VLLM_MODEL", "VLLM_PORT", "APPLIANCE_VLLM_COMMAND")):
+            return self.plan  # a required value did not parse; its error is recorded
+        self.vllm_command()
+        kv_tiers.kv_offloading(self)
+        self.extra_args()
+        self.environment()
+        self.record()
+        return self.plan
+
+
+def build_plan(raw: RawInputs, schema: Schema, environ: Mapping[str, str]) -> Plan:
+    return Builder(raw, schema, environ).build()

@@ -1,0 +1,27 @@
+"""Where a plan comes from: the environment, an optional .env file and command-line overrides, read
+against the schema of the installed vLLM and LMCache. Used by `config`, `check`, `serve` and `healthcheck`."""
+from __future__ import annotations
+
+import os
+
+from . import schema as schema_mod
+from .build import build_plan
+from .plan import Plan
+from .settings import BY_NAME
+from .sources import collect
+
+
+def _is_bool_name(schema):
+    def is_bool(name: str) -> bool:
+        if name in BY_NAME:
+            return BY_NAME[name].kind == "bool"
+        flag = schema.flag_by_env_name.get(name)
+        return bool(flag) and schema.serve_flags[flag]["kind"] in ("bool", "flag")
+    return is_bool
+
+
+def make_plan(env_file: str | None, overrides: list[str], environ=None) -> Plan:
+    environ = dict(os.environ if environ is None else environ)
+    schema = schema_mod.load()
+    raw = collect(environ, env_file, overrides, _is_bool_name(schema))
+    return build_plan(raw, schema, environ)

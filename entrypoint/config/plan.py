@@ -1,0 +1,81 @@
+"""The launch plan: a pure value (vLLM argv and environment, LMCache argv or config, the disk tier).
+
+`config` prints it, `serve` writes it (redacted) to the run directory and the supervised programs read it
+back. It is built by `build.py` from the settings; this module only defines it and its JSON contract.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .secrets import redact_argv, redact_env, redact_value
+
+
+@dataclass
+class DiskTier:
+    base: str  # the volume or path the operator chose
+    path: str  # namespaced directory actually used (what makes KV reusable)
+    max_size_gib: float
+
+
+@dataclass
+class Plan:
+    vllm_argv: list[str] = field(default_factory=list)
+    vllm_env: dict[str, str] = field(default_factory=dict)  # added or passed through to vLLM
+    vllm_env_removed: list[str] = field(default_factory=list)  # translated: never reach vLLM
+    lmcache_mode: str | None = None  # "server", "in-process", "native" or None
+    lmcache_argv: list[str] | None = None  # server mode
+    lmcache_config: dict | None = None  # in-process mode (rendered to lmcache_config_file)
+    lmcache_config_file: str | None = None
+    lmcache_env: dict[str, str] = field(default_factory=dict)
+    lmcache_health_url: str | None = None
+    disk: DiskTier | None = None
+    model: str = ""
+    served_model_name: str = ""
+    api_host: str = "0.0.0.0"
+    api_port: int = 8000
+    appliance: dict[str, object] = field(default_factory=dict)  # APPLIANCE_* values, for supervision
+    values: dict[str, object] = field(default_factory=dict)  # every resolved variable
+    sources: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def to_dict(self, redact: bool = True) -> dict:
+        """The output contract of `config --format json`; secrets redacted unless asked otherwise."""
+        hide = redact_env if redact else dict
+        hide_argv = redact_argv if redact else list
+        return {
+            "vllm": {"argv": hide_argv(self.vllm_argv), "env": hide(self.vllm_env),
+                     "env_removed": sorted(self.vllm_env_removed)},
+            "lmcache": {"mode": self.lmcache_mode,
+                        "argv": hide_argv(self.lmcache_argv) if self.lmcache_argv is not None else None,
+                        "config": self.lmcache_config, "config_file": self.lmcache_config_file,
+                        "env": hide(self.lmcache_env), "health_url": self.lmcache_health_url,
+                        "disk": dataclasses.asdict(self.disk) if self.disk else None},
+            "model": self.model, "served_model_name": self.served_model_name,
+            "api": {"host": self.api_host, "port": self.api_port},
+            "appliance": self.appliance,
+            "values": {k: redact_value(k, v) if redact else v for k, v in self.values.items()},
+            "sources": self.sources, "warnings": self.warnings, "errors": self.errors,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        """Read back a plan written by `serve` (the supervised programs start from it)."""
+        disk = d["lmcache"].get("disk")
+        return cls(vllm_argv=d["vllm"]["argv"], vllm_env=d["vllm"]["env"], vllm_env_removed=d["vllm"]["env_removed"],
+                   lmcache_mode=d["lmcache"]["mode"], lmcache_argv=d["lmcache"]["argv"],
+                   lmcache_config=d["lmcache"]["config"], lmcache_config_file=d["lmcache"]["config_file"],
+                   lmcache_env=d["lmcache"]["env"], lmcache_health_url=d["lmcache"]["health_url"],
+                   disk=DiskTier(**disk) if disk else None, model=d["model"],
+                   served_model_name=d["served_model_name"], api_host=d["api"]["host"], api_port=d["api"]["port"],
+                   appliance=d["appliance"], values=d["values"], sources=d["sources"],
+                   warnings=d["warnings"], errors=d["errors"])
