@@ -27,7 +27,7 @@ import common as c
 
 PHASES = ("cold", "gpu_hit", "after_reset", "after_vllm_restart", "after_full_restart")
 RESTART_FOR_PHASE = {"after_vllm_restart": "vllm", "after_full_restart": "all"}
-# The issue's targets (docs/BENCHMARKS.md repeats them), evaluated at this prompt length.
+# The issue's targets (docs/benchmarks/targets-issue-5.md repeats them), evaluated at this prompt length.
 TARGET_TOKENS = 16000
 CPU_HIT_VS_RECOMPUTE = 0.25
 CPU_HIT_VS_FLOOR = 2.0

@@ -90,7 +90,7 @@ need() {  # need SECONDS WHAT: false (and a note) when the budget cannot cover i
 bench() { (cd "$ROOT/scripts/bench" && env -u PYTHONPATH "$PY" "$@"); }  # stdlib (+ torch, matplotlib)
 fail() { say "FAILED: $*"; FAILED+=("$*"); }
 
-appliance_env() {  # the environment every configuration shares (docs/BENCHMARKS.md lists the same)
+appliance_env() {  # the environment every configuration shares (docs/benchmarks/METHOD.md lists the same)
     cat <<EOF
 APPLIANCE_VLLM_COMMAND=$VLLM_CMD
 APPLIANCE_LMCACHE_COMMAND=$LMCACHE_CMD
