@@ -11,7 +11,7 @@ from .conftest import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
-COMPOSE_TEST = ROOT / "tests" / "container" / "compose.test.yaml"
+COMPOSE_TEST = ROOT / "docker" / "compose.test.yaml"
 
 
 def run(*cmd, env=None) -> subprocess.CompletedProcess:
