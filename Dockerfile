@@ -96,10 +96,10 @@ RUN python3 -c 'import tomllib; print(*tomllib.load(open("/tmp/appliance/pyproje
         > /tmp/appliance/requirements.txt \
     && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -r /tmp/appliance/requirements.txt \
     && rm -rf /tmp/appliance
-COPY --from=wheel /wheels /tmp/wheels
-RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY docs /opt/appliance/docs
 COPY env /opt/appliance/env
+COPY --from=wheel /wheels /tmp/wheels
+RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY tests/stubs /opt/appliance/stubs
 COPY docker/test-stage/vllm docker/test-stage/lmcache /usr/local/bin/
 # The stubs need no GPU: this turns off serve's "no GPU visible" preflight check (runtime/preflight.py).
@@ -146,10 +146,10 @@ RUN python3 -c 'import tomllib; print(*tomllib.load(open("/tmp/appliance/pyproje
         > /tmp/appliance/requirements.txt \
     && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -r /tmp/appliance/requirements.txt \
     && rm -rf /tmp/appliance
-COPY --from=wheel /wheels /tmp/wheels
-RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY docs /opt/appliance/docs
 COPY env /opt/appliance/env
+COPY --from=wheel /wheels /tmp/wheels
+RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 # The schema the entrypoint validates against, generated from the installed vLLM and LMCache (this
 # overwrites the committed copy in the installed package); then the default configuration must validate.
 RUN python3 -m entrypoint.generators.schema \
