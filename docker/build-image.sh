@@ -9,7 +9,8 @@
 #
 # Usage (daemon running, see scripts/ci/start-docker.sh): docker/build-image.sh [TARGET] [TAG]
 #   TARGET test (default) or product; TAG defaults to llm-appliance:TARGET.
-#   Env knobs: BASE_IMAGE (appliance-local-base:bookworm, built if missing), FORCE=1 (build even if cached).
+#   Env knobs: BASE_IMAGE (appliance-local-base:bookworm, built if missing; another image is pulled if
+#   missing, e.g. vllm/vllm-openai:v0.26.0 where a registry is reachable), FORCE=1 (build even if cached).
 #
 # Cache: the image carries the label appliance.build.inputs, a hash of everything the build reads: the
 # Dockerfile, the files .dockerignore lets into the build context (pyproject.toml, entrypoint/ with
@@ -34,9 +35,12 @@ megabytes() { awk -v s="$1" 'BEGIN {printf "%.0f MB", s/1e6}'; }
 case $TARGET in test|product) ;; *) die "TARGET must be test or product, not '$TARGET'" ;; esac
 docker info >/dev/null 2>&1 || die "no Docker daemon answers: run scripts/ci/start-docker.sh first"
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-    [ "$BASE_IMAGE" = appliance-local-base:bookworm ] || die "base image $BASE_IMAGE is missing"
-    say "$BASE_IMAGE is missing: building it"
-    "$ROOT/docker/build-local-base.sh" "$BASE_IMAGE"
+    if [ "$BASE_IMAGE" = appliance-local-base:bookworm ]; then
+        say "$BASE_IMAGE is missing: building it"
+        "$ROOT/docker/build-local-base.sh" "$BASE_IMAGE"
+    else  # e.g. BASE_IMAGE=vllm/vllm-openai:v0.26.0 where a registry is reachable
+        docker pull "$BASE_IMAGE" >&2 || die "base image $BASE_IMAGE is missing and cannot be pulled"
+    fi
 fi
 
 # --- the inputs' hash --------------------------------------------------------------------------------------
