@@ -32,6 +32,14 @@ def test_the_image_labels_repeat_versions_env():
     assert base and base.group(1) == pins["VLLM_VERSION"], "the default BASE_IMAGE is the pinned vLLM's image"
 
 
+def test_the_product_installs_from_pypi_alone():
+    """PyPI's torch and vLLM wheels for the pinned versions are CUDA 13 builds: an extra index adds nothing, and
+    where it is unreachable (mirrors, proxies, this build machine) pip retries it for every package (21+ min)."""
+    text = DOCKERFILE.read_text()
+    assert "--extra-index-url" not in text and "--index-url" not in text
+    assert ".pth" not in text  # the package is pip-installed, not put on sys.path
+
+
 def _config(compose_binary, *files) -> dict:
     args = [a for f in files for a in ("-f", f)]
     quiet = run(compose_binary, *args, "config", "-q")
