@@ -7,10 +7,12 @@
 # reads that file. Upgrading = change versions.env, the BASE_IMAGE tag and the PINNED_* label defaults below
 # (the build and tests/container/test_static_checks.py fail if they disagree), rebuild, run the contract tests.
 #
-# Stages: base (runtime tools, user, volumes, labels) -> app (the entrypoint package) -> test (stub vLLM and
-# LMCache servers, for CPU-only CI: scripts/ci/build-test-image.sh) -> product (LMCache, and vLLM if the base
-# lacks it; the build fails if LMCache's compiled ops do not load or the vLLM schema cannot be generated).
-# `test` comes before `product` because the classic builder builds every stage above its --target.
+# Stages: base (runtime tools, user, volumes, labels) -> wheel (the appliance package, pyproject.toml) ->
+# test (stub vLLM and LMCache servers, for CPU-only CI: docker/build-image.sh test) -> product (vLLM, torch and
+# LMCache from versions.env, then the package; the build fails if LMCache's compiled ops do not load or the
+# schema cannot be generated). `test` comes before `product` because the classic builder builds every stage
+# above its --target. Layers go from the rarely changed to the often changed: a change to the entrypoint
+# package rebuilds only the wheel, the small layer that installs it and the schema layer above it.
 
 # The vLLM image whose vLLM, torch and CUDA match versions.env (vLLM 0.26.0, torch 2.11.0+cu130, CUDA 13).
 # A plain CUDA 13 image works too: vLLM and torch are then installed from versions.env.
@@ -30,29 +32,22 @@ ARG NONROOT_UID=10001
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-COPY entrypoint/versions.env /opt/appliance/entrypoint/versions.env
+COPY entrypoint/versions.env /opt/appliance/versions.env
 RUN for pin in "VLLM_VERSION=$PINNED_VLLM" "LMCACHE_VERSION=$PINNED_LMCACHE" \
                "TORCH_VERSION=$PINNED_TORCH" "CUDA_VERSION=$PINNED_CUDA"; do \
-        grep -qx "$pin" /opt/appliance/entrypoint/versions.env || { \
+        grep -qx "$pin" /opt/appliance/versions.env || { \
             echo "error: the Dockerfile's label default $pin differs from entrypoint/versions.env;" \
                  "change the PINNED_* defaults together with versions.env" >&2; exit 1; }; \
     done
 
-# tini reaps zombies and forwards signals as PID 1 (the vLLM image has none); supervisor runs vLLM, the
-# LMCache server and the watchdog; python-dotenv reads .env files; requests is what the probes use.
-# The .pth file puts /opt/appliance on the system Python's path, so `python3 -m entrypoint` works from any
-# directory and for any user. PIP_BREAK_SYSTEM_PACKAGES: like the vLLM image itself, the appliance installs
-# into the system Python (which Ubuntu 24.04 based images mark as externally managed).
-# DL3008: no apt version pin for tini: the base image fixes the distribution release (Ubuntu for vLLM's
-# image, Debian for CI's), and a version string valid in one is unknown in the other.
+# tini reaps zombies and forwards signals as PID 1 (the vLLM image has none). The Python dependencies
+# (supervisor, python-dotenv, requests) come with the appliance package, from pyproject.toml, in the final
+# stages. DL3008: no apt version pin for tini: the base image fixes the distribution release (Ubuntu for
+# vLLM's image, Debian for CI's), and a version string valid in one is unknown in the other.
 # hadolint ignore=DL3008
 RUN if ! command -v tini >/dev/null; then \
         apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*; \
     fi \
-    && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir \
-           "supervisor==4.3.0" "python-dotenv>=1.0" "requests>=2.31" \
-    && site_dir=$(python3 -c 'import site; print(site.getsitepackages()[0])') \
-    && mkdir -p "$site_dir" && echo /opt/appliance > "$site_dir/appliance.pth" \
     && useradd --uid "$NONROOT_UID" --gid 0 --create-home --shell /bin/bash appliance \
     && mkdir -p /run/appliance /var/lib/appliance/hf-cache /var/lib/appliance/kv-disk \
     && chown -R "$NONROOT_UID:0" /run/appliance /var/lib/appliance \
@@ -83,20 +78,33 @@ ENTRYPOINT ["tini", "-g", "--", "python3", "-m", "entrypoint"]
 CMD ["serve"]
 
 
-FROM base AS app
-COPY entrypoint /opt/appliance/entrypoint
-COPY docs /opt/appliance/docs
-COPY env /opt/appliance/env
-RUN python3 -m compileall -q /opt/appliance/entrypoint
+# The appliance package as a wheel (pyproject.toml), built once for both final stages. The base image's
+# setuptools builds it (--no-build-isolation: no download, and no network needed to rebuild after an edit).
+FROM base AS wheel
+COPY pyproject.toml /src/pyproject.toml
+COPY entrypoint /src/entrypoint
+RUN python3 -m pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels /src
 
 
 # CI only: stub servers stand in for vLLM and LMCache (they need CUDA), with the same command lines.
-FROM app AS test
+FROM base AS test
+# Runtime dependencies first, in their own layer: it changes with pyproject.toml only. PIP_BREAK_SYSTEM_PACKAGES:
+# like the vLLM image itself, the appliance installs into the system Python (which Ubuntu 24.04 based images
+# mark as externally managed). The same two steps are in the product stage.
+COPY pyproject.toml /tmp/appliance/pyproject.toml
+RUN python3 -c 'import tomllib; print(*tomllib.load(open("/tmp/appliance/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+        > /tmp/appliance/requirements.txt \
+    && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -r /tmp/appliance/requirements.txt \
+    && rm -rf /tmp/appliance
+COPY docs /opt/appliance/docs
+COPY env /opt/appliance/env
+COPY --from=wheel /wheels /tmp/wheels
+RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY tests/stubs /opt/appliance/stubs
-RUN printf '#!/bin/sh\nexec python3 /opt/appliance/stubs/%s "$@"\n' vllm_stub.py > /usr/local/bin/vllm \
-    && printf '#!/bin/sh\nexec python3 /opt/appliance/stubs/%s "$@"\n' lmcache_stub.py > /usr/local/bin/lmcache \
-    && chmod 0755 /usr/local/bin/vllm /usr/local/bin/lmcache \
-    && python3 -m entrypoint check
+COPY docker/test-stage/vllm docker/test-stage/lmcache /usr/local/bin/
+# The stubs need no GPU: this turns off serve's "no GPU visible" preflight check (runtime/preflight.py).
+ENV STUB_NO_GPU=1
+RUN python3 -m entrypoint check
 # Per-build labels come last in each final stage: a new revision must not invalidate the layers above.
 ARG IMAGE_VERSION=dev
 ARG IMAGE_REVISION=""
@@ -109,21 +117,17 @@ LABEL org.opencontainers.image.version="$IMAGE_VERSION" \
 
 
 FROM base AS product
-# LMCache's compiled ops are built against one torch version: install it next to the pinned vLLM and torch
-# (pip keeps them when they already match), then check that what is installed is what versions.env says.
+# vLLM, torch and LMCache, all from PyPI, whose torch and vLLM wheels for these versions are CUDA 13 builds
+# (no extra index: where one is unreachable, pip retries it for every package). On the vLLM image pip keeps
+# what already matches. LMCache's compiled ops are built against one torch version; what is installed must
+# be what versions.env says.
 # `import lmcache.c_ops` alone proves little: LMCache 0.5.3 answers it with a shim that falls back to torch
 # when the compiled module does not load (and always on a build machine without a GPU). So the compiled
 # c_ops.*.so is also loaded directly (RTLD_NOW: every torch symbol resolved), which fails on a torch/CUDA
 # mismatch and works without a GPU (checked with torch 2.11.0+cu130, no visible GPU: 64 symbols).
-RUN . /opt/appliance/entrypoint/versions.env \
-    && export PIP_BREAK_SYSTEM_PACKAGES=1 \
-    && if ! python3 -c 'import vllm' 2>/dev/null; then \
-           python3 -m pip install --no-cache-dir \
-               --extra-index-url "https://download.pytorch.org/whl/cu${CUDA_VERSION%%.*}${CUDA_VERSION#*.}" \
-               "vllm==$VLLM_VERSION" "torch==$TORCH_VERSION"; \
-       fi \
-    && python3 -m pip install --no-cache-dir \
-           "lmcache==$LMCACHE_VERSION" "vllm==$VLLM_VERSION" "torch==$TORCH_VERSION" \
+RUN . /opt/appliance/versions.env \
+    && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir \
+           "vllm==$VLLM_VERSION" "torch==$TORCH_VERSION" "lmcache==$LMCACHE_VERSION" \
     && found=$(python3 -c 'import importlib.metadata as m, torch; print(m.version("vllm"), m.version("lmcache"), torch.__version__.split("+")[0], torch.version.cuda)') \
     && echo "installed: vllm lmcache torch cuda = $found" \
     && if [ "$found" != "$VLLM_VERSION $LMCACHE_VERSION $TORCH_VERSION $CUDA_VERSION" ]; then \
@@ -136,13 +140,21 @@ RUN . /opt/appliance/entrypoint/versions.env \
 pkg = u.find_spec("lmcache").submodule_search_locations[0]; (so,) = glob.glob(os.path.join(pkg, "c_ops.*.so")); \
 loader = ma.ExtensionFileLoader("lmcache.c_ops", so); m = u.module_from_spec(u.spec_from_loader("lmcache.c_ops", loader)); \
 loader.exec_module(m); print("compiled lmcache.c_ops loads:", so)'
-COPY --from=app /opt/appliance /opt/appliance
+# The appliance's runtime dependencies, then the package (as in the test stage).
+COPY pyproject.toml /tmp/appliance/pyproject.toml
+RUN python3 -c 'import tomllib; print(*tomllib.load(open("/tmp/appliance/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+        > /tmp/appliance/requirements.txt \
+    && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -r /tmp/appliance/requirements.txt \
+    && rm -rf /tmp/appliance
+COPY docs /opt/appliance/docs
+COPY env /opt/appliance/env
+COPY --from=wheel /wheels /tmp/wheels
+RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 # The schema the entrypoint validates against, generated from the installed vLLM and LMCache (this
-# overwrites the committed copy); then the default configuration must validate against it.
+# overwrites the committed copy in the installed package); then the default configuration must validate.
 RUN python3 -m entrypoint.generators.schema \
-    && python3 -m compileall -q /opt/appliance/entrypoint \
     && python3 -m entrypoint check
-# Set by the build (scripts/ci/build-test-image.sh passes git describe, the commit and the date).
+# Set by the build (docker/build-image.sh passes git describe, the commit and the date).
 ARG IMAGE_VERSION=dev
 ARG IMAGE_REVISION=""
 ARG IMAGE_CREATED=""

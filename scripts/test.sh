@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): installs what the tests need, then runs every suite.
 #   unit        settings -> plan, every error message                         (always)
-#   contract    our argv/config parsed by the real vLLM 0.26.0 / LMCache 0.5.3 (CPU venv, installed here)
+#   contract    our argv/config parsed by the real vLLM / LMCache of versions.env (CPU venv, installed here)
 #   supervisor  real supervisord started by `serve`, stub servers, fault injection
-#   container   the real Dockerfile on a local base image, real Docker daemon (skips without Docker)
-# Environment: APPLIANCE_TEST_VENV (default ~/.cache/appliance/contract-venv), APPLIANCE_TEST_DOCKER=0 to skip
+#   container   the real Dockerfile on a local base image, real Docker daemon (skips without Docker):
+#               the `test` stage (stub servers) and the `product` image itself (its checks, and the contract
+#               tests run inside it with its own Python, vLLM and LMCache)
+# Environment: APPLIANCE_TEST_VENV (default: ~/.cache/appliance/contract-venv-HASH, HASH of versions.env and
+# the install script, so that new pins get a new venv next to the old one), APPLIANCE_TEST_DOCKER=0 to skip
 # starting Docker (the container tests then skip with a reason). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${APPLIANCE_TEST_VENV:-$HOME/.cache/appliance/contract-venv}
+
+key=$(cat entrypoint/versions.env scripts/ci/install-contract-venv.sh | sha256sum | cut -c1-12)
+VENV=${APPLIANCE_TEST_VENV:-$HOME/.cache/appliance/contract-venv-$key}
 
 bash scripts/ci/install-contract-venv.sh "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check testcontainers==4.15.0 matplotlib >&2
+# The appliance package with its runtime dependencies, and the test tooling, at the versions of the lock.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c requirements/test.txt ".[test,bench]" >&2
 eval "$(bash scripts/ci/install-lint-tools.sh "$VENV")"
 export HADOLINT DOCKER_COMPOSE
 
 if [ "${APPLIANCE_TEST_DOCKER:-1}" != 0 ]; then
     bash scripts/ci/start-docker.sh
-    bash scripts/ci/build-local-base.sh
-    bash scripts/ci/build-test-image.sh
+    bash docker/build-local-base.sh
+    bash docker/build-image.sh test
+    # Several GB the first time; later runs reuse the image while its inputs are unchanged.
+    bash docker/build-image.sh product
+    export APPLIANCE_PRODUCT_IMAGE=llm-appliance:product
     export CONTAINER_TESTS_REQUIRED=1  # Docker is there: a container test that would skip must fail instead
 fi
 

@@ -1,8 +1,9 @@
 """Checks before anything starts. Errors stop `serve` (nothing started); warnings explain a compose fix.
 
 - errors: the run directory and the disk-tier directory can be created and written (write, fsync,
-  delete a probe file), the disk tier's filesystem has room for LMCACHE_MAX_LOCAL_DISK_SIZE, and where
-  `nvidia-smi` exists it lists enough GPUs for the tensor/pipeline-parallel size;
+  delete a probe file), the disk tier's filesystem has room for LMCACHE_MAX_LOCAL_DISK_SIZE, a GPU is
+  visible at all (exit 3 with the `--gpus all` fix rather than vLLM's traceback), and where `nvidia-smi`
+  exists it lists enough GPUs for the tensor/pipeline-parallel size;
 - warnings: the locked-memory limit (`ulimit -l`) and /dev/shm are large enough for the CPU tier and TP.
 The disk tier is also pruned to its cap here (and by the watchdog later): a backstop to LMCache's eviction.
 """
@@ -167,6 +168,33 @@ def check_shm(plan: Plan, cpu_gib: float | None, parallel: int, found: Findings,
 
 
 # -- GPUs -------------------------------------------------------------------------------------------------
+# The Dockerfile's test stage (and the supervisor tests) set this: their `vllm` is a stub server that needs no
+# GPU. Not a user setting: with it, a real vLLM without a GPU still fails, only later and less clearly.
+STUB_NO_GPU = "STUB_NO_GPU"
+
+
+def gpu_devices(dev: str | Path = "/dev") -> list[str]:
+    """NVIDIA GPU device nodes: /dev/nvidia0.. (what the NVIDIA Container Toolkit adds for --gpus), or
+    /dev/dxg (WSL2, where the GPU is reached through DirectX and nvidia-smi)."""
+    try:
+        names = os.listdir(dev)
+    except OSError:
+        return []
+    return sorted(n for n in names if (n.startswith("nvidia") and n[6:].isdigit()) or n == "dxg")
+
+
+def check_gpu_visible(environ: Mapping[str, str], found: Findings, dev: str | Path = "/dev") -> None:
+    """A container started without --gpus has no GPU device and no nvidia-smi (the toolkit mounts both);
+    vLLM would then crash with "Failed to infer device type" until supervisord gives up. Say so at once."""
+    if environ.get(STUB_NO_GPU) == "1" or gpu_devices(dev):
+        return
+    if shutil.which("nvidia-smi", path=environ.get("PATH")):
+        return  # check_gpus asks it
+    found.errors.append("no GPU is visible (no /dev/nvidia* device, no nvidia-smi): vLLM needs an NVIDIA GPU. Run "
+                        "the container with `docker run --gpus all ...` (compose: the shipped compose.yaml reserves "
+                        "them) on a host with the NVIDIA driver and the NVIDIA Container Toolkit installed")
+
+
 def check_gpus(parallel: int, environ: Mapping[str, str], found: Findings) -> None:
     exe = shutil.which("nvidia-smi", path=environ.get("PATH"))
     if not exe:
@@ -222,5 +250,6 @@ def check(plan: Plan, environ: Mapping[str, str] | None = None) -> Findings:
                 * int(plan.values.get("VLLM_PIPELINE_PARALLEL_SIZE") or 1))
     check_memlock(cpu, found)
     check_shm(plan, cpu, parallel, found)
+    check_gpu_visible({**environ, **plan.vllm_env}, found)
     check_gpus(parallel, {**environ, **plan.vllm_env}, found)
     return found

@@ -3,6 +3,8 @@
 # output with the real vLLM serve parser and LMCache's own parser/config classes (no GPU needed).
 # Lean install: CPU torch, vLLM/LMCache without deps, then their pure-Python requirements minus GPU-only ones.
 # Usage: install-contract-venv.sh VENV_DIR     (idempotent: a venv that already imports both is kept)
+# scripts/test.sh names VENV_DIR after a hash of versions.env and this script: new pins get a new venv next to
+# the old one. The appliance package and the test tools go in afterwards (scripts/test.sh, requirements/test.txt).
 set -euo pipefail
 VENV=${1:?usage: install-contract-venv.sh VENV_DIR}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -21,11 +23,13 @@ $PIP --upgrade pip
 $PIP "torch==${CONTRACT_CPU_TORCH_VERSION}"
 $PIP --no-deps "vllm==${VLLM_VERSION}" "lmcache==${LMCACHE_VERSION}"
 # Requirements of both, minus GPU-only packages (and torch, already there).
-"$VENV/bin/python" - > /tmp/contract-reqs.txt <<'PY'
+"$VENV/bin/python" - > "$VENV/contract-reqs.txt" <<'PY'
 import importlib.metadata as m, re
+# Kept although GPU-free parsing does not need them: awscrt and google-cloud-bigtable, without which LMCache
+# registers fewer L2 adapter types (s3, bigtable) than in the product image.
 skip = re.compile(r"^(torch|torchaudio|torchvision|torchcodec|nvidia-|flashinfer|tilelang|apache-tvm-ffi|quack-kernels|"
-                  r"tokenspeed|humming-kernels|fastsafetensors|nvtx|pynvvideocodec|numba|ninja|cupy|cufile|awscrt|"
-                  r"google-|opencv)", re.I)
+                  r"tokenspeed|humming-kernels|fastsafetensors|nvtx|pynvvideocodec|numba|ninja|cupy|cufile|"
+                  r"opencv)", re.I)
 reqs = set()
 for dist in ("vllm", "lmcache"):
     for r in m.requires(dist) or []:
@@ -36,5 +40,5 @@ for dist in ("vllm", "lmcache"):
             reqs.add(r)
 print("\n".join(sorted(reqs)))
 PY
-$PIP -r /tmp/contract-reqs.txt "supervisor" "python-dotenv" "requests" "pytest"
+$PIP -r "$VENV/contract-reqs.txt"
 "$VENV/bin/python" -c "import vllm.engine.arg_utils, lmcache.v1.config; print('contract venv ready')"

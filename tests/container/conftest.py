@@ -1,8 +1,10 @@
 """Container tests: the real Dockerfile (stub servers in place of vLLM and LMCache) on a real Docker daemon.
 
 Prerequisites (README / CI): scripts/ci/start-docker.sh, scripts/ci/install-lint-tools.sh VENV, testcontainers
-and pytest in VENV. The image is built once per session by scripts/ci/build-test-image.sh (layer cache makes
-a rebuild take seconds), unless APPLIANCE_TEST_IMAGE names an image to test as it is.
+and pytest in VENV. The test image is built once per session by docker/build-image.sh (reused while its inputs
+are unchanged), unless APPLIANCE_TEST_IMAGE names an image to test as it is. The product image (several GB)
+is built by scripts/test.sh before pytest starts and named by APPLIANCE_PRODUCT_IMAGE; the product tests skip
+without it (fail under CONTAINER_TESTS_REQUIRED=1).
 
 Without a daemon (or without the lint tools) the tests skip and say why; CI sets CONTAINER_TESTS_REQUIRED=1
 so that a missing prerequisite fails instead of skipping.
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = ROOT / "scripts" / "ci" / "build-test-image.sh"
+BUILD_SCRIPT = ROOT / "docker" / "build-image.sh"
 DEFAULT_TAG = "llm-appliance:test"
 
 # Command-line patterns (pgrep -f) of the stub servers the test image runs as `vllm` and `lmcache`.
@@ -109,16 +111,28 @@ def docker_client():
 
 @pytest.fixture(scope="session")
 def image(docker_client) -> str:
-    """The test image's tag: built by scripts/ci/build-test-image.sh, or APPLIANCE_TEST_IMAGE as it is."""
+    """The test image's tag: built by docker/build-image.sh, or APPLIANCE_TEST_IMAGE as it is."""
     tag = os.environ.get("APPLIANCE_TEST_IMAGE")
     if tag:
         docker_client.images.get(tag)  # fails clearly if it does not exist
         return tag
-    result = subprocess.run([str(BUILD_SCRIPT), DEFAULT_TAG], capture_output=True, text=True)
+    result = subprocess.run([str(BUILD_SCRIPT), "test", DEFAULT_TAG], capture_output=True, text=True)
     sys.stderr.write(result.stderr)
     if result.returncode != 0:
         pytest.fail(f"{BUILD_SCRIPT.name} failed:\n{result.stderr[-4000:]}", pytrace=False)
     return DEFAULT_TAG
+
+
+@pytest.fixture(scope="session")
+def product_image(docker_client) -> str:
+    """The product image (vLLM, torch, LMCache installed): APPLIANCE_PRODUCT_IMAGE, as scripts/test.sh builds it
+    with `docker/build-image.sh product`. Not built here: that downloads several GB."""
+    tag = os.environ.get("APPLIANCE_PRODUCT_IMAGE")
+    if not tag:
+        missing("no product image: build it with `docker/build-image.sh product` and set "
+                "APPLIANCE_PRODUCT_IMAGE=llm-appliance:product (scripts/test.sh does both)")
+    docker_client.images.get(tag)  # fails clearly if it does not exist
+    return tag
 
 
 def _venv_tool(env_name: str, relative: str) -> Path | None:

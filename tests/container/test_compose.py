@@ -1,4 +1,4 @@
-"""The shipped compose.yaml, with tests/container/compose.test.yaml for a CPU-only host, through compose itself."""
+"""The shipped compose.yaml, with docker/compose.test.yaml for a CPU-only host, through compose itself."""
 from __future__ import annotations
 
 import json

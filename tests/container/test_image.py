@@ -34,7 +34,7 @@ def test_labels_name_the_pinned_versions(docker_client, image):
     assert labels["appliance.torch.version"] == pins["TORCH_VERSION"]
     assert labels["appliance.cuda.version"] == pins["CUDA_VERSION"]
     assert labels["org.opencontainers.image.version"] == labels["appliance.version"] != ""
-    assert labels["org.opencontainers.image.revision"]  # set by build-test-image.sh from git
+    assert labels["org.opencontainers.image.revision"]  # set by docker/build-image.sh from git
     assert labels["appliance.variant"].startswith("test")
 
 
@@ -45,3 +45,15 @@ def test_the_appliance_user_can_write_the_run_dir_and_volumes(run_once):
     assert code == 0, out
     assert out.split("\n")[0] == "appliance"
     assert out.count("writable") == 3, out
+
+
+def test_only_the_test_stage_turns_the_gpu_check_off(docker_client, image, run_once):
+    """The stubs need no GPU: the test stage sets STUB_NO_GPU=1 (the product image never does, see
+    test_product_image.py); without it, serve stops at preflight here as it would on the product image."""
+    assert "STUB_NO_GPU=1" in docker_client.images.get(image).attrs["Config"]["Env"]
+    code, out = run_once(["serve"], environment={"STUB_NO_GPU": ""})
+    assert code == 3, out
+    assert [line for line in out.splitlines() if line.startswith("error:")] == [
+        "error: no GPU is visible (no /dev/nvidia* device, no nvidia-smi): vLLM needs an NVIDIA GPU. Run the "
+        "container with `docker run --gpus all ...` (compose: the shipped compose.yaml reserves them) on a host "
+        "with the NVIDIA driver and the NVIDIA Container Toolkit installed"]

@@ -221,6 +221,7 @@ def base_env(tmp_path: Path) -> dict[str, str]:
         "APPLIANCE_STARTUP_TIMEOUT": "10", "APPLIANCE_HEALTH_INTERVAL": "1", "APPLIANCE_HEALTH_TIMEOUT": "1",
         "APPLIANCE_HEALTH_FAILURES": "3", "APPLIANCE_SHUTDOWN_TIMEOUT": "5", "APPLIANCE_LMCACHE_WAIT": "20",
         "STUB_CONTROL_DIR": str(tmp_path / "control"),
+        "STUB_NO_GPU": "1",  # the stubs need no GPU: skip preflight's "no GPU visible" check (as the test image does)
     }
 
 

@@ -4,7 +4,7 @@
 # registry can be reached from the build machines: the only way to get a base image is debootstrap from
 # the Debian mirror + `docker import`.
 #
-# Usage (as root, daemon running, see start-docker.sh): scripts/ci/build-local-base.sh [TAG]
+# Usage (as root, daemon running, see start-docker.sh): docker/build-local-base.sh [TAG]
 #   TAG defaults to appliance-local-base:bookworm. Skips if TAG exists, unless FORCE=1.
 # Env knobs: SUITE (bookworm), DEBIAN_MIRROR (http://deb.debian.org/debian), CACHE_DIR (/root/.cache/appliance)
 #
