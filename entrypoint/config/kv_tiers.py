@@ -128,14 +128,15 @@ def cpu_tier_gib(b: Builder) -> float | None:
     if size is not None:
         return size
     why = b.cpu_source.removeprefix("auto: ")
+    fix = ("raise the locked-memory limit (compose `ulimits: {memlock: -1}`, docker run --ulimit memlock=-1)"
+           if "locked-memory" in why else "give the container more memory")
     if name is None and "VLLM_KV_OFFLOADING_BACKEND" not in b.user_given:  # nobody asked for offloading
         b.plan.warnings.append(f"KV offloading is off: too little memory for a CPU tier ({why}; at least "
-                               f"{resources.AUTO_MIN_GIB:g} GiB). Give the container more memory (and compose "
-                               "`ulimits: {memlock: -1}`), or set VLLM_KV_OFFLOADING_BACKEND=none to silence this")
+                               f"{resources.AUTO_MIN_GIB:g} GiB). To have one, {fix}; to silence this, set "
+                               "VLLM_KV_OFFLOADING_BACKEND=none")
     else:
         b.error(f"VLLM_KV_OFFLOADING_SIZE=auto: too little memory for a CPU tier ({why}; at least "
-                f"{resources.AUTO_MIN_GIB:g} GiB); give the container more memory (compose `ulimits: {{memlock: "
-                "-1}`), set a size, or set VLLM_KV_OFFLOADING_BACKEND=none")
+                f"{resources.AUTO_MIN_GIB:g} GiB); {fix}, set a size, or set VLLM_KV_OFFLOADING_BACKEND=none")
     return None
 
 

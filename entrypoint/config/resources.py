@@ -24,7 +24,7 @@ FALLBACK_CPU_GIB = 5.0  # LMCache's own default, where no memory reading exists 
 
 
 def gib_text(n: float) -> str:
-    return f"{n / GIB:.1f} GiB"
+    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.3g} MiB"
 
 
 def floor_gib(n_bytes: float) -> float:

@@ -93,6 +93,40 @@ def secret_argv_values(argv: list[str]) -> list[str]:
     return values
 
 
+def secret_leaves(arg: str) -> list[str]:
+    """The secret text inside one hidden argument: the value of `--api-key=k`, the values under credential
+    keys of a JSON argument, else the argument itself."""
+    if secret_flag(arg) and "=" in arg:
+        return [arg.split("=", 1)[1]]
+    try:
+        data = json.loads(arg)
+    except ValueError:
+        return [arg]
+    found: list[str] = []
+
+    def walk(node, hidden: bool) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, hidden or (isinstance(k, str) and bool(_SECRET_KEY.search(k))))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, hidden)
+        elif hidden and node not in (None, ""):
+            found.append(node if isinstance(node, str) else json.dumps(node))
+    walk(data, False)
+    return found or [arg]
+
+
+def environment_secrets(environ: Mapping[str, str], argv_secrets: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """Every secret value a process of the appliance may meet: credential-named variables, and the hidden
+    arguments `serve` handed over ({program: {index: argument}})."""
+    found = [v for k, v in environ.items() if is_secret_name(k) and v]
+    for hidden in argv_secrets.values():
+        for arg in hidden.values():
+            found += secret_leaves(arg)
+    return found
+
+
 _RAW_SECRET = re.compile(r"(?P<flag>--[\w-]+)(?P<sep>=|\s+)(?P<value>.*?)(?=\s+-|\s*$)", re.DOTALL)
 
 
