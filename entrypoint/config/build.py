@@ -198,13 +198,15 @@ class Builder:
                 if s.flag not in flags:
                     self.error(f"{s.name}: the installed vLLM {self.schema.vllm_version} has no {s.flag} flag")
                     continue
-                value = "auto" if s.kind == "human_int_or_auto" and v[s.name] == -1 else v[s.name]
-                argv += flag_args(s.flag, flags[s.flag], value)
-                self.flag_setters[s.flag] = s.name
+                value = v[s.name]
+                if s.kind == "human_int_or_auto" and value == -1:
+                    value = "auto"
+                elif s.kind == "names":
+                    value = str(value).split()
+                argv += self.flag(s.name, s.flag, value)
         for name in sorted(self.generic_flags):
             flag, value = self.generic_flags[name]
-            argv += flag_args(flag, flags[flag], value)
-            self.flag_setters[flag] = name
+            argv += self.flag(name, flag, value)
         argv += ["--shutdown-timeout", str(v["APPLIANCE_SHUTDOWN_TIMEOUT"])]
         p.vllm_argv = argv
         if v.get("VLLM_ENABLE_AUTO_TOOL_CHOICE") and not v.get("VLLM_TOOL_CALL_PARSER"):
@@ -217,6 +219,14 @@ class Builder:
                 "VLLM_CPU_OFFLOAD_GB and set VLLM_KV_OFFLOADING_BACKEND=lmcache and VLLM_KV_OFFLOADING_SIZE=<GiB>.")
         if "VLLM_HF_TOKEN" in self.generic_flags:
             p.warnings.append("VLLM_HF_TOKEN puts the token on vLLM's command line; prefer HF_TOKEN")
+
+    def flag(self, name: str, flag: str, value) -> list[str]:
+        self.flag_setters[flag] = name
+        try:
+            return flag_args(flag, self.schema.serve_flags[flag], value)
+        except ValueProblem as e:
+            self.bad_value(name, str(value), str(e))
+            return []
 
     def extra_args(self) -> None:
         """VLLM_EXTRA_ARGS and the arguments after `--`: appended as they are, but a flag the appliance owns or

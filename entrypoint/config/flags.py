@@ -85,6 +85,8 @@ def flag_args(flag: str, spec: dict | None, value) -> list[str]:
         return [flag] if value else ["--no-" + flag[2:]]
     if kind == "flag":
         return [flag] if value else []
+    if isinstance(value, list):  # already split (VLLM_SERVED_MODEL_NAME: by white space, not shell rules)
+        return [flag, *value] if spec and spec.get("nargs") in ("+", "*") else [p for v in value for p in _one(flag, v)]
     text = number_text(value) if isinstance(value, float) else str(value)
     if spec and spec.get("append"):
         return [part for token in split_args(text) for part in _one(flag, token)]

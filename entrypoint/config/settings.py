@@ -258,8 +258,8 @@ def _human_int(text: str, allow_auto: bool) -> int:
             return int(float(number) * 1000 ** ("kmgt".index(suffix) + 1))
         if "." not in number:
             return int(number) * 1024 ** ("KMGT".index(suffix) + 1)
-        raise ValueProblem(f"takes no decimals with the binary suffix {suffix} (vLLM refuses it); did you mean "
-                           f"{number}{suffix.lower()}?")
+        raise ValueProblem(f"takes no decimals with the binary suffix {suffix} (vLLM refuses it), e.g. "
+                           f"{number}{suffix.lower()} (x1000)")
     try:
         return int(text)
     except ValueError:

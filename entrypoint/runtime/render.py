@@ -128,7 +128,8 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
             # vLLM and LMCache run worker processes: stop and kill the whole process group.
             "stopasgroup=true", "killasgroup=true",
             "redirect_stderr=true",
-            f"stdout_logfile={_v(run.log(name))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
+            # supervisord expands a program's log file name twice (every value once, log files again).
+            f"stdout_logfile={_v(_v(run.log(name)))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
             "stdout_logfile_backups=1",
             # Each chunk of output also goes, as an event, to the `logs` listener, which prefixes its lines.
             "stdout_events_enabled=true",
