@@ -127,6 +127,9 @@ def environment_secrets(environ: Mapping[str, str], argv_secrets: Mapping[str, M
     return found
 
 
+# A credential-like key of JSON inside text that could not be parsed (an unbalanced quote around it).
+_RAW_JSON_SECRET = re.compile(r'(?P<key>"[^"]*(?:token|api[_-]?key|password|passwd|secret|private[_-]?key|credential)'
+                              r'[^"]*"\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*"?|[^,}\s]+)', re.IGNORECASE)
 _RAW_SECRET = re.compile(r"(?P<flag>--[\w-]+)(?P<sep>=|\s+)(?P<value>.*?)(?=\s+-|\s*$)", re.DOTALL)
 
 
@@ -141,6 +144,7 @@ def redact_args_text(text: str) -> str:
     def hide(m: re.Match) -> str:
         return m.group("flag") + m.group("sep") + REDACTED if secret_flag(m.group("flag")) else m.group(0)
 
+    text = _RAW_JSON_SECRET.sub(lambda m: m.group("key") + f'"{REDACTED}"', text)
     return _RAW_SECRET.sub(hide, text)
 
 
@@ -149,7 +153,7 @@ def raw_secret_values(text: str) -> list[str]:
     try:
         return secret_argv_values(shlex.split(text))
     except ValueError:
-        found = []
+        found = [m.group("value").strip('"') for m in _RAW_JSON_SECRET.finditer(text)]
         for m in _RAW_SECRET.finditer(text):
             if secret_flag(m.group("flag")):
                 found.append(m.group("value"))

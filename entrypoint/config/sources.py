@@ -39,6 +39,9 @@ def is_ours(name: str) -> bool:
     return name.startswith(PREFIXES) or name in FILE_SECRETS or name in FILE_SECRETS.values()
 
 
+_CREDENTIAL_WORD = re.compile(r"KEY|TOKEN|PASS|SECRET|CREDENTIAL")
+
+
 class EnvFileError(ValueError):
     """A problem of one line of an env file (its message names the line)."""
 
@@ -107,7 +110,12 @@ def read_env_file(path: str, environ: dict[str, str] | None = None) -> tuple[dic
         if binding.key is None:
             continue  # a comment or a blank line
         if binding.value is None:
-            problems.append(f"{where}: {binding.key!r} has no '=': write {binding.key}=value, or remove the line")
+            # The line is quoted only when it is plainly a name: `VLLM_API_KEY sk-...` must not print the key.
+            if re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", binding.key) and not _CREDENTIAL_WORD.search(binding.key[1:]):
+                problems.append(f"{where}: {binding.key!r} has no '=': write {binding.key}=value, or remove the line")
+            else:
+                problems.append(f"{where}: has no '=' (not shown: it may hold a secret); write NAME=value, or remove "
+                                "the line")
             continue
         value = binding.value
         if not _single_quoted(binding.original.string):

@@ -425,3 +425,11 @@ def test_config_shows_the_chosen_sizes_and_their_source(capsys, monkeypatch):
     assert "  CPU tier: 32 GiB (auto: half of 64.0 GiB (the cgroup memory limit))" in out.splitlines()
     assert any(line.startswith("  Disk tier: /var/lib/appliance/kv-disk/org--m__") and
                line.endswith("(at most 50 GiB, LMCACHE_MAX_LOCAL_DISK_SIZE)") for line in out.splitlines())
+
+
+def test_a_line_without_equals_sign_that_may_hold_a_secret_is_not_quoted(tmp_path, plan_for):
+    env_file = tmp_path / ".env"
+    env_file.write_text("VLLM_API_KEY sk-planted\n")
+    plan = plan_for(env_file=str(env_file))
+    assert plan.errors == [f"--env-file {env_file}: line 1: has no '=' (not shown: it may hold a secret); write "
+                           "NAME=value, or remove the line"]
