@@ -17,10 +17,10 @@ from . import kv_tiers, models, resources
 from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
 from .plan import Plan
 from .schema import Schema
-from .secrets import REDACTED, is_secret_name, raw_secret_values, secret_argv_values
+from .secrets import REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values
 from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, DiskChoice, ValueProblem, parse_bool,
                        parse_value)
-from .sources import COMMAND_LINE, DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
+from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -85,6 +85,8 @@ class Builder:
     def secrets_from_files(self) -> None:
         for var, file_var in FILE_SECRETS.items():
             direct, path = self.raw.values.get(var), self.raw.values.get(file_var)
+            if direct and not direct.strip():
+                self.error(f"{var} is only white space: set the secret, or leave {var} empty (unset)")
             if direct and path:
                 self.error(f"{var} and {file_var} are both set: set only one of them")
             elif path:
@@ -236,9 +238,12 @@ class Builder:
         sources = [("VLLM_EXTRA_ARGS", self.split("VLLM_EXTRA_ARGS", str(self.values.get("VLLM_EXTRA_ARGS", "")))),
                    ("the arguments after `--`", list(self.raw.extra_args))]
         for label, extra in sources:
-            for arg in extra:
+            for i, arg in enumerate(extra):
                 flag = resolve_flag(arg, flags, bools)
                 shown = arg.split("=", 1)[0]
+                if flag in SECRET_FLAGS and shown != flag:
+                    # `--api_key`, `--api-k`: written out, so that the health checks find the key vLLM reads.
+                    extra[i] = flag + arg[len(shown):]
                 if flag == AMBIGUOUS:
                     self.error(f"{label}: {shown} is an abbreviation of several vllm serve flags; write the flag "
                                "in full")
@@ -250,11 +255,13 @@ class Builder:
                     self.error(f"{label}: {_as_typed(shown, flag)} is already set by {setter}{where}; set it "
                                f"there only (vLLM would see both values)")
             p.vllm_argv += extra
-        for arg in p.vllm_argv:
-            if resolve_flag(arg, flags, bools) == "--api-key" and not self.raw.values.get("VLLM_API_KEY"):
+        if any(resolve_flag(arg, flags, bools) == "--api-key" for arg in p.vllm_argv):
+            if self.raw.values.get("VLLM_API_KEY"):  # vLLM would take only --api-key; the probes would send this
+                self.error("VLLM_API_KEY and --api-key are both set: vLLM ignores VLLM_API_KEY when --api-key is "
+                           "given; set only one of them (preferably VLLM_API_KEY or VLLM_API_KEY_FILE)")
+            else:
                 p.warnings.append("--api-key in VLLM_EXTRA_ARGS puts the key on vLLM's command line, which vLLM "
                                   "logs; prefer VLLM_API_KEY or VLLM_API_KEY_FILE")
-                break
 
     def api_exposure(self) -> None:
         p = self.plan

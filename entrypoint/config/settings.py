@@ -92,11 +92,13 @@ SETTINGS: tuple[Setting, ...] = (
        flag="--cpu-offload-gb", registry_key="cpu_offload_gb"),
     _s("VLLM_EXTRA_ARGS", "args", "Raw arguments appended to `vllm serve` (shell-split). Escape hatch: vLLM "
        "checks them, except that flags the appliance sets or supervises by (--host, --port, --served-model-name, "
-       "--kv-transfer-config, ...) are refused with the variable to use instead.", target="appended to vllm serve", example="--enable-prefix-caching"),
+       "--kv-transfer-config, ...) are refused with the variable to use instead.", target="appended to vllm serve",
+       example="--enable-prefix-caching"),
     # --- KV offloading -------------------------------------------------------------------------------
     _s("VLLM_KV_OFFLOADING_BACKEND", "choice", "KV cache offloading: `lmcache` (LMCache CPU + disk tiers; the "
        "default, for every model), `native` (vLLM's own CPU offload), or `none` for no offloading.",
-       default="lmcache", group="KV offloading", choices=("lmcache", "native", "none"), registry_key="kv_offloading_backend",
+       default="lmcache", group="KV offloading", choices=("lmcache", "native", "none"),
+       registry_key="kv_offloading_backend",
        target="lmcache: LMCache server + --kv-transfer-config; native: --kv-offloading-backend native",
        example="lmcache"),
     _s("VLLM_KV_OFFLOADING_SIZE", "gib_auto", "Size of the CPU tier in GiB, for all GPUs together (same tier as "

@@ -104,7 +104,8 @@ def plant(secret: str, where: str) -> dict[str, str]:
         "extra_eq": {"VLLM_EXTRA_ARGS": f"--api-key={secret}"},
         "extra_abbrev": {"VLLM_EXTRA_ARGS": f"--api_k {secret}"},
         "extra_unbalanced": {"VLLM_EXTRA_ARGS": f"--api-key '{secret} --seed 1"},
-        "lmcache_json": {"LMCACHE_SERVER_EXTRA_ARGS": f"--l2-adapter '{{\"type\":\"resp\",\"password\":\"{secret}\"}}'"},
+        "lmcache_json": {"LMCACHE_SERVER_EXTRA_ARGS":
+                         f"--l2-adapter '{{\"type\":\"resp\",\"password\":\"{secret}\"}}'"},
         "lmcache_unbalanced": {"LMCACHE_SERVER_EXTRA_ARGS": f"--l2-adapter '{{\"password\":\"{secret}\"}}"},
     }[where]
 

@@ -429,7 +429,73 @@ def test_config_shows_the_chosen_sizes_and_their_source(capsys, monkeypatch):
 
 def test_a_line_without_equals_sign_that_may_hold_a_secret_is_not_quoted(tmp_path, plan_for):
     env_file = tmp_path / ".env"
-    env_file.write_text("VLLM_API_KEY sk-planted\n")
+    env_file.write_text("VLLM_API_KEYsk-planted\n")  # the = forgotten
     plan = plan_for(env_file=str(env_file))
     assert plan.errors == [f"--env-file {env_file}: line 1: has no '=' (not shown: it may hold a secret); write "
                            "NAME=value, or remove the line"]
+
+
+# -- secrets at run time: which process gets them, and the log relay -------------------------------------
+def test_the_lmcache_server_never_gets_vllms_secrets(plan_for):
+    from entrypoint.runtime.programs import SECRET_ARGV_VAR, lmcache_environment, server_environment
+    env_file_password = {"LMCACHE_RESP_PASSWORD": "resp-pw"}
+    plan = plan_for({"VLLM_KV_OFFLOADING_BACKEND": "lmcache", **env_file_password, **LOOPBACK})
+    running = {"VLLM_API_KEY": "sk-1", "HF_TOKEN": "hf-1", "VLLM_API_KEY_FILE": "/run/secrets/k",
+               SECRET_ARGV_VAR: "{}", "PATH": "/usr/bin", "LMCACHE_RESP_PASSWORD": "resp-pw"}
+    lmcache = lmcache_environment(plan, running)
+    assert "VLLM_API_KEY" not in lmcache and "HF_TOKEN" not in lmcache and "VLLM_API_KEY_FILE" not in lmcache
+    assert lmcache["LMCACHE_RESP_PASSWORD"] == "resp-pw" and SECRET_ARGV_VAR not in lmcache
+    vllm = server_environment(plan, plan.vllm_env, running)
+    assert vllm["VLLM_API_KEY"] == "sk-1" and vllm["HF_TOKEN"] == "hf-1"
+
+
+def test_the_log_relay_masks_every_known_secret_whoever_prints_it():
+    from entrypoint.runtime.logs import mask, secret_bytes
+    environ = {"VLLM_API_KEY": "sk-env-key", "MY_TOKEN": "tok-12345", "PATH": "/usr/bin",
+               "_APPLIANCE_SECRET_ARGV": json.dumps({"vllm": {"9": "k1-argv", "10": "--api-key=k2-argv"},
+                                                    "lmcache": {"20": '{"type":"resp","password":"pw-json"}'}})}
+    secrets = secret_bytes(environ)
+    line = b"INFO non-default args: {'api_key': ['k1-argv', 'k2-argv']} sk-env-key tok-12345 pw-json /usr/bin"
+    assert mask(line, secrets) == b"INFO non-default args: {'api_key': ['***', '***']} *** *** *** /usr/bin"
+
+
+# -- a launcher that gives up ----------------------------------------------------------------------------
+def test_give_ups_are_counted_and_reset_by_a_start(tmp_path, monkeypatch):
+    from entrypoint.runtime import programs
+    from entrypoint.runtime.render import START_RETRIES, RunDir
+    run = RunDir(tmp_path)
+    shutdowns = []
+
+    class Rpc:
+        class supervisor:  # noqa: N801 - the shape of supervisord's XML-RPC proxy
+            @staticmethod
+            def shutdown():
+                shutdowns.append(True)
+
+    monkeypatch.setattr(RunDir, "rpc", lambda self: Rpc)
+    monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///x")
+    for _ in range(START_RETRIES):
+        assert programs.gave_up(run, "vllm") == 1
+    assert shutdowns == [] and not run.fatal.exists()
+    programs.gave_up(run, "vllm")
+    assert shutdowns == [True] and run.fatal.read_text() == "vllm\n"
+    programs.give_ups(run, "lmcache").write_text("3\n")
+    monkeypatch.setattr(programs.os, "execvpe", lambda *a: None)
+    programs._exec(run, "lmcache", ["true"], {})
+    assert not programs.give_ups(run, "lmcache").exists()
+
+
+def test_api_key_spellings_are_written_out_for_the_health_checks(plan_for):
+    plan = plan_for({"VLLM_EXTRA_ARGS": "--api_key k1-planted --api-k=k2-planted", **LOOPBACK})
+    assert plan.vllm_argv[-3:] == ["--api-key", "k1-planted", "--api-key=k2-planted"]
+
+
+def test_api_key_twice_would_desynchronise_the_probes(plan_for):
+    plan = plan_for({"VLLM_API_KEY": "sk-env", "VLLM_EXTRA_ARGS": "--api-key sk-cli"})
+    assert plan.errors == ["VLLM_API_KEY and --api-key are both set: vLLM ignores VLLM_API_KEY when --api-key is "
+                           "given; set only one of them (preferably VLLM_API_KEY or VLLM_API_KEY_FILE)"]
+
+
+def test_a_white_space_api_key_is_an_error(plan_for):
+    assert plan_for({"VLLM_API_KEY": "  "}).errors == ["VLLM_API_KEY is only white space: set the secret, or leave "
+                                                       "VLLM_API_KEY empty (unset)"]

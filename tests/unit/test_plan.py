@@ -170,7 +170,7 @@ def test_secrets_are_redacted_everywhere_they_are_printed(tmp_path, plan_for):
     token = tmp_path / "token"
     token.write_text("hf_secret_token\n")
     plan = plan_for({"VLLM_API_KEY": "sk-very-secret", "HF_TOKEN_FILE": str(token),
-                     "VLLM_EXTRA_ARGS": "--api-key sk-other"})
+                     "VLLM_EXTRA_ARGS": "--hf-token sk-other"})  # with VLLM_API_KEY, --api-key is an error
     assert plan.errors == []
     assert plan.vllm_env["VLLM_API_KEY"] == "sk-very-secret"  # the real value reaches vLLM
     assert plan.vllm_env["HF_TOKEN"] == "hf_secret_token"
