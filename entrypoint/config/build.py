@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -18,8 +19,8 @@ from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_a
 from .plan import Plan
 from .schema import Schema
 from .secrets import REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values
-from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, DiskChoice, ValueProblem, parse_bool,
-                       parse_value)
+from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, DiskChoice, ValueProblem, load_json,
+                       parse_bool, parse_value)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -35,11 +36,14 @@ def _typed_lmcache_value(type_name: str, raw: str):
     if t == "int":
         return int(raw)
     if t == "float":
-        return float(raw)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return value
     if t == "bool":
         return parse_bool(raw)
     if raw.strip()[:1] in "[{":
-        return json.loads(raw)
+        return load_json(raw)
     return raw
 
 
@@ -131,7 +135,7 @@ class Builder:
                 try:
                     self.lmcache_keys[key] = _typed_lmcache_value(self.schema.lmcache_keys[key]["type"], value)
                     self.user_given.add(name)
-                except (ValueError, json.JSONDecodeError):
+                except (ValueError, ValueProblem):
                     self.bad_value(name, value, f"must be of type {self.schema.lmcache_keys[key]['type']} "
                                                 f"(LMCache config key {key})")
             elif name.startswith("LMCACHE_") and name in self.schema.lmcache_other_env_vars:
@@ -156,7 +160,7 @@ class Builder:
         extra = self.raw.values.get("APPLIANCE_MODEL_REGISTRY_FILE", "").strip() or None
         try:
             registry = models.load_registry(extra)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             problem = getattr(e, "strerror", None) or str(e)
             self.error(f"APPLIANCE_MODEL_REGISTRY_FILE={extra!r}: {problem}")
             registry = models.MODEL_REGISTRY

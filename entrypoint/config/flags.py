@@ -2,11 +2,10 @@
 it and so that no value can be read as a flag, and raw arguments resolved to the flag argparse will see."""
 from __future__ import annotations
 
-import json
 import shlex
 from typing import Iterable
 
-from .settings import ValueProblem, _human_int, parse_bool
+from .settings import ValueProblem, _human_int, load_json, parse_bool
 
 AMBIGUOUS = "ambiguous"
 
@@ -60,10 +59,7 @@ def parse_flag_value(spec: dict, raw: str):
             return folded[text.lower()]
         raise ValueProblem("must be one of: " + ", ".join(choices))
     if kind == "json":  # vLLM parses it with json.loads: anything else is refused there
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueProblem(f"is not valid JSON ({e.msg} at column {e.colno})") from None
+        load_json(text)
     return text
 
 

@@ -19,7 +19,7 @@ import re
 import shlex
 from typing import Iterable, Mapping
 
-from .settings import SECRET_NAMES
+from .settings import MAX_JSON_DEPTH, SECRET_NAMES, json_depth
 
 REDACTED = "***"
 SECRET_FLAGS = ("--api-key", "--hf-token")  # vLLM flags whose values are secrets
@@ -49,6 +49,8 @@ def secret_flag(arg: str) -> str | None:
 def _redact_json_text(arg: str) -> str:
     if not arg.lstrip().startswith(("{", "[")):
         return arg
+    if json_depth(arg) > MAX_JSON_DEPTH:
+        return REDACTED  # too deep to look into: hidden whole (the plan refuses such values anyway)
     try:
         data = json.loads(arg)
     except ValueError:
@@ -98,6 +100,8 @@ def secret_leaves(arg: str) -> list[str]:
     keys of a JSON argument, else the argument itself."""
     if secret_flag(arg) and "=" in arg:
         return [arg.split("=", 1)[1]]
+    if json_depth(arg) > MAX_JSON_DEPTH:
+        return [arg]
     try:
         data = json.loads(arg)
     except ValueError:

@@ -12,6 +12,7 @@ Not in this table, because they come from the installed vLLM/LMCache (see `schem
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -267,6 +268,36 @@ def _human_int(text: str, allow_auto: bool) -> int:
     except ValueError:
         raise ValueProblem("must be a whole number (e.g. 32768 or 32k)" + (", or auto" if allow_auto else "")) \
             from None
+
+
+MAX_JSON_DEPTH = 64  # deeper JSON is no configuration, and would overflow the recursion of json and the redaction
+
+
+def json_depth(text: str) -> int:
+    """How deeply brackets nest in `text`, outside JSON strings (without parsing: parsers recurse)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def load_json(text: str):
+    """json.loads for an operator's value: a ValueProblem, never a RecursionError."""
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise ValueProblem(f"is JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueProblem(f"is not valid JSON ({e.msg} at column {e.colno})") from None
 
 
 def has_control(text: str) -> bool:

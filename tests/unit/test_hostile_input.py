@@ -499,3 +499,14 @@ def test_api_key_twice_would_desynchronise_the_probes(plan_for):
 def test_a_white_space_api_key_is_an_error(plan_for):
     assert plan_for({"VLLM_API_KEY": "  "}).errors == ["VLLM_API_KEY is only white space: set the secret, or leave "
                                                        "VLLM_API_KEY empty (unset)"]
+
+
+@pytest.mark.parametrize("name", ["VLLM_COMPILATION_CONFIG", "VLLM_EXTRA_ARGS", "LMCACHE_SERVER_EXTRA_ARGS"])
+def test_json_nested_past_the_recursion_limit(plan_for, name, capsys, monkeypatch):
+    deep = "[" * 990 + "]" * 990
+    rc, out, err = run_cli(["config", "--format", "json"], {name: f"--l2-adapter {deep}" if "LMCACHE" in name
+                                                            else deep, **LOOPBACK}, capsys, monkeypatch)
+    assert "Traceback" not in err and rc in (0, 2)
+    if name == "VLLM_COMPILATION_CONFIG":
+        assert json.loads(out)["errors"] == [f"VLLM_COMPILATION_CONFIG='{deep[:200]}... (1980 characters)': is "
+                                             "JSON nested deeper than 64 levels"]
