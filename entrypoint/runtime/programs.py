@@ -230,12 +230,16 @@ def give_ups(run: RunDir, program: str) -> Path:
 def gave_up(run: RunDir, program: str) -> int:
     """Count a give-up; the START_RETRIES + 1-th in a row stops the appliance as a FATAL program would."""
     counter = give_ups(run, program)
+    # "<supervisord's pid> <count>": a count left by an earlier supervisord (a run directory that persists
+    # across container starts) is not ours.
+    this = str(os.getppid())
     try:
-        count = int(counter.read_text().strip() or 0) + 1
+        owner, count = counter.read_text().split()
+        count = int(count) + 1 if owner == this else 1
     except (OSError, ValueError):
         count = 1
     try:
-        counter.write_text(f"{count}\n")
+        counter.write_text(f"{this} {count}\n")
     except OSError:
         return 1  # cannot count: supervisord's own count still applies
     if count <= START_RETRIES or not os.environ.get("SUPERVISOR_SERVER_URL"):

@@ -118,6 +118,8 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     def program(name: str, priority: int, stopwait: int) -> list[str]:
         # startsecs: a program counts as started only after surviving the whole start grace, so a vLLM that
         # dies while loading the model (OOM, bad weights) ends FATAL after START_RETRIES, not in a loop forever.
+        # The launcher's own waits before the server (programs.py) may outlast it: a launcher that gives up
+        # counts itself, so that case ends the same way whatever APPLIANCE_STARTUP_TIMEOUT is.
         return [
             "", f"[program:{name}]",
             f"command={_command(python, 'entrypoint.runtime.programs', name, str(run.plan))}",

@@ -18,15 +18,19 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
-import jsonschema
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings
-from hypothesis import strategies as st
 
-from entrypoint import cli
-from entrypoint.config import schema as schema_mod
-from entrypoint.config.flags import resolve_flag
-from entrypoint.config.settings import LMCACHE_OWNED_FLAGS, OWNED_FLAGS, SETTINGS
+REASON = "the property suite needs hypothesis and jsonschema (scripts/test.sh installs them in the test venv)"
+jsonschema = pytest.importorskip("jsonschema", reason=REASON)
+pytest.importorskip("hypothesis", reason=REASON)
+
+from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from entrypoint import cli  # noqa: E402
+from entrypoint.config import schema as schema_mod  # noqa: E402
+from entrypoint.config.flags import resolve_flag  # noqa: E402
+from entrypoint.config.settings import LMCACHE_OWNED_FLAGS, OWNED_FLAGS, SETTINGS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = json.loads((ROOT / "docs" / "config.schema.json").read_text())

@@ -479,6 +479,9 @@ def test_give_ups_are_counted_and_reset_by_a_start(tmp_path, monkeypatch):
     assert shutdowns == [] and not run.fatal.exists()
     programs.gave_up(run, "vllm")
     assert shutdowns == [True] and run.fatal.read_text() == "vllm\n"
+    programs.give_ups(run, "vllm").write_text("1 3\n")  # left by another supervisord: not counted
+    programs.gave_up(run, "vllm")
+    assert programs.give_ups(run, "vllm").read_text() == f"{os.getppid()} 1\n" and shutdowns == [True]
     programs.give_ups(run, "lmcache").write_text("3\n")
     monkeypatch.setattr(programs.os, "execvpe", lambda *a: None)
     programs._exec(run, "lmcache", ["true"], {})
