@@ -81,7 +81,8 @@ def report_problems(plan: Plan, stream=None) -> None:
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m entrypoint {command}", add_help=True)
+    # No abbreviations: `--en` or `--for` among the overrides must not be taken for --env-file / --format.
+    p = argparse.ArgumentParser(prog=f"python -m entrypoint {command}", add_help=True, allow_abbrev=False)
     p.add_argument("--env-file", help="a .env file (the real environment wins over it)")
     if command == "config":
         p.add_argument("--format", choices=("json", "text"), default="text")

@@ -3,7 +3,7 @@
 `logs` prefixer. A secret is:
 
 - a variable named like a credential (`is_secret_name`): the appliance's own (VLLM_API_KEY, HF_TOKEN) and,
-  by pattern, `*_TOKEN`, `*_API_KEY`, `*_PASSWORD`, `*_SECRET*`, `*_PRIVATE_KEY`, `*_CREDENTIALS`
+  by pattern, `*_TOKEN`, `*_API_KEY`, `*_PASSWORD`, `*_PASS(WD)`, `*SECRET*`, `*_PRIVATE_KEY`
   (AWS_SECRET_ACCESS_KEY, LMCACHE_RESP_PASSWORD, ...);
 - every value of a secret flag (`--api-key k1 k2` takes several; `--api-key=k`, `--api_key`, and the
   abbreviations argparse accepts, `--api-k`), also inside `*_EXTRA_ARGS` text that cannot be shell-split;
@@ -23,7 +23,8 @@ from .settings import MAX_JSON_DEPTH, SECRET_NAMES, json_depth
 
 REDACTED = "***"
 SECRET_FLAGS = ("--api-key", "--hf-token")  # vLLM flags whose values are secrets
-_SECRET_NAME = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|PASSWORD|PASSWD|PASS|PRIVATE_KEY|CREDENTIALS?)$|SECRET",
+# (Not *_CREDENTIALS: vLLM's --allow-credentials is a CORS switch, GOOGLE_APPLICATION_CREDENTIALS a path.)
+_SECRET_NAME = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|PASSWORD|PASSWD|PASS|PRIVATE_KEY)$|SECRET",
                           re.IGNORECASE)
 _SECRET_KEY = re.compile(r"(^|[_.-])(token|api[_-]?key|password|passwd|secret|private[_-]?key|credentials?)$"
                          r"|secret", re.IGNORECASE)

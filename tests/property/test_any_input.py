@@ -193,6 +193,7 @@ def check_plan_json(data: dict) -> None:
 @FUZZ
 @given(inputs())
 @example(({}, "VLLM_SERVED_MODEL_NAME=bob's-model", [], []))
+@example(({}, "", ["-h"], []))
 @example(({"VLLM_EXTRA_ARGS": "--x " + "[" * 990 + "]" * 990, "VLLM_COMPILATION_CONFIG": "[" * 990 + "]" * 990},
           "", [], []))  # found by hand: json and the redaction recursed past Python's limit
 @example(({"VLLM_EXTRA_ARGS": "--api-key 'skAAAAAAAAAAZq --seed 1"}, "", [], ["skAAAAAAAAAAZq"]))
@@ -203,6 +204,12 @@ def test_config_json_for_any_input(case):
         env_file.write_text(env_text, encoding="utf-8", errors="surrogateescape")
         rc, out, err = run_main(["config", "--format", "json", "--env-file", str(env_file), *overrides], env)
     check_output(rc, out, err, planted)
+    if any(o in ("-h", "--help") for o in overrides):
+        assert rc == 0 and out.startswith("usage: ")  # argparse's help, no plan
+        return
+    if rc == 2 and not out:
+        assert err.startswith("usage: "), err  # argparse refused our own options (`--format bogus`)
+        return
     data = json.loads(out)
     check_plan_json(data)
     assert rc == (2 if data["errors"] else 0)

@@ -513,3 +513,9 @@ def test_json_nested_past_the_recursion_limit(plan_for, name, capsys, monkeypatc
     if name == "VLLM_COMPILATION_CONFIG":
         assert json.loads(out)["errors"] == [f"VLLM_COMPILATION_CONFIG='{deep[:200]}... (1980 characters)': is "
                                              "JSON nested deeper than 64 levels"]
+
+
+def test_names_that_only_look_like_credentials_are_shown(plan_for):
+    plan = plan_for({"VLLM_ALLOW_CREDENTIALS": "true", "VLLM_MAX_NUM_BATCHED_TOKENS": "8k", **LOOPBACK})
+    assert plan.to_dict()["values"]["VLLM_ALLOW_CREDENTIALS"] is True
+    assert plan.to_dict()["values"]["VLLM_MAX_NUM_BATCHED_TOKENS"] == "8k"
