@@ -41,16 +41,19 @@ def format_text(plan: Plan) -> str:
     elif mode == "in-process":
         lines += [f"  LMCache config ({plan.lmcache_config_file}):"]
         lines += [f"    {k}: {json.dumps(v)}" for k, v in plan.lmcache_config.items()]
+    if mode and plan.appliance.get("cpu_tier_gib"):
+        lines += [f"  CPU tier: {plan.appliance['cpu_tier_gib']:g} GiB ({plan.appliance.get('cpu_tier_source')})"]
     if plan.disk:
-        lines += [f"  Disk tier: {plan.disk.path} (at most {plan.disk.max_size_gib:g} GiB)"]
+        lines += [f"  Disk tier: {plan.disk.path} (at most {plan.disk.max_size_gib:g} GiB, "
+                  f"{plan.appliance.get('disk_tier_source')})"]
     lines += ["", "Values (source):"]
     width = max((len(k) for k in d["values"]), default=0)
     for name in sorted(d["values"]):
         lines.append(f"  {name.ljust(width)} = {_show(d['values'][name])}  ({d['sources'].get(name, 'default')})")
-    for title, items in (("Warnings", plan.warnings), ("Errors", plan.errors)):
+    for title, items in (("Warnings", d["warnings"]), ("Errors", d["errors"])):
         if items:
             lines += ["", f"{title}:"] + [f"  - {m}" for m in items]
-    return "\n".join(lines)
+    return plan.mask("\n".join(lines))
 
 
 def _shell(argv: list[str], indent: str) -> str:
@@ -69,15 +72,17 @@ def _show(value) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def report_problems(plan: Plan, stream=sys.stderr) -> None:
+def report_problems(plan: Plan, stream=None) -> None:
+    stream = stream or sys.stderr
     for msg in plan.errors:
-        print(f"error: {msg}", file=stream)
+        print(f"error: {plan.mask(msg)}", file=stream)
     if plan.errors:
         print(f"{len(plan.errors)} problem(s); nothing was started. See docs/ENVIRONMENT.md.", file=stream)
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m entrypoint {command}", add_help=True)
+    # No abbreviations: `--en` or `--for` among the overrides must not be taken for --env-file / --format.
+    p = argparse.ArgumentParser(prog=f"python -m entrypoint {command}", add_help=True, allow_abbrev=False)
     p.add_argument("--env-file", help="a .env file (the real environment wins over it)")
     if command == "config":
         p.add_argument("--format", choices=("json", "text"), default="text")
@@ -85,6 +90,17 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `config | head -1`: the reader is gone, which is no error of ours. Point stdout at /dev/null so
+        # that the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]
@@ -100,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     opts, overrides = _parser(command).parse_known_args(rest)
     plan = make_plan(opts.env_file, overrides)
     for w in plan.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {plan.mask(w)}", file=sys.stderr)
     if command == "config":
         if opts.format == "json":
             print(json.dumps(plan.to_dict(), indent=2))

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import shlex
+import math
 from pathlib import Path
 from typing import Mapping
 
-from . import kv_tiers, models
-from .flags import flag_args, parse_flag_value
+from . import kv_tiers, models, resources
+from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
 from .plan import Plan
 from .schema import Schema
-from .secrets import REDACTED
-from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SECRET_NAMES, SETTINGS, DiskChoice, ValueProblem,
+from .secrets import REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values
+from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, DiskChoice, ValueProblem, load_json,
                        parse_bool, parse_value)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _suggest(name: str, candidates) -> str:
@@ -34,20 +35,24 @@ def _typed_lmcache_value(type_name: str, raw: str):
     if t == "int":
         return int(raw)
     if t == "float":
-        return float(raw)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return value
     if t == "bool":
         return parse_bool(raw)
     if raw.strip()[:1] in "[{":
-        return json.loads(raw)
+        return load_json(raw)
     return raw
 
 
 class Builder:
     """Holds the state of one plan build; each method handles one concern and records problems."""
 
-    def __init__(self, raw: RawInputs, schema: Schema, environ: Mapping[str, str]):
-        self.raw, self.schema, self.environ = raw, schema, environ
+    def __init__(self, raw: RawInputs, schema: Schema, environ: Mapping[str, str], host: resources.Host):
+        self.raw, self.schema, self.environ, self.host = raw, schema, environ, host
         self.plan = Plan(errors=list(raw.errors))
+        self.flag_setters: dict[str, str] = {}  # vLLM flag -> the variable that put it on the command line
         self.values: dict[str, object] = {}  # typed values of explicit settings
         self.user_given: set[str] = set()  # names set by the operator (not registry, not default)
         self.generic_flags: dict[str, tuple[str, object]] = {}  # name -> (flag, typed value)
@@ -55,6 +60,7 @@ class Builder:
         self.lmcache_keys: dict[str, object] = {}  # in-process config keys from LMCACHE_<KEY>
         self.lmcache_env: dict[str, str] = {}
         self.cpu: float | None = None  # CPU tier size (GiB), set by kv_tiers.kv_offloading
+        self.cpu_source = self.disk_source = ""  # where the tier sizes come from (a variable, or auto's reading)
 
     # -- helpers ---------------------------------------------------------------------------------------
     def error(self, msg: str) -> None:
@@ -65,23 +71,41 @@ class Builder:
         return self.raw.cli_flags.get(name, name)
 
     def bad_value(self, name: str, raw: str, problem: str) -> None:
-        shown = REDACTED if name in SECRET_NAMES else raw
+        shown = REDACTED if is_secret_name(name) else _shorten(raw)
         example = BY_NAME[name].example if name in BY_NAME else None
-        fix = f", e.g. {self.label(name)}={example}" if example and not problem.endswith(example) else ""
+        fix = f", e.g. {self.label(name)}={example}" if example and "e.g." not in problem else ""
         self.error(f"{self.label(name)}={shown!r}: {problem}{fix}")
+
+    def split(self, name: str, text: str) -> list[str]:
+        """A shell-split setting; an unbalanced quote is an error (the value is not quoted: it may hold a key)."""
+        try:
+            return split_args(text)
+        except ValueProblem as e:
+            self.error(f"{self.label(name)}: {e}")
+            return []
 
     # -- steps -----------------------------------------------------------------------------------------
     def secrets_from_files(self) -> None:
         for var, file_var in FILE_SECRETS.items():
             direct, path = self.raw.values.get(var), self.raw.values.get(file_var)
+            if direct and not direct.strip():
+                self.error(f"{var} is only white space: set the secret, or leave {var} empty (unset)")
             if direct and path:
                 self.error(f"{var} and {file_var} are both set: set only one of them")
             elif path:
                 try:
-                    self.raw.values[var] = Path(path).read_text().strip()
-                    self.raw.sources[var] = self.raw.sources[file_var]
+                    secret = Path(path).read_text(encoding="utf-8").strip()
                 except OSError as e:
                     self.error(f"{file_var}={path!r}: cannot read the file ({e.strerror}); mount it or fix the path")
+                except UnicodeDecodeError:
+                    self.error(f"{file_var}={path!r}: the file is not UTF-8 text; write the secret as plain text")
+                else:
+                    if secret:
+                        self.raw.values[var] = secret
+                        self.raw.sources[var] = self.raw.sources[file_var]
+                    else:  # an empty key would start vLLM with no authentication at all
+                        self.error(f"{file_var}={path!r}: the file is empty (or only white space); put the "
+                                   f"secret in it, or unset {file_var}")
             self.raw.values.pop(file_var, None)
 
     def classify(self) -> None:
@@ -110,7 +134,7 @@ class Builder:
                 try:
                     self.lmcache_keys[key] = _typed_lmcache_value(self.schema.lmcache_keys[key]["type"], value)
                     self.user_given.add(name)
-                except (ValueError, json.JSONDecodeError):
+                except (ValueError, ValueProblem):
                     self.bad_value(name, value, f"must be of type {self.schema.lmcache_keys[key]['type']} "
                                                 f"(LMCache config key {key})")
             elif name.startswith("LMCACHE_") and name in self.schema.lmcache_other_env_vars:
@@ -135,7 +159,7 @@ class Builder:
         extra = self.raw.values.get("APPLIANCE_MODEL_REGISTRY_FILE", "").strip() or None
         try:
             registry = models.load_registry(extra)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             problem = getattr(e, "strerror", None) or str(e)
             self.error(f"APPLIANCE_MODEL_REGISTRY_FILE={extra!r}: {problem}")
             registry = models.MODEL_REGISTRY
@@ -170,19 +194,24 @@ class Builder:
         v, p = self.values, self.plan
         p.model = str(v["VLLM_MODEL"])
         p.api_host, p.api_port = str(v["VLLM_HOST"]), int(v["VLLM_PORT"])
-        names = shlex.split(str(v.get("VLLM_SERVED_MODEL_NAME", "")))
+        names = str(v.get("VLLM_SERVED_MODEL_NAME", "")).split()
         p.served_model_name = names[0] if names else p.model  # vLLM answers to the first name
-        argv = [*shlex.split(str(v["APPLIANCE_VLLM_COMMAND"])), "serve", p.model]
+        argv = [*self.split("APPLIANCE_VLLM_COMMAND", str(v["APPLIANCE_VLLM_COMMAND"])), "serve", p.model]
         flags = self.schema.serve_flags
         for s in SETTINGS:
             if s.flag and s.name in v:
                 if s.flag not in flags:
                     self.error(f"{s.name}: the installed vLLM {self.schema.vllm_version} has no {s.flag} flag")
                     continue
-                argv += flag_args(s.flag, flags[s.flag], v[s.name])
+                value = v[s.name]
+                if s.kind == "human_int_or_auto" and value == -1:
+                    value = "auto"
+                elif s.kind == "names":
+                    value = str(value).split()
+                argv += self.flag(s.name, s.flag, value)
         for name in sorted(self.generic_flags):
             flag, value = self.generic_flags[name]
-            argv += flag_args(flag, flags[flag], value)
+            argv += self.flag(name, flag, value)
         argv += ["--shutdown-timeout", str(v["APPLIANCE_SHUTDOWN_TIMEOUT"])]
         p.vllm_argv = argv
         if v.get("VLLM_ENABLE_AUTO_TOOL_CHOICE") and not v.get("VLLM_TOOL_CALL_PARSER"):
@@ -196,18 +225,55 @@ class Builder:
         if "VLLM_HF_TOKEN" in self.generic_flags:
             p.warnings.append("VLLM_HF_TOKEN puts the token on vLLM's command line; prefer HF_TOKEN")
 
-    def extra_args(self) -> None:
-        v, p = self.values, self.plan
-        extra = []
+    def flag(self, name: str, flag: str, value) -> list[str]:
+        self.flag_setters[flag] = name
         try:
-            extra = shlex.split(str(v.get("VLLM_EXTRA_ARGS", ""))) + self.raw.extra_args
-        except ValueError as e:
-            self.error(f"VLLM_EXTRA_ARGS: cannot be split like a shell command line ({e})")
-        for arg in extra:
-            flag = arg.split("=", 1)[0]
-            if flag in OWNED_FLAGS:
-                self.error(f"VLLM_EXTRA_ARGS: {flag} is set by the appliance; {OWNED_FLAGS[flag]}")
-        p.vllm_argv += extra
+            return flag_args(flag, self.schema.serve_flags[flag], value)
+        except ValueProblem as e:
+            self.bad_value(name, str(value), str(e))
+            return []
+
+    def extra_args(self) -> None:
+        """VLLM_EXTRA_ARGS and the arguments after `--`: appended as they are, but a flag the appliance owns or
+        has already set is refused, however argparse would spell it (`--port=1`, `--por 1`, `--served_model_name`)."""
+        p, flags = self.plan, self.schema.serve_flags
+        bools = [f for f, spec in flags.items() if spec["kind"] == "bool"]
+        sources = [("VLLM_EXTRA_ARGS", self.split("VLLM_EXTRA_ARGS", str(self.values.get("VLLM_EXTRA_ARGS", "")))),
+                   ("the arguments after `--`", list(self.raw.extra_args))]
+        for label, extra in sources:
+            for i, arg in enumerate(extra):
+                flag = resolve_flag(arg, flags, bools)
+                shown = arg.split("=", 1)[0]
+                if flag in SECRET_FLAGS and shown != flag:
+                    # `--api_key`, `--api-k`: written out, so that the health checks find the key vLLM reads.
+                    extra[i] = flag + arg[len(shown):]
+                if flag == AMBIGUOUS:
+                    self.error(f"{label}: {shown} is an abbreviation of several vllm serve flags; write the flag "
+                               "in full")
+                elif flag in OWNED_FLAGS:
+                    self.error(f"{label}: {_as_typed(shown, flag)} is set by the appliance; {OWNED_FLAGS[flag]}")
+                elif flag in self.flag_setters:
+                    setter = self.flag_setters[flag]
+                    where = " (from the model registry)" if self.raw.sources.get(setter) == REGISTRY else ""
+                    self.error(f"{label}: {_as_typed(shown, flag)} is already set by {setter}{where}; set it "
+                               f"there only (vLLM would see both values)")
+            p.vllm_argv += extra
+        if any(resolve_flag(arg, flags, bools) == "--api-key" for arg in p.vllm_argv):
+            if self.raw.values.get("VLLM_API_KEY"):  # vLLM would take only --api-key; the probes would send this
+                self.error("VLLM_API_KEY and --api-key are both set: vLLM ignores VLLM_API_KEY when --api-key is "
+                           "given; set only one of them (preferably VLLM_API_KEY or VLLM_API_KEY_FILE)")
+            else:
+                p.warnings.append("--api-key in VLLM_EXTRA_ARGS puts the key on vLLM's command line, which vLLM "
+                                  "logs; prefer VLLM_API_KEY or VLLM_API_KEY_FILE")
+
+    def api_exposure(self) -> None:
+        p = self.plan
+        keyed = self.raw.values.get("VLLM_API_KEY") or any(
+            resolve_flag(a, self.schema.serve_flags) == "--api-key" for a in p.vllm_argv)
+        if not keyed and p.api_host not in LOOPBACK_HOSTS:
+            p.warnings.append(f"no API key is set and the API listens on {p.api_host}:{p.api_port}: anyone who "
+                              "reaches that port can use the model. Set VLLM_API_KEY (or VLLM_API_KEY_FILE), or "
+                              "VLLM_HOST=127.0.0.1 to listen on loopback only")
 
     def environment(self) -> None:
         """vLLM's environment: its own variables pass through, ours are removed (VLLM_PORT above all)."""
@@ -223,6 +289,17 @@ class Builder:
         for name in secrets_passed:
             p.vllm_env[name] = self.raw.values[name]
 
+    def collect_secrets(self) -> None:
+        """Every secret value met, so that messages quoting an input can never show one (Plan.mask)."""
+        found = self.plan.secret_values
+        for values in (self.raw.values, self.raw.passthrough, self.environ):
+            found.update(v for n, v in values.items() if is_secret_name(n) and v)
+        for name in ("VLLM_EXTRA_ARGS", "LMCACHE_SERVER_EXTRA_ARGS"):
+            found.update(raw_secret_values(self.raw.values.get(name, "")))
+        found.update(secret_argv_values(self.raw.extra_args))
+        found.update(secret_argv_values(self.plan.vllm_argv))
+        found.update(secret_argv_values(self.plan.lmcache_argv or []))
+
     def record(self) -> None:
         p = self.plan
         for name, value in self.values.items():
@@ -234,21 +311,37 @@ class Builder:
         p.appliance = {s.name: self.values.get(s.name) for s in SETTINGS if s.group == "Appliance"}
         if p.lmcache_mode:
             p.appliance["cpu_tier_gib"] = self.cpu
+            p.appliance["cpu_tier_source"] = self.cpu_source
+        if p.disk:
+            p.appliance["disk_tier_source"] = self.disk_source
 
     def build(self) -> Plan:
-        self.secrets_from_files()
-        self.apply_registry()
-        self.classify()
-        self.resolve_settings()
-        if any(n not in self.values for n in ("VLLM_MODEL", "VLLM_PORT", "APPLIANCE_VLLM_COMMAND")):
-            return self.plan  # a required value did not parse; its error is recorded
-        self.vllm_command()
-        kv_tiers.kv_offloading(self)
-        self.extra_args()
-        self.environment()
-        self.record()
+        try:
+            self.secrets_from_files()
+            self.apply_registry()
+            self.classify()
+            self.resolve_settings()
+            if any(n not in self.values for n in ("VLLM_MODEL", "VLLM_PORT", "APPLIANCE_VLLM_COMMAND")):
+                return self.plan  # a required value did not parse; its error is recorded
+            self.vllm_command()
+            kv_tiers.kv_offloading(self)
+            self.extra_args()
+            self.api_exposure()
+            self.environment()
+            self.record()
+        finally:
+            self.collect_secrets()
         return self.plan
 
 
-def build_plan(raw: RawInputs, schema: Schema, environ: Mapping[str, str]) -> Plan:
-    return Builder(raw, schema, environ).build()
+def _shorten(text: str, limit: int = 200) -> str:
+    """A value quoted in a message: a huge one is cut, so that one bad value cannot flood the output."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _as_typed(shown: str, flag: str) -> str:
+    return flag if shown == flag else f"{shown} (read by vLLM as {flag})"
+
+
+def build_plan(raw: RawInputs, schema: Schema, environ: Mapping[str, str], host: resources.Host | None = None) -> Plan:
+    return Builder(raw, schema, environ, host or resources.Host()).build()

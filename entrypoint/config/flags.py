@@ -1,14 +1,22 @@
-"""vLLM serve flags: a value checked against the installed parser's type, and written the way its action reads it."""
+"""vLLM serve flags: a value checked against the installed parser's type, written the way its action reads
+it and so that no value can be read as a flag, and raw arguments resolved to the flag argparse will see."""
 from __future__ import annotations
 
-import json
-import re
 import shlex
+from typing import Iterable
 
-from .settings import ValueProblem, parse_bool
+from .settings import ValueProblem, _human_int, load_json, parse_bool
 
-_TOKENS = re.compile(r"^(\d+(\.\d+)?[kKmMgG]?|auto|-1)$")
-_HUMAN_INT = re.compile(r"^\d+(\.\d+)?[kKmMgG]?$")
+AMBIGUOUS = "ambiguous"
+
+
+def split_args(text: str) -> list[str]:
+    """Shell-like splitting of a setting (`*_EXTRA_ARGS`, commands, list values), or ValueProblem."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise ValueProblem(f"cannot be split like a shell command line ({e}); balance the quotes, or escape a "
+                           "quote that belongs to a value with a backslash") from None
 
 
 def parse_flag_value(spec: dict, raw: str):
@@ -17,26 +25,30 @@ def parse_flag_value(spec: dict, raw: str):
     text = raw.strip()
     if kind in ("bool", "flag"):
         return parse_bool(text)
+    if spec["nargs"] in ("+", "*") or spec.get("append"):
+        values = split_args(text)
+        bad = [v for v in values if v.startswith("-")]
+        if bad:
+            raise ValueProblem(f"the value {bad[0]!r} starts with '-' (vLLM would read it as an option)")
+        if kind == "int":
+            for v in values:
+                try:
+                    int(v)
+                except ValueError:
+                    raise ValueProblem("must be whole numbers separated by spaces") from None
+        return text
     if kind == "int":
-        values = shlex.split(text) if spec["nargs"] in ("+", "*") else [text]
-        for v in values:
-            try:
-                int(v)
-            except ValueError:
-                raise ValueProblem("must be a whole number") from None
-        return text if len(values) > 1 else int(text)
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueProblem("must be a whole number") from None
     if kind == "float":
         try:
             return float(text)
         except ValueError:
             raise ValueProblem("must be a number") from None
-    if kind == "int_human":
-        if not _HUMAN_INT.match(text):
-            raise ValueProblem("must be a whole number, optionally with k/m/g, e.g. 4096 or 32k")
-        return text
-    if kind == "int_human_or_auto":
-        if not _TOKENS.match(text):
-            raise ValueProblem("must be a whole number (e.g. 32768 or 32k), or auto")
+    if kind in ("int_human", "int_human_or_auto"):
+        _human_int(text, allow_auto=kind == "int_human_or_auto")  # vLLM's own rule; it parses the text itself
         return text
     if kind == "choice":
         choices = spec["choices"] or []
@@ -46,11 +58,8 @@ def parse_flag_value(spec: dict, raw: str):
         if text.lower() in folded:
             return folded[text.lower()]
         raise ValueProblem("must be one of: " + ", ".join(choices))
-    if kind == "json" and text[:1] in "{[":
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueProblem(f"is not valid JSON ({e.msg} at column {e.colno})") from None
+    if kind == "json":  # vLLM parses it with json.loads: anything else is refused there
+        load_json(text)
     return text
 
 
@@ -59,16 +68,46 @@ def number_text(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
+def _one(flag: str, text: str) -> list[str]:
+    # `--flag=-x`: argparse takes a value in the `=` form as it is, even one that looks like an option.
+    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+
+
 def flag_args(flag: str, spec: dict | None, value) -> list[str]:
-    """How one flag is written on vLLM's command line, following the installed parser's action."""
+    """How one flag is written on vLLM's command line, following the installed parser's action.
+    List values were checked by parse_flag_value: no element starts with '-'."""
     kind = spec["kind"] if spec else "str"
     if kind == "bool":
         return [flag] if value else ["--no-" + flag[2:]]
     if kind == "flag":
         return [flag] if value else []
+    if isinstance(value, list):  # already split (VLLM_SERVED_MODEL_NAME: by white space, not shell rules)
+        return [flag, *value] if spec and spec.get("nargs") in ("+", "*") else [p for v in value for p in _one(flag, v)]
     text = number_text(value) if isinstance(value, float) else str(value)
     if spec and spec.get("append"):
-        return [part for token in shlex.split(text) for part in (flag, token)]
+        return [part for token in split_args(text) for part in _one(flag, token)]
     if spec and spec.get("nargs") in ("+", "*"):
-        return [flag, *shlex.split(text)]
-    return [flag, text]
+        return [flag, *split_args(text)]
+    return _one(flag, text)
+
+
+def resolve_flag(arg: str, flags: Iterable[str], bools: Iterable[str] = (), underscores: bool = True) -> str | None:
+    """The flag argparse will take `arg` for, so that no spelling slips past a check: `--port=9000`,
+    `--port_x` (vLLM reads `_` as `-`), `--kv-transfer-config.kv_role` (vLLM's dotted JSON keys), `--no-flag`,
+    and the abbreviations argparse accepts (`--por`). AMBIGUOUS for an abbreviation of several; None for
+    what is no long option."""
+    if not arg.startswith("--") or arg == "--":
+        return None
+    name = arg.split("=", 1)[0]
+    if underscores:
+        name = name.replace("_", "-").split(".", 1)[0]
+    known = set(flags)
+    if name in known:
+        return name
+    negatives = {"--no-" + f[2:]: f for f in bools}
+    if name in negatives:
+        return negatives[name]
+    matches = {f for f in known if f.startswith(name)} | {p for n, p in negatives.items() if n.startswith(name)}
+    if len(matches) == 1:
+        return matches.pop()
+    return AMBIGUOUS if matches else None

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .flags import number_text
+from . import resources
+from .flags import number_text, resolve_flag
 from .plan import DiskTier
-from .settings import DEFAULT_DISK_TIER_PATH, DiskChoice
+from .settings import AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, DiskChoice
+from .sources import REGISTRY
 
 if TYPE_CHECKING:
     from .build import Builder
 
 LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"
 LMCACHE_CONNECTOR_IN_PROCESS = "LMCacheConnectorV1"
-DEFAULT_CPU_TIER_GIB = 5.0  # LMCache's own default max_local_cpu_size
 LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's KV registration is dropped
 LMCACHE_HEARTBEAT_S = 5  # vLLM -> LMCache server pings; LMCache wants the reap timeout >= 3x this
 LMCACHE_KEYS_WITH_SERVER_EQUIVALENT = {"chunk_size", "local_cpu", "max_local_cpu_size", "local_disk",
@@ -53,13 +54,17 @@ def kv_offloading(b: Builder) -> None:
     lmcache_names = sorted(n for n in b.user_given if n.startswith("LMCACHE_"))
     if backend != "lmcache" and lmcache_names:
         b.error(f"{', '.join(lmcache_names)}: LMCache settings take effect only with "
-                   f"VLLM_KV_OFFLOADING_BACKEND=lmcache (it is {backend or 'unset'}); set it, or remove them")
+                   f"VLLM_KV_OFFLOADING_BACKEND=lmcache (it is {backend or 'none'}); set it, or remove them")
     if backend is None:
         if "VLLM_KV_OFFLOADING_SIZE" in b.user_given:
-            b.error("VLLM_KV_OFFLOADING_SIZE is set but VLLM_KV_OFFLOADING_BACKEND is not: set "
-                       "VLLM_KV_OFFLOADING_BACKEND=lmcache (or native)")
+            b.error("VLLM_KV_OFFLOADING_SIZE is set but VLLM_KV_OFFLOADING_BACKEND is none: set "
+                       "VLLM_KV_OFFLOADING_BACKEND=lmcache (or native), or remove VLLM_KV_OFFLOADING_SIZE")
         return
-    cpu = b.cpu = cpu_tier_gib(b)
+    cpu = cpu_tier_gib(b)
+    if cpu is None:
+        return  # too little memory for a tier: reported by cpu_tier_gib (offloading off, or an error)
+    b.cpu = cpu
+    check_cpu_tier_fits(b, cpu)
     if backend == "native":
         p.lmcache_mode = "native"
         p.vllm_argv += ["--kv-offloading-backend", "native", "--kv-offloading-size", number_text(cpu)]
@@ -70,12 +75,7 @@ def kv_offloading(b: Builder) -> None:
     tp = int(v["VLLM_TENSOR_PARALLEL_SIZE"])
     disk_choice: DiskChoice = v["LMCACHE_LOCAL_DISK"]
     if disk_choice.enabled:
-        base = disk_choice.path or DEFAULT_DISK_TIER_PATH
-        revision = b.generic_flags.get("VLLM_REVISION", (None, None))[1]
-        ns = disk_namespace(p.model, revision, str(v.get("VLLM_DTYPE", "auto")), chunk, tp,
-                            b.schema.lmcache_version)
-        p.disk = DiskTier(base=base, path=f"{base.rstrip('/')}/{ns}",
-                          max_size_gib=float(v["LMCACHE_MAX_LOCAL_DISK_SIZE"]))
+        disk_tier(b, disk_choice, chunk, tp)
     if mode == "server":
         lmcache_server(b, cpu, chunk)
     else:
@@ -83,17 +83,84 @@ def kv_offloading(b: Builder) -> None:
     p.lmcache_env = dict(b.lmcache_env)
 
 
-def cpu_tier_gib(b: Builder) -> float:
+def disk_tier(b: Builder, choice: DiskChoice, chunk: int, tp: int) -> None:
+    v, p = b.values, b.plan
+    base = choice.path or DEFAULT_DISK_TIER_PATH
+    revision = b.generic_flags.get("VLLM_REVISION", (None, None))[1]
+    ns = disk_namespace(p.model, revision, str(v.get("VLLM_DTYPE", "auto")), chunk, tp, b.schema.lmcache_version)
+    path = f"{base.rstrip('/')}/{ns}"
+    size = v["LMCACHE_MAX_LOCAL_DISK_SIZE"]
+    if size == AUTO:
+        size, b.disk_source = resources.auto_disk_tier(b.host, base, path)
+        if size is None:
+            b.error(f"LMCACHE_MAX_LOCAL_DISK_SIZE=auto: too little room for a disk tier at {base} "
+                    f"({b.disk_source.removeprefix('auto: ')}; at least {resources.AUTO_MIN_GIB:g} GiB); free "
+                    "space on the volume, or set LMCACHE_LOCAL_DISK=false")
+            return
+    else:
+        b.disk_source = "LMCACHE_MAX_LOCAL_DISK_SIZE"
+    p.disk = DiskTier(base=base, path=path, max_size_gib=float(size))
+    if b.host.in_writable_layer(base):
+        p.warnings.append(f"the disk tier {base} is not on a volume: it lives in the container's writable layer "
+                          "(slower, and lost when the container is re-created). Mount a volume there (compose: "
+                          f"`volumes: [\"kv-disk:{base}\"]`), or set LMCACHE_LOCAL_DISK=true for the image's volume")
+
+
+def cpu_tier_gib(b: Builder) -> float | None:
+    """The CPU tier (GiB, all GPUs together): the operator's size, the registry's, or auto from the readings.
+    None (recorded as an error, or as offloading off with a warning) where auto finds too little memory."""
     v = b.values
     kv, lmc = v.get("VLLM_KV_OFFLOADING_SIZE"), v.get("LMCACHE_MAX_LOCAL_CPU_SIZE")
     kv_user, lmc_user = "VLLM_KV_OFFLOADING_SIZE" in b.user_given, "LMCACHE_MAX_LOCAL_CPU_SIZE" in b.user_given
-    if kv_user and lmc_user and abs(kv - lmc) > 1e-9:
-        b.error(f"VLLM_KV_OFFLOADING_SIZE={kv:g} and LMCACHE_MAX_LOCAL_CPU_SIZE={lmc:g} describe the same "
+    if kv_user and lmc_user and kv != lmc and (AUTO in (kv, lmc) or abs(kv - lmc) > 1e-9):
+        b.error(f"VLLM_KV_OFFLOADING_SIZE={_gib(kv)} and LMCACHE_MAX_LOCAL_CPU_SIZE={_gib(lmc)} describe the same "
                    "CPU tier but differ: set only one of them (or both to the same value)")
-    for value, given in ((kv, kv_user), (lmc, lmc_user), (kv, True), (lmc, True)):
+    chosen, name = AUTO, None
+    for value, given, var in ((kv, kv_user, "VLLM_KV_OFFLOADING_SIZE"), (lmc, lmc_user, "LMCACHE_MAX_LOCAL_CPU_SIZE"),
+                              (kv, True, "VLLM_KV_OFFLOADING_SIZE"), (lmc, True, "LMCACHE_MAX_LOCAL_CPU_SIZE")):
         if value is not None and given:
-            return float(value)
-    return DEFAULT_CPU_TIER_GIB
+            chosen, name = value, var
+            break
+    if chosen != AUTO:
+        b.cpu_source = name + (" (model registry)" if b.raw.sources.get(name) == REGISTRY else "")
+        return float(chosen)
+    size, b.cpu_source = resources.auto_cpu_tier(b.host)
+    if size is not None:
+        return size
+    why = b.cpu_source.removeprefix("auto: ")
+    fix = ("raise the locked-memory limit (compose `ulimits: {memlock: -1}`, docker run --ulimit memlock=-1)"
+           if "locked-memory" in why else "give the container more memory")
+    if name is None and "VLLM_KV_OFFLOADING_BACKEND" not in b.user_given:  # nobody asked for offloading
+        b.plan.warnings.append(f"KV offloading is off: too little memory for a CPU tier ({why}; at least "
+                               f"{resources.AUTO_MIN_GIB:g} GiB). To have one, {fix}; to silence this, set "
+                               "VLLM_KV_OFFLOADING_BACKEND=none")
+    else:
+        b.error(f"VLLM_KV_OFFLOADING_SIZE=auto: too little memory for a CPU tier ({why}; at least "
+                f"{resources.AUTO_MIN_GIB:g} GiB); {fix}, set a size, or set VLLM_KV_OFFLOADING_BACKEND=none")
+    return None
+
+
+def check_cpu_tier_fits(b: Builder, cpu: float) -> None:
+    """A tier larger than the container's memory: a warning here, an error in preflight (same readings)."""
+    problem = cpu_tier_problem(b.host, cpu, b.cpu_source)
+    if problem:
+        b.plan.warnings.append(problem + "; `serve` refuses to start with it")
+
+
+def cpu_tier_problem(host: resources.Host, cpu: float, source: str) -> str | None:
+    memory = host.memory()
+    if memory is None or cpu * resources.GIB <= memory.bytes:
+        return None
+    fit, _ = resources.auto_cpu_tier(host)
+    var = source.split(" ", 1)[0] if source.startswith(("VLLM_", "LMCACHE_")) else "VLLM_KV_OFFLOADING_SIZE"
+    fix = (f"set {var}={number_text(fit)} (or auto)" if fit else
+           "give the container more memory, or set VLLM_KV_OFFLOADING_BACKEND=none")
+    return (f"the CPU tier of {number_text(cpu)} GiB ({source}) is larger than the "
+            f"{resources.gib_text(memory.bytes)} of memory this container may use ({memory.source}); {fix}")
+
+
+def _gib(value) -> str:
+    return value if value == AUTO else f"{value:g}"
 
 
 def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
@@ -106,7 +173,7 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             b.error(f"LMCACHE_{key.upper()}: applies in in-process mode only (LMCACHE_MODE=in-process); "
                        "the LMCache server takes extra options from LMCACHE_SERVER_EXTRA_ARGS")
     port, http_port = int(v["APPLIANCE_LMCACHE_PORT"]), int(v["APPLIANCE_LMCACHE_HTTP_PORT"])
-    argv = [*shlex.split(str(v["APPLIANCE_LMCACHE_COMMAND"])), "server",
+    argv = [*b.split("APPLIANCE_LMCACHE_COMMAND", str(v["APPLIANCE_LMCACHE_COMMAND"])), "server",
             "--host", "127.0.0.1", "--port", str(port),
             "--http-host", "127.0.0.1", "--http-port", str(http_port),
             "--chunk-size", str(chunk), "--l1-size-gb", number_text(cpu),
@@ -121,7 +188,21 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
         adapter = {"type": "fs_native", "base_path": p.disk.path, "max_capacity_gb": p.disk.max_size_gib,
                    "eviction": {"eviction_policy": "LRU"}}
         argv += ["--l2-adapter", json.dumps(adapter, separators=(",", ":"))]
-    argv += shlex.split(str(v.get("LMCACHE_SERVER_EXTRA_ARGS", "")))
+    planned = set(a for a in argv if a.startswith("--"))
+    server_flags = b.schema.lmcache.get("server_flags", [])
+    for arg in b.split("LMCACHE_SERVER_EXTRA_ARGS", str(v.get("LMCACHE_SERVER_EXTRA_ARGS", ""))):
+        flag = resolve_flag(arg, server_flags, underscores=False) if server_flags else arg.split("=", 1)[0]
+        shown = arg.split("=", 1)[0]
+        typed = flag if shown == flag else f"{shown} (read by LMCache as {flag})"
+        if flag == "ambiguous":
+            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {shown} is an abbreviation of several lmcache server flags; "
+                    "write the flag in full")
+        elif flag in LMCACHE_OWNED_FLAGS:
+            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} is set by the appliance; {LMCACHE_OWNED_FLAGS[flag]}")
+        elif flag in planned and flag != "--l2-adapter":  # --l2-adapter adds a tier: several are allowed
+            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} is set by the appliance (vLLM's LMCache server would "
+                    "see both values)")
+        argv.append(arg)
     p.lmcache_argv = argv
     p.lmcache_health_url = f"http://127.0.0.1:{http_port}/healthcheck"
     transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_role": "kv_both",
@@ -131,6 +212,12 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
     if len({port, http_port, p.api_port}) < 3:
         b.error(f"VLLM_PORT={p.api_port}, APPLIANCE_LMCACHE_PORT={port} and APPLIANCE_LMCACHE_HTTP_PORT="
                    f"{http_port} must all differ")
+
+
+def per_worker(total_gib: float, tp: int) -> float:
+    """One worker's share, rounded down to 1 MB (the shares never add up to more than the total) but never
+    to 0, which LMCache would read as "no tier"."""
+    return max(math.floor(total_gib / tp * 1000) / 1000, 0.001)
 
 
 def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
@@ -144,13 +231,13 @@ def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
     config: dict[str, object] = {
         "chunk_size": chunk,
         "local_cpu": bool(v["LMCACHE_LOCAL_CPU"]),
-        "max_local_cpu_size": round(cpu / tp, 3),
+        "max_local_cpu_size": per_worker(cpu, tp),
         # Python's hash differs per process; vLLM's sha256_cbor makes chunk keys stable.
         "pre_caching_hash_algorithm": "sha256_cbor",
     }
     if p.disk:
         config["local_disk"] = f"file://{p.disk.path}/"
-        config["max_local_disk_size"] = round(p.disk.max_size_gib / tp, 3)
+        config["max_local_disk_size"] = per_worker(p.disk.max_size_gib, tp)
         p.warnings.append("LMCACHE_MODE=in-process keeps its disk-tier index in memory: after a restart the "
                           "files on disk are not reused. LMCACHE_MODE=server reuses them.")
     config.update(b.lmcache_keys)

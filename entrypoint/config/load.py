@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from . import resources
 from . import schema as schema_mod
 from .build import build_plan
 from .plan import Plan
@@ -20,8 +21,9 @@ def _is_bool_name(schema):
     return is_bool
 
 
-def make_plan(env_file: str | None, overrides: list[str], environ=None) -> Plan:
+def make_plan(env_file: str | None, overrides: list[str], environ=None, host: resources.Host | None = None) -> Plan:
+    """`host`: the machine's readings for `auto` sizes and resource checks (default: this machine)."""
     environ = dict(os.environ if environ is None else environ)
     schema = schema_mod.load()
     raw = collect(environ, env_file, overrides, _is_bool_name(schema))
-    return build_plan(raw, schema, environ)
+    return build_plan(raw, schema, environ, host or resources.Host())

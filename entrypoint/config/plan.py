@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .secrets import redact_argv, redact_env, redact_value
+from .secrets import mask_text, redact_argv, redact_env, redact_json, redact_value
 
 
 @dataclass
@@ -39,6 +39,8 @@ class Plan:
     sources: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Every secret value met while planning (never serialised): masked in any text the appliance prints.
+    secret_values: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -52,20 +54,27 @@ class Plan:
         """The output contract of `config --format json`; secrets redacted unless asked otherwise."""
         hide = redact_env if redact else dict
         hide_argv = redact_argv if redact else list
+        text = self.mask if redact else (lambda t: t)
         return {
             "vllm": {"argv": hide_argv(self.vllm_argv), "env": hide(self.vllm_env),
                      "env_removed": sorted(self.vllm_env_removed)},
             "lmcache": {"mode": self.lmcache_mode,
                         "argv": hide_argv(self.lmcache_argv) if self.lmcache_argv is not None else None,
-                        "config": self.lmcache_config, "config_file": self.lmcache_config_file,
+                        "config": redact_json(self.lmcache_config) if redact else self.lmcache_config,
+                        "config_file": self.lmcache_config_file,
                         "env": hide(self.lmcache_env), "health_url": self.lmcache_health_url,
                         "disk": dataclasses.asdict(self.disk) if self.disk else None},
             "model": self.model, "served_model_name": self.served_model_name,
             "api": {"host": self.api_host, "port": self.api_port},
             "appliance": self.appliance,
             "values": {k: redact_value(k, v) if redact else v for k, v in self.values.items()},
-            "sources": self.sources, "warnings": self.warnings, "errors": self.errors,
+            "sources": self.sources, "warnings": [text(w) for w in self.warnings],
+            "errors": [text(e) for e in self.errors],
         }
+
+    def mask(self, text: str) -> str:
+        """Free text (a message, a printed plan) with every secret value of this plan hidden."""
+        return mask_text(text, self.secret_values)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":

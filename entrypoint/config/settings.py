@@ -12,7 +12,9 @@ Not in this table, because they come from the installed vLLM/LMCache (see `schem
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass, field
 
 TRUE_WORDS = ("true", "1", "yes", "on")
@@ -26,7 +28,8 @@ DEFAULT_RUN_DIR = "/run/appliance"
 @dataclass(frozen=True)
 class Setting:
     name: str
-    kind: str  # see parse_value: str, int, float, bool, gib, port, fraction, choice, seconds, disk, args
+    kind: str  # see parse_value: str, int, bool, gib, gib_auto, port, fraction, choice, seconds, disk, args, ...
+    # (model, names, path, human_int_or_auto: values that land in an argv or a file name are checked for it)
     doc: str
     default: object = None
     group: str = "vLLM"
@@ -55,15 +58,17 @@ def _s(*args, **kwargs) -> Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     # --- vLLM: the seed's variables -------------------------------------------------------------------
-    _s("VLLM_MODEL", "str", "Model to serve: a Hugging Face id or a path inside the container.",
+    _s("VLLM_MODEL", "model", "Model to serve: a Hugging Face id or a path inside the container.",
        default="Qwen/Qwen3-0.6B", target="vllm serve <model> (positional)", example="Qwen/Qwen3-0.6B"),
     _s("VLLM_HOST", "str", "Address the OpenAI-compatible API listens on.", default="0.0.0.0", flag="--host"),
     _s("VLLM_PORT", "port", "Port of the OpenAI-compatible API. (vLLM itself reads VLLM_PORT as an internal "
        "port; the appliance translates it to --port and removes it from vLLM's environment.)",
        default=8000, flag="--port"),
-    _s("VLLM_SERVED_MODEL_NAME", "str", "Model name clients send in requests (default: the model id).",
+    _s("VLLM_SERVED_MODEL_NAME", "names", "Model name clients send in requests (default: the model id). Several "
+       "names: separated by spaces; the first is the one the appliance's health checks use.",
        flag="--served-model-name", registry_key="served_model_name"),
-    _s("VLLM_MAX_MODEL_LEN", "int", "Maximum context length in tokens (prompt + output).",
+    _s("VLLM_MAX_MODEL_LEN", "human_int_or_auto", "Maximum context length in tokens (prompt + output), as vLLM "
+       "reads it: 32768, 32k (x1000), 32K (x1024), or auto (the longest the GPU memory allows).",
        flag="--max-model-len", registry_key="max_model_len", minimum=1, example="32768"),
     _s("VLLM_GPU_MEMORY_UTILIZATION", "fraction", "Share of GPU memory vLLM may use, in (0, 1].",
        flag="--gpu-memory-utilization", registry_key="gpu_memory_utilization", example="0.9"),
@@ -86,16 +91,21 @@ SETTINGS: tuple[Setting, ...] = (
     _s("VLLM_CPU_OFFLOAD_GB", "gib", "Deprecated: offloads model *weights* (not KV cache) to CPU RAM, "
        "translated to --cpu-offload-gb with a warning. For KV cache use VLLM_KV_OFFLOADING_BACKEND.",
        flag="--cpu-offload-gb", registry_key="cpu_offload_gb"),
-    _s("VLLM_EXTRA_ARGS", "args", "Raw arguments appended to `vllm serve` (shell-split). Escape hatch: not "
-       "validated by the appliance.", target="appended to vllm serve", example="--enable-prefix-caching"),
+    _s("VLLM_EXTRA_ARGS", "args", "Raw arguments appended to `vllm serve` (shell-split). Escape hatch: vLLM "
+       "checks them, except that flags the appliance sets or supervises by (--host, --port, --served-model-name, "
+       "--kv-transfer-config, ...) are refused with the variable to use instead.", target="appended to vllm serve",
+       example="--enable-prefix-caching"),
     # --- KV offloading -------------------------------------------------------------------------------
-    _s("VLLM_KV_OFFLOADING_BACKEND", "choice", "KV cache offloading: `lmcache` (LMCache CPU + disk tiers), "
-       "`native` (vLLM's own CPU offload), or unset / `none` for no offloading.",
-       group="KV offloading", choices=("lmcache", "native", "none"), registry_key="kv_offloading_backend",
+    _s("VLLM_KV_OFFLOADING_BACKEND", "choice", "KV cache offloading: `lmcache` (LMCache CPU + disk tiers; the "
+       "default, for every model), `native` (vLLM's own CPU offload), or `none` for no offloading.",
+       default="lmcache", group="KV offloading", choices=("lmcache", "native", "none"),
+       registry_key="kv_offloading_backend",
        target="lmcache: LMCache server + --kv-transfer-config; native: --kv-offloading-backend native",
        example="lmcache"),
-    _s("VLLM_KV_OFFLOADING_SIZE", "gib", "Size of the CPU tier in GiB, for all GPUs together (same tier as "
-       "LMCACHE_MAX_LOCAL_CPU_SIZE; set either). Default 5.", group="KV offloading",
+    _s("VLLM_KV_OFFLOADING_SIZE", "gib_auto", "Size of the CPU tier in GiB, for all GPUs together (same tier as "
+       "LMCACHE_MAX_LOCAL_CPU_SIZE; set either), or `auto` (the default unless the model registry sizes it): half "
+       "the memory the container may use (cgroup limit, else MemAvailable), at most the locked-memory limit. "
+       "`config` shows the chosen size and where it came from.", group="KV offloading",
        registry_key="kv_offloading_size", target="lmcache server --l1-size-gb / --kv-offloading-size",
        example="5.0"),
     # --- LMCache -------------------------------------------------------------------------------------
@@ -107,15 +117,16 @@ SETTINGS: tuple[Setting, ...] = (
     _s("LMCACHE_LOCAL_CPU", "bool", "Keep a CPU tier. Server mode always has one; `false` is only "
        "valid with LMCACHE_MODE=in-process.", default=True, group="LMCache",
        target="LMCache local_cpu"),
-    _s("LMCACHE_MAX_LOCAL_CPU_SIZE", "gib", "Size of the CPU tier in GiB, for all GPUs together (same tier "
+    _s("LMCACHE_MAX_LOCAL_CPU_SIZE", "gib_auto", "Size of the CPU tier in GiB, for all GPUs together (same tier "
        "as VLLM_KV_OFFLOADING_SIZE).", group="LMCache", target="lmcache server --l1-size-gb / max_local_cpu_size",
        example="5.0"),
     _s("LMCACHE_LOCAL_DISK", "disk", "Disk tier: a path, a file:// URL, or `true` for the image's volume "
        f"({DEFAULT_DISK_TIER_PATH}); `false` or empty for none. A subdirectory per model/dtype/chunk size/"
        "TP size/LMCache version keeps caches of different models apart.", group="LMCache",
        target="lmcache server --l2-adapter fs_native / local_disk", example="true"),
-    _s("LMCACHE_MAX_LOCAL_DISK_SIZE", "gib", "Cap of the disk tier in GiB, for all GPUs together; the tier "
-       "never grows past it (LMCache's L2 eviction, plus a prune at start).", default=50.0, group="LMCache",
+    _s("LMCACHE_MAX_LOCAL_DISK_SIZE", "gib_auto", "Cap of the disk tier in GiB, for all GPUs together; the tier "
+       "never grows past it (LMCache's L2 eviction, plus a prune at start). `auto`: 80% of the volume's free space "
+       "plus what the tier already holds.", default=50.0, group="LMCache",
        target="fs_native max_capacity_gb + LRU eviction / max_local_disk_size", example="50.0"),
     _s("LMCACHE_CHUNK_SIZE", "int", "Tokens per KV chunk LMCache stores and looks up.", default=256,
        group="LMCache", minimum=1, target="lmcache server --chunk-size / chunk_size"),
@@ -133,7 +144,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("HF_TOKEN_FILE", "str", "File holding HF_TOKEN. Set one of the two.", group="Secrets",
        target="read, passed as HF_TOKEN"),
     # --- Appliance: processes and supervision ---------------------------------------------------------
-    _s("APPLIANCE_RUN_DIR", "str", "Where `serve` writes the rendered supervisord config and plan.",
+    _s("APPLIANCE_RUN_DIR", "path", "Where `serve` writes the rendered supervisord config and plan.",
        default=DEFAULT_RUN_DIR, group="Appliance", target="run directory"),
     _s("APPLIANCE_VLLM_COMMAND", "args", "Command that starts vLLM (before `serve`).", default="vllm",
        group="Appliance", target="vllm argv[0:]"),
@@ -175,14 +186,45 @@ PREFIXES = ("VLLM_", "LMCACHE_", "APPLIANCE_")
 # Secrets that may come from a file instead (postgres-image style VAR / VAR_FILE).
 FILE_SECRETS = {"VLLM_API_KEY": "VLLM_API_KEY_FILE", "HF_TOKEN": "HF_TOKEN_FILE"}
 
-# vLLM flags the appliance owns: setting them directly would bypass what the appliance sizes and wires.
+# Flags the appliance owns: what supervision relies on (the watchdog, healthcheck, preflight and launcher
+# probe the API at VLLM_HOST:VLLM_PORT under the served name, over plain HTTP; vLLM reaches the LMCache server
+# through the --kv-transfer-config the appliance writes) and what the appliance sizes. Given by any route
+# (VLLM_<FLAG>, VLLM_EXTRA_ARGS, arguments after `--`), each is an error that names the variable to use.
+# The command-line overrides after `serve` (`--port 9000`) are those variables, so they are followed instead.
 OWNED_FLAGS = {
-    "--kv-transfer-config": "the appliance writes it from VLLM_KV_OFFLOADING_BACKEND; unset the backend "
-                            "to pass your own",
+    "--host": "use VLLM_HOST",
+    "--port": "use VLLM_PORT",
+    "--model": "use VLLM_MODEL",
+    "--served-model-name": "use VLLM_SERVED_MODEL_NAME (the health checks ask for the first name)",
+    "--uds": "the appliance's health checks reach vLLM over TCP; use VLLM_HOST and VLLM_PORT",
+    "--headless": "it starts no API server for the appliance to serve and supervise",
+    "--ssl-certfile": "the appliance's health checks speak plain HTTP to vLLM; terminate TLS in front of the "
+                      "appliance (a reverse proxy)",
+    "--ssl-keyfile": "the appliance's health checks speak plain HTTP to vLLM; terminate TLS in front of the "
+                     "appliance (a reverse proxy)",
+    "--config": "the appliance must see every setting: give the file's values as VLLM_<FLAG> variables",
+    "--kv-transfer-config": "the appliance writes it from VLLM_KV_OFFLOADING_BACKEND; set "
+                            "VLLM_KV_OFFLOADING_BACKEND=none to pass your own",
     "--kv-offloading-backend": "use VLLM_KV_OFFLOADING_BACKEND",
     "--kv-offloading-size": "use VLLM_KV_OFFLOADING_SIZE",
     "--shutdown-timeout": "use APPLIANCE_SHUTDOWN_TIMEOUT, which also sizes supervisord's stop wait",
 }
+# The same for `lmcache server` (LMCACHE_SERVER_EXTRA_ARGS). Any other flag the plan already passes it is
+# refused too (never two values on one command line).
+LMCACHE_OWNED_FLAGS = {
+    "--host": "the LMCache server listens on 127.0.0.1 only (vLLM in this container is its only client)",
+    "--http-host": "the LMCache server listens on 127.0.0.1 only (vLLM in this container is its only client)",
+    "--port": "use APPLIANCE_LMCACHE_PORT",
+    "--http-port": "use APPLIANCE_LMCACHE_HTTP_PORT",
+    "--l1-size-gb": "use VLLM_KV_OFFLOADING_SIZE",
+    "--chunk-size": "use LMCACHE_CHUNK_SIZE",
+    "--eviction-policy": "use LMCACHE_EVICTION_POLICY",
+    "--worker-reap-timeout-seconds": "the launcher's wait for GPU memory after a vLLM crash is sized from it",
+}
+
+MAX_VALUE_BYTES = 131072  # Linux MAX_ARG_STRLEN: execve refuses a longer single argument or variable
+MAX_SECONDS = 7 * 86400  # longer waits overflow select() timeouts and mean "never" anyway
+AUTO = "auto"
 
 
 class ValueProblem(ValueError):
@@ -201,11 +243,70 @@ def parse_bool(raw: str) -> bool:
 def _number(raw: str, cast, what: str):
     try:
         value = cast(raw.strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueProblem(f"must be {what}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueProblem(f"must be {what}")
     return value
+
+
+def _human_int(text: str, allow_auto: bool) -> int:
+    """vLLM's own human_readable_int(_or_auto): 32768, 32k (x1000), 32K (x1024), 25.6k; -1 or auto."""
+    if allow_auto and (text == "-1" or text.lower() == AUTO):
+        return -1
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT])", text)
+    if m:
+        number, suffix = m.groups()
+        if suffix.islower():
+            return int(float(number) * 1000 ** ("kmgt".index(suffix) + 1))
+        if "." not in number:
+            return int(number) * 1024 ** ("KMGT".index(suffix) + 1)
+        raise ValueProblem(f"takes no decimals with the binary suffix {suffix} (vLLM refuses it), e.g. "
+                           f"{number}{suffix.lower()} (x1000)")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueProblem("must be a whole number (e.g. 32768 or 32k)" + (", or auto" if allow_auto else "")) \
+            from None
+
+
+MAX_JSON_DEPTH = 64  # deeper JSON is no configuration, and would overflow the recursion of json and the redaction
+
+
+def json_depth(text: str) -> int:
+    """How deeply brackets nest in `text`, outside JSON strings (without parsing: parsers recurse)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def load_json(text: str):
+    """json.loads for an operator's value: a ValueProblem, never a RecursionError."""
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise ValueProblem(f"is JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueProblem(f"is not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def split_names(raw: str) -> list[str]:
+    """VLLM_SERVED_MODEL_NAME: names separated by white space (no shell quoting: `bob's-model` is one name)."""
+    return raw.split()
 
 
 def parse_value(setting: Setting, raw: str, tool_parsers: list[str] | None = None):
@@ -213,19 +314,54 @@ def parse_value(setting: Setting, raw: str, tool_parsers: list[str] | None = Non
     kind = setting.kind
     if kind in ("str", "args"):
         return raw
+    if kind == "model":
+        text = raw.strip()
+        if text.startswith("-"):
+            raise ValueProblem("a model id or path cannot start with '-' (vLLM would read it as an option)")
+        if has_control(text):
+            raise ValueProblem("contains a control character (a line break?); a model id or path cannot")
+        return text
+    if kind == "names":
+        names = split_names(raw)
+        bad = [n for n in names if n.startswith("-")]
+        if bad:
+            raise ValueProblem(f"the name {bad[0]!r} starts with '-' (vLLM would read it as an option)")
+        if has_control(raw.strip()):
+            raise ValueProblem("contains a control character; names are separated by spaces")
+        return " ".join(names)
+    if kind == "path":
+        text = raw.strip()
+        if not text.startswith("/") or has_control(text):
+            raise ValueProblem("must be an absolute path without control characters, e.g. /run/appliance")
+        if re.search(r"\s[;#]", text):
+            raise ValueProblem("cannot hold a space followed by ';' or '#' (supervisord reads the rest as a "
+                               "comment)")
+        return text.rstrip("/") or "/"
+    if kind == "human_int_or_auto":
+        value = _human_int(raw.strip(), allow_auto=True)
+        if value == -1:
+            return -1
+        if value < 1:
+            raise ValueProblem("must be at least 1, or auto")
+        return value
     if kind == "bool":
         return parse_bool(raw)
     if kind in ("int", "seconds"):
         value = _number(raw, int, "a whole number")
+        if kind == "seconds" and value > MAX_SECONDS:
+            raise ValueProblem(f"must be at most {MAX_SECONDS} (a week)")
     elif kind == "port":
         value = _number(raw, int, "a port number (1-65535)")
         if not 1 <= value <= 65535:
             raise ValueProblem("must be a port number (1-65535)")
         return value
-    elif kind == "gib":
-        value = _number(raw, float, "a size in GiB greater than 0, e.g. 5.0")
+    elif kind in ("gib", "gib_auto"):
+        if kind == "gib_auto" and raw.strip().lower() == AUTO:
+            return AUTO
+        what = "a size in GiB greater than 0, e.g. 5.0" + (", or auto" if kind == "gib_auto" else "")
+        value = _number(raw, float, what)
         if value <= 0:
-            raise ValueProblem("must be a size in GiB greater than 0, e.g. 5.0")
+            raise ValueProblem(f"must be {what}")
         return value
     elif kind == "fraction":
         value = _number(raw, float, "a number in (0, 1], e.g. 0.9")
@@ -265,6 +401,6 @@ def parse_disk(raw: str) -> DiskChoice:
         return DiskChoice(True, None)
     if text.startswith("file://"):
         text = text[len("file://"):]
-    if not text.startswith("/"):
+    if not text.startswith("/") or has_control(text):
         raise ValueProblem("must be an absolute path, a file:// URL, true (the image's volume) or false")
     return DiskChoice(True, text.rstrip("/") or "/")

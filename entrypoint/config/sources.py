@@ -5,12 +5,16 @@ Precedence, highest first: command line > environment > env file > model registr
 """
 from __future__ import annotations
 
+import io
+import os
+import re
 import shlex
 from dataclasses import dataclass, field
 
-from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
-from .settings import FILE_SECRETS, PREFIXES
+from .secrets import secret_flag
+from .settings import FILE_SECRETS, MAX_VALUE_BYTES, PREFIXES
 
 COMMAND_LINE = "command line"
 ENVIRONMENT = "environment"
@@ -35,11 +39,104 @@ def is_ours(name: str) -> bool:
     return name.startswith(PREFIXES) or name in FILE_SECRETS or name in FILE_SECRETS.values()
 
 
-def read_env_file(path: str) -> dict[str, str]:
-    # python-dotenv handles quotes, `export`, comments and ${VAR} expansion as compose does, but returns
-    # nothing for a missing file: open it first so that a wrong path is an error, not an empty config.
-    with open(path, encoding="utf-8") as stream:
-        return {k: (v if v is not None else "") for k, v in dotenv_values(stream=stream).items()}
+_CREDENTIAL_WORD = re.compile(r"KEY|TOKEN|PASS|SECRET|CREDENTIAL")
+
+
+class EnvFileError(ValueError):
+    """A problem of one line of an env file (its message names the line)."""
+
+
+_REFERENCE = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+_BRACED = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>.*))?$", re.DOTALL)
+
+
+def interpolate(value: str, lookup, where: str) -> str:
+    """`$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:+alt}`, `${VAR+alt}`, `${VAR:?msg}`,
+    `${VAR?msg}` and `$$` as docker compose expands them in an env file; raises EnvFileError."""
+    def expand(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        if m.group("plain"):
+            return lookup(m.group("plain")) or ""
+        inner = _BRACED.match(m.group("braced"))
+        if not inner:
+            raise EnvFileError(f"{where}: ${{{m.group('braced')}}} is not a valid reference; write ${{NAME}}, "
+                               "or $$ for a literal $")
+        name, op, arg = inner.group("name"), inner.group("op"), inner.group("arg") or ""
+        current = lookup(name)
+        present = current is not None and (current != "" or not (op or "").startswith(":"))
+        if op in (":-", "-"):
+            return current if present else interpolate(arg, lookup, where)
+        if op in (":+", "+"):
+            return interpolate(arg, lookup, where) if present else ""
+        if op in (":?", "?"):
+            if not present:
+                raise EnvFileError(f"{where}: {name} is required: {arg or 'it is not set'}")
+            return current
+        return current or ""
+    return _REFERENCE.sub(expand, value)
+
+
+def _single_quoted(line: str) -> bool:
+    """Whether the value of this env-file line is in single quotes (compose takes those literally)."""
+    m = re.match(r"\s*(?:export\s+)?[^=]*=\s*(.)", line)
+    return bool(m) and m.group(1) == "'"
+
+
+def read_env_file(path: str, environ: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """(values, problems) of an env file, read as docker compose reads it: UTF-8, `NAME=value` lines,
+    quotes, `export`, comments, and $VAR / ${VAR} expansion from earlier lines, then the environment.
+    python-dotenv parses each line; a line it cannot read is a problem with its number (it only logs those).
+    Raises OSError for a file that cannot be opened."""
+    with open(path, "rb") as stream:
+        data = stream.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        return {}, [f"--env-file {path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+                    f"{column}); save the file as UTF-8"]
+    text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
+    values: dict[str, str] = {}
+    problems: list[str] = []
+    environ = os.environ if environ is None else environ
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        where = f"--env-file {path}: line {line}"
+        if binding.error:
+            problems.append(f"{where}: cannot be read as NAME=value (an unclosed quote, or no name before '=')")
+            continue
+        if binding.key is None:
+            continue  # a comment or a blank line
+        if binding.value is None:
+            # The line is quoted only when it is plainly a name: `VLLM_API_KEY sk-...` must not print the key.
+            if re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", binding.key) and not _CREDENTIAL_WORD.search(binding.key[1:]):
+                problems.append(f"{where}: {binding.key!r} has no '=': write {binding.key}=value, or remove the line")
+            else:
+                problems.append(f"{where}: has no '=' (not shown: it may hold a secret); write NAME=value, or remove "
+                                "the line")
+            continue
+        value = binding.value
+        if not _single_quoted(binding.original.string):
+            try:
+                value = interpolate(value, lambda n: values.get(n, environ.get(n)), where)
+            except EnvFileError as e:
+                problems.append(str(e))
+                continue
+        values[binding.key] = value
+    return values, problems
+
+
+def value_problem(name: str, value: str) -> str | None:
+    """What makes any value unusable in an environment or an argv, whatever the variable."""
+    if "\0" in value:
+        return f"{name}: contains a NUL character, which no environment variable or argument can hold"
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size >= MAX_VALUE_BYTES:
+        return (f"{name}: is {size} bytes long; the kernel refuses a single variable or argument of "
+                f"{MAX_VALUE_BYTES} bytes or more")
+    return None
 
 
 def collect(environ: dict[str, str], env_file: str | None = None, overrides: list[str] | None = None,
@@ -48,10 +145,10 @@ def collect(environ: dict[str, str], env_file: str | None = None, overrides: lis
     raw = RawInputs()
     if env_file:
         try:
-            file_values = read_env_file(env_file)
+            file_values, problems = read_env_file(env_file, environ)
         except OSError as e:
-            raw.errors.append(f"--env-file {env_file}: cannot read it ({e.strerror}); check the path")
-            file_values = {}
+            problems, file_values = [f"--env-file {env_file}: cannot read it ({e.strerror}); check the path"], {}
+        raw.errors += problems
         for name, value in file_values.items():
             if is_ours(name):
                 raw.values[name], raw.sources[name] = value, ENV_FILE
@@ -62,6 +159,12 @@ def collect(environ: dict[str, str], env_file: str | None = None, overrides: lis
             raw.values[name], raw.sources[name] = value, ENVIRONMENT
     if overrides:
         parse_overrides(overrides, raw, flag_kind or (lambda name: False))
+    for values in (raw.values, raw.passthrough):
+        for name in sorted(values):
+            problem = value_problem(name, values[name])
+            if problem:
+                raw.errors.append(problem)
+                del values[name]  # reported; planning goes on without it
     return raw
 
 
@@ -79,7 +182,7 @@ def parse_overrides(args: list[str], raw: RawInputs, is_bool) -> None:
     `serve MODEL` sets VLLM_MODEL; `--flag value` / `--flag=value`; a boolean flag alone is true and
     `--no-flag` is false; everything after `--` is appended raw (like VLLM_EXTRA_ARGS).
     """
-    i = 0
+    i, after_secret = 0, False
     while i < len(args):
         arg = args[i]
         if arg == "--":
@@ -89,10 +192,13 @@ def parse_overrides(args: list[str], raw: RawInputs, is_bool) -> None:
             if i == 0 and not arg.startswith("-"):
                 raw.values["VLLM_MODEL"], raw.sources["VLLM_MODEL"] = arg, COMMAND_LINE
             else:
-                raw.errors.append(f"command line: unexpected argument {shlex.quote(arg)}: options are "
+                # A second value of `--api-key k1 k2` is a secret too: never quote it.
+                shown = "(a further value of a secret option, not shown)" if after_secret else shlex.quote(arg)
+                raw.errors.append(f"command line: unexpected argument {shown}: options are "
                                   "--flag value; put raw vLLM arguments after `--`")
             i += 1
             continue
+        after_secret = bool(secret_flag(arg))
         flag, eq, value = arg.partition("=")
         name = override_env_name(flag)
         negated = False

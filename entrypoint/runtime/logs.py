@@ -1,5 +1,7 @@
 """The `logs` eventlistener: every line vLLM and LMCache print, on the container's output, prefixed with
-the program's name (`vllm     | ...`).
+the program's name (`vllm     | ...`), with every secret value the appliance knows of (credential variables,
+hidden arguments: config/secrets.py) replaced by `***`, whoever printed it (vLLM logs its non-default
+arguments, an --api-key included).
 
 supervisord cannot prefix lines itself. Doing it here, from PROCESS_LOG events, leaves the programs alone:
 supervisord's pid for `vllm` is vLLM's own process, so signals, process groups and exit codes are exactly
@@ -7,15 +9,39 @@ those of vLLM, and the full output also stays in the run directory's `<program>.
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
 
+from ..config.secrets import MIN_MASKED, REDACTED, environment_secrets
 from .events import Listener, log_bytes, prefix, split_payload
+from .programs import SECRET_ARGV_VAR
 
 MAX_PARTIAL = 65536  # a "line" longer than this without a newline is printed as it is
 
 
+def secret_bytes(environ=None) -> list[bytes]:
+    """What to mask, longest first (a key that contains another is hidden whole)."""
+    environ = os.environ if environ is None else environ
+    try:
+        hidden = json.loads(environ.get(SECRET_ARGV_VAR) or "{}")
+    except ValueError:
+        hidden = {}
+    values = {v.encode("utf-8", "surrogateescape") for v in environment_secrets(environ, hidden)
+              if len(v.strip()) >= MIN_MASKED}
+    return sorted(values, key=len, reverse=True)
+
+
+def mask(line: bytes, secrets: list[bytes]) -> bytes:
+    for value in secrets:
+        if value in line:
+            line = line.replace(value, REDACTED.encode())
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     out = sys.stderr.buffer
+    secrets = secret_bytes()
     partial: dict[str, bytes] = {}  # output after the last newline, per program
     listener = Listener()
     while True:
@@ -34,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # a state change: the program may have ended in the middle of a line
             lines = [partial.pop(name)] if name in partial else []
         for line in lines:
-            out.write(prefix(name).encode() + line.rstrip(b"\r") + b"\n")
+            out.write(prefix(name).encode() + mask(line.rstrip(b"\r"), secrets) + b"\n")
         out.flush()
 
 

@@ -4,6 +4,7 @@
   delete a probe file), the disk tier's filesystem has room for LMCACHE_MAX_LOCAL_DISK_SIZE, a GPU is
   visible at all (exit 3 with the `--gpus all` fix rather than vLLM's traceback), and where `nvidia-smi`
   exists it lists enough GPUs for the tensor/pipeline-parallel size;
+- errors: the CPU tier fits in the memory the container may use (config/resources.py);
 - warnings: the locked-memory limit (`ulimit -l`) and /dev/shm are large enough for the CPU tier and TP.
 The disk tier is also pruned to its cap here (and by the watchdog later): a backstop to LMCache's eviction.
 """
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from ..config import resources
+from ..config.kv_tiers import cpu_tier_problem
 from ..config.plan import DiskTier, Plan
 from .render import RunDir
 
@@ -145,6 +148,17 @@ def check_memlock(cpu_gib: float | None, found: Findings) -> None:
         "(docker run --ulimit memlock=-1)")
 
 
+def check_memory(plan: Plan, found: Findings, host: resources.Host | None = None) -> None:
+    """A CPU tier larger than the memory the container may use (cgroup limit, else MemAvailable) would be
+    OOM-killed, or push vLLM out: refuse, with the size that fits. `config` warns from the same readings."""
+    cpu = plan.appliance.get("cpu_tier_gib")
+    if not cpu or not plan.lmcache_mode:
+        return
+    problem = cpu_tier_problem(host or resources.Host(), float(cpu), str(plan.appliance.get("cpu_tier_source")))
+    if problem:
+        found.errors.append(problem)
+
+
 def check_shm(plan: Plan, cpu_gib: float | None, parallel: int, found: Findings, shm: str = "/dev/shm") -> None:
     need, why = 0, []
     if parallel > 1:
@@ -248,6 +262,7 @@ def check(plan: Plan, environ: Mapping[str, str] | None = None) -> Findings:
     cpu = plan.appliance.get("cpu_tier_gib")
     parallel = (int(plan.values.get("VLLM_TENSOR_PARALLEL_SIZE") or 1)
                 * int(plan.values.get("VLLM_PIPELINE_PARALLEL_SIZE") or 1))
+    check_memory(plan, found)
     check_memlock(cpu, found)
     check_shm(plan, cpu, parallel, found)
     check_gpu_visible({**environ, **plan.vllm_env}, found)

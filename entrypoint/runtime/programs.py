@@ -5,6 +5,11 @@ supervisord watches, signals and reaps is the server itself:
 - `lmcache`: no earlier LMCache process of ours is alive (pinned CPU memory) and its ports are free.
 - `vllm`: the LMCache server (if any) answers its health check, within APPLIANCE_LMCACHE_WAIT; no earlier
   vLLM process of ours is alive (a dying one still holds GPU memory) and the API port is free.
+
+A launcher that gives up is a failed start, however long it waited. supervisord counts only exits within
+`startsecs` (APPLIANCE_STARTUP_TIMEOUT) as failed starts; a launcher that gave up later would be "running"
+to it, then restarted forever. So the launchers count their own give-ups in a row (in the run directory),
+and the START_RETRIES + 1-th ends the appliance exactly as a FATAL program does (on_fatal.py).
 """
 from __future__ import annotations
 
@@ -21,16 +26,16 @@ from pathlib import Path
 import requests
 
 from ..config.plan import Plan
-from ..config.secrets import REDACTED, redact_argv
-from .render import read_plan
-from ..config.settings import SECRET_NAMES
+from ..config.secrets import REDACTED, is_secret_name, redact_argv
+from .render import START_RETRIES, RunDir, read_plan
+from ..config.settings import FILE_SECRETS, SECRET_NAMES
 
 # Secret values of the planned command lines (e.g. --api-key in VLLM_EXTRA_ARGS): the plan file has them
 # redacted, so `serve` hands them over in this variable, which never reaches the servers.
 SECRET_ARGV_VAR = "_APPLIANCE_SECRET_ARGV"
 STRAGGLER_GRACE = 10.0  # seconds an earlier process of ours may take to exit before it is killed
 STRAGGLER_KILL_WAIT = 30.0  # then, seconds for the kernel to take it away (GPU memory is freed on exit)
-PORT_WAIT = 30.0  # seconds a port may stay taken (by a process that is not ours) before we give up
+PORT_WAIT = 10.0  # seconds a port may stay taken (by a process that is not ours) before we give up
 POLL = 0.2
 GPU_MEMORY_WAIT = 90.0  # seconds; covers LMCache's reap of a dead vLLM (plan.LMCACHE_REAP_S) with margin
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default share of GPU memory
@@ -49,9 +54,18 @@ def server_environment(plan: Plan, extra: dict[str, str], environ=None) -> dict[
     for name in plan.vllm_env_removed:
         env.pop(name, None)
     for name, value in extra.items():
-        if value == REDACTED and name in SECRET_NAMES:
+        if value == REDACTED and is_secret_name(name):
             continue  # keep the real value from the environment (not on disk)
         env[name] = value
+    return env
+
+
+def lmcache_environment(plan: Plan, environ=None) -> dict[str, str]:
+    """The LMCache server's: as vLLM's, without the secrets only vLLM needs (its API key, the HF token)."""
+    env = server_environment(plan, plan.lmcache_env, environ)
+    for name in (*SECRET_NAMES, *FILE_SECRETS.values()):
+        if name not in plan.lmcache_env:
+            env.pop(name, None)
     return env
 
 
@@ -208,30 +222,64 @@ def wait_for_lmcache(plan: Plan) -> bool:
         time.sleep(0.5)
 
 
-# -- the programs --------------------------------------------------------------------------------------
-def _exec(argv: list[str], env: dict[str, str]) -> None:
+# -- giving up -----------------------------------------------------------------------------------------
+def give_ups(run: RunDir, program: str) -> Path:
+    return run.root / f"{program}.give-ups"
+
+
+def gave_up(run: RunDir, program: str) -> int:
+    """Count a give-up; the START_RETRIES + 1-th in a row stops the appliance as a FATAL program would."""
+    counter = give_ups(run, program)
+    # "<supervisord's pid> <count>": a count left by an earlier supervisord (a run directory that persists
+    # across container starts) is not ours.
+    this = str(os.getppid())
+    try:
+        owner, count = counter.read_text().split()
+        count = int(count) + 1 if owner == this else 1
+    except (OSError, ValueError):
+        count = 1
+    try:
+        counter.write_text(f"{this} {count}\n")
+    except OSError:
+        return 1  # cannot count: supervisord's own count still applies
+    if count <= START_RETRIES or not os.environ.get("SUPERVISOR_SERVER_URL"):
+        return 1
+    log(f"error: gave up {count} times in a row: stopping the appliance (as for a program that is FATAL)")
+    try:
+        if not run.fatal.exists():
+            run.fatal.write_text(program + "\n")
+        run.rpc().supervisor.shutdown()
+    except Exception as e:  # noqa: BLE001 - supervisord already shutting down (on-fatal was first) or gone
+        log(f"supervisord did not take the shutdown ({type(e).__name__}); it may be stopping already")
+    return 1
+
+
+def _exec(run: RunDir | None, program: str, argv: list[str], env: dict[str, str]) -> None:
+    if run:
+        give_ups(run, program).unlink(missing_ok=True)  # not a give-up: the count starts again
     log("Executing: " + shlex.join(redact_argv(argv)))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(argv[0], argv, env)
 
 
-def vllm(plan: Plan) -> int:
+# -- the programs --------------------------------------------------------------------------------------
+def vllm(plan: Plan, run: RunDir | None = None) -> int:
     if plan.lmcache_health_url and not wait_for_lmcache(plan):
-        return 1
+        return gave_up(run, "vllm") if run else 1
     if not wait_for_earlier("vllm") or not wait_for_ports([(plan.api_host, plan.api_port)]):
-        return 1
+        return gave_up(run, "vllm") if run else 1
     wait_for_gpu_memory(plan)
-    _exec(server_argv("vllm", plan.vllm_argv), server_environment(plan, plan.vllm_env))
+    _exec(run, "vllm", server_argv("vllm", plan.vllm_argv), server_environment(plan, plan.vllm_env))
     return 1  # not reached
 
 
-def lmcache(plan: Plan) -> int:
+def lmcache(plan: Plan, run: RunDir | None = None) -> int:
     ports = [("127.0.0.1", int(plan.appliance["APPLIANCE_LMCACHE_PORT"])),
              ("127.0.0.1", int(plan.appliance["APPLIANCE_LMCACHE_HTTP_PORT"]))]
     if not wait_for_earlier("lmcache") or not wait_for_ports(ports):
-        return 1
-    _exec(server_argv("lmcache", plan.lmcache_argv or []), server_environment(plan, plan.lmcache_env))
+        return gave_up(run, "lmcache") if run else 1
+    _exec(run, "lmcache", server_argv("lmcache", plan.lmcache_argv or []), lmcache_environment(plan))
     return 1  # not reached
 
 
@@ -243,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2 or argv[0] not in PROGRAMS:
         print(f"usage: python -m entrypoint.runtime.programs {{{'|'.join(PROGRAMS)}}} PLAN_FILE", file=sys.stderr)
         return 2
-    return PROGRAMS[argv[0]](read_plan(argv[1]))
+    return PROGRAMS[argv[0]](read_plan(argv[1]), RunDir(Path(argv[1]).parent))
 
 
 if __name__ == "__main__":

@@ -118,6 +118,8 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     def program(name: str, priority: int, stopwait: int) -> list[str]:
         # startsecs: a program counts as started only after surviving the whole start grace, so a vLLM that
         # dies while loading the model (OOM, bad weights) ends FATAL after START_RETRIES, not in a loop forever.
+        # The launcher's own waits before the server (programs.py) may outlast it: a launcher that gives up
+        # counts itself, so that case ends the same way whatever APPLIANCE_STARTUP_TIMEOUT is.
         return [
             "", f"[program:{name}]",
             f"command={_command(python, 'entrypoint.runtime.programs', name, str(run.plan))}",
@@ -128,7 +130,8 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
             # vLLM and LMCache run worker processes: stop and kill the whole process group.
             "stopasgroup=true", "killasgroup=true",
             "redirect_stderr=true",
-            f"stdout_logfile={_v(run.log(name))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
+            # supervisord expands a program's log file name twice (every value once, log files again).
+            f"stdout_logfile={_v(_v(run.log(name)))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
             "stdout_logfile_backups=1",
             # Each chunk of output also goes, as an event, to the `logs` listener, which prefixes its lines.
             "stdout_events_enabled=true",

@@ -28,7 +28,7 @@ from . import preflight
 from ..config.plan import Plan
 from .programs import SECRET_ARGV_VAR, processes_of, secret_argv_values
 from .render import START_RETRIES, RunDir, render
-from ..config.settings import SECRET_NAMES
+from ..config.secrets import is_secret_name
 
 EXIT_FATAL = 1
 EXIT_PREFLIGHT = 3
@@ -71,9 +71,10 @@ def write_run_dir(plan: Plan, run: RunDir) -> None:
 def export_secrets(plan: Plan) -> None:
     """Secret values never go to disk: they travel in the environment, which supervisord passes on. Those
     read from *_FILE or an env file are put there now; the programs take them back (programs.py)."""
-    for name in SECRET_NAMES:
-        if plan.vllm_env.get(name):
-            os.environ[name] = plan.vllm_env[name]
+    for env in (plan.vllm_env, plan.lmcache_env):
+        for name, value in env.items():
+            if is_secret_name(name) and value:  # the plan file has "***" there
+                os.environ[name] = value
     hidden = secret_argv_values(plan)
     if hidden != "{}":
         os.environ[SECRET_ARGV_VAR] = hidden

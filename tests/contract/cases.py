@@ -3,6 +3,7 @@
 Every case is built with `make_plan(None, overrides, environ)` from an explicit environment (never the
 test runner's own). `vllm` lists what the real `vllm serve` parser must end up with (attributes of the
 parsed namespace); `lmcache` what LMCache's own parser/config class must end up with, per mode.
+Sizes not given are `auto`: half the 64 GiB of the fixed machine in tests/conftest.py (l1_gib 32).
 Checks that follow from the plan itself (model, ports, connector wiring, disk path) run for every case
 and for every env/*.env file, see test_plans.py.
 """
@@ -26,7 +27,7 @@ class Case:
 
 
 CASES = [
-    Case("no-offloading", {"VLLM_MODEL": MODEL, "VLLM_MAX_MODEL_LEN": "4096"},
+    Case("no-offloading", {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_MAX_MODEL_LEN": "4096"},
          vllm={"max_model_len": 4096, "kv_transfer_config": None, "kv_offloading_size": None,
                "tensor_parallel_size": 1, "host": "0.0.0.0", "port": 8000, "shutdown_timeout": 30}),
     Case("defaults-empty-environment", {}, mode="server",
@@ -47,11 +48,11 @@ CASES = [
     Case("server-disk-file-url", {
         "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_LOCAL_DISK": f"file://{DISK}/",
         "LMCACHE_MAX_LOCAL_DISK_SIZE": "2.5"}, mode="server",
-         lmcache={"l1_gib": 5, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": 2.5}),
+         lmcache={"l1_gib": 32, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": 2.5}),
     Case("server-extra-args", {
         "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache",
         "LMCACHE_SERVER_EXTRA_ARGS": "--max-workers 2 --hash-algorithm sha256_cbor"}, mode="server",
-         lmcache={"l1_gib": 5, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None,
+         lmcache={"l1_gib": 32, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None,
                   "mp": {"max_workers": 2, "hash_algorithm": "sha256_cbor"}}),
     Case("in-process-disk-tp2", {
         "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_MODE": "in-process",
@@ -69,16 +70,16 @@ CASES = [
         "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_MODE": "in-process",
         "LMCACHE_LOCAL_CPU": "false", "LMCACHE_LOCAL_DISK": DISK, "LMCACHE_MAX_LOCAL_DISK_SIZE": "10"},
          mode="in-process",
-         lmcache={"chunk": 256, "local_cpu": False, "cpu_per_worker": 5.0, "disk_per_worker": 10.0}),
+         lmcache={"chunk": 256, "local_cpu": False, "cpu_per_worker": 32.0, "disk_per_worker": 10.0}),
     Case("native", {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "native", "VLLM_KV_OFFLOADING_SIZE": "3"},
          mode="native",
          vllm={"kv_offloading_backend": "native", "kv_offloading_size": 3.0, "kv_transfer_config": None}),
     Case("tensor-parallel-2", {"VLLM_MODEL": MODEL, "VLLM_TENSOR_PARALLEL_SIZE": "2",
                                "VLLM_KV_OFFLOADING_BACKEND": "lmcache"}, mode="server",
          vllm={"tensor_parallel_size": 2},
-         lmcache={"l1_gib": 5, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None}),
+         lmcache={"l1_gib": 32, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None}),
     Case("appliance-settings", {
-        "VLLM_MODEL": MODEL, "VLLM_HOST": "127.0.0.1", "VLLM_PORT": "9001", "VLLM_SERVED_MODEL_NAME": "chat",
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_HOST": "127.0.0.1", "VLLM_PORT": "9001", "VLLM_SERVED_MODEL_NAME": "chat",
         "VLLM_MAX_MODEL_LEN": "8192", "VLLM_GPU_MEMORY_UTILIZATION": "0.85", "VLLM_DTYPE": "bfloat16",
         "VLLM_TRUST_REMOTE_CODE": "yes", "VLLM_LOAD_FORMAT": "safetensors", "VLLM_TOOL_CALL_PARSER": "llama3_json",
         "VLLM_ENABLE_AUTO_TOOL_CHOICE": "1", "VLLM_DISABLE_HYBRID_KV_CACHE_MANAGER": "true",
@@ -88,7 +89,7 @@ CASES = [
                "load_format": "safetensors", "tool_call_parser": "llama3_json", "enable_auto_tool_choice": True,
                "disable_hybrid_kv_cache_manager": True, "cpu_offload_gb": 2.5, "shutdown_timeout": 45}),
     Case("generic-flags-every-kind", {
-        "VLLM_MODEL": MODEL,
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none",
         "VLLM_ENABLE_PREFIX_CACHING": "true",  # bool (BooleanOptionalAction), true
         "VLLM_ENFORCE_EAGER": "on",  # bool
         "VLLM_DISABLE_LOG_STATS": "true",  # store_true flag
@@ -110,7 +111,7 @@ CASES = [
              "revision": "main", "seed": 7, "max_logprobs": 5,
              "compilation_config.cudagraph_capture_sizes": [1, 2, 4]}),
     Case("generic-flags-false", {
-        "VLLM_MODEL": MODEL, "VLLM_ENABLE_PREFIX_CACHING": "false", "VLLM_ENFORCE_EAGER": "no",
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_ENABLE_PREFIX_CACHING": "false", "VLLM_ENFORCE_EAGER": "no",
         "VLLM_DISABLE_LOG_STATS": "false", "VLLM_TRUST_REMOTE_CODE": "0", "VLLM_ENABLE_AUTO_TOOL_CHOICE": "off",
         "VLLM_DISABLE_HYBRID_KV_CACHE_MANAGER": "false"},
          vllm={"enable_prefix_caching": False, "enforce_eager": False, "disable_log_stats": False,
@@ -137,7 +138,7 @@ CASES = [
          mode="server",
          vllm={"model": MODEL, "max_model_len": 4096, "enable_prefix_caching": False, "served_model_name": ["m1"],
                "seed": 3},
-         lmcache={"l1_gib": 5, "chunk": 128, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None}),
+         lmcache={"l1_gib": 32, "chunk": 128, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None}),
     Case("registry-gigachat3", {"VLLM_MODEL": GIGACHAT}, mode="server",
          vllm={"model": GIGACHAT, "max_model_len": 128000, "tool_call_parser": "gigachat3",
                "enable_auto_tool_choice": True, "disable_hybrid_kv_cache_manager": True},
@@ -164,6 +165,6 @@ CASES = [
         "LMCACHE_MAX_LOCAL_CPU_SIZE": "5.0", "LMCACHE_LOCAL_DISK": "True", "LMCACHE_MAX_LOCAL_DISK_SIZE": "50.0"},
          mode="in-process",
          lmcache={"chunk": 256, "local_cpu": True, "cpu_per_worker": 5.0, "disk_per_worker": 50.0}),
-    Case("seed-migration-cpu-offload-gb", {"VLLM_MODEL": MODEL, "VLLM_CPU_OFFLOAD_GB": "4"},
+    Case("seed-migration-cpu-offload-gb", {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_CPU_OFFLOAD_GB": "4"},
          vllm={"cpu_offload_gb": 4.0, "kv_transfer_config": None}),
 ]

@@ -16,14 +16,14 @@ from .parsers import parse_serve_argv
 DISK = "/tmp/appliance-contract/kv-disk"
 
 CASES = {
-    "no-offloading": {},
+    "no-offloading": {"VLLM_KV_OFFLOADING_BACKEND": "none"},
     "lmcache-server-disk": {"VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "6",
                             "LMCACHE_LOCAL_DISK": DISK, "APPLIANCE_LMCACHE_PORT": "6100",
                             "VLLM_DISABLE_HYBRID_KV_CACHE_MANAGER": "true"},
     "lmcache-in-process-tp2": {"VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_MODE": "in-process",
                                "LMCACHE_LOCAL_DISK": DISK, "VLLM_TENSOR_PARALLEL_SIZE": "2"},
     "native": {"VLLM_KV_OFFLOADING_BACKEND": "native", "VLLM_KV_OFFLOADING_SIZE": "3"},
-    "generic-flags": {"VLLM_ENABLE_PREFIX_CACHING": "false", "VLLM_SERVED_MODEL_NAME": "alpha beta",
+    "generic-flags": {"VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_ENABLE_PREFIX_CACHING": "false", "VLLM_SERVED_MODEL_NAME": "alpha beta",
                       "VLLM_MAX_NUM_SEQS": "32", "VLLM_MAX_NUM_BATCHED_TOKENS": "8192", "VLLM_DTYPE": "bfloat16",
                       "VLLM_GPU_MEMORY_UTILIZATION": "0.8", "VLLM_SEED": "11", "VLLM_TOOL_CALL_PARSER": "llama3_json",
                       "VLLM_ENABLE_AUTO_TOOL_CHOICE": "true", "VLLM_EXTRA_ARGS": "--max-logprobs 5"},

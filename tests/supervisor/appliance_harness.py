@@ -96,9 +96,10 @@ class Appliance:
         self.api_key: str | None = None  # one given on vLLM's command line (VLLM_EXTRA_ARGS)
 
     # -- running serve --------------------------------------------------------------------------------------
-    def start(self, **popen) -> "Appliance":
+    def start(self, args: list[str] = (), **popen) -> "Appliance":
+        """`serve` with `args` after it (command-line overrides)."""
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "entrypoint", "serve"], cwd=REPO, env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "entrypoint", "serve", *args], cwd=REPO, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **popen)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -19,7 +19,7 @@ def appliance(tmp_path):
     serve's output is printed at teardown (pytest shows it when the test failed)."""
     made: list[Appliance] = []
 
-    def make(start: bool = True, popen: dict | None = None, **overrides) -> Appliance:
+    def make(start: bool = True, popen: dict | None = None, args: list[str] = (), **overrides) -> Appliance:
         env = base_env(tmp_path)
         for name, value in overrides.items():
             if value is None:
@@ -28,7 +28,7 @@ def appliance(tmp_path):
                 env[name] = str(value)
         a = Appliance(tmp_path, env)
         made.append(a)
-        return a.start(**(popen or {})) if start else a
+        return a.start(args, **(popen or {})) if start else a
 
     yield make
     for a in made:

@@ -45,8 +45,8 @@ def test_all_problems_are_reported_in_one_run(plan_for):
     assert sorted(plan.errors) == sorted([
         "LMCACHE_MODE='cluster': must be one of: server, in-process",
         "VLLM_GPU_MEMORY_UTILIZATION='1.5': must be a number in (0, 1], e.g. 0.9",
-        "VLLM_KV_OFFLOADING_SIZE='-1': must be a size in GiB greater than 0, e.g. 5.0",
-        "VLLM_MAX_MODEL_LEN='lots': must be a whole number, e.g. VLLM_MAX_MODEL_LEN=32768",
+        "VLLM_KV_OFFLOADING_SIZE='-1': must be a size in GiB greater than 0, e.g. 5.0, or auto",
+        "VLLM_MAX_MODEL_LEN='lots': must be a whole number (e.g. 32768 or 32k), or auto",
         "VLLM_PORT='70000': must be a port number (1-65535)",
         "VLLM_TENSOR_PARALLEL_SIZE='0': must be at least 1",
         "VLLM_TRUST_REMOTE_CODE='maybe': must be true or false (also accepted: 1/0, yes/no, on/off)",
@@ -67,15 +67,15 @@ def test_cpu_tier_given_twice_with_the_same_value_is_fine(plan_for):
 
 
 def test_lmcache_settings_without_the_lmcache_backend(plan_for):
-    plan = plan_for({"VLLM_MODEL": "org/m", "LMCACHE_LOCAL_DISK": "true"})
+    plan = plan_for({"VLLM_MODEL": "org/m", "LMCACHE_LOCAL_DISK": "true", "VLLM_KV_OFFLOADING_BACKEND": "none"})
     assert plan.errors == ["LMCACHE_LOCAL_DISK: LMCache settings take effect only with "
-                           "VLLM_KV_OFFLOADING_BACKEND=lmcache (it is unset); set it, or remove them"]
+                           "VLLM_KV_OFFLOADING_BACKEND=lmcache (it is none); set it, or remove them"]
 
 
 def test_offloading_size_without_a_backend(plan_for):
-    plan = plan_for({"VLLM_MODEL": "org/m", "VLLM_KV_OFFLOADING_SIZE": "5"})
-    assert plan.errors == ["VLLM_KV_OFFLOADING_SIZE is set but VLLM_KV_OFFLOADING_BACKEND is not: set "
-                           "VLLM_KV_OFFLOADING_BACKEND=lmcache (or native)"]
+    plan = plan_for({"VLLM_MODEL": "org/m", "VLLM_KV_OFFLOADING_SIZE": "5", "VLLM_KV_OFFLOADING_BACKEND": "none"})
+    assert plan.errors == ["VLLM_KV_OFFLOADING_SIZE is set but VLLM_KV_OFFLOADING_BACKEND is none: set "
+                           "VLLM_KV_OFFLOADING_BACKEND=lmcache (or native), or remove VLLM_KV_OFFLOADING_SIZE"]
 
 
 def test_flags_the_appliance_owns_are_refused(plan_for):
@@ -84,7 +84,7 @@ def test_flags_the_appliance_owns_are_refused(plan_for):
     assert sorted(plan.errors) == [
         "VLLM_EXTRA_ARGS: --kv-offloading-backend is set by the appliance; use VLLM_KV_OFFLOADING_BACKEND",
         "VLLM_KV_TRANSFER_CONFIG: --kv-transfer-config is set by the appliance; the appliance writes it from "
-        "VLLM_KV_OFFLOADING_BACKEND; unset the backend to pass your own",
+        "VLLM_KV_OFFLOADING_BACKEND; set VLLM_KV_OFFLOADING_BACKEND=none to pass your own",
         "VLLM_SHUTDOWN_TIMEOUT: --shutdown-timeout is set by the appliance; use APPLIANCE_SHUTDOWN_TIMEOUT, "
         "which also sizes supervisord's stop wait",
     ]

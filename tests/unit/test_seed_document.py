@@ -103,7 +103,7 @@ def test_advanced_lmcache_variables_cpu_and_disk(plan_for):
 
 
 def test_cpu_offload_gb_is_translated_with_a_migration_warning(plan_for):
-    plan = plan_for({"VLLM_CPU_OFFLOAD_GB": "4"})
+    plan = plan_for({"VLLM_CPU_OFFLOAD_GB": "4", "VLLM_API_KEY": "sk-test"})
     assert plan.errors == []
     assert flag_value(plan.vllm_argv, "--cpu-offload-gb") == "4"
     assert plan.warnings == [
