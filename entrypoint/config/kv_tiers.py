@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .flags import number_text
 from .plan import DiskTier
-from .settings import DEFAULT_DISK_TIER_PATH, DiskChoice
+from .settings import DEFAULT_DISK_TIER_PATH, SETTINGS, DiskChoice
 
 if TYPE_CHECKING:
     from .build import Builder
@@ -106,37 +106,104 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             b.error(f"LMCACHE_{key.upper()}: applies in in-process mode only (LMCACHE_MODE=in-process); "
                        "the LMCache server takes extra options from LMCACHE_SERVER_EXTRA_ARGS")
     port, http_port = int(v["APPLIANCE_LMCACHE_PORT"]), int(v["APPLIANCE_LMCACHE_HTTP_PORT"])
+    # Every flag is given explicitly, so that a release that changes a default (0.5.6: --http-host
+    # 0.0.0.0 -> 127.0.0.1) or stops requiring one (--l1-size-gb) does not change what runs.
     argv = [*shlex.split(str(v["APPLIANCE_LMCACHE_COMMAND"])), "server",
             "--host", "127.0.0.1", "--port", str(port),
             "--http-host", "127.0.0.1", "--http-port", str(http_port),
             "--chunk-size", str(chunk), "--l1-size-gb", number_text(cpu),
-            "--eviction-policy", str(v["LMCACHE_EVICTION_POLICY"]),
             # A vLLM that dies keeps its GPU KV cache mapped in the server until the server reaps it:
             # 120 s by default, during which a restarted vLLM finds too little free GPU memory and fails.
             # 30 s is LMCache's floor; vLLM pings every LMCACHE_HEARTBEAT_S, well under a third of it.
             "--worker-reap-timeout-seconds", str(LMCACHE_REAP_S)]
+    argv += server_flag_settings(b)
     if p.disk:
         # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity,
         # so LMCache's own L2 eviction keeps it under LMCACHE_MAX_LOCAL_DISK_SIZE.
         adapter = {"type": "fs_native", "base_path": p.disk.path, "max_capacity_gb": p.disk.max_size_gib,
                    "eviction": {"eviction_policy": "LRU"}}
         argv += ["--l2-adapter", json.dumps(adapter, separators=(",", ":"))]
-    argv += shlex.split(str(v.get("LMCACHE_SERVER_EXTRA_ARGS", "")))
+    known_to_installed_lmcache(b, [a for a in argv if a.startswith("--")], "")
+    try:
+        extra = shlex.split(str(v.get("LMCACHE_SERVER_EXTRA_ARGS", "")))
+    except ValueError as e:
+        b.error(f"LMCACHE_SERVER_EXTRA_ARGS: cannot be split like a shell command line ({e})")
+        extra = []
+    known_to_installed_lmcache(b, [a.split("=", 1)[0] for a in extra if a.startswith("--")],
+                               "LMCACHE_SERVER_EXTRA_ARGS: ")
+    argv += extra
     p.lmcache_argv = argv
     p.lmcache_health_url = f"http://127.0.0.1:{http_port}/healthcheck"
+    extra_config = {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port,
+                    "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S, **connector_key_settings(b)}
     transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_role": "kv_both",
-                "kv_connector_extra_config": {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port,
-                                              "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S}}
+                "kv_connector_extra_config": extra_config}
     p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
     if len({port, http_port, p.api_port}) < 3:
         b.error(f"VLLM_PORT={p.api_port}, APPLIANCE_LMCACHE_PORT={port} and APPLIANCE_LMCACHE_HTTP_PORT="
                    f"{http_port} must all differ")
 
 
+def known_to_installed_lmcache(b: Builder, flags: list[str], where: str) -> None:
+    known = b.schema.lmcache_server_flags
+    for flag in dict.fromkeys(flags):
+        if flag not in known:
+            b.error(f"{where}{flag}: the installed LMCache {b.schema.lmcache_version} has no `lmcache server "
+                    f"{flag}` flag (docs/UPGRADING.md)")
+
+
+def server_flag_settings(b: Builder) -> list[str]:
+    """The registry's settings that are `lmcache server` flags, checked against the installed LMCache's
+    parser (schema): the flag must exist and the value be one of its choices, else an error naming the
+    version. The choices come from the schema, so a release that adds one (ARC in 0.5.6) needs no code."""
+    argv = []
+    flags, version = b.schema.lmcache_server_flags, b.schema.lmcache_version
+    for s in SETTINGS:
+        if not s.server_flag or s.name not in b.values:
+            continue
+        spec, value = flags.get(s.server_flag), str(b.values[s.name]).strip()
+        if spec is None:
+            b.error(f"{s.name}: the installed LMCache {version} has no `lmcache server {s.server_flag}`; "
+                    "unset it or use an image with a newer LMCache (docs/UPGRADING.md)")
+            continue
+        if spec["choices"]:
+            match = next((c for c in spec["choices"] if c.lower() == value.lower()), None)
+            if match is None:
+                b.bad_value(s.name, value, f"must be one of the installed LMCache {version}'s {s.server_flag} "
+                                           f"choices: {', '.join(spec['choices'])}")
+                continue
+            value = b.values[s.name] = match  # the plan records LMCache's spelling
+        argv += [s.server_flag, value]
+    return argv
+
+
+def connector_key_settings(b: Builder) -> dict[str, object]:
+    """The registry's settings that are keys of vLLM's LMCache connector config, set only when the operator
+    sets them (LMCache's own defaults otherwise), and only keys the installed LMCache's connector reads."""
+    out: dict[str, object] = {}
+    for s in SETTINGS:
+        if not s.connector_key or s.name not in b.values:
+            continue
+        if s.connector_key not in b.schema.lmcache_connector_keys:
+            b.error(f"{s.name}: the installed LMCache {b.schema.lmcache_version}'s vLLM connector has no "
+                    f"lmcache.mp.{s.connector_key}; unset it or use an image with a newer LMCache "
+                    "(docs/UPGRADING.md)")
+            continue
+        out[f"lmcache.mp.{s.connector_key}"] = b.values[s.name]
+    return out
+
+
+def server_mode_only(b: Builder) -> None:
+    for s in SETTINGS:
+        if (s.server_flag or s.connector_key) and s.name in b.user_given:
+            b.error(f"{s.name}: applies in server mode only (LMCACHE_MODE=server)")
+
+
 def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
     v, p = b.values, b.plan
     if "LMCACHE_SERVER_EXTRA_ARGS" in v:
         b.error("LMCACHE_SERVER_EXTRA_ARGS: applies in server mode only (LMCACHE_MODE=server)")
+    server_mode_only(b)
     if "LMCACHE_CONFIG_FILE" in b.lmcache_env:
         b.error("LMCACHE_CONFIG_FILE: the appliance renders LMCache's config file itself; set its keys "
                    "as LMCACHE_<KEY> variables instead (docs/ENVIRONMENT.md)")

@@ -24,7 +24,7 @@ $PIP --no-deps "vllm==${VLLM_VERSION}" "lmcache==${LMCACHE_VERSION}"
 "$VENV/bin/python" - > /tmp/contract-reqs.txt <<'PY'
 import importlib.metadata as m, re
 skip = re.compile(r"^(torch|torchaudio|torchvision|torchcodec|nvidia-|flashinfer|tilelang|apache-tvm-ffi|quack-kernels|"
-                  r"tokenspeed|humming-kernels|fastsafetensors|nvtx|pynvvideocodec|numba|ninja|cupy|cufile|awscrt|"
+                  r"tokenspeed|humming-kernels|fastsafetensors|nvtx|pynvvideocodec|ninja|cupy|cufile|awscrt|"
                   r"google-|opencv)", re.I)
 reqs = set()
 for dist in ("vllm", "lmcache"):

@@ -104,3 +104,22 @@ def _describe(old, new) -> str:
         return f"added {sorted(set(map(str, new)) - set(map(str, old)))[:10]}, " \
                f"removed {sorted(set(map(str, old)) - set(map(str, new)))[:10]}"
     return f"{old!r} -> {new!r}"
+
+
+def test_schema_lists_the_connector_keys_the_installed_lmcache_reads(stack):
+    """The plan only sets `lmcache.mp.*` keys the schema lists (kv_tiers.connector_key_settings): the list must
+    be what the connector really reads, read here independently (parsers.connector_extra_config_keys)."""
+    from .parsers import connector_extra_config_keys
+
+    listed = {f"lmcache.mp.{k}" for k in schema_mod.load().lmcache_connector_keys}
+    read = connector_extra_config_keys()
+    assert read <= listed, f"read by the connector but missing from the schema: {sorted(read - listed)}"
+
+
+def test_schema_lists_the_installed_lmcache_server_flags(lmcache_parser):
+    flags = schema_mod.load().lmcache_server_flags
+    for action in lmcache_parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and action.dest != "help":
+                assert flags[option]["required"] == action.required
+                assert flags[option]["choices"] == ([str(c) for c in action.choices] if action.choices else None)
