@@ -12,18 +12,18 @@
 # lacks it; the build fails if LMCache's compiled ops do not load or the vLLM schema cannot be generated).
 # `test` comes before `product` because the classic builder builds every stage above its --target.
 
-# The vLLM image whose vLLM, torch and CUDA match versions.env (vLLM 0.26.0, torch 2.11.0+cu130, CUDA 13).
+# The vLLM image whose vLLM, torch and CUDA match versions.env (vLLM 0.32.0, torch 2.13.0+cu130, CUDA 13).
 # A plain CUDA 13 image works too: vLLM and torch are then installed from versions.env.
-ARG BASE_IMAGE=vllm/vllm-openai:v0.26.0
+ARG BASE_IMAGE=vllm/vllm-openai:v0.32.0
 
 FROM ${BASE_IMAGE} AS base
 ARG BASE_IMAGE
 # Image labels only; Docker cannot read a file into a LABEL, so these repeat versions.env and the build
 # checks that they agree. No ARG here is named VLLM_*, LMCACHE_* or APPLIANCE_*: BuildKit hands a stage's
 # ARGs to the RUN steps of the stages built on it, and `entrypoint check` rejects unknown names there.
-ARG PINNED_VLLM=0.26.0
-ARG PINNED_LMCACHE=0.5.3
-ARG PINNED_TORCH=2.11.0
+ARG PINNED_VLLM=0.32.0
+ARG PINNED_LMCACHE=0.5.6
+ARG PINNED_TORCH=2.13.0
 ARG PINNED_CUDA=13.0
 # The non-root option: `docker run --user appliance ...` (group 0, so an arbitrary `--user UID:0` works too).
 ARG NONROOT_UID=10001
@@ -92,8 +92,15 @@ RUN python3 -m compileall -q /opt/appliance/entrypoint
 
 # CI only: stub servers stand in for vLLM and LMCache (they need CUDA), with the same command lines.
 FROM app AS test
+# The upgrade drill (tests/container/test_upgrade.py) builds this stage as two releases: STACK_PINS rewrites
+# the pins the entrypoint and the stubs read, e.g. "VLLM_VERSION=0.26.0 LMCACHE_VERSION=0.5.3".
+ARG STACK_PINS=""
 COPY tests/stubs /opt/appliance/stubs
-RUN printf '#!/bin/sh\nexec python3 /opt/appliance/stubs/%s "$@"\n' vllm_stub.py > /usr/local/bin/vllm \
+RUN for pin in $STACK_PINS; do \
+        grep -q "^${pin%%=*}=" /opt/appliance/entrypoint/versions.env || { echo "error: no pin ${pin%%=*}" >&2; exit 1; }; \
+        sed -i "s/^${pin%%=*}=.*/${pin}/" /opt/appliance/entrypoint/versions.env; \
+    done \
+    && printf '#!/bin/sh\nexec python3 /opt/appliance/stubs/%s "$@"\n' vllm_stub.py > /usr/local/bin/vllm \
     && printf '#!/bin/sh\nexec python3 /opt/appliance/stubs/%s "$@"\n' lmcache_stub.py > /usr/local/bin/lmcache \
     && chmod 0755 /usr/local/bin/vllm /usr/local/bin/lmcache \
     && python3 -m entrypoint check
@@ -111,10 +118,10 @@ LABEL org.opencontainers.image.version="$IMAGE_VERSION" \
 FROM base AS product
 # LMCache's compiled ops are built against one torch version: install it next to the pinned vLLM and torch
 # (pip keeps them when they already match), then check that what is installed is what versions.env says.
-# `import lmcache.c_ops` alone proves little: LMCache 0.5.3 answers it with a shim that falls back to torch
-# when the compiled module does not load (and always on a build machine without a GPU). So the compiled
-# c_ops.*.so is also loaded directly (RTLD_NOW: every torch symbol resolved), which fails on a torch/CUDA
-# mismatch and works without a GPU (checked with torch 2.11.0+cu130, no visible GPU: 64 symbols).
+# Below, `entrypoint.generators.check_ops` loads every compiled LMCache module (cuda_ops, lmcache_native, ...)
+# with RTLD_NOW: every torch symbol resolved, no GPU needed; it fails on a torch/LMCache mismatch, which
+# `import lmcache` alone does not show (scripts/check-lmcache-torch-abi.py: 0.5.3 needs torch 2.11,
+# 0.5.4-0.5.6 need torch 2.13).
 RUN . /opt/appliance/entrypoint/versions.env \
     && export PIP_BREAK_SYSTEM_PACKAGES=1 \
     && if ! python3 -c 'import vllm' 2>/dev/null; then \
@@ -130,16 +137,12 @@ RUN . /opt/appliance/entrypoint/versions.env \
            echo "error: installed versions ($found) differ from entrypoint/versions.env" \
                 "($VLLM_VERSION $LMCACHE_VERSION $TORCH_VERSION $CUDA_VERSION)" >&2; \
            exit 1; \
-       fi \
-    && python3 -c 'import lmcache.c_ops' \
-    && python3 -c 'import glob, importlib.machinery as ma, importlib.util as u, os, torch; \
-pkg = u.find_spec("lmcache").submodule_search_locations[0]; (so,) = glob.glob(os.path.join(pkg, "c_ops.*.so")); \
-loader = ma.ExtensionFileLoader("lmcache.c_ops", so); m = u.module_from_spec(u.spec_from_loader("lmcache.c_ops", loader)); \
-loader.exec_module(m); print("compiled lmcache.c_ops loads:", so)'
+       fi
 COPY --from=app /opt/appliance /opt/appliance
 # The schema the entrypoint validates against, generated from the installed vLLM and LMCache (this
 # overwrites the committed copy); then the default configuration must validate against it.
-RUN python3 -m entrypoint.generators.schema \
+RUN python3 -m entrypoint.generators.check_ops \
+    && python3 -m entrypoint.generators.schema \
     && python3 -m compileall -q /opt/appliance/entrypoint \
     && python3 -m entrypoint check
 # Set by the build (scripts/ci/build-test-image.sh passes git describe, the commit and the date).

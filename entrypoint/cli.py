@@ -43,6 +43,8 @@ def format_text(plan: Plan) -> str:
         lines += [f"    {k}: {json.dumps(v)}" for k, v in plan.lmcache_config.items()]
     if plan.disk:
         lines += [f"  Disk tier: {plan.disk.path} (at most {plan.disk.max_size_gib:g} GiB)"]
+        if plan.disk.others:
+            lines += [f"  Other namespaces in {plan.disk.base}: {plan.disk.others}"]
     lines += ["", "Values (source):"]
     width = max((len(k) for k in d["values"]), default=0)
     for name in sorted(d["values"]):

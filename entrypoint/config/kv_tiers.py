@@ -25,6 +25,14 @@ LMCACHE_CONNECTOR_IN_PROCESS = "LMCacheConnectorV1"
 DEFAULT_CPU_TIER_GIB = 5.0  # LMCache's own default max_local_cpu_size
 LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's KV registration is dropped
 LMCACHE_HEARTBEAT_S = 5  # vLLM -> LMCache server pings; LMCache wants the reap timeout >= 3x this
+# The disk tier after an upgrade: the namespace names the LMCache version (disk_namespace), and no release
+# note promises that fs_native's files of one version read back in another, so a new version starts its own
+# namespace. The old one is left alone (a rollback finds it again) and counts against the cap
+# (runtime/preflight.tier_dirs), so that the volume never holds more than LMCACHE_MAX_LOCAL_DISK_SIZE.
+NAMESPACE_MARK = "__lmcache-"
+OTHER_NAMESPACES = ("kept, not read (another model, chunk size, TP size or LMCache version: the on-disk format "
+                    "is not shown to be the same across LMCache versions); they count against "
+                    "LMCACHE_MAX_LOCAL_DISK_SIZE, least recently used files pruned first (docs/UPGRADING.md)")
 LMCACHE_KEYS_WITH_SERVER_EQUIVALENT = {"chunk_size", "local_cpu", "max_local_cpu_size", "local_disk",
                                        "max_local_disk_size"}
 
@@ -43,7 +51,8 @@ def disk_namespace(model: str, revision: str | None, dtype: str, chunk_size: int
     """Everything that decides whether stored KV can be reused goes into the directory name, so that a
     change of model, revision, dtype, chunk size, TP size or LMCache version never reads another's cache."""
     rev = re.sub(r"[^A-Za-z0-9._-]", "_", revision or "default")
-    return f"{model_slug(model)}__rev-{rev}__dtype-{dtype}__chunk-{chunk_size}__tp-{tp}__lmcache-{lmcache_version}"
+    return (f"{model_slug(model)}__rev-{rev}__dtype-{dtype}__chunk-{chunk_size}__tp-{tp}"
+            f"{NAMESPACE_MARK}{lmcache_version}")
 
 
 def kv_offloading(b: Builder) -> None:
@@ -75,7 +84,7 @@ def kv_offloading(b: Builder) -> None:
         ns = disk_namespace(p.model, revision, str(v.get("VLLM_DTYPE", "auto")), chunk, tp,
                             b.schema.lmcache_version)
         p.disk = DiskTier(base=base, path=f"{base.rstrip('/')}/{ns}",
-                          max_size_gib=float(v["LMCACHE_MAX_LOCAL_DISK_SIZE"]))
+                          max_size_gib=float(v["LMCACHE_MAX_LOCAL_DISK_SIZE"]), others=OTHER_NAMESPACES)
     if mode == "server":
         lmcache_server(b, cpu, chunk)
     else:

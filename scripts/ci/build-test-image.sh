@@ -6,7 +6,7 @@
 #
 # Usage (daemon running, see start-docker.sh): scripts/ci/build-test-image.sh [TAG]
 #   TAG defaults to llm-appliance:test. Env knobs: BASE_IMAGE (appliance-local-base:bookworm, built if
-#   missing), TARGET (test).
+#   missing), TARGET (test), STACK_PINS (test stage: other pins for the stubs, as the upgrade drill builds).
 #
 # Builder: Debian's /usr/bin/docker (20.10) has BuildKit built in and builds only the stages the target
 # needs; a newer CLI without the buildx plugin cannot use BuildKit, so we fall back to the classic builder
@@ -46,6 +46,7 @@ if ! "${build[@]}" \
         --build-arg IMAGE_VERSION="$version" \
         --build-arg IMAGE_REVISION="$revision" \
         --build-arg IMAGE_CREATED="$created" \
+        --build-arg STACK_PINS="${STACK_PINS:-}" \
         --target "$TARGET" -t "$TAG" "$ROOT" >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     die "docker build failed (log above, full log in $log)"
