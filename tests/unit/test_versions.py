@@ -126,3 +126,12 @@ def test_a_vllm_flag_the_installed_vllm_lacks_is_an_error_naming_it(on_stack):
     vllm["vllm_version"] = "9.9.9"
     plan = on_stack(schema_mod.Schema(vllm=vllm, lmcache=schema.lmcache), {"VLLM_MAX_MODEL_LEN": "4096"})
     assert plan.errors == ["VLLM_MAX_MODEL_LEN: the installed vLLM 9.9.9 has no --max-model-len flag"]
+
+
+def test_a_variable_the_new_vllm_dropped_is_an_error_naming_the_versions(on_stack):
+    """VLLM_ENGINE_ITERATION_TIMEOUT_S is read by vLLM 0.26.0, not by 0.32.0 (docs/UPGRADING.md)."""
+    env = {"VLLM_ENGINE_ITERATION_TIMEOUT_S": "120"}
+    assert on_stack(schema_of(**OLD), env).errors == []
+    (error,) = on_stack(new_schema(), env).errors
+    assert error.startswith("VLLM_ENGINE_ITERATION_TIMEOUT_S: unknown variable")
+    assert f"vLLM {new_schema().vllm_version} and LMCache {new_schema().lmcache_version}" in error
