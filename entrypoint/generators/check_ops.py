@@ -45,12 +45,13 @@ def compiled_modules() -> list[Path]:
 
 def check(cpu_only: bool = False, out=sys.stdout) -> int:
     """Load every compiled LMCache module with RTLD_NOW; return how many loaded, raise OpsMismatch."""
+    modules = compiled_modules()
     import torch  # loads libc10/libtorch (and, for a CUDA torch, its CUDA libraries) process-wide
 
     versions = (importlib.metadata.version("lmcache"), torch.__version__, torch.version.cuda or "none")
     print("lmcache %s, torch %s, CUDA %s" % versions, file=out)
     loaded, problems = 0, []
-    for path in compiled_modules():
+    for path in modules:
         try:
             ctypes.CDLL(str(path), mode=os.RTLD_NOW | os.RTLD_LOCAL)
         except OSError as e:
