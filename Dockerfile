@@ -14,18 +14,18 @@
 # above its --target. Layers go from the rarely changed to the often changed: a change to the entrypoint
 # package rebuilds only the wheel, the small layer that installs it and the schema layer above it.
 
-# The vLLM image whose vLLM, torch and CUDA match versions.env (vLLM 0.26.0, torch 2.11.0+cu130, CUDA 13).
+# The vLLM image whose vLLM, torch and CUDA match versions.env (vLLM 0.32.0, torch 2.13.0+cu130, CUDA 13).
 # A plain CUDA 13 image works too: vLLM and torch are then installed from versions.env.
-ARG BASE_IMAGE=vllm/vllm-openai:v0.26.0
+ARG BASE_IMAGE=vllm/vllm-openai:v0.32.0
 
 FROM ${BASE_IMAGE} AS base
 ARG BASE_IMAGE
 # Image labels only; Docker cannot read a file into a LABEL, so these repeat versions.env and the build
 # checks that they agree. No ARG here is named VLLM_*, LMCACHE_* or APPLIANCE_*: BuildKit hands a stage's
 # ARGs to the RUN steps of the stages built on it, and `entrypoint check` rejects unknown names there.
-ARG PINNED_VLLM=0.26.0
-ARG PINNED_LMCACHE=0.5.3
-ARG PINNED_TORCH=2.11.0
+ARG PINNED_VLLM=0.32.0
+ARG PINNED_LMCACHE=0.5.6
+ARG PINNED_TORCH=2.13.0
 ARG PINNED_CUDA=13.0
 # The non-root option: `docker run --user appliance ...` (group 0, so an arbitrary `--user UID:0` works too).
 ARG NONROOT_UID=10001
@@ -104,7 +104,15 @@ COPY tests/stubs /opt/appliance/stubs
 COPY docker/test-stage/vllm docker/test-stage/lmcache /usr/local/bin/
 # The stubs need no GPU: this turns off serve's "no GPU visible" preflight check (runtime/preflight.py).
 ENV STUB_NO_GPU=1
-RUN python3 -m entrypoint check
+# The upgrade drill (tests/container/test_upgrade.py) builds this stage as two releases: STACK_PINS rewrites
+# the pins the installed entrypoint and the stubs read, e.g. "VLLM_VERSION=0.26.0 LMCACHE_VERSION=0.5.3".
+ARG STACK_PINS=""
+RUN pins=$(python3 -c 'import entrypoint, pathlib; print(pathlib.Path(entrypoint.__file__).parent / "versions.env")') \
+    && for pin in $STACK_PINS; do \
+           grep -q "^${pin%%=*}=" "$pins" || { echo "error: no pin ${pin%%=*}" >&2; exit 1; }; \
+           sed -i "s/^${pin%%=*}=.*/${pin}/" "$pins" /opt/appliance/versions.env; \
+       done \
+    && python3 -m entrypoint check
 # Per-build labels come last in each final stage: a new revision must not invalidate the layers above.
 ARG IMAGE_VERSION=dev
 ARG IMAGE_REVISION=""
@@ -134,12 +142,7 @@ RUN . /opt/appliance/versions.env \
            echo "error: installed versions ($found) differ from entrypoint/versions.env" \
                 "($VLLM_VERSION $LMCACHE_VERSION $TORCH_VERSION $CUDA_VERSION)" >&2; \
            exit 1; \
-       fi \
-    && python3 -c 'import lmcache.c_ops' \
-    && python3 -c 'import glob, importlib.machinery as ma, importlib.util as u, os, torch; \
-pkg = u.find_spec("lmcache").submodule_search_locations[0]; (so,) = glob.glob(os.path.join(pkg, "c_ops.*.so")); \
-loader = ma.ExtensionFileLoader("lmcache.c_ops", so); m = u.module_from_spec(u.spec_from_loader("lmcache.c_ops", loader)); \
-loader.exec_module(m); print("compiled lmcache.c_ops loads:", so)'
+       fi
 # The appliance's runtime dependencies, then the package (as in the test stage).
 COPY pyproject.toml /tmp/appliance/pyproject.toml
 RUN python3 -c 'import tomllib; print(*tomllib.load(open("/tmp/appliance/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
@@ -152,7 +155,12 @@ COPY --from=wheel /wheels /tmp/wheels
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 # The schema the entrypoint validates against, generated from the installed vLLM and LMCache (this
 # overwrites the committed copy in the installed package); then the default configuration must validate.
-RUN python3 -m entrypoint.generators.schema \
+# `entrypoint.generators.check_ops` loads every compiled LMCache module (cuda_ops, lmcache_native, ...) with
+# RTLD_NOW: every torch symbol resolved, no GPU needed; it fails on a torch/LMCache mismatch, which
+# `import lmcache` alone does not show (scripts/check-lmcache-torch-abi.py: LMCache 0.5.3 needs torch 2.11,
+# 0.5.4-0.5.6 need torch 2.13).
+RUN python3 -m entrypoint.generators.check_ops \
+    && python3 -m entrypoint.generators.schema \
     && python3 -m entrypoint check
 # Set by the build (docker/build-image.sh passes git describe, the commit and the date).
 ARG IMAGE_VERSION=dev

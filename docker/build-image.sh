@@ -10,7 +10,8 @@
 # Usage (daemon running, see scripts/ci/start-docker.sh): docker/build-image.sh [TARGET] [TAG]
 #   TARGET test (default) or product; TAG defaults to llm-appliance:TARGET.
 #   Env knobs: BASE_IMAGE (appliance-local-base:bookworm, built if missing; another image is pulled if
-#   missing, e.g. vllm/vllm-openai:v0.26.0 where a registry is reachable), FORCE=1 (build even if cached).
+#   missing, e.g. vllm/vllm-openai:v0.26.0 where a registry is reachable), FORCE=1 (build even if cached),
+#   STACK_PINS (test stage only: other pins for the entrypoint and the stubs, as the upgrade drill builds).
 #
 # Cache: the image carries the label appliance.build.inputs, a hash of everything the build reads: the
 # Dockerfile, the files .dockerignore lets into the build context (pyproject.toml, entrypoint/ with
@@ -54,6 +55,7 @@ inputs_hash() {
             | LC_ALL=C sort -z | xargs -0 sha256sum)
         echo "base $(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")"
         echo "target $TARGET"
+        echo "pins ${STACK_PINS:-}"
     } | sha256sum | cut -c1-16
 }
 inputs=$(inputs_hash)
@@ -85,6 +87,7 @@ if ! "${build[@]}" \
         --build-arg IMAGE_VERSION="$version" \
         --build-arg IMAGE_REVISION="$revision" \
         --build-arg IMAGE_CREATED="$created" \
+        --build-arg STACK_PINS="${STACK_PINS:-}" \
         --label appliance.build.inputs="$inputs" \
         --target "$TARGET" -t "$TAG" "$ROOT" >"$log" 2>&1; then
     tail -n 40 "$log" >&2

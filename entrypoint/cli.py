@@ -46,6 +46,8 @@ def format_text(plan: Plan) -> str:
     if plan.disk:
         lines += [f"  Disk tier: {plan.disk.path} (at most {plan.disk.max_size_gib:g} GiB, "
                   f"{plan.appliance.get('disk_tier_source')})"]
+        if plan.disk.others:
+            lines += [f"  Other namespaces in {plan.disk.base}: {plan.disk.others}"]
     lines += ["", "Values (source):"]
     width = max((len(k) for k in d["values"]), default=0)
     for name in sorted(d["values"]):

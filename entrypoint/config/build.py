@@ -150,9 +150,11 @@ class Builder:
             cli_candidates = {s.cli_flag for s in SETTINGS} | set(self.schema.serve_flags)
             self.error(f"{flag}: unknown option{_suggest(flag, cli_candidates)}")
         else:
+            # The versions are named: after an upgrade, a flag or variable the new vLLM dropped lands here.
             self.error(f"{name}: unknown variable{_suggest(name, candidates)} (names under VLLM_, LMCACHE_ "
                        "and APPLIANCE_ must be appliance settings, vllm serve flags, or variables vLLM or "
-                       "LMCache read; see docs/ENVIRONMENT.md)")
+                       f"LMCache read; the installed vLLM {self.schema.vllm_version} and LMCache "
+                       f"{self.schema.lmcache_version}: see docs/ENVIRONMENT.md, docs/UPGRADING.md)")
 
     def apply_registry(self) -> None:
         model = self.raw.values.get("VLLM_MODEL", "").strip() or BY_NAME["VLLM_MODEL"].default

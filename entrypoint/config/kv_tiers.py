@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from . import resources
 from .flags import number_text, resolve_flag
 from .plan import DiskTier
-from .settings import AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, DiskChoice
+from .settings import AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, SETTINGS, DiskChoice
 from .sources import REGISTRY
 
 if TYPE_CHECKING:
@@ -26,6 +26,14 @@ LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"
 LMCACHE_CONNECTOR_IN_PROCESS = "LMCacheConnectorV1"
 LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's KV registration is dropped
 LMCACHE_HEARTBEAT_S = 5  # vLLM -> LMCache server pings; LMCache wants the reap timeout >= 3x this
+# The disk tier after an upgrade: the namespace names the LMCache version (disk_namespace), and no release
+# note promises that fs_native's files of one version read back in another, so a new version starts its own
+# namespace. The old one is left alone (a rollback finds it again) and counts against the cap
+# (runtime/preflight.tier_dirs), so that the volume never holds more than LMCACHE_MAX_LOCAL_DISK_SIZE.
+NAMESPACE_MARK = "__lmcache-"
+OTHER_NAMESPACES = ("kept, not read (another model, chunk size, TP size or LMCache version: the on-disk format "
+                    "is not shown to be the same across LMCache versions); they count against "
+                    "LMCACHE_MAX_LOCAL_DISK_SIZE, least recently used files pruned first (docs/UPGRADING.md)")
 LMCACHE_KEYS_WITH_SERVER_EQUIVALENT = {"chunk_size", "local_cpu", "max_local_cpu_size", "local_disk",
                                        "max_local_disk_size"}
 
@@ -44,7 +52,8 @@ def disk_namespace(model: str, revision: str | None, dtype: str, chunk_size: int
     """Everything that decides whether stored KV can be reused goes into the directory name, so that a
     change of model, revision, dtype, chunk size, TP size or LMCache version never reads another's cache."""
     rev = re.sub(r"[^A-Za-z0-9._-]", "_", revision or "default")
-    return f"{model_slug(model)}__rev-{rev}__dtype-{dtype}__chunk-{chunk_size}__tp-{tp}__lmcache-{lmcache_version}"
+    return (f"{model_slug(model)}__rev-{rev}__dtype-{dtype}__chunk-{chunk_size}__tp-{tp}"
+            f"{NAMESPACE_MARK}{lmcache_version}")
 
 
 def kv_offloading(b: Builder) -> None:
@@ -99,7 +108,7 @@ def disk_tier(b: Builder, choice: DiskChoice, chunk: int, tp: int) -> None:
             return
     else:
         b.disk_source = "LMCACHE_MAX_LOCAL_DISK_SIZE"
-    p.disk = DiskTier(base=base, path=path, max_size_gib=float(size))
+    p.disk = DiskTier(base=base, path=path, max_size_gib=float(size), others=OTHER_NAMESPACES)
     if b.host.in_writable_layer(base):
         p.warnings.append(f"the disk tier {base} is not on a volume: it lives in the container's writable layer "
                           "(slower, and lost when the container is re-created). Mount a volume there (compose: "
@@ -173,15 +182,17 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             b.error(f"LMCACHE_{key.upper()}: applies in in-process mode only (LMCACHE_MODE=in-process); "
                        "the LMCache server takes extra options from LMCACHE_SERVER_EXTRA_ARGS")
     port, http_port = int(v["APPLIANCE_LMCACHE_PORT"]), int(v["APPLIANCE_LMCACHE_HTTP_PORT"])
+    # Every flag is given explicitly, so that a release that changes a default (0.5.6: --http-host
+    # 0.0.0.0 -> 127.0.0.1) or stops requiring one (--l1-size-gb) does not change what runs.
     argv = [*b.split("APPLIANCE_LMCACHE_COMMAND", str(v["APPLIANCE_LMCACHE_COMMAND"])), "server",
             "--host", "127.0.0.1", "--port", str(port),
             "--http-host", "127.0.0.1", "--http-port", str(http_port),
             "--chunk-size", str(chunk), "--l1-size-gb", number_text(cpu),
-            "--eviction-policy", str(v["LMCACHE_EVICTION_POLICY"]),
             # A vLLM that dies keeps its GPU KV cache mapped in the server until the server reaps it:
             # 120 s by default, during which a restarted vLLM finds too little free GPU memory and fails.
             # 30 s is LMCache's floor; vLLM pings every LMCACHE_HEARTBEAT_S, well under a third of it.
             "--worker-reap-timeout-seconds", str(LMCACHE_REAP_S)]
+    argv += server_flag_settings(b)
     if p.disk:
         # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity,
         # so LMCache's own L2 eviction keeps it under LMCACHE_MAX_LOCAL_DISK_SIZE.
@@ -189,12 +200,16 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
                    "eviction": {"eviction_policy": "LRU"}}
         argv += ["--l2-adapter", json.dumps(adapter, separators=(",", ":"))]
     planned = set(a for a in argv if a.startswith("--"))
-    server_flags = b.schema.lmcache.get("server_flags", [])
+    known_to_installed_lmcache(b, sorted(planned), "")
+    server_flags = b.schema.lmcache_server_flags
     for arg in b.split("LMCACHE_SERVER_EXTRA_ARGS", str(v.get("LMCACHE_SERVER_EXTRA_ARGS", ""))):
         flag = resolve_flag(arg, server_flags, underscores=False) if server_flags else arg.split("=", 1)[0]
         shown = arg.split("=", 1)[0]
         typed = flag if shown == flag else f"{shown} (read by LMCache as {flag})"
-        if flag == "ambiguous":
+        if flag is None and arg.startswith("--") and arg != "--":
+            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {shown}: the installed LMCache {b.schema.lmcache_version} has no "
+                    f"`lmcache server {shown}` flag (docs/UPGRADING.md)")
+        elif flag == "ambiguous":
             b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {shown} is an abbreviation of several lmcache server flags; "
                     "write the flag in full")
         elif flag in LMCACHE_OWNED_FLAGS:
@@ -205,9 +220,10 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
         argv.append(arg)
     p.lmcache_argv = argv
     p.lmcache_health_url = f"http://127.0.0.1:{http_port}/healthcheck"
+    extra_config = {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port,
+                    "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S, **connector_key_settings(b)}
     transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_role": "kv_both",
-                "kv_connector_extra_config": {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port,
-                                              "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S}}
+                "kv_connector_extra_config": extra_config}
     p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
     if len({port, http_port, p.api_port}) < 3:
         b.error(f"VLLM_PORT={p.api_port}, APPLIANCE_LMCACHE_PORT={port} and APPLIANCE_LMCACHE_HTTP_PORT="
@@ -220,10 +236,66 @@ def per_worker(total_gib: float, tp: int) -> float:
     return max(math.floor(total_gib / tp * 1000) / 1000, 0.001)
 
 
+def known_to_installed_lmcache(b: Builder, flags: list[str], where: str) -> None:
+    known = b.schema.lmcache_server_flags
+    for flag in dict.fromkeys(flags):
+        if flag not in known:
+            b.error(f"{where}{flag}: the installed LMCache {b.schema.lmcache_version} has no `lmcache server "
+                    f"{flag}` flag (docs/UPGRADING.md)")
+
+
+def server_flag_settings(b: Builder) -> list[str]:
+    """The registry's settings that are `lmcache server` flags, checked against the installed LMCache's
+    parser (schema): the flag must exist and the value be one of its choices, else an error naming the
+    version. The choices come from the schema, so a release that adds one (ARC in 0.5.6) needs no code."""
+    argv = []
+    flags, version = b.schema.lmcache_server_flags, b.schema.lmcache_version
+    for s in SETTINGS:
+        if not s.server_flag or s.name not in b.values:
+            continue
+        spec, value = flags.get(s.server_flag), str(b.values[s.name]).strip()
+        if spec is None:
+            b.error(f"{s.name}: the installed LMCache {version} has no `lmcache server {s.server_flag}`; "
+                    "unset it or use an image with a newer LMCache (docs/UPGRADING.md)")
+            continue
+        if spec["choices"]:
+            match = next((c for c in spec["choices"] if c.lower() == value.lower()), None)
+            if match is None:
+                b.bad_value(s.name, value, f"must be one of the installed LMCache {version}'s {s.server_flag} "
+                                           f"choices: {', '.join(spec['choices'])}")
+                continue
+            value = b.values[s.name] = match  # the plan records LMCache's spelling
+        argv += [s.server_flag, value]
+    return argv
+
+
+def connector_key_settings(b: Builder) -> dict[str, object]:
+    """The registry's settings that are keys of vLLM's LMCache connector config, set only when the operator
+    sets them (LMCache's own defaults otherwise), and only keys the installed LMCache's connector reads."""
+    out: dict[str, object] = {}
+    for s in SETTINGS:
+        if not s.connector_key or s.name not in b.values:
+            continue
+        if s.connector_key not in b.schema.lmcache_connector_keys:
+            b.error(f"{s.name}: the installed LMCache {b.schema.lmcache_version}'s vLLM connector has no "
+                    f"lmcache.mp.{s.connector_key}; unset it or use an image with a newer LMCache "
+                    "(docs/UPGRADING.md)")
+            continue
+        out[f"lmcache.mp.{s.connector_key}"] = b.values[s.name]
+    return out
+
+
+def server_mode_only(b: Builder) -> None:
+    for s in SETTINGS:
+        if (s.server_flag or s.connector_key) and s.name in b.user_given:
+            b.error(f"{s.name}: applies in server mode only (LMCACHE_MODE=server)")
+
+
 def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
     v, p = b.values, b.plan
     if "LMCACHE_SERVER_EXTRA_ARGS" in v:
         b.error("LMCACHE_SERVER_EXTRA_ARGS: applies in server mode only (LMCACHE_MODE=server)")
+    server_mode_only(b)
     if "LMCACHE_CONFIG_FILE" in b.lmcache_env:
         b.error("LMCACHE_CONFIG_FILE: the appliance renders LMCache's config file itself; set its keys "
                    "as LMCACHE_<KEY> variables instead (docs/ENVIRONMENT.md)")

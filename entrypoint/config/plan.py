@@ -16,6 +16,7 @@ class DiskTier:
     base: str  # the volume or path the operator chose
     path: str  # namespaced directory actually used (what makes KV reusable)
     max_size_gib: float
+    others: str = ""  # what happens to the other namespaces under `base` (kv_tiers.OTHER_NAMESPACES)
 
 
 @dataclass

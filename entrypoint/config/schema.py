@@ -80,6 +80,16 @@ class Schema:
     def lmcache_other_env_vars(self) -> frozenset[str]:
         return frozenset(self.lmcache["other_env_vars"])
 
+    @property
+    def lmcache_server_flags(self) -> dict[str, dict]:
+        """`lmcache server` flag -> {dest, required, choices, default} of the installed LMCache."""
+        return self.lmcache["server_flags"]
+
+    @property
+    def lmcache_connector_keys(self) -> dict[str, object]:
+        """`lmcache.mp.<key>` -> default, for the keys the installed LMCache's vLLM connector reads."""
+        return self.lmcache["connector_extra_config"]
+
     @staticmethod
     def env_name_of_flag(flag: str) -> str:
         return "VLLM_" + flag.lstrip("-").upper().replace("-", "_")

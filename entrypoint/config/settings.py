@@ -40,6 +40,11 @@ class Setting:
     secret: bool = False
     example: str | None = None  # value shown in env/*.env examples and the docs
     minimum: float | None = None  # for int/float/seconds: inclusive lower bound
+    # LMCache server mode: the `lmcache server` flag this becomes, or the `lmcache.mp.<key>` of vLLM's
+    # connector config. Both are checked against the installed LMCache's schema (kv_tiers.py), so a
+    # setting an older LMCache does not have is an error naming its version, not a flag it rejects.
+    server_flag: str | None = None
+    connector_key: str | None = None
 
     @property
     def cli_flag(self) -> str:
@@ -130,8 +135,21 @@ SETTINGS: tuple[Setting, ...] = (
        target="fs_native max_capacity_gb + LRU eviction / max_local_disk_size", example="50.0"),
     _s("LMCACHE_CHUNK_SIZE", "int", "Tokens per KV chunk LMCache stores and looks up.", default=256,
        group="LMCache", minimum=1, target="lmcache server --chunk-size / chunk_size"),
-    _s("LMCACHE_EVICTION_POLICY", "choice", "Eviction policy of the LMCache server's CPU and disk tiers.",
-       default="LRU", group="LMCache", choices=("LRU", "IsolatedLRU"), target="lmcache server --eviction-policy"),
+    _s("LMCACHE_EVICTION_POLICY", "str", "Eviction policy of the LMCache server's CPU tier: one of the installed "
+       "LMCache's `--eviction-policy` choices (LMCache 0.5.6: LRU, ARC, IsolatedLRU, noop; ARC is new in 0.5.6). "
+       "LRU is what was measured (docs/BENCHMARKS.md).", default="LRU", group="LMCache",
+       server_flag="--eviction-policy", target="lmcache server --eviction-policy", example="LRU"),
+    _s("LMCACHE_L2_PREFETCH_POLICY", "str", "How the LMCache server treats chunks it prefetches from the disk "
+       "tier into the CPU tier: `default` or `retain` (the installed LMCache's `--l2-prefetch-policy` "
+       "choices). Unset: LMCache's own default (`default`); not yet measured here.", group="LMCache",
+       server_flag="--l2-prefetch-policy", target="lmcache server --l2-prefetch-policy", example="default"),
+    _s("LMCACHE_EAGER_PREFETCH", "bool", "LMCache >= 0.5.6: start the LMCache lookup when a request is queued, "
+       "not when it is scheduled. Unset: LMCache's own default (off); not yet measured here.", group="LMCache",
+       connector_key="eager_prefetch", target="kv_connector_extra_config lmcache.mp.eager_prefetch"),
+    _s("LMCACHE_NONBLOCKING_LOOKUP", "bool", "LMCache >= 0.5.5: poll the LMCache server's lookup answers "
+       "without blocking vLLM's scheduler thread. Unset: LMCache's own default (on in 0.5.5+; 0.5.3 always "
+       "blocks, ~20 ms per hit, docs/BENCHMARKS.md).", group="LMCache", connector_key="nonblocking_lookup_status",
+       target="kv_connector_extra_config lmcache.mp.nonblocking_lookup_status"),
     _s("LMCACHE_SERVER_EXTRA_ARGS", "args", "Raw arguments appended to `lmcache server` (shell-split). "
        "Escape hatch, server mode only.", group="LMCache", target="appended to lmcache server"),
     # --- Secrets -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ tests work without vLLM installed. This module is the only one that imports vLLM
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.metadata
 import json
 import re
@@ -125,6 +126,54 @@ def lmcache_server_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def lmcache_server_flags(parser: argparse.ArgumentParser) -> dict[str, dict]:
+    """Every `lmcache server` flag with what the plan needs to know of it (defaults and required-ness
+    change between releases: 0.5.6 made --l1-size-gb optional and moved --http-host to 127.0.0.1)."""
+    flags = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and action.dest != "help":
+                flags[option] = {
+                    "dest": action.dest,
+                    "required": bool(action.required),
+                    "choices": [str(c) for c in action.choices] if action.choices else None,
+                    "default": _jsonable(action.default),
+                }
+    return dict(sorted(flags.items()))
+
+
+def connector_extra_config_keys(package_dir: Path) -> dict[str, object]:
+    """The `lmcache.mp.<key>` keys LMCache's vLLM MP connector reads, with their defaults where the
+    installed LMCache declares them (its ExtraConfigDefault enum; the rest are literal
+    `get_from_extra_config("lmcache.mp.<key>", default)` calls). Read from the sources, since importing the
+    connector needs CUDA."""
+    keys: dict[str, object] = {}
+    integration = package_dir / "integration" / "vllm"
+    for path in sorted(integration.rglob("*.py")):
+        if "tests" in path.relative_to(integration).parts:
+            continue
+        source = path.read_text(errors="ignore")
+        for key, default in re.findall(r"[\"']lmcache\.mp\.([a-z_]+)[\"']\s*,\s*([^)\n]*)", source):
+            keys.setdefault(key, _literal(default))
+        for key in re.findall(r"[\"']lmcache\.mp\.([a-z_]+)[\"']", source):
+            keys.setdefault(key, None)
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name == "ExtraConfigDefault":
+                for stmt in node.body:
+                    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+                            and isinstance(stmt.targets[0], ast.Name):
+                        keys[stmt.targets[0].id] = _literal(ast.unparse(stmt.value))
+    return dict(sorted(keys.items()))
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return None
+
+
 def lmcache_schema() -> dict:
     from lmcache.v1 import config as lmc_config
     from lmcache.v1.distributed.l2_adapters import config as l2_config
@@ -134,9 +183,6 @@ def lmcache_schema() -> dict:
         t = spec.get("type")
         tname = getattr(t, "__name__", None) or str(t).replace("typing.", "")
         keys[key] = {"type": tname, "default": _jsonable(spec.get("default"))}
-    server_flags = sorted(
-        o for a in lmcache_server_parser()._actions for o in a.option_strings if o.startswith("--")
-    )
     # Environment variables LMCache reads outside its config keys (logging, config file, ...):
     # scanned from the installed sources so that they are valid names without a hand-kept list.
     pkg = Path(lmc_config.__file__).parents[1]
@@ -149,10 +195,10 @@ def lmcache_schema() -> dict:
         "lmcache_version": importlib.metadata.version("lmcache"),
         "config_keys": keys,
         "other_env_vars": sorted(n for n in env_names - config_envs if not n.endswith("_")),
-        "server_flags": server_flags,
+        "server_flags": lmcache_server_flags(lmcache_server_parser()),
+        "connector_extra_config": connector_extra_config_keys(pkg),
         "l2_adapter_types": adapters,
     }
-
 
 
 def stub_lmcache_compiled_ops() -> None:

@@ -7,6 +7,8 @@
 - errors: the CPU tier fits in the memory the container may use (config/resources.py);
 - warnings: the locked-memory limit (`ulimit -l`) and /dev/shm are large enough for the CPU tier and TP.
 The disk tier is also pruned to its cap here (and by the watchdog later): a backstop to LMCache's eviction.
+The cap covers the appliance's other namespaces on the volume too (tier_dirs): after an upgrade the old
+LMCache version's files stay, unread, and being the least recently used they are the first to go.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..config import resources
-from ..config.kv_tiers import cpu_tier_problem
+from ..config.kv_tiers import NAMESPACE_MARK, cpu_tier_problem
 from ..config.plan import DiskTier, Plan
 from .render import RunDir
 
@@ -63,10 +65,25 @@ def tier_files(path: str | Path) -> list[tuple[float, int, str]]:
     return out
 
 
-def prune(path: str | Path, max_bytes: float) -> tuple[int, int, int]:
-    """Over the cap, remove least recently used files down to PRUNE_TO of it. Returns (files removed,
-    bytes removed, bytes held before)."""
-    files = tier_files(path)
+def tier_dirs(disk: DiskTier) -> list[str]:
+    """The directories the cap covers: this plan's namespace and the appliance's other namespaces next to it
+    (another model, chunk size, or LMCache version: an upgrade leaves the old version's files there, unread).
+    Only names the appliance makes (kv_tiers.disk_namespace) count: a base path may hold other data."""
+    dirs = [disk.path]
+    try:
+        entries = list(os.scandir(disk.base))
+    except OSError:
+        return dirs
+    for entry in entries:
+        if entry.path != disk.path and NAMESPACE_MARK in entry.name and entry.is_dir(follow_symlinks=False):
+            dirs.append(entry.path)
+    return dirs
+
+
+def prune(path: str | Path | list, max_bytes: float) -> tuple[int, int, int]:
+    """Over the cap, remove least recently used files down to PRUNE_TO of it, across all the directories
+    given (tier_dirs). Returns (files removed, bytes removed, bytes held before)."""
+    files = [f for p in (path if isinstance(path, list) else [path]) for f in tier_files(p)]
     total = sum(size for _, size, _ in files)
     removed = freed = 0
     if total <= max_bytes:
@@ -121,7 +138,7 @@ def check_disk_tier(disk: DiskTier, found: Findings) -> None:
                             f"read-write and writable for uid {os.getuid()}, or {other}")
         return
     cap = disk.max_size_gib * GIB
-    removed, freed, held = prune(path, cap)
+    removed, freed, held = prune(tier_dirs(disk), cap)
     if removed:
         found.notes.append(prune_note(disk, removed, freed, held))
     used = held - freed

@@ -242,7 +242,7 @@ class Watchdog:
                 self.restart(self.vllm, then=[])
         disk = self.plan.disk
         if disk:
-            removed, freed, held = preflight.prune(disk.path, disk.max_size_gib * preflight.GIB)
+            removed, freed, held = preflight.prune(preflight.tier_dirs(disk), disk.max_size_gib * preflight.GIB)
             if removed:
                 say(NAME, preflight.prune_note(disk, removed, freed, held))
 

@@ -28,7 +28,7 @@ import importlib.metadata as m, re
 # Kept although GPU-free parsing does not need them: awscrt and google-cloud-bigtable, without which LMCache
 # registers fewer L2 adapter types (s3, bigtable) than in the product image.
 skip = re.compile(r"^(torch|torchaudio|torchvision|torchcodec|nvidia-|flashinfer|tilelang|apache-tvm-ffi|quack-kernels|"
-                  r"tokenspeed|humming-kernels|fastsafetensors|nvtx|pynvvideocodec|numba|ninja|cupy|cufile|"
+                  r"tokenspeed|humming-kernels|fastsafetensors|nvtx|pynvvideocodec|ninja|cupy|cufile|"
                   r"opencv)", re.I)
 reqs = set()
 for dist in ("vllm", "lmcache"):

@@ -54,6 +54,15 @@ CASES = [
         "LMCACHE_SERVER_EXTRA_ARGS": "--max-workers 2 --hash-algorithm sha256_cbor"}, mode="server",
          lmcache={"l1_gib": 32, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None,
                   "mp": {"max_workers": 2, "hash_algorithm": "sha256_cbor"}}),
+    # What LMCache 0.5.5/0.5.6 added (docs/UPGRADING.md): ARC eviction, the L2 prefetch policy, eager
+    # prefetch and the non-blocking lookup; choices match case-insensitively, as LMCACHE_EVICTION_POLICY did.
+    Case("server-new-lmcache-options", {
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_EVICTION_POLICY": "arc",
+        "LMCACHE_L2_PREFETCH_POLICY": "retain", "LMCACHE_LOCAL_DISK": DISK, "LMCACHE_EAGER_PREFETCH": "true",
+        "LMCACHE_NONBLOCKING_LOOKUP": "false"}, mode="server",
+         lmcache={"l1_gib": 5, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "ARC", "disk_gib": 50,
+                  "prefetch_policy": "retain",
+                  "connector": {"lmcache.mp.eager_prefetch": True, "lmcache.mp.nonblocking_lookup_status": False}}),
     Case("in-process-disk-tp2", {
         "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_MODE": "in-process",
         "VLLM_KV_OFFLOADING_SIZE": "8", "LMCACHE_LOCAL_DISK": DISK, "LMCACHE_MAX_LOCAL_DISK_SIZE": "30",

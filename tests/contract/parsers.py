@@ -28,12 +28,16 @@ def parse_serve_argv(parser, argv: list[str]) -> ParsedServe:
     """
     assert argv[:2] == ["vllm", "serve"], f"not a `vllm serve` command: {argv[:2]}"
     from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.openai.api_server import validate_api_server_args
-    from vllm.entrypoints.openai.cli_args import validate_parsed_serve_args
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+
+    try:  # vLLM >= 0.27 moved the API server launcher
+        from vllm.entrypoints.launchers.launcher import validate_api_server_args
+    except ImportError:
+        from vllm.entrypoints.openai.api_server import validate_api_server_args
 
     # The top-level `vllm` parser with its `serve` subcommand, as vllm/entrypoints/cli/main.py parses.
     args = parser.parse_args(["serve", *argv[2:]])
-    validate_parsed_serve_args(args)  # what ServeSubcommand.validate runs before dispatch
+    ServeSubcommand().validate(args)  # what vllm/entrypoints/cli/main.py runs before dispatch
     if args.model_tag is not None:  # what ServeSubcommand.cmd does first
         args.model = args.model_tag
     validate_api_server_args(args)  # tool-call and reasoning parsers must be registered ones
@@ -86,9 +90,12 @@ def unknown_lmcache_keys(config: dict) -> list[str]:
 
 
 def connector_extra_config_keys() -> set[str]:
-    """Every `lmcache.mp.*` key the MP connector reads, from the sources of both implementations that
-    vLLM may load (LMCache's own, preferred when importable, and vLLM's builtin fallback). Read as text:
-    importing them needs CUDA."""
+    """Every `lmcache.mp.*` key the MP connector reads: the literal ones from the sources of both
+    implementations that vLLM may load (LMCache's own, preferred when importable, and vLLM's builtin
+    fallback; read as text: importing them needs CUDA), and the ones LMCache's adapter resolves through
+    its ExtraConfigDefault enum (importable on a CPU)."""
+    from lmcache.integration.vllm import vllm_multi_process_adapter as adapter
+
     keys: set[str] = set()
     for module in ("lmcache.integration.vllm.lmcache_mp_connector",
                    "vllm.distributed.kv_transfer.kv_connector.v1.lmcache_mp_connector"):
@@ -97,6 +104,7 @@ def connector_extra_config_keys() -> set[str]:
         source = Path(spec.origin).read_text()
         keys |= set(re.findall(r"get_from_extra_config\(\s*\"(lmcache\.mp\.[a-z_]+)\"", source))
     assert keys, "found no lmcache.mp.* keys read by the MP connector: the pattern above is out of date"
+    keys |= {adapter._EXTRA_CONFIG_KEY_PREFIX + member.name for member in adapter.ExtraConfigDefault}
     return keys
 
 

@@ -104,3 +104,39 @@ def _describe(old, new) -> str:
         return f"added {sorted(set(map(str, new)) - set(map(str, old)))[:10]}, " \
                f"removed {sorted(set(map(str, old)) - set(map(str, new)))[:10]}"
     return f"{old!r} -> {new!r}"
+
+
+def test_schema_lists_the_connector_keys_the_installed_lmcache_reads(stack):
+    """The plan only sets `lmcache.mp.*` keys the schema lists (kv_tiers.connector_key_settings): the list must
+    be what the connector really reads, read here independently (parsers.connector_extra_config_keys)."""
+    from .parsers import connector_extra_config_keys
+
+    listed = {f"lmcache.mp.{k}" for k in schema_mod.load().lmcache_connector_keys}
+    read = connector_extra_config_keys()
+    assert read <= listed, f"read by the connector but missing from the schema: {sorted(read - listed)}"
+
+
+def test_schema_lists_the_installed_lmcache_server_flags(lmcache_parser):
+    flags = schema_mod.load().lmcache_server_flags
+    for action in lmcache_parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and action.dest != "help":
+                assert flags[option]["required"] == action.required
+                assert flags[option]["choices"] == ([str(c) for c in action.choices] if action.choices else None)
+
+
+def test_lmcaches_compiled_ops_resolve_against_the_installed_torch(stack, monkeypatch, tmp_path):
+    """What the image build runs (entrypoint.generators.check_ops), here with a CPU torch: the modules that need
+    CUDA are skipped, the others must load with every torch symbol resolved; a module that does not load fails."""
+    import io
+
+    from entrypoint.generators import check_ops
+
+    out = io.StringIO()
+    assert check_ops.check(cpu_only=True, out=out) >= 1, out.getvalue()
+    assert "resolves against torch" in out.getvalue()
+    broken = tmp_path / "cuda_ops.cpython-312-x86_64-linux-gnu.so"
+    broken.write_bytes(b"\x7fELF not really")
+    monkeypatch.setattr(check_ops, "compiled_modules", lambda: [broken])
+    with pytest.raises(check_ops.OpsMismatch, match="do not resolve against the installed torch"):
+        check_ops.check(cpu_only=True, out=io.StringIO())

@@ -1,5 +1,5 @@
-"""Every plan of the matrix (cases.py) and every env/*.env example, read by the real vLLM 0.26.0 serve parser
-and by LMCache 0.5.3's own server parser and config class. A flag either rejects fails here."""
+"""Every plan of the matrix (cases.py) and every env/*.env example, read by the installed (pinned) vLLM serve
+parser and by LMCache's own server parser and config class. A flag either rejects fails here."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -145,9 +145,15 @@ def test_lmcache_server_parser_accepts_the_plan(case, lmcache_parser, serve_pars
            "eviction": server.storage.eviction_config.eviction_policy,
            "disk cap GiB": adapters[0].max_capacity_gb if adapters else None,
            **{f"mp.{k}": getattr(server.mp, k) for k in want.get("mp", {})}}
+    if "prefetch_policy" in want:
+        got["prefetch policy"] = server.storage.prefetch_policy
+    vllm_extra = parse_serve_argv(serve_parser, plan.vllm_argv).engine_args.kv_transfer_config.kv_connector_extra_config
+    got.update({f"connector {k}": vllm_extra.get(k) for k in want.get("connector", {})})
     meant = {"l1 bytes": int(want["l1_gib"] * GIB), "chunk": want["chunk"], "zmq": ("127.0.0.1", want["port"]),
              "http": ("127.0.0.1", want["http_port"]), "eviction": want["eviction"],
-             "disk cap GiB": want["disk_gib"], **{f"mp.{k}": v for k, v in want.get("mp", {}).items()}}
+             "disk cap GiB": want["disk_gib"], **{f"mp.{k}": v for k, v in want.get("mp", {}).items()},
+             **({"prefetch policy": want["prefetch_policy"]} if "prefetch_policy" in want else {}),
+             **{f"connector {k}": v for k, v in want.get("connector", {}).items()}}
     wrong = [f"{k}: plan meant {meant[k]!r}, LMCache parsed {got[k]!r}" for k in meant if got[k] != meant[k]]
     assert not wrong, "\n".join(wrong + [f"argv: {plan.lmcache_argv}"])
     check_server_follows_plan(plan, server, parse_serve_argv(serve_parser, plan.vllm_argv))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A stand-in for `lmcache server` (stdlib only): accepts the argv the appliance generates (`server --host H
 --port P --http-host HH --http-port HP ...`, the rest ignored), holds --port open like the real ZMQ socket
-and answers GET /healthcheck on the HTTP port.
+and answers GET /healthcheck on the HTTP port (with the LMCACHE_VERSION of the image's versions.env).
 
 Switches (environment, read at start): STUB_LMCACHE_START_DELAY=s before the ports open.
 STUB_CONTROL_DIR=dir: triggers consumed by the process that acts on them: `lmcache-crash` (exit 1 now),
@@ -19,7 +19,7 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from quiet_http import QuietHTTPServer  # next to this file: the stubs run as scripts
+from quiet_http import QuietHTTPServer, built_versions  # next to this file: the stubs run as scripts
 
 ENV = os.environ
 
@@ -45,6 +45,7 @@ def main() -> int:
     if stop.wait(float(ENV.get("STUB_LMCACHE_START_DELAY", "0"))):
         return 0
     unhealthy = threading.Event()
+    version = built_versions().get("LMCACHE_VERSION", "unknown")
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *a):
@@ -52,7 +53,7 @@ def main() -> int:
 
         def do_GET(self):
             code = 404 if self.path != "/healthcheck" else (503 if unhealthy.is_set() else 200)
-            body = json.dumps({"status": "healthy" if code == 200 else "unhealthy"}).encode()
+            body = json.dumps({"status": "healthy" if code == 200 else "unhealthy", "version": version}).encode()
             self.send_response(code)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -61,7 +62,8 @@ def main() -> int:
     zmq = socket.create_server((args.host, args.port))
     http = QuietHTTPServer((args.http_host, args.http_port), Handler)
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    say(f"serving on {args.host}:{args.port}, health on {args.http_host}:{args.http_port}/healthcheck")
+    say(f"serving on {args.host}:{args.port}, health on {args.http_host}:{args.http_port}/healthcheck "
+        f"(LMCache {version})")
 
     def take(name: str) -> bool:
         if control is None:

@@ -2,11 +2,11 @@
 """A stand-in for `vllm serve`: an OpenAI-compatible server (stdlib only) that can fail on demand.
 
 Accepts the argv the appliance generates (`serve MODEL --host H --port P [--served-model-name N]
-[--shutdown-timeout S] ...`, everything else ignored) and serves /health, /v1/models, /v1/completions
-(1 token, or `"stub_seconds": s` in the body for a long request that generates a token every
-STUB_TOKEN_INTERVAL s) and /metrics with vLLM's names (vllm:num_requests_running, vllm:num_requests_waiting,
-vllm:prompt_tokens_total, vllm:generation_tokens_total; and stub_metrics_scrapes_total). /v1/* need
-`Authorization: Bearer $VLLM_API_KEY` when VLLM_API_KEY is set, like vLLM.
+[--shutdown-timeout S] ...`, everything else ignored) and serves /health, /version (the VLLM_VERSION of the
+image's versions.env), /v1/models, /v1/completions (1 token, or `"stub_seconds": s` in the body for a long
+request that generates a token every STUB_TOKEN_INTERVAL s) and /metrics with vLLM's names
+(vllm:num_requests_running, vllm:num_requests_waiting, vllm:prompt_tokens_total, vllm:generation_tokens_total;
+and stub_metrics_scrapes_total). /v1/* need `Authorization: Bearer $VLLM_API_KEY` when VLLM_API_KEY is set, like vLLM.
 
 Switches (environment, read at start):
   STUB_START_DELAY=s       seconds of "model load" before the port opens
@@ -36,7 +36,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from quiet_http import QuietHTTPServer  # next to this file: the stubs run as scripts
+from quiet_http import QuietHTTPServer, built_versions  # next to this file: the stubs run as scripts
 
 ENV = os.environ
 
@@ -122,6 +122,8 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
                 time.sleep(3600)
             if self.path == "/health":
                 self.send_text(200, "")
+            elif self.path == "/version":  # as vLLM's: the version this image was built with
+                self.send_json(200, {"version": built_versions().get("VLLM_VERSION", "unknown")})
             elif self.path == "/metrics":
                 labels = f'{{engine="0",model_name="{model}"}}'
                 with engine.lock:

@@ -6,8 +6,8 @@ def test_typo_in_a_variable_name_suggests_the_closest(plan_for):
     plan = plan_for({"VLLM_MAX_MODEL_LENN": "4096"})
     assert plan.errors == [
         "VLLM_MAX_MODEL_LENN: unknown variable; did you mean VLLM_MAX_MODEL_LEN? (names under VLLM_, LMCACHE_ "
-        "and APPLIANCE_ must be appliance settings, vllm serve flags, or variables vLLM or LMCache read; see "
-        "docs/ENVIRONMENT.md)"]
+        "and APPLIANCE_ must be appliance settings, vllm serve flags, or variables vLLM or LMCache read; the "
+        "installed vLLM 0.32.0 and LMCache 0.5.6: see docs/ENVIRONMENT.md, docs/UPGRADING.md)"]
 
 
 @pytest.mark.parametrize("name, suggestion", [

@@ -1,0 +1,137 @@
+"""Version-aware wiring: the plan follows the schema of the installed vLLM/LMCache (committed for both the
+current pins and the previous ones), and a setting the installed version does not know is an error naming it."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from entrypoint.config import schema as schema_mod
+from entrypoint.config.load import make_plan
+
+from conftest import flag_value, kv_transfer
+
+OLD = {"vllm": "0.26.0", "lmcache": "0.5.3"}  # the stack before docs/UPGRADING.md's upgrade
+SERVER = {"VLLM_KV_OFFLOADING_BACKEND": "lmcache"}
+
+
+def schema_of(vllm: str, lmcache: str) -> schema_mod.Schema:
+    read = lambda name, v: json.loads((schema_mod.SCHEMA_DIR / f"{name}-{v}.json").read_text())  # noqa: E731
+    return schema_mod.Schema(vllm=read("vllm", vllm), lmcache=read("lmcache", lmcache))
+
+
+@pytest.fixture
+def on_stack(monkeypatch):
+    """Build plans as an image with the given versions installed would (its generated schema)."""
+    def build(schema, env, overrides=()):
+        monkeypatch.setattr(schema_mod, "load", lambda: schema)
+        return make_plan(None, list(overrides), dict(env))
+    return build
+
+
+def new_schema() -> schema_mod.Schema:
+    pins = schema_mod.pinned_versions()
+    return schema_of(pins["VLLM_VERSION"], pins["LMCACHE_VERSION"])
+
+
+def test_both_stacks_have_a_committed_schema():
+    assert new_schema().lmcache_version != OLD["lmcache"]
+    assert schema_of(**OLD).lmcache_version == OLD["lmcache"]
+
+
+@pytest.mark.parametrize("env", [{}, SERVER, {**SERVER, "LMCACHE_LOCAL_DISK": "true"},
+                                 {**SERVER, "LMCACHE_MODE": "in-process", "LMCACHE_LOCAL_DISK": "true"}],
+                         ids=["defaults", "server", "server-disk", "in-process-disk"])
+def test_the_same_env_is_valid_on_both_stacks(on_stack, env):
+    old, new = on_stack(schema_of(**OLD), env), on_stack(new_schema(), env)
+    assert old.errors == [] and new.errors == []
+    # Every flag explicit: a changed LMCache default changes nothing but the disk namespace.
+    same = lambda argv: [a.replace(old.disk.path, "<disk>") if old.disk else a for a in argv or []]  # noqa: E731
+    assert same(old.lmcache_argv) == [a.replace(new.disk.path, "<disk>") if new.disk else a
+                                      for a in new.lmcache_argv or []]
+    if new.disk:  # the disk namespace names the LMCache version: the new one never reads the old one's files
+        assert new.disk.base == old.disk.base and new.disk.path != old.disk.path
+        assert new.disk.path.endswith(f"__lmcache-{new_schema().lmcache_version}")
+
+
+def test_arc_eviction_needs_the_lmcache_that_has_it(on_stack):
+    env = {**SERVER, "LMCACHE_EVICTION_POLICY": "arc"}
+    new = on_stack(new_schema(), env)
+    assert new.errors == []
+    assert flag_value(new.lmcache_argv, "--eviction-policy") == "ARC"
+    assert new.values["LMCACHE_EVICTION_POLICY"] == "ARC"
+    old = on_stack(schema_of(**OLD), env)
+    assert len(old.errors) == 1
+    assert "LMCache 0.5.3" in old.errors[0] and "LRU, IsolatedLRU, noop" in old.errors[0]
+
+
+def test_an_eviction_policy_no_lmcache_has_is_an_error(on_stack):
+    plan = on_stack(new_schema(), {**SERVER, "LMCACHE_EVICTION_POLICY": "--port=1"})
+    assert len(plan.errors) == 1 and "--eviction-policy choices" in plan.errors[0]
+
+
+@pytest.mark.parametrize("name,key", [("LMCACHE_EAGER_PREFETCH", "eager_prefetch"),
+                                      ("LMCACHE_NONBLOCKING_LOOKUP", "nonblocking_lookup_status")])
+def test_connector_options_need_the_lmcache_that_reads_them(on_stack, name, key):
+    new = on_stack(new_schema(), {**SERVER, name: "on"})
+    assert new.errors == []
+    assert kv_transfer(new)["kv_connector_extra_config"][f"lmcache.mp.{key}"] is True
+    old = on_stack(schema_of(**OLD), {**SERVER, name: "on"})
+    assert old.errors == [f"{name}: the installed LMCache 0.5.3's vLLM connector has no lmcache.mp.{key}; unset "
+                          "it or use an image with a newer LMCache (docs/UPGRADING.md)"]
+
+
+def test_unset_new_options_keep_lmcache_defaults(on_stack):
+    plan = on_stack(new_schema(), SERVER)
+    extra = kv_transfer(plan)["kv_connector_extra_config"]
+    assert set(extra) == {"lmcache.mp.host", "lmcache.mp.port", "lmcache.mp.heartbeat_interval"}
+    assert "--l2-prefetch-policy" not in plan.lmcache_argv
+
+
+def test_l2_prefetch_policy(on_stack):
+    plan = on_stack(new_schema(), {**SERVER, "LMCACHE_L2_PREFETCH_POLICY": "Retain"})
+    assert plan.errors == [] and flag_value(plan.lmcache_argv, "--l2-prefetch-policy") == "retain"
+
+
+def test_server_options_are_refused_in_process(on_stack):
+    plan = on_stack(new_schema(), {**SERVER, "LMCACHE_MODE": "in-process", "LMCACHE_EAGER_PREFETCH": "true",
+                                   "LMCACHE_EVICTION_POLICY": "LRU"})
+    assert sorted(plan.errors) == ["LMCACHE_EAGER_PREFETCH: applies in server mode only (LMCACHE_MODE=server)",
+                                   "LMCACHE_EVICTION_POLICY: applies in server mode only (LMCACHE_MODE=server)"]
+
+
+def test_extra_server_args_are_checked_against_the_installed_lmcache(on_stack):
+    env = {**SERVER, "LMCACHE_SERVER_EXTRA_ARGS": "--isolated-ipc --max-workers=2"}
+    assert on_stack(new_schema(), env).errors == []
+    old = on_stack(schema_of(**OLD), env)
+    assert old.errors == ["LMCACHE_SERVER_EXTRA_ARGS: --isolated-ipc: the installed LMCache 0.5.3 has no "
+                          "`lmcache server --isolated-ipc` flag (docs/UPGRADING.md)"]
+
+
+def test_a_flag_the_installed_lmcache_dropped_is_an_error_naming_it(on_stack):
+    schema = new_schema()
+    lmcache = copy.deepcopy(schema.lmcache)
+    del lmcache["server_flags"]["--worker-reap-timeout-seconds"]
+    lmcache["lmcache_version"] = "9.9.9"
+    plan = on_stack(schema_mod.Schema(vllm=schema.vllm, lmcache=lmcache), SERVER)
+    assert plan.errors == ["--worker-reap-timeout-seconds: the installed LMCache 9.9.9 has no `lmcache server "
+                           "--worker-reap-timeout-seconds` flag (docs/UPGRADING.md)"]
+
+
+def test_a_vllm_flag_the_installed_vllm_lacks_is_an_error_naming_it(on_stack):
+    schema = new_schema()
+    vllm = copy.deepcopy(schema.vllm)
+    del vllm["serve_flags"]["--max-model-len"]
+    vllm["vllm_version"] = "9.9.9"
+    plan = on_stack(schema_mod.Schema(vllm=vllm, lmcache=schema.lmcache), {"VLLM_MAX_MODEL_LEN": "4096"})
+    assert plan.errors == ["VLLM_MAX_MODEL_LEN: the installed vLLM 9.9.9 has no --max-model-len flag"]
+
+
+def test_a_variable_the_new_vllm_dropped_is_an_error_naming_the_versions(on_stack):
+    """VLLM_ENGINE_ITERATION_TIMEOUT_S is read by vLLM 0.26.0, not by 0.32.0 (docs/UPGRADING.md)."""
+    env = {"VLLM_ENGINE_ITERATION_TIMEOUT_S": "120"}
+    assert on_stack(schema_of(**OLD), env).errors == []
+    (error,) = on_stack(new_schema(), env).errors
+    assert error.startswith("VLLM_ENGINE_ITERATION_TIMEOUT_S: unknown variable")
+    assert f"vLLM {new_schema().vllm_version} and LMCache {new_schema().lmcache_version}" in error
