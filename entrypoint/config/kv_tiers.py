@@ -106,6 +106,7 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             b.error(f"LMCACHE_{key.upper()}: applies in in-process mode only (LMCACHE_MODE=in-process); "
                        "the LMCache server takes extra options from LMCACHE_SERVER_EXTRA_ARGS")
     port, http_port = int(v["APPLIANCE_LMCACHE_PORT"]), int(v["APPLIANCE_LMCACHE_HTTP_PORT"])
+    metrics_port = int(v["APPLIANCE_LMCACHE_METRICS_PORT"])
     argv = [*shlex.split(str(v["APPLIANCE_LMCACHE_COMMAND"])), "server",
             "--host", "127.0.0.1", "--port", str(port),
             "--http-host", "127.0.0.1", "--http-port", str(http_port),
@@ -114,7 +115,9 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             # A vLLM that dies keeps its GPU KV cache mapped in the server until the server reaps it:
             # 120 s by default, during which a restarted vLLM finds too little free GPU memory and fails.
             # 30 s is LMCache's floor; vLLM pings every LMCACHE_HEARTBEAT_S, well under a third of it.
-            "--worker-reap-timeout-seconds", str(LMCACHE_REAP_S)]
+            "--worker-reap-timeout-seconds", str(LMCACHE_REAP_S),
+            # Its exporter, read (and re-exposed with the appliance's own) by the `metrics` program.
+            "--prometheus-port", str(metrics_port)]
     if p.disk:
         # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity,
         # so LMCache's own L2 eviction keeps it under LMCACHE_MAX_LOCAL_DISK_SIZE.
@@ -128,9 +131,12 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
                 "kv_connector_extra_config": {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port,
                                               "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S}}
     p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
-    if len({port, http_port, p.api_port}) < 3:
-        b.error(f"VLLM_PORT={p.api_port}, APPLIANCE_LMCACHE_PORT={port} and APPLIANCE_LMCACHE_HTTP_PORT="
-                   f"{http_port} must all differ")
+    ports = {"VLLM_PORT": p.api_port, "APPLIANCE_LMCACHE_PORT": port, "APPLIANCE_LMCACHE_HTTP_PORT": http_port,
+             "APPLIANCE_LMCACHE_METRICS_PORT": metrics_port, "APPLIANCE_METRICS_PORT": int(v["APPLIANCE_METRICS_PORT"])}
+    for number in sorted(set(ports.values())):
+        same = [name for name, n in ports.items() if n == number]
+        if len(same) > 1:
+            b.error(" and ".join(f"{name}={number}" for name in same) + ": must differ (one port, one listener)")
 
 
 def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:

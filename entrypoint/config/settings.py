@@ -143,6 +143,16 @@ SETTINGS: tuple[Setting, ...] = (
        group="Appliance", target="lmcache server --port, lmcache.mp.port"),
     _s("APPLIANCE_LMCACHE_HTTP_PORT", "port", "HTTP port of the LMCache server, for its /healthcheck.",
        default=8080, group="Appliance", target="lmcache server --http-port"),
+    _s("APPLIANCE_LMCACHE_METRICS_PORT", "port", "Port of the LMCache server's own Prometheus exporter "
+       "(inside the container; the appliance's metrics port re-exposes it).", default=9090, group="Appliance",
+       target="lmcache server --prometheus-port"),
+    _s("APPLIANCE_METRICS_PORT", "port", "Port of the appliance's Prometheus endpoint (/metrics): the LMCache "
+       "server's metrics and the appliance's own (restarts, probes, tiers). vLLM's stay on VLLM_PORT.",
+       default=9464, group="Appliance", target="metrics program"),
+    _s("APPLIANCE_LOG_FORMAT", "choice", "Format of the appliance's own log lines (serve, preflight, launcher, "
+       "watchdog, on-fatal): `text`, or `json` (one object per line with ts, program, level, event, message; "
+       "vLLM's and LMCache's lines are wrapped as event `output`).", default="text", group="Appliance",
+       choices=("text", "json"), target="log lines"),
     _s("APPLIANCE_MODEL_REGISTRY_FILE", "str", "JSON file of extra model-registry entries "
        "({\"org/model\": {\"max_model_len\": 32768, ...}}), merged over the built-in ones.",
        group="Appliance", target="model registry"),

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import sys
 
+from . import applog
 from .events import Listener, log_bytes, prefix, split_payload
 
 MAX_PARTIAL = 65536  # a "line" longer than this without a newline is printed as it is
+
+
+def render_line(name: str, line: bytes) -> bytes:
+    """One line of a program's output as the container shows it: `name | line`, or with
+    APPLIANCE_LOG_FORMAT=json a JSON record (event `output`; the launcher's own records pass as they are)."""
+    if not applog.json_mode():
+        return prefix(name).encode() + line
+    if applog.is_record(line):
+        return line
+    return applog.as_json(name, line.decode("utf-8", "replace"), event="output").encode()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # a state change: the program may have ended in the middle of a line
             lines = [partial.pop(name)] if name in partial else []
         for line in lines:
-            out.write(prefix(name).encode() + line.rstrip(b"\r") + b"\n")
+            out.write(render_line(name, line.rstrip(b"\r")) + b"\n")
         out.flush()
 
 
