@@ -173,6 +173,12 @@ SETTINGS: tuple[Setting, ...] = (
        group="Compose", target="compose.yaml image"),
     _s("APPLIANCE_HOST_PORT", "port", "Host port published for the API (default: VLLM_PORT).",
        group="Compose", target="compose.yaml ports"),
+    _s("APPLIANCE_METRICS_HOST_PORT", "port", "Host port published for the metrics endpoint (default: "
+       "APPLIANCE_METRICS_PORT).", group="Compose", target="compose.yaml ports"),
+    _s("APPLIANCE_PROMETHEUS_IMAGE", "str", "Prometheus image of the `monitoring` profile.", group="Compose",
+       target="compose.yaml prometheus image"),
+    _s("APPLIANCE_GRAFANA_IMAGE", "str", "Grafana image of the `monitoring` profile.", group="Compose",
+       target="compose.yaml grafana image"),
     _s("APPLIANCE_LMCACHE_WAIT", "seconds", "How long vLLM waits for the LMCache server to be healthy.",
        default=300, group="Appliance", minimum=1, target="vllm program start"),
 )
