@@ -3,6 +3,7 @@
     config [--env-file F] [--format json|text] [OVERRIDES]   print the launch plan (exit 0) or problems (exit 2)
     check  [--env-file F] [OVERRIDES]                       validate only, one line per problem
     serve  [--env-file F] [OVERRIDES]                       validate, preflight, start supervisord
+    status [--format json|text]                             what runs, restarts and why, each KV tier's fill and hits
     healthcheck                                             exit 0 only when the appliance is ready
 
 OVERRIDES are `vllm serve`-style flags that override the environment: `--max-model-len 4096`,
@@ -21,7 +22,7 @@ import sys
 from .config.load import make_plan
 from .config.plan import Plan
 
-COMMANDS = ("config", "check", "serve", "healthcheck")
+COMMANDS = ("config", "check", "serve", "status", "healthcheck")
 EXIT_INVALID = 2
 
 
@@ -112,6 +113,9 @@ def _main(argv: list[str] | None) -> int:
         return 0
     if command not in COMMANDS:
         os.execvp(command, argv)  # `docker run image bash`: run it as given
+    if command == "status":
+        from .runtime.status import main as status_main
+        return status_main(rest)
     if command == "healthcheck":
         from .runtime.healthcheck import main as healthcheck_main
         return healthcheck_main(rest)

@@ -182,6 +182,7 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             b.error(f"LMCACHE_{key.upper()}: applies in in-process mode only (LMCACHE_MODE=in-process); "
                        "the LMCache server takes extra options from LMCACHE_SERVER_EXTRA_ARGS")
     port, http_port = int(v["APPLIANCE_LMCACHE_PORT"]), int(v["APPLIANCE_LMCACHE_HTTP_PORT"])
+    metrics_port = int(v["APPLIANCE_LMCACHE_METRICS_PORT"])
     # Every flag is given explicitly, so that a release that changes a default (0.5.6: --http-host
     # 0.0.0.0 -> 127.0.0.1) or stops requiring one (--l1-size-gb) does not change what runs.
     argv = [*b.split("APPLIANCE_LMCACHE_COMMAND", str(v["APPLIANCE_LMCACHE_COMMAND"])), "server",
@@ -191,7 +192,9 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             # A vLLM that dies keeps its GPU KV cache mapped in the server until the server reaps it:
             # 120 s by default, during which a restarted vLLM finds too little free GPU memory and fails.
             # 30 s is LMCache's floor; vLLM pings every LMCACHE_HEARTBEAT_S, well under a third of it.
-            "--worker-reap-timeout-seconds", str(LMCACHE_REAP_S)]
+            "--worker-reap-timeout-seconds", str(LMCACHE_REAP_S),
+            # Its exporter, read (and re-exposed with the appliance's own) by the `metrics` program.
+            "--prometheus-port", str(metrics_port)]
     argv += server_flag_settings(b)
     if p.disk:
         # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity,
@@ -225,9 +228,12 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
     transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_role": "kv_both",
                 "kv_connector_extra_config": extra_config}
     p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
-    if len({port, http_port, p.api_port}) < 3:
-        b.error(f"VLLM_PORT={p.api_port}, APPLIANCE_LMCACHE_PORT={port} and APPLIANCE_LMCACHE_HTTP_PORT="
-                   f"{http_port} must all differ")
+    ports = {"VLLM_PORT": p.api_port, "APPLIANCE_LMCACHE_PORT": port, "APPLIANCE_LMCACHE_HTTP_PORT": http_port,
+             "APPLIANCE_LMCACHE_METRICS_PORT": metrics_port, "APPLIANCE_METRICS_PORT": int(v["APPLIANCE_METRICS_PORT"])}
+    for number in sorted(set(ports.values())):
+        same = [name for name, n in ports.items() if n == number]
+        if len(same) > 1:
+            b.error(" and ".join(f"{name}={number}" for name in same) + ": must differ (one port, one listener)")
 
 
 def per_worker(total_gib: float, tp: int) -> float:

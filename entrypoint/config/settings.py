@@ -172,6 +172,16 @@ SETTINGS: tuple[Setting, ...] = (
        group="Appliance", target="lmcache server --port, lmcache.mp.port"),
     _s("APPLIANCE_LMCACHE_HTTP_PORT", "port", "HTTP port of the LMCache server, for its /healthcheck.",
        default=8080, group="Appliance", target="lmcache server --http-port"),
+    _s("APPLIANCE_LMCACHE_METRICS_PORT", "port", "Port of the LMCache server's own Prometheus exporter "
+       "(inside the container; the appliance's metrics port re-exposes it).", default=9090, group="Appliance",
+       target="lmcache server --prometheus-port"),
+    _s("APPLIANCE_METRICS_PORT", "port", "Port of the appliance's Prometheus endpoint (/metrics): the LMCache "
+       "server's metrics and the appliance's own (restarts, probes, tiers). vLLM's stay on VLLM_PORT.",
+       default=9464, group="Appliance", target="metrics program"),
+    _s("APPLIANCE_LOG_FORMAT", "choice", "Format of the appliance's own log lines (serve, preflight, launcher, "
+       "watchdog, on-fatal): `text`, or `json` (one object per line with ts, program, level, event, message; "
+       "vLLM's and LMCache's lines are wrapped as event `output`).", default="text", group="Appliance",
+       choices=("text", "json"), target="log lines"),
     _s("APPLIANCE_MODEL_REGISTRY_FILE", "str", "JSON file of extra model-registry entries "
        "({\"org/model\": {\"max_model_len\": 32768, ...}}), merged over the built-in ones.",
        group="Appliance", target="model registry"),
@@ -192,6 +202,12 @@ SETTINGS: tuple[Setting, ...] = (
        group="Compose", target="compose.yaml image"),
     _s("APPLIANCE_HOST_PORT", "port", "Host port published for the API (default: VLLM_PORT).",
        group="Compose", target="compose.yaml ports"),
+    _s("APPLIANCE_METRICS_HOST_PORT", "port", "Host port published for the metrics endpoint (default: "
+       "APPLIANCE_METRICS_PORT).", group="Compose", target="compose.yaml ports"),
+    _s("APPLIANCE_PROMETHEUS_IMAGE", "str", "Prometheus image of the `monitoring` profile.", group="Compose",
+       target="compose.yaml prometheus image"),
+    _s("APPLIANCE_GRAFANA_IMAGE", "str", "Grafana image of the `monitoring` profile.", group="Compose",
+       target="compose.yaml grafana image"),
     _s("APPLIANCE_LMCACHE_WAIT", "seconds", "How long vLLM waits for the LMCache server to be healthy.",
        default=300, group="Appliance", minimum=1, target="vllm program start"),
 )

@@ -18,6 +18,8 @@ import xmlrpc.client
 
 from supervisor.xmlrpc import SupervisorTransport
 
+from .applog import emit, prefix  # noqa: F401  (prefix: the logs listener's, re-exported)
+
 
 RPC_USER = "appliance"
 
@@ -105,16 +107,6 @@ class Listener:
         return headers, payload
 
 
-NAME_WIDTH = 8  # the longest program name (watchdog, on-fatal), so that the `|` columns line up
-
-
-def prefix(name: str) -> str:
-    """What starts every line a program prints to the container's output, docker-compose style."""
-    return f"{name:<{NAME_WIDTH}} | "
-
-
-def say(name: str, message: str) -> None:
-    """A listener's own output (its stdout is the protocol): prefixed lines on stderr."""
-    for line in message.splitlines() or [""]:
-        sys.stderr.write(prefix(name) + line + "\n")
-    sys.stderr.flush()
+def say(name: str, message: str, level: str = "info", event: str = "message", **fields) -> None:
+    """A listener's own output (its stdout is the protocol): on stderr, prefixed text or JSON (applog)."""
+    emit(name, message, level=level, event=event, stream=sys.stderr, **fields)

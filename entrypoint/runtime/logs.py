@@ -14,6 +14,7 @@ import os
 import sys
 
 from ..config.secrets import MIN_MASKED, REDACTED, environment_secrets
+from . import applog
 from .events import Listener, log_bytes, prefix, split_payload
 from .programs import SECRET_ARGV_VAR
 
@@ -39,6 +40,16 @@ def mask(line: bytes, secrets: list[bytes]) -> bytes:
     return line
 
 
+def render_line(name: str, line: bytes) -> bytes:
+    """One line of a program's output as the container shows it: `name | line`, or with
+    APPLIANCE_LOG_FORMAT=json a JSON record (event `output`; the launcher's own records pass as they are)."""
+    if not applog.json_mode():
+        return prefix(name).encode() + line
+    if applog.is_record(line):
+        return line
+    return applog.as_json(name, line.decode("utf-8", "replace"), event="output").encode()
+
+
 def main(argv: list[str] | None = None) -> int:
     out = sys.stderr.buffer
     secrets = secret_bytes()
@@ -60,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # a state change: the program may have ended in the middle of a line
             lines = [partial.pop(name)] if name in partial else []
         for line in lines:
-            out.write(prefix(name).encode() + mask(line.rstrip(b"\r"), secrets) + b"\n")
+            out.write(render_line(name, mask(line.rstrip(b"\r"), secrets)) + b"\n")
         out.flush()
 
 

@@ -15,6 +15,7 @@ from .events import Listener, say, split_payload
 from .render import START_RETRIES, RunDir
 
 NAME = "on-fatal"
+OPTIONAL = ("metrics",)  # programs whose failure does not stop the appliance: it serves without them
 TAIL_LINES = 40
 
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # a shutdown gives up on programs in BACKOFF: that is no failure of theirs
         except (OSError, xmlrpc.client.Error):
             continue  # supervisord is shutting down (it refuses calls with SHUTDOWN_STATE) or gone
+        if program in OPTIONAL:
+            say(NAME, f"{program} cannot start (FATAL; its log: {run.log(program)}); serving goes on without it")
+            continue
         say(NAME, f"{program} failed to start {START_RETRIES + 1} times in a row (FATAL): stopping the appliance")
         log = run.log(program)
         lines = tail(log)

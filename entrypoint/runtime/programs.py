@@ -27,6 +27,7 @@ import requests
 
 from ..config.plan import Plan
 from ..config.secrets import REDACTED, is_secret_name, redact_argv
+from . import applog
 from .render import START_RETRIES, RunDir, read_plan
 from ..config.settings import FILE_SECRETS, SECRET_NAMES
 
@@ -41,8 +42,13 @@ GPU_MEMORY_WAIT = 90.0  # seconds; covers LMCache's reap of a dead vLLM (plan.LM
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default share of GPU memory
 
 
+_program = "launcher"  # the program this launcher starts (main() sets it): the `program` of its JSON lines
+
+
 def log(message: str) -> None:
-    print(f"[appliance] {message}", flush=True)  # the `logs` listener prefixes it with the program name
+    # On stdout, with the server's own output: the `logs` listener prefixes it with the program name (text),
+    # or passes the JSON record on as it is.
+    applog.emit(_program, message, event="launcher", stream=sys.stdout, text_prefix="[appliance] ")
 
 
 # -- environment and argv ------------------------------------------------------------------------------
@@ -291,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2 or argv[0] not in PROGRAMS:
         print(f"usage: python -m entrypoint.runtime.programs {{{'|'.join(PROGRAMS)}}} PLAN_FILE", file=sys.stderr)
         return 2
+    global _program
+    _program = argv[0]
     return PROGRAMS[argv[0]](read_plan(argv[1]), RunDir(Path(argv[1]).parent))
 
 

@@ -45,6 +45,10 @@ class RunDir:
         return self.root / "fatal"  # written by on-fatal: the program that failed; read by serve
 
     @property
+    def state(self) -> Path:
+        return self.root / "state.json"  # what supervision did (state.py): written by serve and the watchdog
+
+    @property
     def password(self) -> Path:
         return self.root / "supervisor.password"  # mode 0600, new at every start
 
@@ -157,4 +161,14 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
         sections += program("lmcache", 10, LMCACHE_STOP_SECONDS)
     sections += program("vllm", 20, stop_wait_seconds(plan))
     sections += listener("watchdog", "entrypoint.runtime.watchdog", "PROCESS_STATE,TICK_5", 30)
+    # The metrics exporter only reads, so it starts before the servers. It is not what the appliance exists
+    # for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).
+    sections += [
+        "", "[program:metrics]",
+        f"command={_command(python, 'entrypoint.runtime.metrics', str(run.plan))}",
+        "priority=5", "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
+        "stopsignal=TERM", "stopwaitsecs=5", "redirect_stderr=true",
+        f"stdout_logfile={_v(run.log('metrics'))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
+        "stdout_logfile_backups=1", "stdout_events_enabled=true",
+    ]
     return "\n".join(sections) + "\n"

@@ -13,6 +13,7 @@ EXIT_PREFLIGHT when a preflight check failed (nothing started), supervisord's ow
 from __future__ import annotations
 
 import ctypes
+import functools
 import fcntl
 import json
 import os
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import preflight
+from . import applog, preflight, state
 from ..config.plan import Plan
 from .programs import SECRET_ARGV_VAR, processes_of, secret_argv_values
 from .render import START_RETRIES, RunDir, render
@@ -36,17 +37,20 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signa
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def run_preflight(plan: Plan) -> bool:
+def run_preflight(plan: Plan) -> preflight.Findings | None:
+    """The preflight checks, reported; their findings, or None when one of them stops the start."""
     found = preflight.check(plan)
+    say = functools.partial(applog.emit, "preflight", text_prefix="")
     for note in found.notes:
-        print(f"preflight: {note}", file=sys.stderr)
+        say(f"preflight: {note}", event="note")
     for warning in found.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        say(f"warning: {warning}", level="warning", event="warning")
     for error in found.errors:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", level="error", event="error")
     if found.errors:
-        print(f"{len(found.errors)} preflight problem(s); nothing was started.", file=sys.stderr)
-    return not found.errors
+        say(f"{len(found.errors)} preflight problem(s); nothing was started.", level="error", event="stopped")
+        return None
+    return found
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -104,8 +108,8 @@ def kill_leftovers(run: RunDir) -> None:
     group, or ignores SIGTERM) has had its graceful stop and is killed here, so that nothing outlives us."""
     leftovers = processes_of(None, f"unix://{run.socket}")
     if leftovers:
-        print(f"appliance: killing {len(leftovers)} leftover process(es): pid {', '.join(map(str, leftovers))}",
-              file=sys.stderr)
+        applog.emit("serve", f"appliance: killing {len(leftovers)} leftover process(es): pid "
+                    f"{', '.join(map(str, leftovers))}", level="warning", event="leftovers", text_prefix="")
     for pid in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -128,7 +132,7 @@ def kill_leftovers(run: RunDir) -> None:
 def run_supervisord(run: RunDir) -> int:
     _append_mode_stdio()
     argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(run.conf)]
-    print("Executing: " + shlex.join(argv), flush=True)
+    applog.emit("serve", "Executing: " + shlex.join(argv), event="exec", stream=sys.stdout, text_prefix="")
     sys.stderr.flush()
     _become_subreaper()
     pid = os.posix_spawn(sys.executable, argv, os.environ, setpgroup=0)
@@ -153,18 +157,22 @@ def run_supervisord(run: RunDir) -> int:
     kill_leftovers(run)
     if run.fatal.exists():
         program = run.fatal.read_text().strip()
-        print(f"appliance: stopped because {program!r} failed {START_RETRIES + 1} times in a row (FATAL); its "
-              "last lines are above", file=sys.stderr)
+        applog.emit("serve", f"appliance: stopped because {program!r} failed {START_RETRIES + 1} times in a row "
+                    "(FATAL); its last lines are above", level="error", event="fatal", text_prefix="")
         return EXIT_FATAL
     return 128 - status if status < 0 else status
 
 
 def serve(plan: Plan, env_file_values: dict[str, str] | None = None) -> int:
-    if not run_preflight(plan):
+    # Every supervised program and listener logs in the format the operator chose (applog reads this).
+    os.environ[applog.ENV] = str(plan.appliance.get("APPLIANCE_LOG_FORMAT") or "text")
+    found = run_preflight(plan)
+    if found is None:
         return EXIT_PREFLIGHT
     for name, value in (env_file_values or {}).items():
         os.environ.setdefault(name, value)  # the real environment wins over the env file
     run = RunDir.of(plan)
     write_run_dir(plan, run)
+    state.start(run.state, [*plan.warnings, *found.warnings])
     export_secrets(plan)
     return run_supervisord(run)

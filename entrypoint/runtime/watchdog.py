@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 from supervisor.xmlrpc import Faults
 
-from . import preflight
+from . import preflight, state
 from .events import Listener, say, split_payload
 from .healthcheck import api_base, api_headers
 from ..config.plan import Plan
@@ -70,8 +70,9 @@ class Target:
 
 
 class Watchdog:
-    def __init__(self, plan: Plan, rpc):
+    def __init__(self, plan: Plan, rpc, record: state.Recorder | None = None):
         a = plan.appliance
+        self.record = record or state.Recorder(RunDir.of(plan).state)
         self.grace = float(a["APPLIANCE_STARTUP_TIMEOUT"])
         self.interval = float(a["APPLIANCE_HEALTH_INTERVAL"])
         self.timeout = float(a["APPLIANCE_HEALTH_TIMEOUT"])
@@ -115,8 +116,16 @@ class Watchdog:
             return False
 
     def on_event(self, headers: dict[str, str], payload: str) -> None:
-        if headers.get("eventname", "").startswith("PROCESS_STATE_"):  # TICK_5 only wakes us up
-            t = self.target(split_payload(payload)[0].get("processname", ""))
+        event = headers.get("eventname", "")
+        if event.startswith("PROCESS_STATE_"):  # TICK_5 only wakes us up
+            meta = split_payload(payload)[0]
+            t = self.target(meta.get("processname", ""))
+            # supervisord restarts what exits on its own: count it (a stop we or a shutdown asked for is
+            # STOPPED, not EXITED; an expected exit code is no failure).
+            if t and event == "PROCESS_STATE_EXITED" and meta.get("expected") == "0":
+                self.record.restart(t.name, state.EXITED, f"exited unexpectedly (pid {meta.get('pid', '?')})")
+            elif t and event == "PROCESS_STATE_BACKOFF":
+                self.record.restart(t.name, state.EXITED, "exited while starting")
             if t:
                 self.refresh(t)
 
@@ -187,6 +196,7 @@ class Watchdog:
         if not t.ready and now - t.started_at < self.grace:
             return False  # still loading: within the start grace a failed probe does not count
         t.failures += 1
+        self.record.probe_failure(t.name)
         late = "" if t.ready else f", not ready {self.grace:g} s after it started (APPLIANCE_STARTUP_TIMEOUT)"
         say(NAME, f"{t.name} probe failed ({t.failures}/{self.limit}){late}: {why}")
         return t.failures >= self.limit
@@ -198,6 +208,9 @@ class Watchdog:
         how = f"{stuck.name} killed" + (f", {' and '.join(then)} stopped" if then else "")
         say(NAME, f"{self.limit} failed probes in a row: restarting {' then '.join(names)} ({how}: a stuck server "
                   "cannot drain)")
+        self.record.restart(stuck.name, state.UNHEALTHY, f"{self.limit} failed probes in a row")
+        for name in then:
+            self.record.restart(name, state.DEPENDENCY, f"restarted with {stuck.name}")
         for name in reversed(then):
             self._call("stopProcess", name, True)
         pid = stuck.pid
@@ -244,6 +257,7 @@ class Watchdog:
         if disk:
             removed, freed, held = preflight.prune(preflight.tier_dirs(disk), disk.max_size_gib * preflight.GIB)
             if removed:
+                self.record.pruned(removed, freed)
                 say(NAME, preflight.prune_note(disk, removed, freed, held))
 
 

@@ -209,12 +209,13 @@ class Appliance:
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
-    api, lmc, lmc_http = free_ports(3)
+    api, lmc, lmc_http, lmc_metrics, metrics = free_ports(5)
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LANG": "C.UTF-8",
         "VLLM_MODEL": "stub/model", "VLLM_HOST": "127.0.0.1", "VLLM_PORT": str(api),
         "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_MAX_LOCAL_CPU_SIZE": "1",
         "APPLIANCE_LMCACHE_PORT": str(lmc), "APPLIANCE_LMCACHE_HTTP_PORT": str(lmc_http),
+        "APPLIANCE_LMCACHE_METRICS_PORT": str(lmc_metrics), "APPLIANCE_METRICS_PORT": str(metrics),
         "APPLIANCE_RUN_DIR": str(tmp_path / "run"),
         "APPLIANCE_VLLM_COMMAND": f"{sys.executable} {STUBS / 'vllm_stub.py'}",
         "APPLIANCE_LMCACHE_COMMAND": f"{sys.executable} {STUBS / 'lmcache_stub.py'}",

@@ -1,6 +1,7 @@
 """Faults of a running vLLM and what the appliance does about them: crash, hang, slow start, busy, crash loop."""
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -58,6 +59,9 @@ def test_hang_is_restarted_after_n_failed_probes_not_before(appliance, timing, b
     assert "token counters have not moved" in failures[-1]
     assert restarted - hung >= 2.0, "three probes one second apart take at least two seconds"
     assert a.spawns("vllm") == 2
+    record = json.loads(a.run.state.read_text())  # what `status` and the metrics exporter report
+    assert record["restarts"] == {"vllm": {"unhealthy": 1}} and record["probe_failures"]["vllm"] >= 3
+    assert record["last_restart"]["detail"] == "3 failed probes in a row"
 
 
 def _ignore(call, *args):

@@ -140,6 +140,6 @@ def test_in_process_mode_writes_the_lmcache_config_and_runs_vllm_alone(appliance
     config_file = Path(a.env["APPLIANCE_RUN_DIR"]) / "lmcache.yaml"
     assert json.loads(config_file.read_text())["chunk_size"] == 512
     assert a.starts("vllm")[0]["env"]["LMCACHE_CONFIG_FILE"] == str(config_file)
-    assert {p["name"] for p in a.rpc().getAllProcessInfo()} == {"logs", "on-fatal", "vllm", "watchdog"}
+    assert {p["name"] for p in a.rpc().getAllProcessInfo()} == {"logs", "on-fatal", "metrics", "vllm", "watchdog"}
     assert a.healthcheck().returncode == 0
     assert a.terminate() == 0

@@ -70,7 +70,8 @@ def test_rendered_policy(tmp_path):
     priorities = {s.split(":", 1)[1]: int(conf[s]["priority"]) for s in conf.sections()
                   if s.startswith(("program:", "eventlistener:"))}
     # started in this order, stopped in the reverse one
-    assert sorted(priorities, key=priorities.get) == ["logs", "on-fatal", "lmcache", "vllm", "watchdog"]
+    assert sorted(priorities, key=priorities.get) == ["logs", "on-fatal", "metrics", "lmcache", "vllm",
+                                                         "watchdog"]
 
 
 def test_prune_removes_least_recently_used_down_to_90_percent(tmp_path):

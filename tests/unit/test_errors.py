@@ -144,8 +144,7 @@ def test_disk_tier_must_be_absolute(plan_for, value):
 
 def test_ports_must_differ(plan_for):
     plan = plan_for({"VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_PORT": "5555"})
-    assert plan.errors == ["VLLM_PORT=5555, APPLIANCE_LMCACHE_PORT=5555 and APPLIANCE_LMCACHE_HTTP_PORT=8080 "
-                           "must all differ"]
+    assert plan.errors == ["VLLM_PORT=5555 and APPLIANCE_LMCACHE_PORT=5555: must differ (one port, one listener)"]
 
 
 def test_secret_and_its_file_both_set(tmp_path, plan_for):

@@ -1,0 +1,153 @@
+"""The `metrics` program: one Prometheus scrape target for the LMCache server and the appliance itself.
+
+    python -m entrypoint.runtime.metrics PLAN_FILE
+
+Listens on APPLIANCE_METRICS_PORT (all interfaces: it is the port to publish) and answers GET /metrics with
+- the LMCache server's own families, as its exporter (--prometheus-port, loopback inside the container) wrote
+  them: hits per tier, L1/L2 stores, loads and their throughput, allocation failures, ...;
+- the appliance's `appliance_*` families: programs up and their uptime, restarts by program and reason,
+  watchdog probe failures, disk-tier prune counts, configured and used tier bytes, preflight warnings.
+vLLM's own families stay on the API port (`/metrics`, next to the API), as vLLM serves them.
+Labels are program names, reasons, tier names and versions: never a value from the environment that could
+be a secret, and nothing unbounded.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+
+from . import applog, snapshot, state
+from .render import RunDir, read_plan
+from ..config.plan import Plan
+
+NAME = "metrics"
+BIND_RETRY_S = 10.0
+
+
+class ApplianceCollector:
+    """Called at each scrape: a fresh snapshot, turned into metric families."""
+
+    def __init__(self, plan: Plan, run: RunDir, versions: dict[str, str]):
+        self.plan, self.run, self.versions = plan, run, versions
+
+    def collect(self):
+        snap = snapshot.take(self.plan, self.run)
+        yield from self.appliance_families(snap)
+        if snap.lmcache_metrics_text:
+            yield from lmcache_families(snap.lmcache_metrics_text)
+
+    def appliance_families(self, snap: snapshot.Snapshot):
+        p = self.plan
+        info = InfoMetricFamily("appliance", "The appliance: versions, model and KV offloading mode.")
+        info.add_metric([], {"vllm_version": self.versions.get("vllm", ""),
+                             "lmcache_version": self.versions.get("lmcache", ""),
+                             "served_model_name": p.served_model_name,
+                             "kv_offloading": p.lmcache_mode or "off"})
+        yield info
+        up = GaugeMetricFamily("appliance_program_up", "1 while a supervised program runs.", labels=["program"])
+        uptime = GaugeMetricFamily("appliance_program_uptime_seconds", "Seconds since the program last started.",
+                                   labels=["program"])
+        for proc in snap.processes:
+            up.add_metric([proc["name"]], 1.0 if proc["state"] == "RUNNING" else 0.0)
+            if proc["uptime_s"] is not None:
+                uptime.add_metric([proc["name"]], proc["uptime_s"])
+        yield up
+        yield uptime
+        yield GaugeMetricFamily("appliance_supervisor_up", "1 while supervisord answers.",
+                                value=1.0 if snap.supervisor_up else 0.0)
+        restarts = CounterMetricFamily("appliance_restarts", "Restarts by supervision, by program and reason "
+                                       "(exited: it exited or failed to start; unhealthy: the watchdog killed it "
+                                       "after failed probes; dependency: restarted with the LMCache server).",
+                                       labels=["program", "reason"])
+        for program, per in sorted(snap.record.get("restarts", {}).items()):
+            for reason in state.REASONS:
+                restarts.add_metric([program, reason], float(per.get(reason, 0)))
+        yield restarts
+        probes = CounterMetricFamily("appliance_probe_failures", "Failed watchdog probes, by program.",
+                                     labels=["program"])
+        for program, n in sorted(snap.record.get("probe_failures", {}).items()):
+            probes.add_metric([program], float(n))
+        yield probes
+        yield CounterMetricFamily("appliance_disk_tier_pruned_files", "Files the watchdog removed to keep the "
+                                  "disk tier under its cap.", value=float(snap.record.get("pruned_files", 0)))
+        yield CounterMetricFamily("appliance_disk_tier_pruned_bytes", "Bytes the watchdog removed to keep the "
+                                  "disk tier under its cap.", value=float(snap.record.get("pruned_bytes", 0)))
+        yield GaugeMetricFamily("appliance_warnings", "Warnings at the last start (configuration and preflight).",
+                                value=float(len(snap.record.get("warnings", []))))
+        cap = GaugeMetricFamily("appliance_tier_capacity_bytes", "Configured size of each KV tier.", labels=["tier"])
+        used = GaugeMetricFamily("appliance_tier_used_bytes", "Bytes held by each KV tier now.", labels=["tier"])
+        for tier in snap.tiers:
+            cap.add_metric([tier["name"]], float(tier["capacity_bytes"]))
+            if tier["used_bytes"] is not None:
+                used.add_metric([tier["name"]], float(tier["used_bytes"]))
+        yield cap
+        yield used
+        if snap.lmcache_up is not None:
+            yield GaugeMetricFamily("appliance_lmcache_metrics_up", "1 when the LMCache server's metrics were read "
+                                    "at this scrape.", value=1.0 if snap.lmcache_metrics_text else 0.0)
+
+
+def lmcache_families(text: str):
+    """The LMCache server's families, passed on as they are (a malformed tail is dropped, not guessed)."""
+    try:
+        yield from text_string_to_metric_families(text)
+    except ValueError:
+        return
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {}
+    for dist in ("vllm", "lmcache"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = ""
+    return out
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, fmt, *args):  # one line per scrape would drown the container's output
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: python -m entrypoint.runtime.metrics PLAN_FILE", file=sys.stderr)
+        return 2
+    plan = read_plan(argv[0])
+    run = RunDir(Path(argv[0]).parent)
+    port = int(plan.appliance["APPLIANCE_METRICS_PORT"])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ApplianceCollector(plan, run, versions()))
+    app = make_wsgi_app(registry)
+    while True:  # a port taken by something else: say so and wait for it, never a restart loop
+        try:
+            server = make_server("0.0.0.0", port, app, handler_class=QuietHandler)
+            break
+        except OSError as e:
+            applog.emit(NAME, f"cannot listen on :{port} ({e.strerror}); trying again every {BIND_RETRY_S:g} s "
+                        "(APPLIANCE_METRICS_PORT)", level="error", event="bind_failed", stream=sys.stdout,
+                        text_prefix="", port=port)
+            time.sleep(BIND_RETRY_S)
+    applog.emit(NAME, f"serving the LMCache server's and the appliance's metrics on :{port}/metrics",
+                event="listening", stream=sys.stdout, text_prefix="", port=port)
+    started = time.monotonic()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    applog.emit(NAME, f"stopped after {time.monotonic() - started:.0f} s", event="stopped", stream=sys.stdout,
+                text_prefix="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
