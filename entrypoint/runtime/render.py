@@ -168,7 +168,7 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
         f"command={_command(python, 'entrypoint.runtime.metrics', str(run.plan))}",
         "priority=5", "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
         "stopsignal=TERM", "stopwaitsecs=5", "redirect_stderr=true",
-        f"stdout_logfile={_v(run.log('metrics'))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
+        f"stdout_logfile={_v(_v(run.log('metrics')))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
         "stdout_logfile_backups=1", "stdout_events_enabled=true",
     ]
     return "\n".join(sections) + "\n"

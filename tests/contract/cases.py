@@ -57,7 +57,8 @@ CASES = [
     # What LMCache 0.5.5/0.5.6 added (docs/UPGRADING.md): ARC eviction, the L2 prefetch policy, eager
     # prefetch and the non-blocking lookup; choices match case-insensitively, as LMCACHE_EVICTION_POLICY did.
     Case("server-new-lmcache-options", {
-        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_EVICTION_POLICY": "arc",
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "5",
+        "LMCACHE_EVICTION_POLICY": "arc",
         "LMCACHE_L2_PREFETCH_POLICY": "retain", "LMCACHE_LOCAL_DISK": DISK, "LMCACHE_EAGER_PREFETCH": "true",
         "LMCACHE_NONBLOCKING_LOOKUP": "false"}, mode="server",
          lmcache={"l1_gib": 5, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "ARC", "disk_gib": 50,
