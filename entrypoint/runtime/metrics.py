@@ -13,6 +13,7 @@ be a secret, and nothing unbounded.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -140,10 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     applog.emit(NAME, f"serving the LMCache server's and the appliance's metrics on :{port}/metrics",
                 event="listening", stream=sys.stdout, text_prefix="", port=port)
     started = time.monotonic()
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt  # out of serve_forever, to a clean exit 0 (supervisord's stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    server.server_close()
     applog.emit(NAME, f"stopped after {time.monotonic() - started:.0f} s", event="stopped", stream=sys.stdout,
                 text_prefix="")
     return 0
