@@ -66,7 +66,8 @@ def write_run_dir(plan: Plan, run: RunDir) -> None:
     run.fatal.unlink(missing_ok=True)
     _write(run.plan, json.dumps(plan.to_dict(), indent=2) + "\n", 0o600)  # secrets redacted
     if plan.lmcache_mode == "in-process" and plan.lmcache_config_file:
-        _write(Path(plan.lmcache_config_file), json.dumps(plan.lmcache_config, indent=2) + "\n")  # JSON is YAML
+        # JSON is YAML. 0600: an LMCACHE_<KEY> credential (a remote backend's password) is in it as given.
+        _write(Path(plan.lmcache_config_file), json.dumps(plan.lmcache_config, indent=2) + "\n", 0o600)
     password = secrets.token_hex(16)
     _write(run.password, password + "\n", 0o600)
     _write(run.conf, render(plan, run, password), 0o600)
