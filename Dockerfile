@@ -58,7 +58,8 @@ RUN if ! command -v tini >/dev/null; then \
 ENV HF_HOME=/var/lib/appliance/hf-cache \
     PYTHONUNBUFFERED=1
 VOLUME ["/var/lib/appliance/hf-cache", "/var/lib/appliance/kv-disk"]
-EXPOSE 8000
+# 8000: the API (VLLM_PORT); 9464: the LMCache server's and the appliance's metrics (APPLIANCE_METRICS_PORT).
+EXPOSE 8000 9464
 
 LABEL org.opencontainers.image.title="llm-appliance" \
       org.opencontainers.image.description="vLLM + LMCache serving appliance, configured by environment variables" \

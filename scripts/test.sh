@@ -23,6 +23,7 @@ export HADOLINT DOCKER_COMPOSE
 
 if [ "${APPLIANCE_TEST_DOCKER:-1}" != 0 ]; then
     bash scripts/ci/start-docker.sh
+    bash scripts/ci/install-prometheus.sh  # the monitoring test's Prometheus server (Debian's package)
     bash docker/build-local-base.sh
     bash docker/build-image.sh test
     # Several GB the first time; later runs reuse the image while its inputs are unchanged.
