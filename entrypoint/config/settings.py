@@ -254,6 +254,7 @@ LMCACHE_OWNED_FLAGS = {
     "--chunk-size": "use LMCACHE_CHUNK_SIZE",
     "--eviction-policy": "use LMCACHE_EVICTION_POLICY",
     "--worker-reap-timeout-seconds": "the launcher's wait for GPU memory after a vLLM crash is sized from it",
+    "--prometheus-port": "use APPLIANCE_LMCACHE_METRICS_PORT (the appliance's metrics endpoint reads it there)",
 }
 
 MAX_VALUE_BYTES = 131072  # Linux MAX_ARG_STRLEN: execve refuses a longer single argument or variable

@@ -18,7 +18,7 @@
 #   bash scripts/gpu/run-suite.sh reuse multiround   (both, if the budget allows: it does not on one call)
 #
 # Several suites at once on a multi-GPU host: GPU=N pins one to GPU N (CUDA_VISIBLE_DEVICES) and moves its
-# ports (API 8000+N, LMCache 5555+10N / 8080+N / Prometheus 9090+N), run directories and pid file, e.g.
+# ports (API 8000+N, LMCache 5555+10N / 8080+N / Prometheus 9090+N, metrics 9464+N), run directories and pid file, e.g.
 #   GPU=0 OUT=/tmp/bo/g0 bash scripts/gpu/run-suite.sh multiround & GPU=1 OUT=/tmp/bo/g1 MR_CONFIGS=... bash ... &
 # Multi-round configurations (MR_CONFIGS, default "no-offload lmcache native"; see mr_backend below):
 #   no-offload, lmcache, native, lmcache-inproc (LMCACHE_MODE=in-process), lmcache-mw4 (the LMCache server
@@ -106,20 +106,12 @@ HF_HUB_OFFLINE=1
 EOF
 }
 
-with_instance_ports() {  # the configuration's words, plus (GPU=N) the LMCache server's Prometheus port moved
-    local kv server=0 inproc=0 extra="" out=()
-    for kv in "$@"; do
-        case $kv in
-            VLLM_KV_OFFLOADING_BACKEND=lmcache) server=1 ;;
-            LMCACHE_MODE=in-process) inproc=1 ;;
-            LMCACHE_SERVER_EXTRA_ARGS=*) extra=${kv#*=}; continue ;;
-        esac
-        out+=("$kv")
-    done
-    # two LMCache servers on one host would both bind Prometheus' default port 9090
-    [ -n "$GPU" ] && [ "$server" = 1 ] && [ "$inproc" = 0 ] && extra="${extra:+$extra }--prometheus-port $((9090 + GPU))"
-    [ -n "$extra" ] && out+=("LMCACHE_SERVER_EXTRA_ARGS=$extra")
-    printf '%s\n' "${out[@]}"
+with_instance_ports() {  # the configuration's words, plus (GPU=N) the metrics ports moved
+    # Two appliances on one host (GPU=0 and GPU=1 side by side) would both bind the LMCache server's exporter
+    # (9090) and the appliance's metrics endpoint (9464); the other ports move in appliance_env.
+    printf '%s\n' "$@"
+    [ -n "$GPU" ] && printf '%s\n' "APPLIANCE_LMCACHE_METRICS_PORT=$((9090 + GPU))" "APPLIANCE_METRICS_PORT=$((9464 + GPU))"
+    return 0
 }
 
 start_appliance() {  # start_appliance LABEL VAR=value...: serve in the background, wait until ready

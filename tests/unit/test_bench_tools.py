@@ -329,15 +329,10 @@ def test_multiround_labels_become_the_documented_settings():
     assert suite_function("mr_backend", "mr_backend lmcache-typo") == ["exit 1"]
 
 
-def test_a_pinned_suite_moves_only_the_lmcache_servers_prometheus_port():
+def test_a_pinned_suite_moves_only_the_metrics_ports():
     call = 'with_instance_ports VLLM_KV_OFFLOADING_BACKEND=lmcache "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4"'
     assert suite_function("with_instance_ports", call, GPU="1") == [
-        "VLLM_KV_OFFLOADING_BACKEND=lmcache", "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4 --prometheus-port 9091"]
+        "VLLM_KV_OFFLOADING_BACKEND=lmcache", "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4",
+        "APPLIANCE_LMCACHE_METRICS_PORT=9091", "APPLIANCE_METRICS_PORT=9465"]
     assert suite_function("with_instance_ports", call) == [  # all GPUs: nothing moved
         "VLLM_KV_OFFLOADING_BACKEND=lmcache", "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4"]
-    # in-process mode and no offloading start no LMCache server (and reject server arguments)
-    assert suite_function("with_instance_ports", "with_instance_ports VLLM_KV_OFFLOADING_BACKEND=lmcache "
-                          "LMCACHE_MODE=in-process", GPU="1") == ["VLLM_KV_OFFLOADING_BACKEND=lmcache",
-                                                                 "LMCACHE_MODE=in-process"]
-    assert suite_function("with_instance_ports", "with_instance_ports VLLM_KV_OFFLOADING_BACKEND=none",
-                          GPU="0") == ["VLLM_KV_OFFLOADING_BACKEND=none"]

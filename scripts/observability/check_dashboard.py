@@ -1,0 +1,80 @@
+"""Do the dashboard's queries have data? A check without Grafana or screenshots, for a running appliance.
+
+    python scripts/observability/check_dashboard.py before --vllm http://127.0.0.1:8000 \
+        --appliance http://127.0.0.1:9464 --out /tmp/dash-before.json
+    ... run traffic (e.g. the reuse benchmark) ...
+    python scripts/observability/check_dashboard.py after --vllm ... --appliance ... \
+        --before /tmp/dash-before.json --out results/dashboard.json
+
+For every panel of docker/monitoring/grafana/dashboards/appliance.json and every metric its queries name, it
+reports whether the endpoints expose that metric now, and (after) whether a counter or histogram that the
+query takes a rate() of moved between the two scrapes: a panel whose metrics exist but never move would be a
+flat line during the benchmark. Prints a table last; exit 1 if a named metric is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "docker" / "monitoring" / "grafana" / "dashboards" / "appliance.json"
+NAME = re.compile(r"\b((?:vllm:|lmcache_|appliance_)[A-Za-z0-9_:]+)")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sample name -> value summed over label sets."""
+    with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        try:
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("phase", choices=("before", "after"))
+    p.add_argument("--vllm", required=True)
+    p.add_argument("--appliance", required=True)
+    p.add_argument("--before", help="the `before` file (phase after)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    now = {**scrape(a.vllm), **scrape(a.appliance)}
+    if a.phase == "before":
+        Path(a.out).write_text(json.dumps(now))
+        print(f"{len(now)} samples -> {a.out}")
+        return 0
+    before = json.loads(Path(a.before).read_text()) if a.before else {}
+    rows, missing = [], 0
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for name in dict.fromkeys(NAME.findall(expr)):
+                present = name in now
+                moved = None
+                if present and (f"rate({name}" in expr or f"increase({name}" in expr):
+                    moved = now.get(name, 0.0) != before.get(name, 0.0)
+                rows.append({"panel": panel["title"], "metric": name, "present": present, "moved": moved,
+                             "value": now.get(name)})
+                missing += not present
+    Path(a.out).write_text(json.dumps(rows, indent=1))
+    print(f"{'panel':<52} {'metric':<58} {'present':>7} {'moved':>6}")
+    for r in rows:
+        moved = "-" if r["moved"] is None else ("yes" if r["moved"] else "no")
+        print(f"{r['panel'][:52]:<52} {r['metric'][:58]:<58} {'yes' if r['present'] else 'NO':>7} {moved:>6}")
+    print(f"{len(rows)} metric uses in {len({r['panel'] for r in rows})} panels; {missing} missing")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
