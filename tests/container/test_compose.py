@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import urllib.request
 import uuid
 
 import pytest
+import requests
 
 from .conftest import ROOT, problem_lines, wait_until
 from .test_static_checks import COMPOSE, COMPOSE_TEST
@@ -32,6 +34,7 @@ def project_env(image, monkeypatch):
     port = _free_port()
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", project)
     monkeypatch.setenv("APPLIANCE_HOST_PORT", str(port))
+    monkeypatch.setenv("APPLIANCE_METRICS_HOST_PORT", str(_free_port()))  # 9464 may be taken on a test host
     monkeypatch.setenv("APPLIANCE_TEST_IMAGE", image)
     return project, port
 
@@ -72,7 +75,11 @@ def test_compose_reads_dotenv_and_stops_and_goes_down_cleanly(project_env, compo
         up = compose("up", "--wait")
         assert up.returncode == 0, up.stderr + compose("logs").stdout
         (container,) = docker_client.containers.list(filters=label)
-        assert container.attrs["HostConfig"]["PortBindings"] == {"9000/tcp": [{"HostIp": "", "HostPort": str(port)}]}
+        metrics_port = os.environ["APPLIANCE_METRICS_HOST_PORT"]
+        assert container.attrs["HostConfig"]["PortBindings"] == {
+            "9000/tcp": [{"HostIp": "", "HostPort": str(port)}],
+            "9464/tcp": [{"HostIp": "", "HostPort": metrics_port}]}  # the metrics endpoint (APPLIANCE_METRICS_PORT)
+        assert "appliance_program_up" in requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert _models(port) == ["from-dotenv"]
 
         stop = compose("stop")

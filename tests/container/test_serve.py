@@ -39,7 +39,7 @@ def test_flags_after_serve_reach_vllm(appliance, command):
 
 
 def test_runs_as_the_non_root_user(appliance):
-    app = appliance(user="appliance", env={"LMCACHE_LOCAL_DISK": "true"})
+    app = appliance(user="appliance", env={"LMCACHE_LOCAL_DISK": "true", "LMCACHE_MAX_LOCAL_DISK_SIZE": "1"})
     app.wait_healthy(timeout=60)
     (vllm,) = app.pids(VLLM_PROCESS)
     assert app.exec("stat", "-c", "%U", f"/proc/{vllm}").strip() == "appliance"

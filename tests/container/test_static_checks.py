@@ -58,7 +58,7 @@ def test_compose_file_is_valid_and_has_what_a_gpu_host_needs(compose_binary):
     assert svc["restart"] == "unless-stopped"
     assert svc["healthcheck"]["test"] == ["CMD", "python3", "-m", "entrypoint", "healthcheck"]
     assert [v["target"] for v in svc["volumes"]] == ["/var/lib/appliance/hf-cache", "/var/lib/appliance/kv-disk"]
-    assert [(p["published"], p["target"]) for p in svc["ports"]] == [("8000", 8000)]
+    assert [(p["published"], p["target"]) for p in svc["ports"]] == [("8000", 8000), ("9464", 9464)]  # API, metrics
     # Longer than supervisord's stop wait for vLLM, which is longer than vLLM's shutdown timeout (30 s).
     assert _seconds(svc["stop_grace_period"]) >= 60
 
@@ -68,7 +68,7 @@ def test_compose_port_follows_vllm_port_from_the_env(compose_binary):
     result = run(compose_binary, "-f", COMPOSE, "config", "--format", "json", env=env)
     assert result.returncode == 0, result.stderr
     ports = json.loads(result.stdout)["services"]["appliance"]["ports"]
-    assert [(p["published"], p["target"]) for p in ports] == [("9000", 9000)]
+    assert [(p["published"], p["target"]) for p in ports] == [("9000", 9000), ("9464", 9464)]
 
 
 def test_compose_test_override_drops_gpu_and_memlock_and_swaps_the_image(compose_binary):

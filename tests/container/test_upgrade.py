@@ -67,12 +67,14 @@ class Project:
         self.dir, self.docker = directory, docker_client
         self.name = f"appliance-drill-{uuid.uuid4().hex[:8]}"
         self.port = _free_port()
+        self.metrics_port = _free_port()
         self.base = [str(compose_binary), "--project-directory", str(directory), "-f", str(COMPOSE),
                      "-f", str(COMPOSE_UPGRADE)]
 
     def compose(self, *args, image: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "VLLM_", "LMCACHE_"))}
-        env.update(COMPOSE_PROJECT_NAME=self.name, APPLIANCE_HOST_PORT=str(self.port))
+        env.update(COMPOSE_PROJECT_NAME=self.name, APPLIANCE_HOST_PORT=str(self.port),
+                   APPLIANCE_METRICS_HOST_PORT=str(self.metrics_port))
         if image:
             env["APPLIANCE_IMAGE"] = image  # the operator's switch, given to compose, not written to .env
         return subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout, env=env)

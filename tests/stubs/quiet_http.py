@@ -18,12 +18,17 @@ class QuietHTTPServer(ThreadingHTTPServer):
 
 
 def built_versions() -> dict[str, str]:
-    """The versions this stub stands in for: the image's entrypoint/versions.env (the upgrade drill builds
-    images with different pins), or the checkout's when the stubs run from it."""
+    """The versions this stub stands in for: the versions.env of the entrypoint package it runs with (the image's
+    installed package: the upgrade drill builds images with different pins), else the checkout's."""
+    import importlib.util
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
-    for path in (here.parent / "entrypoint" / "versions.env", here.parents[1] / "entrypoint" / "versions.env"):
+    candidates = []
+    spec = importlib.util.find_spec("entrypoint")
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(list(spec.submodule_search_locations)[0]) / "versions.env")
+    candidates.append(Path(__file__).resolve().parents[2] / "entrypoint" / "versions.env")
+    for path in candidates:
         if path.exists():
             pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line
                      and not line.lstrip().startswith("#"))
