@@ -21,7 +21,7 @@
 # triton 3.7.1 (198 MB; the device's 3.6.0 serves vLLM's kernels and the suites run with --enforce-eager),
 # numba 0.65.0 + llvmlite (vLLM's pin; the device's numba 0.68.0 imports), cuda-python (the device has
 # cuda-bindings), PyNvVideoCodec (video inputs),
-# NCCL 2.29.7 and cuDNN 9.20 (one GPU: torch binds NCCL lazily and never calls it; no convolutions),
+# NCCL 2.29.7 and cuDNN 9.20 (one GPU never calls NCCL: install-new.sh makes Python bind lazily; no convolutions),
 # FlashInfer/TileLang/CUTLASS-DSL kernels (the old bundle left them out too: VLLM_USE_FLASHINFER_SAMPLER=0).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -80,7 +80,7 @@ for listing in (shared / "device-python-packages.txt", shared / "wheels-device.t
             have[canonicalize_name(n)] = Version(v)
 # Not carried: GPU kernels the run does not load, and what the device has close enough (see the header).
 skip = re.compile(r"^(torch|torchaudio|torchcodec|triton|nvidia-.*|cuda-toolkit|cuda-python|cuda-bindings|"
-                  r"flashinfer-.*|tilelang|quack-kernels|tokenspeed-mla|humming-kernels|deep-gemm|instanttensor|"
+                  r"flashinfer-.*|tilelang|quack-kernels|tokenspeed-mla|deep-gemm|instanttensor|"
                   r"pynvvideocodec|numba|llvmlite)$")
 env = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
        "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
@@ -169,6 +169,9 @@ PY
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-new \
         "${wheels[@]}" 2>&1 | grep -v "Target directory" || true
     rm -f "$whl"
+    # torch 2.13 links NCCL 2.29 functions (ncclCommResume, ...) that the device's NCCL 2.28 lacks, and Python
+    # loads extensions with RTLD_NOW: bind lazily instead (one GPU never calls them). Bundle only.
+    printf 'import os, sys\nsys.setdlopenflags(os.RTLD_LAZY | os.RTLD_LOCAL)\n' > /tmp/site-new/sitecustomize.py
     cat $S/vllm.tar.xz.part* | python3 -c "import sys,tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site-new')"
     touch /tmp/site-new/.done
 fi
