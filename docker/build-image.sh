@@ -10,7 +10,7 @@
 # Usage (daemon running, see scripts/ci/start-docker.sh): docker/build-image.sh [TARGET] [TAG]
 #   TARGET test (default) or product; TAG defaults to llm-appliance:TARGET.
 #   Env knobs: BASE_IMAGE (appliance-local-base:bookworm, built if missing; another image is pulled if
-#   missing, e.g. vllm/vllm-openai:v0.26.0 where a registry is reachable), FORCE=1 (build even if cached),
+#   missing, e.g. vllm/vllm-openai:v0.32.0 where a registry is reachable), FORCE=1 (build even if cached),
 #   STACK_PINS (test stage only: other pins for the entrypoint and the stubs, as the upgrade drill builds).
 #
 # Cache: the image carries the label appliance.build.inputs, a hash of everything the build reads: the
