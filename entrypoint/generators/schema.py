@@ -190,12 +190,15 @@ def lmcache_schema() -> dict:
     for path in pkg.rglob("*.py"):
         env_names.update(re.findall(r"[\"'](LMCACHE_[A-Z0-9_]+)[\"']", path.read_text(errors="ignore")))
     config_envs = {f"LMCACHE_{k.upper()}" for k in keys}
+    # Adapter types register themselves when the server command's modules are imported: build its parser
+    # first, then read the registry (read before, it is empty on LMCache 0.5.6).
+    server_flags = lmcache_server_flags(lmcache_server_parser())
     adapters = sorted(l2_config._L2_ADAPTER_CONFIG_REGISTRY)
     return {
         "lmcache_version": importlib.metadata.version("lmcache"),
         "config_keys": keys,
         "other_env_vars": sorted(n for n in env_names - config_envs if not n.endswith("_")),
-        "server_flags": lmcache_server_flags(lmcache_server_parser()),
+        "server_flags": server_flags,
         "connector_extra_config": connector_extra_config_keys(pkg),
         "l2_adapter_types": adapters,
     }

@@ -135,3 +135,13 @@ def test_a_variable_the_new_vllm_dropped_is_an_error_naming_the_versions(on_stac
     (error,) = on_stack(new_schema(), env).errors
     assert error.startswith("VLLM_ENGINE_ITERATION_TIMEOUT_S: unknown variable")
     assert f"vLLM {new_schema().vllm_version} and LMCache {new_schema().lmcache_version}" in error
+
+
+def test_committed_lmcache_schemas_list_the_adapter_types_the_plan_writes():
+    """The generator once read LMCache 0.5.6's adapter registry before the adapters registered themselves (an
+    empty list). Every committed schema must know the types the appliance renders."""
+    import json
+    from entrypoint.config.schema import SCHEMA_DIR
+    for path in sorted(SCHEMA_DIR.glob("lmcache-*.json")):
+        types = json.loads(path.read_text())["l2_adapter_types"]
+        assert {"fs_native", "resp"} <= set(types), (path.name, types)
