@@ -18,8 +18,8 @@ from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_a
 from .plan import Plan
 from .schema import Schema
 from .secrets import REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values
-from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, DiskChoice, ValueProblem, load_json,
-                       parse_bool, parse_value)
+from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, VLLM_SECRETS, DiskChoice, StoreURL, ValueProblem,
+                       load_json, parse_bool, parse_value)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -282,7 +282,8 @@ class Builder:
         p = self.plan
         consumed = {n for n in self.raw.values if n not in self.vllm_passthrough and n not in self.lmcache_env
                     and self.raw.sources.get(n) in (ENVIRONMENT, ENV_FILE)}
-        secrets_passed = {n for n in FILE_SECRETS if n in self.raw.values}
+        # vLLM's own secrets; the shared store's password goes to LMCache only (kv_tiers.shared_store_credentials).
+        secrets_passed = {n for n in FILE_SECRETS if n in self.raw.values and n in VLLM_SECRETS}
         p.vllm_env_removed = sorted((consumed - secrets_passed) | {n for n in FILE_SECRETS.values()
                                                                    if n in self.environ})
         p.vllm_env.update(self.vllm_passthrough)
@@ -305,7 +306,8 @@ class Builder:
     def record(self) -> None:
         p = self.plan
         for name, value in self.values.items():
-            p.values[name] = dataclasses.asdict(value) if isinstance(value, DiskChoice) else value
+            p.values[name] = (dataclasses.asdict(value) if isinstance(value, DiskChoice)
+                              else value.url if isinstance(value, StoreURL) else value)
         for name, (_, value) in self.generic_flags.items():
             p.values[name] = value
         for name in sorted(set(p.values) | set(self.vllm_passthrough) | set(self.lmcache_env)):
