@@ -19,6 +19,7 @@ bash scripts/ci/install-contract-venv.sh "$VENV"
 # The appliance package with its runtime dependencies, and the test tooling, at the versions of the lock.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c requirements/test.txt ".[test,bench]" >&2
 eval "$(bash scripts/ci/install-lint-tools.sh "$VENV")"
+bash scripts/ci/install-redis.sh  # the shared KV store's probe and cluster tests (Debian's redis-server)
 export HADOLINT DOCKER_COMPOSE
 
 if [ "${APPLIANCE_TEST_DOCKER:-1}" != 0 ]; then
