@@ -27,6 +27,7 @@ if [ "${APPLIANCE_TEST_DOCKER:-1}" != 0 ]; then
     bash scripts/ci/install-prometheus.sh  # the monitoring test's Prometheus server (Debian's package)
     bash docker/build-local-base.sh
     bash docker/build-image.sh test
+    bash docker/build-cluster-images.sh test  # compose.cluster.yaml's router and Redis store, on the same base
     # Several GB the first time; later runs reuse the image while its inputs are unchanged.
     bash docker/build-image.sh product
     export APPLIANCE_PRODUCT_IMAGE=llm-appliance:product
