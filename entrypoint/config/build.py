@@ -59,6 +59,7 @@ class Builder:
         self.vllm_passthrough: dict[str, str] = {}
         self.lmcache_keys: dict[str, object] = {}  # in-process config keys from LMCACHE_<KEY>
         self.lmcache_env: dict[str, str] = {}
+        self.swallowed: set[str] = set()  # secrets inside another variable's multi-line value (swallowed_secrets)
         self.cpu: float | None = None  # CPU tier size (GiB), set by kv_tiers.kv_offloading
         self.cpu_source = self.disk_source = ""  # where the tier sizes come from (a variable, or auto's reading)
 
@@ -302,6 +303,7 @@ class Builder:
         found.update(secret_argv_values(self.raw.extra_args))
         found.update(secret_argv_values(self.plan.vllm_argv))
         found.update(secret_argv_values(self.plan.lmcache_argv or []))
+        found.update(self.swallowed)
 
     def record(self) -> None:
         p = self.plan
@@ -319,8 +321,21 @@ class Builder:
         if p.disk:
             p.appliance["disk_tier_source"] = self.disk_source
 
+    def swallowed_secrets(self) -> None:
+        """An unbalanced quote in an env file makes the lines after it part of one value (`VLLM_HOST='` then
+        `HF_TOKEN=...`): the secrets on those lines stay secrets wherever that value is shown."""
+        for value in self.raw.values.values():
+            for line in value.splitlines()[1:]:
+                name, sep, text = line.partition("=")
+                secret = text.strip().strip("'\"").strip()
+                if sep and secret and is_secret_name(name.strip()):
+                    self.swallowed.add(secret)
+                elif sep and name.strip().endswith("EXTRA_ARGS"):  # `--api-key k` inside the swallowed text
+                    self.swallowed.update(raw_secret_values(text))
+
     def build(self) -> Plan:
         try:
+            self.swallowed_secrets()
             self.secrets_from_files()
             self.apply_registry()
             self.classify()
