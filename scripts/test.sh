@@ -19,6 +19,7 @@ bash scripts/ci/install-contract-venv.sh "$VENV"
 # The appliance package with its runtime dependencies, and the test tooling, at the versions of the lock.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c requirements/test.txt ".[test,bench]" >&2
 eval "$(bash scripts/ci/install-lint-tools.sh "$VENV")"
+bash scripts/ci/install-redis.sh  # the shared KV store's probe and cluster tests (Debian's redis-server)
 export HADOLINT DOCKER_COMPOSE
 
 if [ "${APPLIANCE_TEST_DOCKER:-1}" != 0 ]; then
@@ -26,6 +27,7 @@ if [ "${APPLIANCE_TEST_DOCKER:-1}" != 0 ]; then
     bash scripts/ci/install-prometheus.sh  # the monitoring test's Prometheus server (Debian's package)
     bash docker/build-local-base.sh
     bash docker/build-image.sh test
+    bash docker/build-cluster-images.sh test  # compose.cluster.yaml's router and Redis store, on the same base
     # Several GB the first time; later runs reuse the image while its inputs are unchanged.
     bash docker/build-image.sh product
     export APPLIANCE_PRODUCT_IMAGE=llm-appliance:product

@@ -18,8 +18,8 @@ from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_a
 from .plan import Plan
 from .schema import Schema
 from .secrets import REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values
-from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, DiskChoice, ValueProblem, load_json,
-                       parse_bool, parse_value)
+from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, VLLM_SECRETS, DiskChoice, StoreURL, ValueProblem,
+                       load_json, parse_bool, parse_value)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -59,6 +59,7 @@ class Builder:
         self.vllm_passthrough: dict[str, str] = {}
         self.lmcache_keys: dict[str, object] = {}  # in-process config keys from LMCACHE_<KEY>
         self.lmcache_env: dict[str, str] = {}
+        self.swallowed: set[str] = set()  # secrets inside another variable's multi-line value (swallowed_secrets)
         self.cpu: float | None = None  # CPU tier size (GiB), set by kv_tiers.kv_offloading
         self.cpu_source = self.disk_source = ""  # where the tier sizes come from (a variable, or auto's reading)
 
@@ -282,7 +283,8 @@ class Builder:
         p = self.plan
         consumed = {n for n in self.raw.values if n not in self.vllm_passthrough and n not in self.lmcache_env
                     and self.raw.sources.get(n) in (ENVIRONMENT, ENV_FILE)}
-        secrets_passed = {n for n in FILE_SECRETS if n in self.raw.values}
+        # vLLM's own secrets; the shared store's password goes to LMCache only (kv_tiers.shared_store_credentials).
+        secrets_passed = {n for n in FILE_SECRETS if n in self.raw.values and n in VLLM_SECRETS}
         p.vllm_env_removed = sorted((consumed - secrets_passed) | {n for n in FILE_SECRETS.values()
                                                                    if n in self.environ})
         p.vllm_env.update(self.vllm_passthrough)
@@ -301,11 +303,13 @@ class Builder:
         found.update(secret_argv_values(self.raw.extra_args))
         found.update(secret_argv_values(self.plan.vllm_argv))
         found.update(secret_argv_values(self.plan.lmcache_argv or []))
+        found.update(self.swallowed)
 
     def record(self) -> None:
         p = self.plan
         for name, value in self.values.items():
-            p.values[name] = dataclasses.asdict(value) if isinstance(value, DiskChoice) else value
+            p.values[name] = (dataclasses.asdict(value) if isinstance(value, DiskChoice)
+                              else value.url if isinstance(value, StoreURL) else value)
         for name, (_, value) in self.generic_flags.items():
             p.values[name] = value
         for name in sorted(set(p.values) | set(self.vllm_passthrough) | set(self.lmcache_env)):
@@ -317,8 +321,21 @@ class Builder:
         if p.disk:
             p.appliance["disk_tier_source"] = self.disk_source
 
+    def swallowed_secrets(self) -> None:
+        """An unbalanced quote in an env file makes the lines after it part of one value (`VLLM_HOST='` then
+        `HF_TOKEN=...`): the secrets on those lines stay secrets wherever that value is shown."""
+        for value in self.raw.values.values():
+            for line in value.splitlines()[1:]:
+                name, sep, text = line.partition("=")
+                secret = text.strip().strip("'\"").strip()
+                if sep and secret and is_secret_name(name.strip()):
+                    self.swallowed.add(secret)
+                elif sep and name.strip().endswith("EXTRA_ARGS"):  # `--api-key k` inside the swallowed text
+                    self.swallowed.update(raw_secret_values(text))
+
     def build(self) -> Plan:
         try:
+            self.swallowed_secrets()
             self.secrets_from_files()
             self.apply_registry()
             self.classify()

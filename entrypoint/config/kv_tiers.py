@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from . import resources
 from .flags import number_text, resolve_flag
 from .plan import DiskTier
-from .settings import AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, SETTINGS, DiskChoice
+from .settings import AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, SETTINGS, DiskChoice, StoreURL
 from .sources import REGISTRY
 
 if TYPE_CHECKING:
@@ -34,6 +34,12 @@ NAMESPACE_MARK = "__lmcache-"
 OTHER_NAMESPACES = ("kept, not read (another model, chunk size, TP size or LMCache version: the on-disk format "
                     "is not shown to be the same across LMCache versions); they count against "
                     "LMCACHE_MAX_LOCAL_DISK_SIZE, least recently used files pruned first (docs/UPGRADING.md)")
+# LMCache's RESP client reads the store's credentials from these when its config leaves them empty
+# (resp_l2_adapter.py, redis_adapter.py): the password never has to be on a command line or in a file.
+RESP_PASSWORD_ENV = "LMCACHE_RESP_PASSWORD"
+RESP_USERNAME_ENV = "LMCACHE_RESP_USERNAME"
+SHARED_SETTINGS = ("LMCACHE_SHARED_URL", "LMCACHE_SHARED_USERNAME", "LMCACHE_SHARED_PASSWORD",
+                   "LMCACHE_SHARED_MAX_SIZE")
 LMCACHE_KEYS_WITH_SERVER_EQUIVALENT = {"chunk_size", "local_cpu", "max_local_cpu_size", "local_disk",
                                        "max_local_disk_size"}
 
@@ -85,11 +91,42 @@ def kv_offloading(b: Builder) -> None:
     disk_choice: DiskChoice = v["LMCACHE_LOCAL_DISK"]
     if disk_choice.enabled:
         disk_tier(b, disk_choice, chunk, tp)
+    shared_store(b)
     if mode == "server":
         lmcache_server(b, cpu, chunk)
     else:
         lmcache_in_process(b, cpu, chunk, tp)
     p.lmcache_env = dict(b.lmcache_env)
+    shared_store_credentials(b)
+
+
+def shared_store(b: Builder) -> None:
+    """LMCACHE_SHARED_*: the store every replica shares (plan.shared_store), checked before either mode uses it."""
+    v, p = b.values, b.plan
+    url: StoreURL | None = v.get("LMCACHE_SHARED_URL")
+    if url is None:
+        given = [n for n in SHARED_SETTINGS if n in b.user_given]
+        if given:
+            b.error(f"{', '.join(given)}: set LMCACHE_SHARED_URL too (redis://host:port of the shared store), "
+                    "or remove them")
+        return
+    for name in (RESP_PASSWORD_ENV, RESP_USERNAME_ENV):
+        ours = "LMCACHE_SHARED_PASSWORD" if name == RESP_PASSWORD_ENV else "LMCACHE_SHARED_USERNAME"
+        if name in b.lmcache_env:
+            b.error(f"{name} is set and LMCACHE_SHARED_URL too: set {ours} instead (the appliance passes it to "
+                    f"LMCache as {name})")
+    p.shared_store = {"url": url.url, "host": url.bare_host, "port": url.port,
+                      "username": v.get("LMCACHE_SHARED_USERNAME", "")}
+
+
+def shared_store_credentials(b: Builder) -> None:
+    """The password reaches LMCache only through its environment: the server's in server mode (vLLM never sees
+    it), vLLM's in in-process mode, where LMCache runs inside vLLM."""
+    password = b.raw.values.get("LMCACHE_SHARED_PASSWORD", "")
+    if not b.plan.shared_store or not password:
+        return
+    env = b.plan.lmcache_env if b.plan.lmcache_mode == "server" else b.plan.vllm_env
+    env[RESP_PASSWORD_ENV] = password
 
 
 def disk_tier(b: Builder, choice: DiskChoice, chunk: int, tp: int) -> None:
@@ -202,6 +239,8 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
         adapter = {"type": "fs_native", "base_path": p.disk.path, "max_capacity_gb": p.disk.max_size_gib,
                    "eviction": {"eviction_policy": "LRU"}}
         argv += ["--l2-adapter", json.dumps(adapter, separators=(",", ":"))]
+    if p.shared_store:
+        argv += ["--l2-adapter", json.dumps(shared_adapter(b), separators=(",", ":"))]
     planned = set(a for a in argv if a.startswith("--"))
     known_to_installed_lmcache(b, sorted(planned), "")
     server_flags = b.schema.lmcache_server_flags
@@ -234,6 +273,23 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
         same = [name for name, n in ports.items() if n == number]
         if len(same) > 1:
             b.error(" and ".join(f"{name}={number}" for name in same) + ": must differ (one port, one listener)")
+
+
+def shared_adapter(b: Builder) -> dict[str, object]:
+    """The shared store as an LMCache `resp` L2 adapter, after the local disk tier (LMCache looks tiers up in
+    order, so a chunk on the local disk is read from there). `shared` tells LMCache's coordinator that other
+    servers see the same objects; the keys are content hashes of model + tokens, so servers with the same
+    model, chunk size and parallelism find each other's chunks. No password key: LMCache reads it from
+    LMCACHE_RESP_PASSWORD (shared_store_credentials)."""
+    store = b.plan.shared_store
+    adapter: dict[str, object] = {"type": "resp", "host": store["host"], "port": store["port"], "shared": True}
+    if store["username"]:
+        adapter["username"] = store["username"]
+    size = b.values.get("LMCACHE_SHARED_MAX_SIZE")
+    if size is not None:
+        adapter["max_capacity_gb"] = float(size)
+        adapter["eviction"] = {"eviction_policy": "LRU"}
+    return adapter
 
 
 def per_worker(total_gib: float, tp: int) -> float:
@@ -319,6 +375,8 @@ def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
         p.warnings.append("LMCACHE_MODE=in-process keeps its disk-tier index in memory: after a restart the "
                           "files on disk are not reused. LMCACHE_MODE=server reuses them.")
     config.update(b.lmcache_keys)
+    if p.shared_store:
+        shared_in_process(b, config)
     run_dir = str(v["APPLIANCE_RUN_DIR"])
     p.lmcache_config = config
     p.lmcache_config_file = f"{run_dir.rstrip('/')}/lmcache.yaml"
@@ -326,3 +384,22 @@ def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
     p.vllm_env.setdefault("PYTHONHASHSEED", b.environ.get("PYTHONHASHSEED", "0"))
     transfer = {"kv_connector": LMCACHE_CONNECTOR_IN_PROCESS, "kv_role": "kv_both"}
     p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
+
+
+def shared_in_process(b: Builder, config: dict[str, object]) -> None:
+    """In-process LMCache's equivalent of the resp adapter: its remote backend at resp://host:port (the same
+    native RESP client). It has no capacity of its own, and takes no `shared` flag (there is no coordinator)."""
+    store = b.plan.shared_store
+    if "LMCACHE_SHARED_MAX_SIZE" in b.user_given:
+        b.error("LMCACHE_SHARED_MAX_SIZE: applies in server mode only (LMCACHE_MODE=server); in-process, cap "
+                "the store with its own maxmemory")
+    if "remote_url" in b.lmcache_keys:
+        b.error("LMCACHE_REMOTE_URL and LMCACHE_SHARED_URL are both set: they name the same remote tier; set "
+                "only LMCACHE_SHARED_URL")
+    host = f"[{store['host']}]" if ":" in store["host"] else store["host"]
+    config["remote_url"] = f"resp://{host}:{store['port']}"
+    config.setdefault("remote_serde", "naive")
+    if store["username"]:
+        extra = dict(config.get("extra_config") or {})
+        extra["username"] = store["username"]
+        config["extra_config"] = extra

@@ -31,6 +31,8 @@ class Plan:
     lmcache_env: dict[str, str] = field(default_factory=dict)
     lmcache_health_url: str | None = None
     disk: DiskTier | None = None
+    # The store replicas share (LMCACHE_SHARED_URL): {url, host, port, username}; no password (environment).
+    shared_store: dict | None = None
     model: str = ""
     served_model_name: str = ""
     api_host: str = "0.0.0.0"
@@ -64,7 +66,8 @@ class Plan:
                         "config": redact_json(self.lmcache_config) if redact else self.lmcache_config,
                         "config_file": self.lmcache_config_file,
                         "env": hide(self.lmcache_env), "health_url": self.lmcache_health_url,
-                        "disk": dataclasses.asdict(self.disk) if self.disk else None},
+                        "disk": dataclasses.asdict(self.disk) if self.disk else None,
+                        "shared_store": self.shared_store},
             "model": self.model, "served_model_name": self.served_model_name,
             "api": {"host": self.api_host, "port": self.api_port},
             "appliance": self.appliance,
@@ -85,7 +88,8 @@ class Plan:
                    lmcache_mode=d["lmcache"]["mode"], lmcache_argv=d["lmcache"]["argv"],
                    lmcache_config=d["lmcache"]["config"], lmcache_config_file=d["lmcache"]["config_file"],
                    lmcache_env=d["lmcache"]["env"], lmcache_health_url=d["lmcache"]["health_url"],
-                   disk=DiskTier(**disk) if disk else None, model=d["model"],
+                   disk=DiskTier(**disk) if disk else None, shared_store=d["lmcache"].get("shared_store"),
+                   model=d["model"],
                    served_model_name=d["served_model_name"], api_host=d["api"]["host"], api_port=d["api"]["port"],
                    appliance=d["appliance"], values=d["values"], sources=d["sources"],
                    warnings=d["warnings"], errors=d["errors"])

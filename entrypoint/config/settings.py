@@ -150,6 +150,27 @@ SETTINGS: tuple[Setting, ...] = (
        "without blocking vLLM's scheduler thread. Unset: LMCache's own default (on in 0.5.5+; 0.5.3 always "
        "blocks, ~20 ms per hit, docs/BENCHMARKS.md).", group="LMCache", connector_key="nonblocking_lookup_status",
        target="kv_connector_extra_config lmcache.mp.nonblocking_lookup_status"),
+    # --- Shared KV tier (scale out: replicas on several hosts share one store; docs/SCALE-OUT.md) ----------
+    _s("LMCACHE_SHARED_URL", "store_url", "A Redis/Valkey server every replica shares as an extra KV tier: "
+       "`redis://host:port` (port default 6379). Server mode: an extra `--l2-adapter` of LMCache's `resp` type "
+       "with `\"shared\": true`; in-process mode: LMCache's `remote_url` (resp://). LMCache's RESP client has "
+       "no TLS (no rediss://) and no database index: keep the store on a private network. The appliance starts "
+       "and serves without the store (a warning, appliance_shared_store_up 0) and uses it when it answers.",
+       group="Shared KV tier", target="lmcache server --l2-adapter {\"type\":\"resp\",...} / remote_url",
+       example="redis://kv-store:6379"),
+    _s("LMCACHE_SHARED_USERNAME", "store_user", "Redis ACL user for LMCACHE_SHARED_URL (empty: the default "
+       "user).", group="Shared KV tier", target="resp adapter username"),
+    _s("LMCACHE_SHARED_PASSWORD", "str", "Password for LMCACHE_SHARED_URL. Never on a command line or in a "
+       "file the appliance writes: it reaches LMCache only as LMCACHE_RESP_PASSWORD in its environment (the "
+       "LMCache server's; vLLM's in in-process mode).", group="Shared KV tier", secret=True,
+       target="LMCACHE_RESP_PASSWORD in LMCache's environment"),
+    _s("LMCACHE_SHARED_PASSWORD_FILE", "str", "File holding LMCACHE_SHARED_PASSWORD (Docker/Kubernetes "
+       "secrets). Set one of the two.", group="Shared KV tier", target="read, passed as LMCACHE_RESP_PASSWORD"),
+    _s("LMCACHE_SHARED_MAX_SIZE", "gib", "This server's share of the shared store in GiB: above it, the LMCache "
+       "server deletes the least recently used objects it stored there. Unset: no cap from LMCache; the store's "
+       "own `maxmemory` with `allkeys-lru` is the cap for all replicas together (compose.cluster.yaml sets it). "
+       "Server mode only.", group="Shared KV tier", target="resp adapter max_capacity_gb + LRU eviction",
+       example="100"),
     _s("LMCACHE_SERVER_EXTRA_ARGS", "args", "Raw arguments appended to `lmcache server` (shell-split). "
        "Escape hatch, server mode only.", group="LMCache", target="appended to lmcache server"),
     # --- Secrets -------------------------------------------------------------------------------------
@@ -218,7 +239,9 @@ SECRET_NAMES = frozenset(s.name for s in SETTINGS if s.secret)
 PREFIXES = ("VLLM_", "LMCACHE_", "APPLIANCE_")
 
 # Secrets that may come from a file instead (postgres-image style VAR / VAR_FILE).
-FILE_SECRETS = {"VLLM_API_KEY": "VLLM_API_KEY_FILE", "HF_TOKEN": "HF_TOKEN_FILE"}
+FILE_SECRETS = {"VLLM_API_KEY": "VLLM_API_KEY_FILE", "HF_TOKEN": "HF_TOKEN_FILE",
+                "LMCACHE_SHARED_PASSWORD": "LMCACHE_SHARED_PASSWORD_FILE"}
+VLLM_SECRETS = ("VLLM_API_KEY", "HF_TOKEN")  # the secrets vLLM itself reads (passed on to its environment)
 
 # Flags the appliance owns: what supervision relies on (the watchdog, healthcheck, preflight and launcher
 # probe the API at VLLM_HOST:VLLM_PORT under the served name, over plain HTTP; vLLM reaches the LMCache server
@@ -414,6 +437,13 @@ def parse_value(setting: Setting, raw: str, tool_parsers: list[str] | None = Non
         return raw
     elif kind == "disk":
         return parse_disk(raw)
+    elif kind == "store_url":
+        return parse_store_url(raw)
+    elif kind == "store_user":
+        text = raw.strip()
+        if not re.fullmatch(r"[A-Za-z0-9._@:+=-]{1,256}", text):
+            raise ValueProblem("must be a Redis user name: 1-256 letters, digits or ._@:+=- (no spaces)")
+        return text
     else:  # pragma: no cover - a typo in the table above
         raise AssertionError(f"unknown kind {kind} for {setting.name}")
     if setting.minimum is not None and value < setting.minimum:
@@ -439,3 +469,67 @@ def parse_disk(raw: str) -> DiskChoice:
     if not text.startswith("/") or has_control(text):
         raise ValueProblem("must be an absolute path, a file:// URL, true (the image's volume) or false")
     return DiskChoice(True, text.rstrip("/") or "/")
+
+
+DEFAULT_STORE_PORT = 6379
+# A host name (RFC 1123 labels), an IPv4 address, or an IPv6 address in brackets.
+_HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+                   r"[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """LMCACHE_SHARED_URL parsed: what LMCache's RESP client can reach (plain TCP, database 0)."""
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}"
+
+    @property
+    def bare_host(self) -> str:
+        """The host as a socket or LMCache wants it (an IPv6 address without its brackets)."""
+        return self.host.strip("[]")
+
+
+def parse_store_url(raw: str) -> StoreURL:
+    """redis://host[:port][/0], strictly: every other form is refused with what to write instead, because the
+    parts LMCache's RESP client cannot honour (TLS, a database, a password in the URL) would otherwise be
+    silently ignored or leak."""
+    text = raw.strip()
+    if has_control(text) or any(c.isspace() for c in text):
+        raise ValueProblem("must be redis://host:port without spaces or control characters")
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ValueProblem("must be a URL: redis://host:port, e.g. redis://kv-store:6379")
+    if scheme in ("rediss", "valkeys"):
+        raise ValueProblem("asks for TLS, which LMCache's RESP client does not support (it speaks plain TCP): "
+                           "use redis:// on a private network, or a TLS tunnel (stunnel, a service mesh) next to "
+                           "each replica")
+    if scheme not in ("redis", "valkey"):
+        raise ValueProblem(f"has the scheme {scheme!r}: must be redis://host:port (a Redis or Valkey server)")
+    if "@" in rest:
+        raise ValueProblem("holds credentials: set LMCACHE_SHARED_USERNAME and LMCACHE_SHARED_PASSWORD (or "
+                           "LMCACHE_SHARED_PASSWORD_FILE) instead, so that the password is never part of a URL "
+                           "the appliance prints")
+    if "?" in rest or "#" in rest:
+        raise ValueProblem("takes no query or fragment: redis://host:port")
+    hostport, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueProblem("names a database: LMCache's RESP client always uses database 0; use another Redis "
+                           "server (or ACL key prefixes) to keep caches apart")
+    m = re.fullmatch(r"(?P<host>\[[^\]]*\]|[^:]*)(?::(?P<port>[^:]*))?", hostport)
+    if not m or not m.group("host"):
+        raise ValueProblem("has no host: redis://host:port, e.g. redis://kv-store:6379")
+    host, port_text = m.group("host"), m.group("port")
+    if not _HOST.fullmatch(host):
+        raise ValueProblem(f"has an invalid host {host[:80]!r}: a DNS name, an IPv4 address or [IPv6]")
+    if port_text is None:
+        port = DEFAULT_STORE_PORT
+    elif not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueProblem("has an invalid port: must be 1-65535, e.g. redis://kv-store:6379")
+    else:
+        port = int(port_text)
+    return StoreURL(host.lower(), port)

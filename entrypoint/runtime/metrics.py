@@ -6,7 +6,8 @@ Listens on APPLIANCE_METRICS_PORT (all interfaces: it is the port to publish) an
 - the LMCache server's own families, as its exporter (--prometheus-port, loopback inside the container) wrote
   them: hits per tier, L1/L2 stores, loads and their throughput, allocation failures, ...;
 - the appliance's `appliance_*` families: programs up and their uptime, restarts by program and reason,
-  watchdog probe failures, disk-tier prune counts, configured and used tier bytes, preflight warnings.
+  watchdog probe failures, disk-tier prune counts, configured and used tier bytes, preflight warnings, and
+  whether the shared KV store answers (appliance_shared_store_up).
 vLLM's own families stay on the API port (`/metrics`, next to the API), as vLLM serves them.
 Labels are program names, reasons, tier names and versions: never a value from the environment that could
 be a secret, and nothing unbounded.
@@ -89,6 +90,13 @@ class ApplianceCollector:
                 used.add_metric([tier["name"]], float(tier["used_bytes"]))
         yield cap
         yield used
+        store = snap.record.get("shared_store")
+        if p.shared_store and store:  # known after the watchdog's first round
+            yield GaugeMetricFamily("appliance_shared_store_up", "1 when the shared KV store (LMCACHE_SHARED_URL) "
+                                    "answered the watchdog's last PING; 0: serving without it.",
+                                    value=1.0 if store.get("up") else 0.0)
+            yield CounterMetricFamily("appliance_shared_store_changes", "Times the shared KV store went down or "
+                                      "came back since the start.", value=float(store.get("changes", 0)))
         if snap.lmcache_up is not None:
             yield GaugeMetricFamily("appliance_lmcache_metrics_up", "1 when the LMCache server's metrics were read "
                                     "at this scrape.", value=1.0 if snap.lmcache_metrics_text else 0.0)

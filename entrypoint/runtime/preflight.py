@@ -5,7 +5,8 @@
   visible at all (exit 3 with the `--gpus all` fix rather than vLLM's traceback), and where `nvidia-smi`
   exists it lists enough GPUs for the tensor/pipeline-parallel size;
 - errors: the CPU tier fits in the memory the container may use (config/resources.py);
-- warnings: the locked-memory limit (`ulimit -l`) and /dev/shm are large enough for the CPU tier and TP.
+- warnings: the locked-memory limit (`ulimit -l`) and /dev/shm are large enough for the CPU tier and TP;
+- warnings: the shared KV store (LMCACHE_SHARED_URL) answers; the appliance starts without it (store.py).
 The disk tier is also pruned to its cap here (and by the watchdog later): a backstop to LMCache's eviction.
 The cap covers the appliance's other namespaces on the volume too (tier_dirs): after an upgrade the old
 LMCache version's files stay, unread, and being the least recently used they are the first to go.
@@ -24,6 +25,7 @@ from typing import Mapping
 from ..config import resources
 from ..config.kv_tiers import NAMESPACE_MARK, cpu_tier_problem
 from ..config.plan import DiskTier, Plan
+from . import store
 from .render import RunDir
 
 GIB = 1 << 30
@@ -284,4 +286,20 @@ def check(plan: Plan, environ: Mapping[str, str] | None = None) -> Findings:
     check_shm(plan, cpu, parallel, found)
     check_gpu_visible({**environ, **plan.vllm_env}, found)
     check_gpus(parallel, {**environ, **plan.vllm_env}, found)
+    check_shared_store(plan, found, environ)
     return found
+
+
+STORE_TIMEOUT_S = 5.0
+
+
+def check_shared_store(plan: Plan, found: Findings, environ: Mapping[str, str] | None = None) -> None:
+    if not plan.shared_store:
+        return
+    ok, why = store.probe(plan, STORE_TIMEOUT_S, environ)
+    if ok:
+        found.notes.append(f"the shared KV store {plan.shared_store['url']} answers")
+    else:
+        found.warnings.append(f"the shared KV store {plan.shared_store['url']} (LMCACHE_SHARED_URL) does not "
+                              f"answer: {why}. Starting without it: every replica computes its own prefixes until "
+                              "it answers (the watchdog keeps probing; appliance_shared_store_up shows it)")

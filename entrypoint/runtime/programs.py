@@ -66,6 +66,16 @@ def server_environment(plan: Plan, extra: dict[str, str], environ=None) -> dict[
     return env
 
 
+def vllm_environment(plan: Plan, environ=None) -> dict[str, str]:
+    """vLLM's: without the secrets only the LMCache server needs (the shared store's password, which `serve`
+    put in the environment supervisord passes to every program)."""
+    env = server_environment(plan, plan.vllm_env, environ)
+    for name in plan.lmcache_env:
+        if is_secret_name(name) and name not in plan.vllm_env:
+            env.pop(name, None)
+    return env
+
+
 def lmcache_environment(plan: Plan, environ=None) -> dict[str, str]:
     """The LMCache server's: as vLLM's, without the secrets only vLLM needs (its API key, the HF token)."""
     env = server_environment(plan, plan.lmcache_env, environ)
@@ -276,7 +286,7 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
     if not wait_for_earlier("vllm") or not wait_for_ports([(plan.api_host, plan.api_port)]):
         return gave_up(run, "vllm") if run else 1
     wait_for_gpu_memory(plan)
-    _exec(run, "vllm", server_argv("vllm", plan.vllm_argv), server_environment(plan, plan.vllm_env))
+    _exec(run, "vllm", server_argv("vllm", plan.vllm_argv), vllm_environment(plan))
     return 1  # not reached
 
 

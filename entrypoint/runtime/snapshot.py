@@ -105,7 +105,7 @@ class Snapshot:
                                      "bytes": self.record.get("pruned_bytes", 0)},
                 "warnings": self.record.get("warnings", []), "tiers": self.tiers,
                 "gpu_prefix_cache_hit_rate": self.gpu_prefix_hit_rate, "vllm_up": self.vllm_up,
-                "lmcache_up": self.lmcache_up}
+                "lmcache_up": self.lmcache_up, "shared_store": self.record.get("shared_store")}
 
 
 def lmcache_metrics_url(plan: Plan) -> str | None:

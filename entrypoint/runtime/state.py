@@ -20,7 +20,8 @@ REASONS = (EXITED, UNHEALTHY, DEPENDENCY)
 
 def empty() -> dict:
     return {"started_at": time.time(), "restarts": {}, "probe_failures": {}, "last_restart": None,
-            "pruned_files": 0, "pruned_bytes": 0, "warnings": []}
+            "pruned_files": 0, "pruned_bytes": 0, "warnings": [],
+            "shared_store": None}  # {up, since, detail, changes}: the watchdog's last probe of LMCACHE_SHARED_URL
 
 
 def load(path: Path) -> dict:
@@ -62,6 +63,19 @@ class Recorder:
     def probe_failure(self, program: str) -> None:
         self.data["probe_failures"][program] = self.data["probe_failures"].get(program, 0) + 1
         self._save()
+
+    def shared_store(self, up: bool, detail: str) -> bool:
+        """The store's probe result; True when it differs from the previous one (or is the first)."""
+        last = self.data.get("shared_store")
+        if last and last.get("up") == up:
+            if last.get("detail") != detail:
+                last["detail"] = detail
+                self._save()
+            return False
+        self.data["shared_store"] = {"up": up, "since": time.time(), "detail": detail,
+                                     "changes": (last or {}).get("changes", -1) + 1}
+        self._save()
+        return True
 
     def pruned(self, files: int, freed: int) -> None:
         self.data["pruned_files"] += files

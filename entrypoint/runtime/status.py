@@ -62,6 +62,13 @@ def text(d: dict) -> str:
     for t in d["tiers"]:
         lines.append(f"  {t['name']:<6} {_size(t['used_bytes']):>10} {_size(t['capacity_bytes']):>10} "
                      f"{_pct(t['hit_rate']):>9}" + (f"  {t['path']}" if t.get("path") else ""))
+    store = d.get("shared_store")
+    if d.get("shared_store_url"):
+        if not store:
+            lines.append(f"  shared store {d['shared_store_url']}: not probed yet")
+        else:
+            how = "up" if store["up"] else f"DOWN ({store['detail']}); serving without it"
+            lines.append(f"  shared store {d['shared_store_url']}: {how}, since {_ago(time.time() - store['since'])}")
     pruned = d["disk_tier_pruned"]
     if pruned["files"]:
         lines.append(f"  disk tier pruned to its cap: {pruned['files']} files, {_size(pruned['bytes'])}")
@@ -87,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_STARTED
     snap = snapshot.take(plan, run)
     d = {"model": plan.model, "served_model_name": plan.served_model_name,
-         "kv_offloading": plan.lmcache_mode or "off", **snap.to_dict()}
+         "kv_offloading": plan.lmcache_mode or "off",
+         "shared_store_url": (plan.shared_store or {}).get("url"), **snap.to_dict()}
     print(json.dumps(d, indent=2) if a.format == "json" else text(d))
     down = not snap.supervisor_up or any(proc["state"] != "RUNNING" for proc in snap.processes)
     return EXIT_DOWN if down else 0

@@ -10,7 +10,9 @@ judged before it first passes a probe or STARTUP_TIMEOUT s after the server proc
 the launcher's waits before it come first and are bounded on their own);
 HEALTH_FAILURES failed probes in a row restart it: it is killed (stuck, it could not drain anyway) and
 started again. An unhealthy LMCache server is killed and vLLM stopped, then both started in order.
-Where there is a disk tier, each round also prunes it to its cap (preflight.prune).
+Where there is a disk tier, each round also prunes it to its cap (preflight.prune). Where there is a shared
+KV store (LMCACHE_SHARED_URL), each round pings it and records the answer (status, appliance_shared_store_up);
+it is never a reason to restart anything: LMCache serves without it and reconnects.
 
 Probes run on the watchdog's own monotonic clock (it waits for events with a timeout), so periods under
 supervisord's 5 s tick work; TICK_5 and PROCESS_STATE events wake it, and the latter track (re)starts.
@@ -28,13 +30,14 @@ from pathlib import Path
 import requests
 from supervisor.xmlrpc import Faults
 
-from . import preflight, state
+from . import preflight, state, store
 from .events import Listener, say, split_payload
 from .healthcheck import api_base, api_headers
 from ..config.plan import Plan
 from .render import RunDir, read_plan
 
 NAME = "watchdog"
+STORE_TIMEOUT_S = 5.0  # a store probe must not hold up the probes of vLLM and LMCache
 BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 # Counters that grow while the engine works: tokens in and out, and tokens per engine step (this one grows
 # during a long chunked prefill too, before the request's first output token).
@@ -184,6 +187,16 @@ class Watchdog:
             return False, self._failure(url, e)
         return (True, "") if r.status_code == 200 else (False, f"{url} answered {r.status_code}")
 
+    def probe_store(self) -> None:
+        url = self.plan.shared_store["url"]
+        up, why = store.probe(self.plan, min(self.timeout, STORE_TIMEOUT_S))
+        if self.record.shared_store(up, why):
+            if up:
+                say(NAME, f"the shared KV store {url} answers: LMCache uses it")
+            else:
+                say(NAME, f"warning: the shared KV store {url} (LMCACHE_SHARED_URL) does not answer: {why}. "
+                          "Serving without it (each replica computes its own prefixes) until it answers")
+
     def judge(self, t: Target, ok: bool, why: str, now: float) -> bool:
         """Record one probe's result; True when it is time to restart."""
         if ok:
@@ -244,6 +257,8 @@ class Watchdog:
         for t in self.targets():
             if t.running and self.launching(t.pid):
                 t.started_at = self.clock()  # the grace starts when the server itself does
+        if self.plan.shared_store:
+            self.probe_store()
         if self.lmcache and self.lmcache.running and not self.launching(self.lmcache.pid):
             ok, why = self.probe_lmcache()
             if self.judge(self.lmcache, ok, why, self.clock()):

@@ -175,6 +175,23 @@ CASES = [
         "LMCACHE_MAX_LOCAL_CPU_SIZE": "5.0", "LMCACHE_LOCAL_DISK": "True", "LMCACHE_MAX_LOCAL_DISK_SIZE": "50.0"},
          mode="in-process",
          lmcache={"chunk": 256, "local_cpu": True, "cpu_per_worker": 5.0, "disk_per_worker": 50.0}),
+    # Scale out (docs/SCALE-OUT.md): the shared store is an extra resp L2 adapter after the disk tier.
+    Case("server-disk-and-shared-store", {
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "5",
+        "LMCACHE_LOCAL_DISK": DISK, "LMCACHE_MAX_LOCAL_DISK_SIZE": "20", "LMCACHE_SHARED_URL": "redis://kv-store:6380",
+        "LMCACHE_SHARED_USERNAME": "replica", "LMCACHE_SHARED_PASSWORD": "s3cret-pw", "LMCACHE_SHARED_MAX_SIZE": "64"},
+         mode="server",
+         lmcache={"l1_gib": 5, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": 20}),
+    Case("server-shared-store-only", {
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "5",
+        "LMCACHE_SHARED_URL": "redis://10.0.0.7"}, mode="server",
+         lmcache={"l1_gib": 5, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None}),
+    Case("in-process-shared-store", {
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_MODE": "in-process",
+        "LMCACHE_MAX_LOCAL_CPU_SIZE": "3", "LMCACHE_SHARED_URL": "redis://kv-store:6379",
+        "LMCACHE_SHARED_USERNAME": "replica"}, mode="in-process",
+         lmcache={"chunk": 256, "local_cpu": True, "cpu_per_worker": 3.0, "disk_per_worker": None,
+                  "keys": {"remote_url": "resp://kv-store:6379", "extra_config": {"username": "replica"}}}),
     Case("seed-migration-cpu-offload-gb", {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_CPU_OFFLOAD_GB": "4"},
          vllm={"cpu_offload_gb": 4.0, "kv_transfer_config": None}),
 ]

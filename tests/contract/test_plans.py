@@ -84,6 +84,8 @@ def check_server_follows_plan(plan, server, parsed_vllm) -> None:
     assert server.mp.chunk_size == plan.values["LMCACHE_CHUNK_SIZE"]
     assert storage.eviction_config.eviction_policy == plan.values["LMCACHE_EVICTION_POLICY"]
     adapters = storage.l2_adapter_config.adapters
+    if plan.shared_store:  # the shared store comes last: the local disk tier is looked up first
+        check_shared_adapter(plan, adapters.pop())
     if plan.disk is None:
         assert adapters == []
         return
@@ -95,6 +97,20 @@ def check_server_follows_plan(plan, server, parsed_vllm) -> None:
     # Without an eviction config LMCache never evicts from L2 and the disk tier grows past its cap.
     assert adapter.eviction_config is not None
     assert adapter.eviction_config.eviction_policy == "LRU"
+
+
+def check_shared_adapter(plan, adapter) -> None:
+    """LMCACHE_SHARED_*: LMCache's own resp adapter config, marked shared, with no password in it."""
+    from lmcache.v1.distributed.l2_adapters.config import get_l2_adapter_config_class
+
+    assert isinstance(adapter, get_l2_adapter_config_class("resp"))
+    store = plan.shared_store
+    assert (adapter.host, adapter.port, adapter.username) == (store["host"], store["port"], store["username"])
+    assert adapter.shared is True
+    assert adapter.password == ""  # LMCache takes it from LMCACHE_RESP_PASSWORD in its environment
+    cap = plan.values.get("LMCACHE_SHARED_MAX_SIZE")
+    assert adapter.max_capacity_gb == (cap or 0)
+    assert (adapter.eviction_config is not None) == (cap is not None)
 
 
 def check_in_process_follows_plan(plan, loaded) -> None:
@@ -143,7 +159,7 @@ def test_lmcache_server_parser_accepts_the_plan(case, lmcache_parser, serve_pars
            "chunk": server.mp.chunk_size, "zmq": (server.mp.host, server.mp.port),
            "http": (server.http.http_host, server.http.http_port),
            "eviction": server.storage.eviction_config.eviction_policy,
-           "disk cap GiB": adapters[0].max_capacity_gb if adapters else None,
+           "disk cap GiB": next((a.max_capacity_gb for a in adapters if not a.shared), None),
            **{f"mp.{k}": getattr(server.mp, k) for k in want.get("mp", {})}}
     if "prefetch_policy" in want:
         got["prefetch policy"] = server.storage.prefetch_policy

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -170,7 +171,9 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
                 return
             seconds = float(body.get("stub_seconds", 0))
             tokens = engine.complete(str(body.get("prompt", "")), seconds)
+            # `system_fingerprint`: which replica answered (its host name), for tests behind a router.
             self.send_json(200, {"id": "cmpl-stub", "object": "text_completion", "created": int(time.time()),
+                                 "system_fingerprint": socket.gethostname(),
                                  "model": model, "choices": [{"index": 0, "text": " ok" * tokens,
                                                               "finish_reason": "length"}],
                                  "usage": {"completion_tokens": tokens}})

@@ -519,3 +519,12 @@ def test_names_that_only_look_like_credentials_are_shown(plan_for):
     plan = plan_for({"VLLM_ALLOW_CREDENTIALS": "true", "VLLM_MAX_NUM_BATCHED_TOKENS": "8k", **LOOPBACK})
     assert plan.to_dict()["values"]["VLLM_ALLOW_CREDENTIALS"] is True
     assert plan.to_dict()["values"]["VLLM_MAX_NUM_BATCHED_TOKENS"] == "8k"
+
+
+def test_secrets_swallowed_by_an_unbalanced_quote_stay_hidden(plan_for):
+    """An env file's `VLLM_HOST='` can make its next lines part of that value (the property tests found it): the
+    secrets on those lines are still masked wherever the value is shown."""
+    plan = plan_for({"VLLM_MODEL": "m'\nHF_TOKEN=hf-swallowed-1\nVLLM_EXTRA_ARGS=--api-key swallowed-key-2\n"})
+    assert plan.errors and "contains a control character" in plan.errors[0]  # the value is quoted in it
+    shown = json.dumps(plan.to_dict())
+    assert "hf-swallowed-1" not in shown and "swallowed-key-2" not in shown

@@ -1,0 +1,183 @@
+"""compose.cluster.yaml on a CPU host (docker/compose.cluster.test.yaml): two replicas of the stub test image,
+a real Redis store (Debian's redis-server, docker/store) and the real vLLM router (vllm-router from PyPI,
+docker/router), through compose itself. The router spreads requests over both replicas, stops sending to one
+that dies, and the replicas serve with and without their store, seeing it go and come back."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+import requests
+
+from .conftest import ROOT, _failed, wait_until
+
+CLUSTER = ROOT / "compose.cluster.yaml"
+CLUSTER_TEST = ROOT / "docker" / "compose.cluster.test.yaml"
+STORE_IMAGE = os.environ.get("APPLIANCE_TEST_STORE_IMAGE", "llm-appliance-store:test")
+ROUTER_IMAGE = os.environ.get("APPLIANCE_TEST_ROUTER_IMAGE", "llm-appliance-router:test")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, compose_binary, project: str, env: dict[str, str]):
+        self.binary, self.project, self.env = compose_binary, project, env
+        self.port = int(env["APPLIANCE_HOST_PORT"])
+
+    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        files = [a for f in ("compose.yaml", CLUSTER, CLUSTER_TEST) for a in ("-f", str(f))]
+        return subprocess.run([str(self.binary), *files, "-p", self.project, *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def container(self, docker_client, service: str):
+        (c,) = docker_client.containers.list(all=True, filters={
+            "label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]})
+        return c
+
+    def complete(self) -> str | None:
+        """One completion through the router: the host name of the replica that answered, or None."""
+        try:
+            r = requests.post(f"http://127.0.0.1:{self.port}/v1/completions", timeout=10,
+                              json={"model": "Qwen/Qwen3-0.6B", "prompt": f"hi {uuid.uuid4().hex}", "max_tokens": 1})
+        except requests.RequestException:
+            return None
+        return r.json().get("system_fingerprint") if r.status_code == 200 else None
+
+
+def store_up(container) -> float | None:
+    """appliance_shared_store_up as the replica's metrics endpoint shows it (read inside the container)."""
+    code, out = container.exec_run(["python3", "-c", "import urllib.request as u; print(u.urlopen("
+                                    "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())"])
+    if code != 0:
+        return None
+    for line in out.decode().splitlines():
+        if line.startswith("appliance_shared_store_up "):
+            return float(line.split()[1])
+    return None
+
+
+@pytest.fixture
+def cluster(request, image, docker_client, compose_binary):
+    for extra in (STORE_IMAGE, ROUTER_IMAGE):
+        try:
+            docker_client.images.get(extra)
+        except Exception:
+            pytest.fail(f"{extra} is missing: build it with docker/build-cluster-images.sh")
+    project = f"appliance-cluster-{uuid.uuid4().hex[:8]}"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
+           "APPLIANCE_TEST_IMAGE": image, "APPLIANCE_TEST_STORE_IMAGE": STORE_IMAGE,
+           "APPLIANCE_TEST_ROUTER_IMAGE": ROUTER_IMAGE, "APPLIANCE_HOST_PORT": str(_free_port()),
+           "APPLIANCE_ROUTER_POLICY": "round_robin", "APPLIANCE_ROUTER_HEALTH_INTERVAL": "1",
+           "APPLIANCE_STORE_MAXMEMORY": "64mb"}
+    c = Cluster(compose_binary, project, env)
+    try:
+        yield c
+    finally:
+        if _failed(request.node):
+            print("\n----- compose logs -----\n" + c.compose("logs", "--no-color", timeout=60).stdout[-20000:])
+        c.compose("down", "--volumes", "--timeout", "5", timeout=120)
+
+
+def test_cluster_serves_through_the_router_and_survives_a_replica_and_the_store(cluster, docker_client):
+    started = time.monotonic()
+    up = cluster.compose("up", "--wait", "--wait-timeout", "180", timeout=240)
+    assert up.returncode == 0, up.stderr[-4000:]
+    print(f"cluster healthy in {time.monotonic() - started:.1f} s")
+    services = {s: cluster.container(docker_client, s) for s in ("replica-0", "replica-1", "kv-store", "router")}
+    for name, c in services.items():
+        c.reload()
+        assert c.attrs["State"]["Health"]["Status"] == "healthy", name
+    hosts = {name: services[name].attrs["Config"]["Hostname"] for name in ("replica-0", "replica-1")}
+    # Only the router is published; the replicas see the store by its service name.
+    published = {name: [p for p, binding in c.ports.items() if binding] for name, c in services.items()}
+    assert published == {"replica-0": [], "replica-1": [], "kv-store": [], "router": ["8000/tcp"]}
+    env0 = dict(e.split("=", 1) for e in services["replica-0"].attrs["Config"]["Env"])
+    assert env0["LMCACHE_SHARED_URL"] == "redis://kv-store:6379"
+    wait_until(lambda: store_up(services["replica-0"]) == 1.0 and store_up(services["replica-1"]) == 1.0, 30,
+               what="both replicas to see the store")
+
+    # Round robin through the router reaches both replicas.
+    answered = [cluster.complete() for _ in range(8)]
+    assert None not in answered
+    assert set(answered) == set(hosts.values()), answered
+
+    # A replica dies: the router stops sending to it (health checks every second, 2 failures) and serving goes on.
+    services["replica-0"].stop(timeout=0)
+    wait_until(lambda: json.loads(requests.get(f"http://127.0.0.1:{cluster.port}/readiness", timeout=5).text)
+               .get("healthy_workers") == 1, 30, what="the router to mark replica-0 unhealthy")
+    answered = [cluster.complete() for _ in range(6)]
+    assert answered == [hosts["replica-1"]] * 6, answered
+
+    # The store dies: the replica keeps serving, says so (metric 0), and uses it again when it is back.
+    services["kv-store"].stop(timeout=0)
+    wait_until(lambda: store_up(services["replica-1"]) == 0.0, 30, what="appliance_shared_store_up 0")
+    assert [cluster.complete() for _ in range(3)] == [hosts["replica-1"]] * 3
+    logs = services["replica-1"].logs().decode(errors="replace")
+    assert "the shared KV store redis://kv-store:6379 (LMCACHE_SHARED_URL) does not answer" in logs
+    services["kv-store"].start()
+    wait_until(lambda: store_up(services["replica-1"]) == 1.0, 30, what="appliance_shared_store_up 1 again")
+    services["replica-1"].reload()
+    assert services["replica-1"].attrs["State"]["Health"]["Status"] == "healthy"
+    assert services["replica-1"].attrs["RestartCount"] == 0
+
+
+def _config(compose_binary, env: dict[str, str]) -> dict:
+    out = subprocess.run([str(compose_binary), "-f", "compose.yaml", "-f", str(CLUSTER), "config", "--format", "json"],
+                         cwd=ROOT, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["services"]
+
+
+def test_a_replica_is_the_single_appliance_on_its_own_gpus(compose_binary):
+    """The replica anchor repeats compose.yaml's service (compose's `extends` cannot be overridden): same image,
+    checks, limits and stop grace; only ports, GPUs, the disk-tier volume and the store's URL differ."""
+    services = _config(compose_binary, {})
+    single = _config_single(compose_binary)
+    assert "appliance" not in services  # parked in the `single` profile: the router has the port
+    assert sorted(services) == ["kv-store", "replica-0", "replica-1", "router"]
+    for i in (0, 1):
+        replica = services[f"replica-{i}"]
+        for key in ("image", "env_file", "ipc", "ulimits", "healthcheck", "restart", "stop_grace_period", "build"):
+            assert replica.get(key) == single.get(key), (i, key)
+        assert "ports" not in replica
+        assert replica["deploy"]["resources"]["reservations"]["devices"] == [
+            {"driver": "nvidia", "device_ids": [str(i)], "capabilities": ["gpu"]}]
+        assert [v["source"] for v in replica["volumes"]] == ["hf-cache", f"kv-disk-{i}"]
+        assert replica["environment"] == {"LMCACHE_SHARED_URL": "redis://kv-store:6379"}
+    store = services["kv-store"]["command"]
+    assert store[store.index("--maxmemory-policy") + 1] == "allkeys-lru" and "--maxmemory" in store
+    assert [v["target"] for v in services["kv-store"]["volumes"]] == ["/data"]
+    assert [(p["published"], p["target"]) for p in services["router"]["ports"]] == [("8000", 8000)]
+
+
+def _config_single(compose_binary) -> dict:
+    out = subprocess.run([str(compose_binary), "-f", "compose.yaml", "config", "--format", "json"], cwd=ROOT,
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["services"]["appliance"]
+
+
+def test_replica_count_gpus_and_router_workers_come_from_the_env(compose_binary):
+    services = _config(compose_binary, {
+        "COMPOSE_PROFILES": "replicas-3", "APPLIANCE_REPLICA_0_GPUS": "0,1", "APPLIANCE_REPLICA_1_GPUS": "2,3",
+        "APPLIANCE_REPLICA_2_GPUS": "4,5", "VLLM_PORT": "9000", "APPLIANCE_ROUTER_POLICY": "round_robin",
+        "APPLIANCE_ROUTER_WORKERS": "http://replica-0:9000 http://replica-1:9000 http://replica-2:9000"})
+    assert sorted(services) == ["kv-store", "replica-0", "replica-1", "replica-2", "router"]
+    gpus = [services[f"replica-{i}"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+            for i in range(3)]
+    assert gpus == [["0,1"], ["2,3"], ["4,5"]]  # one id string: Docker passes it on as NVIDIA_VISIBLE_DEVICES
+    command = services["router"]["command"]
+    workers = command[command.index("--worker-urls") + 1:command.index("--health-check-interval-secs")]
+    assert workers == ["http://replica-0:9000", "http://replica-1:9000", "http://replica-2:9000"]
+    assert command[command.index("--policy") + 1] == "round_robin"
+    assert [(p["published"], p["target"]) for p in services["router"]["ports"]] == [("9000", 8000)]
