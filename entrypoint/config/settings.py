@@ -229,6 +229,24 @@ SETTINGS: tuple[Setting, ...] = (
        target="compose.yaml prometheus image"),
     _s("APPLIANCE_GRAFANA_IMAGE", "str", "Grafana image of the `monitoring` profile.", group="Compose",
        target="compose.yaml grafana image"),
+    # compose.cluster.yaml's (README "Scale out"): read by compose from the same .env as the replicas.
+    *(_s(f"APPLIANCE_REPLICA_{i}_GPUS", "str", f"GPU ids of replica-{i} in compose.cluster.yaml (default {i}); "
+         "several as \"0,1\" with VLLM_TENSOR_PARALLEL_SIZE. replica-2 and -3 run with COMPOSE_PROFILES="
+         "replicas-3 or replicas-4.", group="Compose", target="compose.cluster.yaml device_ids") for i in range(4)),
+    _s("APPLIANCE_ROUTER_WORKERS", "str", "The replicas the router sends to, space-separated URLs (default: "
+       "http://replica-0:VLLM_PORT http://replica-1:VLLM_PORT).", group="Compose",
+       target="compose.cluster.yaml vllm-router --worker-urls"),
+    _s("APPLIANCE_ROUTER_POLICY", "str", "The router's policy: cache_aware (default), round_robin, power_of_two, "
+       "consistent_hash, ... (vllm-router --policy).", group="Compose", target="vllm-router --policy"),
+    _s("APPLIANCE_ROUTER_HEALTH_INTERVAL", "str", "Seconds between the router's health checks of each replica "
+       "(default 10).", group="Compose", target="vllm-router --health-check-interval-secs"),
+    _s("APPLIANCE_ROUTER_IMAGE", "str", "The router's image (docker/router/Dockerfile).", group="Compose",
+       target="compose.cluster.yaml router image"),
+    _s("APPLIANCE_STORE_IMAGE", "str", "The shared store's image (default valkey/valkey:8.1; any Redis >= 6 "
+       "with a valkey-server command).", group="Compose", target="compose.cluster.yaml kv-store image"),
+    _s("APPLIANCE_STORE_MAXMEMORY", "str", "The shared store's memory cap for all replicas together (default "
+       "16gb); the least recently used chunks go first.", group="Compose",
+       target="valkey-server --maxmemory (allkeys-lru)"),
     _s("APPLIANCE_LMCACHE_WAIT", "seconds", "How long vLLM waits for the LMCache server to be healthy.",
        default=300, group="Appliance", minimum=1, target="vllm program start"),
 )

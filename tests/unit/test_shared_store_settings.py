@@ -139,3 +139,12 @@ def test_the_launcher_gives_the_password_to_lmcache_only(plan_for):
     vllm_env = vllm_environment(plan, environ)
     assert "LMCACHE_RESP_PASSWORD" not in vllm_env and "LMCACHE_SHARED_PASSWORD" not in vllm_env
     assert vllm_env["PATH"] == "/bin"
+
+
+def test_the_cluster_variables_in_env_are_accepted_by_every_replica(plan_for):
+    """compose.cluster.yaml reads them from the same .env that every replica reads (env_file): not unknown."""
+    plan = plan_for({**BASE, **URL, "APPLIANCE_REPLICA_0_GPUS": "0,1", "APPLIANCE_REPLICA_3_GPUS": "7",
+                     "APPLIANCE_ROUTER_WORKERS": "http://replica-0:8000", "APPLIANCE_ROUTER_POLICY": "round_robin",
+                     "APPLIANCE_ROUTER_HEALTH_INTERVAL": "5", "APPLIANCE_ROUTER_IMAGE": "r:1",
+                     "APPLIANCE_STORE_IMAGE": "valkey/valkey:8.1", "APPLIANCE_STORE_MAXMEMORY": "8gb"})
+    assert plan.errors == []
