@@ -12,6 +12,7 @@ import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 GIB = 1 << 30
 CGROUP_V2_LIMIT = Path("/sys/fs/cgroup/memory.max")
@@ -36,6 +37,25 @@ def floor_gib(n_bytes: float) -> float:
 class Memory:
     bytes: int
     source: str  # where the number comes from, for messages
+
+
+def files_under(path) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, stat) of every regular file below `path`, symlinks not followed; what vanishes meanwhile (LMCache
+    evicting) or cannot be read is skipped. The disk tier's one walk: auto sizing, preflight's prune, status."""
+    stack = [str(path)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield entry.path, entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
 
 
 class Host:
@@ -83,21 +103,7 @@ class Host:
 
     def tier_bytes(self, path: str) -> int:
         """What the disk tier already holds (its files count toward an `auto` cap: they are its own)."""
-        total, stack = 0, [path]
-        while stack:
-            try:
-                entries = list(os.scandir(stack.pop()))
-            except OSError:
-                continue
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-                except OSError:
-                    continue
-        return total
+        return sum(st.st_size for _, st in files_under(path))
 
     def in_writable_layer(self, path: str) -> bool:
         """Inside a container, whether `path` is on the container's own root filesystem (no volume there)."""

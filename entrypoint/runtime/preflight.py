@@ -49,22 +49,7 @@ def size_text(n: float) -> str:
 def tier_files(path: str | Path) -> list[tuple[float, int, str]]:
     """(last use, size, path) of every file under the disk tier; last use is the later of atime and mtime,
     since volumes are often mounted noatime."""
-    out, stack = [], [str(path)]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
-                    out.append((max(st.st_atime, st.st_mtime), st.st_size, entry.path))
-            except OSError:
-                continue  # LMCache removed it meanwhile
-    return out
+    return [(max(st.st_atime, st.st_mtime), st.st_size, name) for name, st in resources.files_under(path)]
 
 
 def tier_dirs(disk: DiskTier) -> list[str]:

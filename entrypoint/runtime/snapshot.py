@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import requests
 
 from . import state
+from ..config import resources
 from .healthcheck import api_base, api_headers
 from .render import RunDir
 from ..config.plan import Plan
@@ -52,14 +53,7 @@ def dir_bytes(path: str) -> int | None:
     """Bytes of the files under `path` (None when it does not exist)."""
     if not os.path.isdir(path):
         return None
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                continue  # removed meanwhile (eviction)
-    return total
+    return sum(st.st_size for _, st in resources.files_under(path))
 
 
 def l1_usage(status: dict) -> tuple[int, int] | None:
