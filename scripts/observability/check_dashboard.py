@@ -21,24 +21,16 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the entrypoint package of this checkout, where it is not installed
 DASHBOARD = ROOT / "docker" / "monitoring" / "grafana" / "dashboards" / "appliance.json"
 NAME = re.compile(r"\b((?:vllm:|lmcache_|appliance_)[A-Za-z0-9_:]+)")
 
 
 def scrape(url: str) -> dict[str, float]:
-    """Sample name -> value summed over label sets."""
+    """Sample name -> value summed over label sets (the parser `status` uses)."""
+    from entrypoint.runtime.snapshot import parse_metrics
     with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        try:
-            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-        except (IndexError, ValueError):
-            continue
-    return out
+        return parse_metrics(r.read().decode())
 
 
 def main(argv=None) -> int:

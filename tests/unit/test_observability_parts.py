@@ -168,3 +168,52 @@ def test_dashboard_queries_name_only_metrics_that_exist(plan_for, tmp_path, monk
             assert name in appliance | lmcache | vllm, f"{name} (in {expr!r}) is exposed by nothing"
     assert any(n.startswith("vllm:") for n in used) and any(n.startswith("lmcache_") for n in used)
     assert any(n.startswith("appliance_") for n in used)
+
+
+def test_dashboard_data_check_reports_missing_and_moving_metrics(tmp_path, monkeypatch):
+    """scripts/observability/check_dashboard.py (run during a GPU benchmark): every metric a panel names is
+    looked up in the two endpoints, and a rate() over a counter that did not move is reported as such."""
+    import importlib.util
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    spec = importlib.util.spec_from_file_location("check_dashboard",
+                                                  ROOT / "scripts" / "observability" / "check_dashboard.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    bodies = {"vllm": "# TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total 10\n",
+              "appliance": "# TYPE appliance_warnings gauge\nappliance_warnings 0\n"}
+
+    def serve(name):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                body = bodies[name].encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+        server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+    (v, vurl), (a, aurl) = serve("vllm"), serve("appliance")
+    try:
+        before = tmp_path / "before.json"
+        assert check.main(["before", "--vllm", vurl, "--appliance", aurl, "--out", str(before)]) == 0
+        bodies["vllm"] = "# TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total 25\n"
+        out = tmp_path / "after.json"
+        # most dashboard metrics are absent from these two small endpoints: exit 1, each reported
+        assert check.main(["after", "--vllm", vurl, "--appliance", aurl, "--before", str(before),
+                           "--out", str(out)]) == 1
+        rows = json.loads(out.read_text())
+        prompt = next(r for r in rows if r["metric"] == "vllm:prompt_tokens_total")
+        assert (prompt["present"], prompt["moved"], prompt["value"]) == (True, True, 25.0)
+        warnings = next(r for r in rows if r["metric"] == "appliance_warnings")
+        assert (warnings["present"], warnings["moved"]) == (True, None)  # a gauge shown as it is
+        assert any(not r["present"] for r in rows)
+    finally:
+        v.shutdown()
+        a.shutdown()
