@@ -168,11 +168,10 @@ def compose_binary() -> Path:
 
 
 # --- containers ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def run_once(docker_client, image):
-    """run_once(command, **create_kwargs) -> (exit code, output): `docker run --rm` that also removes the
+def runner(docker_client, image: str, default_timeout: float):
+    """run(command, timeout=..., **create_kwargs) -> (exit code, output): `docker run --rm` that also removes the
     anonymous volumes the image's VOLUMEs create (docker-py's remove=True would leave them behind)."""
-    def run(command, timeout: float = 120, **kwargs):
+    def run(command, timeout: float = default_timeout, **kwargs):
         container = docker_client.containers.create(image, command, **kwargs)
         try:
             container.start()
@@ -181,6 +180,12 @@ def run_once(docker_client, image):
         finally:
             container.remove(force=True, v=True)
     return run
+
+
+@pytest.fixture
+def run_once(docker_client, image):
+    """run_once(command, **create_kwargs) on the test image (see runner)."""
+    return runner(docker_client, image, 120)
 
 
 class Appliance:

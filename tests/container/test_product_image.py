@@ -13,7 +13,7 @@ import pytest
 from entrypoint.config.load import make_plan
 from entrypoint.config.schema import pinned_versions
 
-from .conftest import ROOT
+from .conftest import ROOT, runner
 
 EXIT_PREFLIGHT = 3
 NO_GPU = ("error: no GPU is visible (no /dev/nvidia* device, no nvidia-smi): vLLM needs an NVIDIA GPU. Run the "
@@ -24,15 +24,7 @@ NO_GPU = ("error: no GPU is visible (no /dev/nvidia* device, no nvidia-smi): vLL
 @pytest.fixture
 def run_product(docker_client, product_image):
     """run_product(command, timeout=..., **create_kwargs) -> (exit code, output), like run_once."""
-    def run(command, timeout: float = 300, **kwargs):
-        container = docker_client.containers.create(product_image, command, **kwargs)
-        try:
-            container.start()
-            code = container.wait(timeout=timeout)["StatusCode"]
-            return code, container.logs(stdout=True, stderr=True).decode(errors="replace")
-        finally:
-            container.remove(force=True, v=True)
-    return run
+    return runner(docker_client, product_image, 300)
 
 
 def python(code: str) -> list[str]:
