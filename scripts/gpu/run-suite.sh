@@ -419,6 +419,264 @@ suite_tp() {
     fi
 }
 
+# --- cluster (issue 15): two replicas on a 2-GPU host -------------------------------------------------------
+# A (GPU 0) and B (GPU 1): appliances, each with its own LMCache server, sharing a Redis store started here (the
+# carried binary, $ROOT/.gpu-cluster). C: a bare `vllm serve` on A's GPU that uses A's LMCache server (the
+# one-server shape, with A's --kv-transfer-config from A's plan.json); it starts once A's LMCache server answers.
+# Steps, in order of priority, each guarded by the budget: (b) the store: a prompt computed by A, served by B,
+# at several lengths, and the same store read by a plain client; (a) the shared server: a prompt computed by
+# A, served by C; the router (vllm-router) in front of A and B: a multi-user workload, 2 replicas cache_aware
+# and round_robin, 1 replica; the store SIGKILLed and restarted under light load. Knobs: CL_* below.
+CL_TOKENS=${CL_TOKENS:-4000,8000,16000,24000,32000}   # (b) prompt lengths
+CL_SHARED_TOKENS=${CL_SHARED_TOKENS:-8000,16000,32000} # (a) prompt lengths
+CL_SEEDS=${CL_SEEDS:-1}
+CL_MAX_MODEL_LEN=${CL_MAX_MODEL_LEN:-32768}
+CL_KV_BYTES=${CL_KV_BYTES:-21474836480}               # GPU KV cache of each vLLM (20 GiB): A and C share GPU 0
+CL_UTIL=${CL_UTIL:-0.4}                               # what vLLM checks is free at start (A, B)
+CL_C_UTIL=${CL_C_UTIL:-0.3}
+CL_CPU_GIB=${CL_CPU_GIB:-30}                          # each LMCache server's CPU tier
+CL_C_GPU=${CL_C_GPU:-0}                               # C's GPU; A's LMCache server must see it (CUDA IPC)
+CL_PORT=${CL_PORT:-8000}                              # A: CL_PORT, B: +1, C: +2, the router: +100
+CL_PORT_SHIFT=${CL_PORT_SHIFT:-0}                     # added to the LMCache and metrics ports (5555, 8080, 9090, 9464)
+CL_REDIS_PORT=${CL_REDIS_PORT:-6390}
+CL_REDIS_MAXMEMORY=${CL_REDIS_MAXMEMORY:-80gb}
+CL_ROUTE_S=${CL_ROUTE_S:-40}                          # each router run
+CL_PLAIN_OBJECTS=${CL_PLAIN_OBJECTS:-64}              # plain-client read: 64 objects of 32 MiB = a 16k prompt
+CL_ROUTE_ARGS=${CL_ROUTE_ARGS:-}                      # extra cluster.py route arguments (--users 24 ...)
+CL_KIT=${CL_KIT:-$ROOT/.gpu-cluster}                  # redis/ (run.sh redis-server ...), vllm_router-*.whl
+CL_SITE=${CL_SITE:-/tmp/site-cluster}                 # where the router wheel is installed
+declare -A CL_PID=()
+
+cl_install() {  # idempotent: the router wheel into $CL_SITE; the carried redis must run here
+    if [ ! -x "$CL_KIT/redis/run.sh" ]; then fail "cluster: $CL_KIT/redis/run.sh missing (carry .gpu-cluster)"; return 1; fi
+    "$CL_KIT/redis/run.sh" redis-server --version | sed 's/^/    /' || { fail "cluster: the carried redis-server does not run"; return 1; }
+    if [ ! -d "$CL_SITE/vllm_router" ]; then
+        "$PY" -m pip install -q --no-index --no-deps --target "$CL_SITE" "$CL_KIT"/vllm_router-*.whl \
+            || { fail "cluster: pip install of the router wheel"; return 1; }
+    fi
+    PYTHONPATH=$CL_SITE "$PY" "$ROOT/scripts/bench/cluster.py" router -- --help > /dev/null \
+        || { fail "cluster: vllm-router does not start"; return 1; }
+    local info; info=$(echo "$CL_SITE"/vllm_router-*.dist-info)
+    echo "    vllm-router $(basename "$info" .dist-info | cut -d- -f2) in $CL_SITE"
+}
+
+cl_redis_cmd() {  # the store: no persistence (a restart is an empty store), LRU under maxmemory
+    echo "$CL_KIT/redis/run.sh redis-server --port $CL_REDIS_PORT --bind 127.0.0.1 --protected-mode no --save '' --appendonly no --maxmemory $CL_REDIS_MAXMEMORY --maxmemory-policy allkeys-lru --daemonize yes --pidfile $OUT/redis.pid --logfile $LOGS/redis.log"
+}
+
+cl_redis_up() {  # start the store unless it answers
+    "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+    rm -f "$OUT/redis.pid"
+    bash -c "$(cl_redis_cmd)" || { fail "cluster: redis-server did not start"; return 1; }
+    for _ in $(seq 50); do "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.1; done
+    fail "cluster: redis-server does not answer"; return 1
+}
+
+cl_start() {  # cl_start NAME GPUS N VAR=value...: an appliance in the background, ports moved by N
+    local name=$1 gpus=$2 n=$3; shift 3
+    local port=$((CL_PORT + n)) run=/tmp/run-cl-$name
+    rm -rf "$run"; mkdir -p "$LOGS/$name"
+    {
+        PORT=$port appliance_env
+        echo "APPLIANCE_RUN_DIR=$run"
+        printf '%s\n' "APPLIANCE_LMCACHE_PORT=$((5555 + 10 * n + CL_PORT_SHIFT))" \
+            "APPLIANCE_LMCACHE_HTTP_PORT=$((8080 + n + CL_PORT_SHIFT))" \
+            "APPLIANCE_LMCACHE_METRICS_PORT=$((9090 + n + CL_PORT_SHIFT))" "APPLIANCE_METRICS_PORT=$((9464 + n + CL_PORT_SHIFT))"
+        for kv in "$@" $EXTRA_ENV; do echo "$kv"; done
+    } > "$LOGS/$name/appliance.env"
+    say "start $name on GPU $gpus, port $port: $(grep -E '^(VLLM_KV|LMCACHE|VLLM_GPU)' "$LOGS/$name/appliance.env" | tr '\n' ' ')"
+    date +%s.%N > "$LOGS/$name/started"
+    (
+        for v in $(compgen -e); do case $v in VLLM_*|LMCACHE_*|APPLIANCE_*) unset "$v" ;; esac; done
+        # shellcheck disable=SC2163  # each line is NAME=value
+        while IFS= read -r kv; do export "$kv"; done < "$LOGS/$name/appliance.env"
+        cd "$ROOT" && PYTHONPATH="${SITE:+$SITE:}$ROOT" CUDA_VISIBLE_DEVICES=$gpus exec "$PY" -m entrypoint serve
+    ) > "$LOGS/$name/serve.log" 2>&1 &
+    CL_PID[$name]=$!
+    echo "${CL_PID[$name]}" >> "$PIDS_FILE"
+}
+
+cl_wait() {  # cl_wait NAME N [MAX_S]: until ready (startup row), else the serve log's tail
+    local name=$1 port=$((CL_PORT + $2)) budget=${3:-$START_TIMEOUT}
+    [ "$(left)" -lt "$budget" ] && budget=$(left)
+    [ "$budget" -gt 10 ] || budget=10
+    local run=/tmp/run-cl-$name pidarg=()
+    [ -d "$run" ] || run=""
+    [ -n "${CL_PID[$name]:-}" ] && pidarg=(--pid "${CL_PID[$name]}")
+    if bench startup.py wait --label "cl-$name" --results "$RES" --base-url "http://127.0.0.1:$port" --model "$SERVED" \
+            --started-at "$(cat "$LOGS/$name/started")" "${pidarg[@]}" ${run:+--run-dir "$run"} --timeout "$budget"; then
+        return 0
+    fi
+    fail "cluster: $name did not get ready"
+    tail -n 30 "$LOGS/$name/serve.log" "$LOGS/$name/vllm.log" 2>/dev/null | sed "s/^/    $name: /"
+    return 1
+}
+
+cl_stop() {  # cl_stop NAME: SIGTERM to serve (or C's process group), keep the logs
+    local name=$1 pid=${CL_PID[$1]:-}
+    [ -n "$pid" ] || return 0
+    if [ "$name" = c ] || [ "$name" = router ]; then
+        kill -TERM -- "-$pid" 2>/dev/null
+        for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL -- "-$pid" 2>/dev/null
+    else
+        bench startup.py stop --pid "$pid" --label "cl-$name" --results "$RES" --timeout 60 || fail "cluster: $name: stop not clean"
+        cp /tmp/run-cl-"$name"/*.log /tmp/run-cl-"$name"/supervisord.conf /tmp/run-cl-"$name"/plan.json "$LOGS/$name/" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+    unset "CL_PID[$name]"
+}
+
+cl_cleanup() {  # everything this suite started (also on an early exit, before the tables)
+    local name pids=()
+    for name in router c; do cl_stop "$name"; done
+    for name in a b; do [ -n "${CL_PID[$name]:-}" ] && { cl_stop "$name" & pids+=($!); }; done
+    for name in "${pids[@]}"; do wait "$name"; done  # not a bare `wait`: it would wait for the console's tee
+    CL_PID=()
+    if [ -f "$OUT/redis.pid" ]; then kill "$(cat "$OUT/redis.pid")" 2>/dev/null; rm -f "$OUT/redis.pid"; fi
+}
+
+cl_start_c() {  # C: `vllm serve` with A's plan (model, flags, A's --kv-transfer-config), its own port and memory
+    local plan=/tmp/run-cl-a/plan.json argv=() envs=() cmd=$VLLM_CMD
+    for _ in $(seq 120); do  # A's LMCache server (its HTTP port) must answer before C connects
+        [ -f "$plan" ] && "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$((8080 + CL_PORT_SHIFT))/healthcheck', timeout=2)" 2>/dev/null && break
+        if [ -z "${CL_PID[a]:-}" ] || ! kill -0 "${CL_PID[a]}" 2>/dev/null; then fail "cluster: A gone before C could start"; return 1; fi
+        sleep 0.5
+    done
+    [ -f "$plan" ] || { fail "cluster: no $plan: C not started"; return 1; }
+    mapfile -t argv < <("$PY" - "$plan" "$((CL_PORT + 2))" "$CL_KV_BYTES" "$CL_C_UTIL" <<'PYEOF'
+import json, sys
+plan, port, kv, util = sys.argv[1:]
+argv = json.load(open(plan))["vllm"]["argv"]
+out = argv[argv.index("serve"):]
+for flag, value in (("--port", port), ("--host", "127.0.0.1"), ("--kv-cache-memory-bytes", kv),
+                    ("--gpu-memory-utilization", util)):
+    if flag in out:
+        out[out.index(flag) + 1] = value
+    else:
+        out += [flag, value]
+print("\n".join(out))
+PYEOF
+    )
+    mapfile -t envs < <("$PY" -c 'import json,sys; [print(f"{k}={v}") for k, v in json.load(open(sys.argv[1]))["vllm"]["env"].items()]' "$plan")
+    [ "${#argv[@]}" -gt 2 ] || { fail "cluster: no vLLM argv in $plan"; return 1; }
+    mkdir -p "$LOGS/c"
+    say "start c on GPU $CL_C_GPU (A's LMCache server): vllm ${argv[*]}"
+    date +%s.%N > "$LOGS/c/started"
+    (
+        for v in $(compgen -e); do case $v in VLLM_*|LMCACHE_*|APPLIANCE_*) unset "$v" ;; esac; done
+        for kv in "${envs[@]}"; do [ -n "$kv" ] && export "${kv?}"; done
+        export VLLM_SERVER_DEV_MODE=1 VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1
+        # shellcheck disable=SC2086  # the command is words (python3 -m vllm.entrypoints.cli.main)
+        cd "$ROOT" && PYTHONPATH="${SITE:+$SITE:}$ROOT" CUDA_VISIBLE_DEVICES=$CL_C_GPU exec setsid $cmd "${argv[@]}"
+    ) > "$LOGS/c/vllm.log" 2>&1 &
+    CL_PID[c]=$!
+}
+
+cl_router() {  # cl_router POLICY URL...: vllm-router on CL_PORT+100 (restarted for each configuration)
+    local policy=$1; shift
+    cl_stop router
+    mkdir -p "$LOGS/router"
+    (
+        PYTHONPATH=$CL_SITE exec setsid "$PY" "$ROOT/scripts/bench/cluster.py" router -- --host 127.0.0.1 --port $((CL_PORT + 100)) \
+            --worker-urls "$@" --policy "$policy" --worker-startup-check-interval 1 --health-check-interval-secs 5 \
+            --prometheus-host 127.0.0.1 --prometheus-port $((29000 + CL_PORT % 1000 + 100)) --log-level warning
+    ) >> "$LOGS/router/router-$policy-$#.log" 2>&1 &
+    CL_PID[router]=$!
+    for _ in $(seq 60); do
+        "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$((CL_PORT + 100))/readiness', timeout=2)" 2>/dev/null && return 0
+        kill -0 "${CL_PID[router]}" 2>/dev/null || break
+        sleep 0.5
+    done
+    fail "cluster: the router ($policy, $# workers) did not get ready"
+    tail -n 20 "$LOGS/router/router-$policy-$#.log" | sed 's/^/    router: /'
+    cl_stop router
+    return 1
+}
+
+suite_cluster() {
+    REPORTS+=(startup.py cluster.py)
+    trap 'cl_cleanup; on_exit' EXIT  # the replicas, C, the router and the store go before the tables
+    local A=http://127.0.0.1:$CL_PORT B=http://127.0.0.1:$((CL_PORT + 1)) C=http://127.0.0.1:$((CL_PORT + 2))
+    local R=http://127.0.0.1:$((CL_PORT + 100)) store=127.0.0.1:$CL_REDIS_PORT
+    local a_gpus=0 ok_a=1 ok_b=1 ok_c=1
+    [ "$CL_C_GPU" != 0 ] && a_gpus=0,$CL_C_GPU  # A's LMCache server maps C's KV cache (CUDA IPC by device UUID)
+    local lmc=(VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CL_CPU_GIB" VLLM_MAX_MODEL_LEN="$CL_MAX_MODEL_LEN"
+               VLLM_KV_CACHE_MEMORY_BYTES="$CL_KV_BYTES" VLLM_GPU_MEMORY_UTILIZATION="$CL_UTIL"
+               LMCACHE_SHARED_URL="redis://$store")
+    cl_install || return 0
+    bench common.py kv-bytes --model-config "$MODEL" --tokens "$CL_TOKENS" | sed 's/^/    /'
+    cl_redis_up || return 0
+    need 150 "cluster: start A and B" || return 0
+    # No disk tier: B's hit of A's prompt can only come from the store (or a recompute).
+    cl_start a "$a_gpus" 0 "${lmc[@]}"
+    cl_start b 1 1 "${lmc[@]}"
+    cl_start_c || ok_c=0
+    cl_wait a 0 & local wa=$!
+    cl_wait b 1 & local wb=$!
+    wait "$wa" || ok_a=0
+    wait "$wb" || ok_b=0
+    if [ "$ok_a" = 1 ]; then sizes_of a; fi
+    # (b) each replica its own LMCache server, one store: A computes, B finds it in the store
+    if [ "$ok_a$ok_b" = 11 ] && need 90 "cluster (b): store hit vs recompute"; then
+        bench cluster.py pair --label store --writer "$A" --reader "$B" --redis "$store" --model "$SERVED" \
+            --tokens "$CL_TOKENS" --seeds "$CL_SEEDS" --results "$RES" || fail "cluster (b): pair"
+        "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" info memory | grep -E '^used_memory_human' | sed 's/^/    store: /'
+    fi
+    if need 25 "cluster (b): plain-client read of the store"; then
+        bench cluster.py plain-read --redis "$store" --object-bytes "$(cl_object_bytes)" --objects "$CL_PLAIN_OBJECTS" --parallel 8 \
+            --results "$RES" --redis-benchmark "$CL_KIT/redis/run.sh redis-benchmark" || fail "cluster (b): plain read"
+    fi
+    # (a) one LMCache server for two vLLMs: A computes, C finds it in A's server's CPU tier
+    if [ "$ok_a$ok_c" = 11 ] && need 60 "cluster (a): shared LMCache server"; then
+        if cl_wait c 2 120; then
+            bench cluster.py pair --label shared-server --writer "$A" --reader "$C" --model "$SERVED" \
+                --tokens "$CL_SHARED_TOKENS" --seeds "$CL_SEEDS" --settle 1.5 --results "$RES" || fail "cluster (a): pair"
+            grep -hiE "register|worker.*(added|connected)|instance" /tmp/run-cl-a/lmcache.log 2>/dev/null | tail -4 | cut -c1-200 | sed 's/^/    lmcache(a): /'
+        fi
+    fi
+    cl_stop c  # frees GPU 0 memory; the router runs do not use it
+    # the router in front: 2 replicas cache_aware and round_robin, then 1 replica
+    if [ "$ok_a$ok_b" = 11 ]; then
+        local run label pol workers
+        for run in "2x-cache_aware|cache_aware|$A $B" "2x-round_robin|round_robin|$A $B" "1x|round_robin|$A"; do
+            IFS='|' read -r label pol workers <<< "$run"
+            need $((CL_ROUTE_S + 20)) "cluster router $label" || continue
+            # shellcheck disable=SC2086  # workers: words
+            cl_router "$pol" $workers || continue
+            # shellcheck disable=SC2086
+            bench cluster.py route --label "$label" --policy "$pol" --base-url "$R" --replicas "${workers// /,}" \
+                --model "$SERVED" --max-seconds "$CL_ROUTE_S" --salt "route-$label-$(date +%s)" --results "$RES" $CL_ROUTE_ARGS \
+                || fail "cluster router $label"
+        done
+        cl_stop router
+    fi
+    # the store SIGKILLed and restarted under light load: B keeps serving, B's store hits come back
+    if [ "$ok_a$ok_b" = 11 ] && need 50 "cluster: the store killed and restarted"; then
+        bench cluster.py outage --label store-outage --writer "$A" --reader "$B" --redis "$store" --model "$SERVED" \
+            --redis-pidfile "$OUT/redis.pid" --restart-cmd "$(cl_redis_cmd)" --max-seconds $(( $(left) > 70 ? 40 : $(left) - 30 )) \
+            --results "$RES" || fail "cluster: store outage"
+    fi
+    cl_cleanup
+    trap on_exit EXIT
+}
+
+cl_object_bytes() {  # one LMCache object in the store (STRLEN of a key), else one chunk of 256 tokens
+    local key size
+    key=$("$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" --raw randomkey 2>/dev/null)
+    [ -n "$key" ] && size=$("$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" --raw strlen "$key" 2>/dev/null)
+    if [ -n "${size:-}" ] && [ "$size" -gt 0 ] 2>/dev/null; then echo "$size"; return; fi
+    size=$(bench common.py kv-bytes --model-config "$MODEL" --tokens 1 | awk '/per token:/{print $5}')
+    echo $(( 256 * ${size:-131072} ))
+}
+
+sizes_of() {  # what an LMCache server was given (its rendered plan), e.g. its --l2-adapter for the store
+    "$PY" -c 'import json, sys
+argv = json.load(open(sys.argv[1]))["lmcache"]["argv"]
+print(" ".join(f"{f} {argv[i + 1]}" for i, f in enumerate(argv) if f in ("--l1-size-gb", "--l2-adapter")))' \
+        "/tmp/run-cl-$1/plan.json" 2>/dev/null | sed "s/^/    $1 lmcache: /"
+}
+
 suite_faults() {
     REPORTS+=(startup.py faults.py)
     local small=/tmp/kvsmall
@@ -449,7 +707,7 @@ suite_faults() {
 
 [ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
 for s in "$@"; do
-    case $s in reuse|multiround|faults|tp) ;; *) echo "unknown suite: $s (reuse, multiround, faults, tp)"; exit 2 ;; esac
+    case $s in reuse|multiround|faults|tp|cluster) ;; *) echo "unknown suite: $s (reuse, multiround, faults, tp, cluster)"; exit 2 ;; esac
 done
 header "$@"
 cleanup_earlier
