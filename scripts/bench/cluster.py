@@ -254,6 +254,37 @@ def cmd_pair(a) -> int:
 PLAIN_PREFIX = "cluster-bench:plain:"
 
 
+def _read_round(host: str, port: int, keys: list[str], object_bytes: int, parallel: int) -> float:
+    """Seconds for `parallel` connections to GET their share of `keys` (key i on connection i % parallel)."""
+    conns = [Resp(host, port, timeout=120) for _ in range(parallel)]
+    bufs = [memoryview(bytearray(object_bytes)) for _ in range(parallel)]
+    errors: list[str] = []
+    start = threading.Barrier(parallel + 1)
+
+    def work(i):
+        start.wait()
+        try:
+            for k in keys[i::parallel]:
+                if conns[i].get_into(k, bufs[i]) != object_bytes:
+                    errors.append(f"{k}: short read")
+        except (OSError, RespError) as e:
+            errors.append(f"{e.__class__.__name__}: {e}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(parallel)]
+    for th in threads:
+        th.start()
+    start.wait()
+    t = time.perf_counter()
+    for th in threads:
+        th.join()
+    dt = time.perf_counter() - t
+    for cn in conns:
+        cn.close()
+    if errors:
+        raise RespError("; ".join(errors[:3]))
+    return dt
+
+
 def plain_read(addr: str, object_bytes: int, objects: int, parallel: int, reps: int) -> dict:
     """GB/s of GETs of `objects` objects of `object_bytes`, spread over `parallel` connections, each reading
     into its own preallocated buffer; the median of `reps` rounds. The objects are written first and deleted
@@ -270,33 +301,7 @@ def plain_read(addr: str, object_bytes: int, objects: int, parallel: int, reps: 
     rounds = []
     try:
         for _ in range(reps):
-            conns = [Resp(host, port, timeout=120) for _ in range(parallel)]
-            bufs = [memoryview(bytearray(object_bytes)) for _ in range(parallel)]
-            errors: list[str] = []
-            start = threading.Barrier(parallel + 1)
-
-            def work(i):
-                start.wait()
-                try:
-                    for k in keys[i::parallel]:
-                        if conns[i].get_into(k, bufs[i]) != object_bytes:
-                            errors.append(f"{k}: short read")
-                except (OSError, RespError) as e:
-                    errors.append(f"{e.__class__.__name__}: {e}")
-
-            threads = [threading.Thread(target=work, args=(i,)) for i in range(parallel)]
-            for th in threads:
-                th.start()
-            start.wait()
-            t = time.perf_counter()
-            for th in threads:
-                th.join()
-            dt = time.perf_counter() - t
-            for cn in conns:
-                cn.close()
-            if errors:
-                raise RespError("; ".join(errors[:3]))
-            rounds.append(object_bytes * objects / dt / 1e9)
+            rounds.append(object_bytes * objects / _read_round(host, port, keys, object_bytes, parallel) / 1e9)
     finally:
         with Resp(host, port, timeout=120) as r:
             for i in range(0, len(keys), 256):
@@ -310,7 +315,7 @@ def redis_benchmark(exe: str, addr: str, object_bytes: int, objects: int, parall
     host, port = host_port(addr)
     argv = [*exe.split(), "-h", host, "-p", str(port), "-t", "set,get", "-d", str(object_bytes), "-n", str(objects),
             "-c", str(parallel), "-r", str(objects), "-q"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
     m = re.search(r"GET: ([0-9.]+) requests per second", text.replace("\r", "\n"))
     if out.returncode != 0 or not m:
@@ -666,10 +671,10 @@ def build_report(rows: list[dict], kv_bpt: int) -> tuple[dict, str]:
                                         (100 * eff / plain["gb_per_s"]) if (eff and plain) else None,
                                         100 * STORE_VS_PLAIN, "%", lower_is_better=False))
     if md:
-        md += ["eff. GB/s: the full chunks' KV bytes / (reader hit - reader GPU hit): the whole path (lookup, store "
-               "-> the reader's CPU tier -> GPU). 'hit - after reset': the same bytes over the time beyond a hit in "
-               "the reader's own CPU tier, i.e. the store stage alone (when LMCache kept the loaded chunks in its CPU "
-               "tier).", ""]
+        md += [("eff. GB/s: the full chunks' KV bytes / (reader hit - reader GPU hit): the whole path (lookup, store "
+                "-> the reader's CPU tier -> GPU). 'hit - after reset': the same bytes over the time beyond a hit in "
+                "the reader's own CPU tier, i.e. the store stage alone (when LMCache kept the loaded chunks in its CPU "
+                "tier)."), ""]
     plains = [r for r in rows if r.get("bench") == "cluster_plain_read"]
     if plains:
         md += ["### What the same store delivers to a plain client (GET of the same object size)", ""]
@@ -688,7 +693,7 @@ def build_report(rows: list[dict], kv_bpt: int) -> tuple[dict, str]:
         trows = []
         for lab, r in routes.items():
             share = []
-            for u, d in (r.get("per_replica") or {}).items():
+            for d in (r.get("per_replica") or {}).values():
                 share.append(f"{d.get('vllm:request_success_total', 0):.0f}")
             trows.append([lab, str(r.get("replicas")), r.get("policy") or "-", str(r.get("requests")), str(r.get("failed")),
                           r.get("ttft_p50_s"), r.get("ttft_p90_s"), c.fmt(r.get("tokens_per_s"), 0),
@@ -696,10 +701,10 @@ def build_report(rows: list[dict], kv_bpt: int) -> tuple[dict, str]:
         md.append(c.markdown_table(["run", "replicas", "policy", "requests", "failed", "TTFT p50 s", "TTFT p90 s",
                                     "tok/s", "req/s", "requests per replica"], trows))
         p = next(iter(routes.values())).get("params") or {}
-        md += ["", f"{p.get('users')} users x up to {p.get('rounds')} rounds, shared system prompt of "
-               f"{p.get('system_words')} number words, {p.get('user_words')} words a round, {p.get('answer_tokens')} "
-               f"answer tokens, {p.get('concurrency')} requests in flight, {p.get('max_seconds')} s (text prompts: "
-               "the router's cache_aware policy matches text).", ""]
+        md += ["", (f"{p.get('users')} users x up to {p.get('rounds')} rounds, shared system prompt of "
+                    f"{p.get('system_words')} number words, {p.get('user_words')} words a round, "
+                    f"{p.get('answer_tokens')} answer tokens, {p.get('concurrency')} requests in flight, "
+                    f"{p.get('max_seconds')} s (text prompts: the router's cache_aware policy matches text)."), ""]
     outages = [r for r in rows if r.get("bench") == "cluster_outage"]
     if outages:
         md += ["### The store SIGKILLed and restarted (light load on the reader)", ""]
