@@ -464,8 +464,12 @@ cl_redis_cmd() {  # the store: no persistence (a restart is an empty store), LRU
     echo "$CL_KIT/redis/run.sh redis-server --port $CL_REDIS_PORT --bind 127.0.0.1 --protected-mode no --save '' --appendonly no --maxmemory $CL_REDIS_MAXMEMORY --maxmemory-policy allkeys-lru --daemonize yes --pidfile $OUT/redis.pid --logfile $LOGS/redis.log"
 }
 
-cl_redis_up() {  # start the store unless it answers
-    "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+cl_redis_up() {  # start the store unless it answers (then empty it: no object of an earlier call may be found)
+    if "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
+        echo "    a store already answers on port $CL_REDIS_PORT: FLUSHALL"
+        "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" flushall > /dev/null
+        return 0
+    fi
     rm -f "$OUT/redis.pid"
     bash -c "$(cl_redis_cmd)" || { fail "cluster: redis-server did not start"; return 1; }
     for _ in $(seq 50); do "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.1; done
