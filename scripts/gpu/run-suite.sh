@@ -448,11 +448,12 @@ CL_SITE=${CL_SITE:-/tmp/site-cluster}                 # where the router wheel i
 declare -A CL_PID=()
 
 cl_install() {  # idempotent: the router wheel into $CL_SITE; the carried redis must run here
-    if [ ! -x "$CL_KIT/redis/run.sh" ]; then fail "cluster: $CL_KIT/redis/run.sh missing (carry .gpu-cluster)"; return 1; fi
-    "$CL_KIT/redis/run.sh" redis-server --version | sed 's/^/    /' || { fail "cluster: the carried redis-server does not run"; return 1; }
-    if [ ! -d "$CL_SITE/vllm_router" ]; then
+    if [ ! -f "$CL_KIT/redis/run.sh" ]; then fail "cluster: $CL_KIT/redis/run.sh missing (carry .gpu-cluster)"; return 1; fi
+    bash "$CL_KIT/redis/run.sh" redis-server --version | sed 's/^/    /' || { fail "cluster: the carried redis-server does not run"; return 1; }
+    if [ ! -d "$CL_SITE/vllm_router" ]; then  # pip, else the wheel unpacked (all it holds is importable files)
         "$PY" -m pip install -q --no-index --no-deps --target "$CL_SITE" "$CL_KIT"/vllm_router-*.whl \
-            || { fail "cluster: pip install of the router wheel"; return 1; }
+            || "$PY" -m zipfile -e "$(echo "$CL_KIT"/vllm_router-*.whl)" "$CL_SITE" \
+            || { fail "cluster: could not install the router wheel"; return 1; }
     fi
     PYTHONPATH=$CL_SITE "$PY" "$ROOT/scripts/bench/cluster.py" router -- --help > /dev/null \
         || { fail "cluster: vllm-router does not start"; return 1; }
@@ -461,18 +462,18 @@ cl_install() {  # idempotent: the router wheel into $CL_SITE; the carried redis 
 }
 
 cl_redis_cmd() {  # the store: no persistence (a restart is an empty store), LRU under maxmemory
-    echo "$CL_KIT/redis/run.sh redis-server --port $CL_REDIS_PORT --bind 127.0.0.1 --protected-mode no --save '' --appendonly no --maxmemory $CL_REDIS_MAXMEMORY --maxmemory-policy allkeys-lru --daemonize yes --pidfile $OUT/redis.pid --logfile $LOGS/redis.log"
+    echo "bash $CL_KIT/redis/run.sh redis-server --port $CL_REDIS_PORT --bind 127.0.0.1 --protected-mode no --save '' --appendonly no --maxmemory $CL_REDIS_MAXMEMORY --maxmemory-policy allkeys-lru --daemonize yes --pidfile $OUT/redis.pid --logfile $LOGS/redis.log"
 }
 
 cl_redis_up() {  # start the store unless it answers (then empty it: no object of an earlier call may be found)
-    if "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
+    if bash "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
         echo "    a store already answers on port $CL_REDIS_PORT: FLUSHALL"
-        "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" flushall > /dev/null
+        bash "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" flushall > /dev/null
         return 0
     fi
     rm -f "$OUT/redis.pid"
     bash -c "$(cl_redis_cmd)" || { fail "cluster: redis-server did not start"; return 1; }
-    for _ in $(seq 50); do "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.1; done
+    for _ in $(seq 50); do bash "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.1; done
     fail "cluster: redis-server does not answer"; return 1
 }
 
@@ -618,18 +619,18 @@ suite_cluster() {
     cl_start_c || ok_c=0
     cl_wait a 0 & local wa=$!
     cl_wait b 1 & local wb=$!
-    wait "$wa" || ok_a=0
-    wait "$wb" || ok_b=0
+    wait "$wa" || { ok_a=0; fail "cluster: A not ready: (b), (a), the router and the outage skipped"; }
+    wait "$wb" || { ok_b=0; fail "cluster: B not ready: (b), the router and the outage skipped"; }
     if [ "$ok_a" = 1 ]; then sizes_of a; fi
     # (b) each replica its own LMCache server, one store: A computes, B finds it in the store
     if [ "$ok_a$ok_b" = 11 ] && need 90 "cluster (b): store hit vs recompute"; then
         bench cluster.py pair --label store --writer "$A" --reader "$B" --redis "$store" --model "$SERVED" \
             --tokens "$CL_TOKENS" --seeds "$CL_SEEDS" --results "$RES" || fail "cluster (b): pair"
-        "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" info memory | grep -E '^used_memory_human' | sed 's/^/    store: /'
+        bash "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" info memory | grep -E '^used_memory_human' | sed 's/^/    store: /'
     fi
     if need 25 "cluster (b): plain-client read of the store"; then
         bench cluster.py plain-read --redis "$store" --object-bytes "$(cl_object_bytes)" --objects "$CL_PLAIN_OBJECTS" --parallel 8 \
-            --results "$RES" --redis-benchmark "$CL_KIT/redis/run.sh redis-benchmark" || fail "cluster (b): plain read"
+            --results "$RES" --redis-benchmark "bash $CL_KIT/redis/run.sh redis-benchmark" || fail "cluster (b): plain read"
     fi
     # (a) one LMCache server for two vLLMs: A computes, C finds it in A's server's CPU tier
     if [ "$ok_a$ok_c" = 11 ] && need 60 "cluster (a): shared LMCache server"; then
@@ -667,8 +668,8 @@ suite_cluster() {
 
 cl_object_bytes() {  # one LMCache object in the store (STRLEN of a key), else one chunk of 256 tokens
     local key size
-    key=$("$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" --raw randomkey 2>/dev/null)
-    [ -n "$key" ] && size=$("$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" --raw strlen "$key" 2>/dev/null)
+    key=$(bash "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" --raw randomkey 2>/dev/null)
+    [ -n "$key" ] && size=$(bash "$CL_KIT/redis/run.sh" redis-cli -p "$CL_REDIS_PORT" --raw strlen "$key" 2>/dev/null)
     if [ -n "${size:-}" ] && [ "$size" -gt 0 ] 2>/dev/null; then echo "$size"; return; fi
     size=$(bench common.py kv-bytes --model-config "$MODEL" --tokens 1 | awk '/per token:/{print $5}')
     echo $(( 256 * ${size:-131072} ))
