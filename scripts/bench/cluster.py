@@ -538,7 +538,7 @@ def cmd_outage(a) -> int:
                load_errors=sorted({x["error"] for x in during if x["error"]})[:3])
     row["ok"] = bool(row["store_restarted"] and row.get("reader_hits_back_s") is not None and not row["load_failed"])
     c.append_rows(a.results, [row])
-    c.log(f"outage: {row}")
+    c.log("outage: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("tries", "bench")))
     return 0 if row["ok"] else 1
 
 
