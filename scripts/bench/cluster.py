@@ -183,12 +183,20 @@ def _ints(text: str) -> list[int]:
 
 
 def _measure(a, url: str, phase: str, tokens: int, seed, prompt, **extra) -> dict:
+    """One timed request; for the reader's hits also how many prompt tokens vLLM took from its KV connector
+    (LMCache): its external_prefix_cache_hits counter before and after, outside the timed part."""
+    probe = phase in ("reader_hit", "reader_after_reset")
+    before = scrape(url) if probe else {}
     res = c.completion_ttft(url, a.model, prompt, a.request_timeout)
+    if probe:
+        hits = deltas(before, scrape(url)).get("vllm:external_prefix_cache_hits_total")
+        extra = {**extra, "external_hit_tokens": hits}
     row = {"bench": "cluster_pair", "label": a.label, "phase": phase, "tokens": tokens, "seed": seed,
            "ttft_s": res["ttft_s"], "prompt_tokens": res["prompt_tokens"], "ok": res["ok"], "error": res["error"],
            **extra}
     c.log(f"{a.label:>14} {phase:<19} {tokens:>6} tok seed {seed}: "
-          + (f"{res['ttft_s']:.3f} s" if res["ok"] else f"FAILED ({res['error']})"))
+          + (f"{res['ttft_s']:.3f} s" if res["ok"] else f"FAILED ({res['error']})")
+          + (f", external hit tokens {extra['external_hit_tokens']}" if probe else ""))
     c.append_rows(a.results, [row])
     return row
 
@@ -575,6 +583,8 @@ def pair_medians(rows: list[dict]) -> dict:
         for k in ("object_bytes", "store_new_keys", "store_wait_s"):
             if r.get(k) is not None:
                 d.setdefault(k, []).append(r[k])
+        if r.get("external_hit_tokens") is not None:
+            d.setdefault(f"{r['phase']}_external", []).append(r["external_hit_tokens"])
     return {lab: {n: {k: c.median(v) for k, v in d.items()} for n, d in by_n.items()} for lab, by_n in acc.items()}
 
 
@@ -641,14 +651,14 @@ def build_report(rows: list[dict], kv_bpt: int) -> tuple[dict, str]:
             table.append([str(n), f"{nbytes / 1e9:.2f}", d.get("writer_cold"), rec, hit, gpu, reset, ratio,
                           c.fmt(eff, 2), c.fmt(stage, 2),
                           "-" if plain is None or eff is None else f"{100 * eff / plain['gb_per_s']:.0f}%",
-                          c.fmt(d.get("store_new_keys"), 0)])
+                          c.fmt(d.get("reader_hit_external"), 0), c.fmt(d.get("store_new_keys"), 0)])
         cross = crossover(points)
         summary["labels"][lab] = {"crossover": cross}
         md += [f"### {lab}: a prompt computed by the writer, served by the reader (TTFT s, median)", ""]
         md.append(c.markdown_table(["tokens", "KV GB", "writer cold", "reader recompute", "reader hit",
                                     "reader GPU hit", "reader after reset", "hit / recompute",
                                     "eff. GB/s (hit - GPU hit)", "GB/s (hit - after reset)", "of plain client",
-                                    "new store keys"], table))
+                                    "hit tokens from LMCache", "new store keys"], table))
         if cross["from_tokens"] is None:
             text = "the hit never beat recompute at the measured lengths"
         elif cross["below_range"]:

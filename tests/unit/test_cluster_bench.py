@@ -68,7 +68,9 @@ def pair_rows(label, by_n, object_bytes=OBJ):
     for n, phases in by_n.items():
         for phase, ttft in phases.items():
             rows.append({"bench": "cluster_pair", "label": label, "phase": phase, "tokens": n, "seed": 0,
-                         "ttft_s": ttft, "ok": True, **({"object_bytes": object_bytes} if phase == "reader_hit" else {})})
+                         "ttft_s": ttft, "ok": True,
+                         **({"object_bytes": object_bytes, "external_hit_tokens": n // 256 * 256}
+                            if phase == "reader_hit" else {})})
     rows.append({"bench": "cluster_pair", "label": label, "phase": "reader_hit", "tokens": 16000, "seed": 1,
                  "ttft_s": 99.0, "ok": False, "error": "HTTP 500"})  # a failed request counts in no median
     return rows
@@ -113,6 +115,7 @@ def test_report_tables_crossover_and_targets():
     assert "| 2x-cache_aware | 2" in md and "90 / 10" in md
     assert "| 5      | 40" in md  # the outage row
     assert "crossing ~" in md
+    assert "| 16000  | 2.08  |" in md and "| 15872 " in md  # the KV of 62 full chunks, the tokens LMCache gave vLLM
 
 
 def test_report_misses_are_misses():
