@@ -619,6 +619,7 @@ suite_cluster() {
     cl_start_c || ok_c=0
     cl_wait a 0 & local wa=$!
     cl_wait b 1 & local wb=$!
+    local wc=""; [ "$ok_c" = 1 ] && { cl_wait c 2 & wc=$!; }  # in the background: its startup row is its own
     wait "$wa" || { ok_a=0; fail "cluster: A not ready: (b), (a), the router and the outage skipped"; }
     wait "$wb" || { ok_b=0; fail "cluster: B not ready: (b), the router and the outage skipped"; }
     if [ "$ok_a" = 1 ]; then sizes_of a; fi
@@ -634,7 +635,11 @@ suite_cluster() {
     fi
     # (a) one LMCache server for two vLLMs: A computes, C finds it in A's server's CPU tier
     if [ "$ok_a$ok_c" = 11 ] && need 60 "cluster (a): shared LMCache server"; then
-        if cl_wait c 2 120; then
+        local waited=0
+        while kill -0 "$wc" 2>/dev/null && [ "$waited" -lt 120 ]; do sleep 1; waited=$((waited + 1)); done
+        if kill -0 "$wc" 2>/dev/null; then kill "$wc" 2>/dev/null; ok_c=0; fail "cluster (a): C not ready in time"
+        elif ! wait "$wc"; then ok_c=0; fail "cluster (a): C did not get ready"; fi
+        if [ "$ok_c" = 1 ]; then
             bench cluster.py pair --label shared-server --writer "$A" --reader "$C" --model "$SERVED" \
                 --tokens "$CL_SHARED_TOKENS" --seeds "$CL_SEEDS" --settle 1.5 --results "$RES" || fail "cluster (a): pair"
             grep -hiE "register|worker.*(added|connected)|instance" /tmp/run-cl-a/lmcache.log 2>/dev/null | tail -4 | cut -c1-200 | sed 's/^/    lmcache(a): /'
