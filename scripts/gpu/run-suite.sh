@@ -656,7 +656,8 @@ suite_cluster() {
             cl_router "$pol" $workers || continue
             # shellcheck disable=SC2086
             bench cluster.py route --label "$label" --policy "$pol" --base-url "$R" --replicas "${workers// /,}" \
-                --model "$SERVED" --max-seconds "$CL_ROUTE_S" --salt "route-$label-$(date +%s)" --results "$RES" $CL_ROUTE_ARGS \
+                --model "$SERVED" --max-seconds "$CL_ROUTE_S" --request-timeout 60 --salt "route-$label-$(date +%s)" \
+                --results "$RES" $CL_ROUTE_ARGS \
                 || fail "cluster router $label"
         done
         cl_stop router
