@@ -9,6 +9,10 @@ Runs in steps against an appliance that is up; each step appends rows to RESULTS
                  --supervisor-socket /tmp/run-x/supervisor.sock --results R
         restart through supervisord (kill-vllm: SIGKILL mid-request, supervisord respawns it; vllm: stop and
         start; all: lmcache and vllm; none: done outside), time restart-to-ready, then each prompt once
+  reuse.py churn --label lmcache-arc --tokens 8000 --prompts 6 --passes 2 --results R
+        a working set larger than the CPU tier: the prompts in turn, each after a GPU reset (so every hit comes
+        from LMCache), pass after pass; rows churn_pass1, churn_pass2, ... (what the eviction and L2 prefetch
+        policies keep in the CPU tier shows in the later passes)
   reuse.py report --results R [--baseline no-offload]
         medians per phase and length, ratio to the baseline's recompute, copy floor, the issue's targets
 
@@ -99,6 +103,19 @@ def cmd_run(a) -> int:
             time.sleep(a.settle)  # let an offload tier finish storing what the cold request computed
             rows.append(_row(a, "after_reset", n, seed,
                              c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
+    return _exit_status(rows)
+
+
+def cmd_churn(a) -> int:
+    c.wait_ready(a.base_url, a.model, timeout=a.ready_timeout)
+    rows = [] if a.no_warmup else warmup(a, "churn")
+    n = _ints(a.tokens)[0]
+    for p in range(1, a.passes + 1):
+        for i in range(a.prompts):
+            c.reset_prefix_cache(a.base_url)
+            res = c.completion_ttft(a.base_url, a.model, c.token_prompt(1000 + i, n, a.salt), a.request_timeout)
+            rows.append(_row(a, f"churn_pass{p}", n, i, res))
+            time.sleep(a.settle)  # the store of a cold pass finishes before the next prompt
     return _exit_status(rows)
 
 
@@ -222,6 +239,17 @@ def summarize(rows: list[dict]) -> dict:
     return {"median": med, "count": counts, "restart_to_ready_s": restarts}
 
 
+def churn_summary(rows: list[dict]) -> dict:
+    """{label: {tokens: {pass: mean TTFT}}} of `churn` rows (a mean: a pass mixes CPU-tier and disk hits)."""
+    out: dict = {}
+    for r in rows:
+        ph = str(r.get("phase", ""))
+        if r.get("bench") == "reuse" and ph.startswith("churn_pass") and r.get("ok") and r.get("ttft_s") is not None:
+            out.setdefault(r["label"], {}).setdefault(int(r["tokens"]), {}).setdefault(
+                int(ph[len("churn_pass"):]), []).append(r["ttft_s"])
+    return {lab: {n: {p: sum(v) / len(v) for p, v in d.items()} for n, d in by_n.items()} for lab, by_n in out.items()}
+
+
 def recompute_s(med: dict, baseline: str, tokens: int):
     """The baseline's recompute time: no-offload after a GPU reset (a full prefill), else its cold TTFT."""
     phases = med.get(baseline, {}).get(tokens, {})
@@ -296,7 +324,7 @@ def build_report(rows: list[dict], baseline: str, kv_bpt: int | None, gbps: floa
                  h2d: dict | None = None, target_tokens: int = TARGET_TOKENS) -> tuple[dict, str]:
     s = summarize(rows)
     med = s["median"]
-    if not med:
+    if not med and not churn_summary(rows):
         raise c.BenchError("no reuse rows in the results (run `reuse.py run` first)")
     labels = sorted(med, key=lambda lab: (lab != baseline, lab))
     candidates = [lab for lab in labels if lab != baseline]
@@ -331,9 +359,17 @@ def build_report(rows: list[dict], baseline: str, kv_bpt: int | None, gbps: floa
         md.append(c.markdown_table(["config", "phase", "seconds"],
                                    [[lab, ph, v] for lab, d in sorted(s["restart_to_ready_s"].items())
                                     for ph, v in sorted(d.items())]))
+    churn = churn_summary(rows)
+    if churn:
+        passes = sorted({p for by_n in churn.values() for d in by_n.values() for p in d})
+        md += ["", "### Working set larger than the CPU tier: mean TTFT per pass, seconds (every request after a "
+                   "GPU reset)", ""]
+        md.append(c.markdown_table(["config", "tokens", *[f"pass {p}" for p in passes]],
+                                   [[lab, str(n), *[d.get(p) for p in passes]]
+                                    for lab, by_n in sorted(churn.items()) for n, d in sorted(by_n.items())]))
     targets = evaluate(med, baseline, candidates, kv_bpt, gbps, target_tokens)
     md += ["", f"### Targets (issues 5 and 12; baseline {baseline}, {target_tokens} tokens)", "", c.targets_markdown(targets)]
-    summary = {"baseline": baseline, "median_ttft_s": med, "count": s["count"],
+    summary = {"baseline": baseline, "median_ttft_s": med, "churn_mean_ttft_s": churn, "count": s["count"],
                "restart_to_ready_s": s["restart_to_ready_s"], "kv_bytes_per_token": kv_bpt,
                "h2d_gb_per_s": gbps, "h2d": h2d, "targets": targets}
     return summary, "\n".join(md)
@@ -416,6 +452,10 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--restored-rounds", type=int, default=1,
                        help="N > 1: then rounds 2..N of the same prompts (restored_gpu_hit) and, after a GPU "
                             "reset, one more (restored_after_reset)")
+    churn = sub.add_parser("churn", help="a working set larger than the CPU tier, pass after pass")
+    measured(churn)
+    churn.add_argument("--prompts", type=int, default=6)
+    churn.add_argument("--passes", type=int, default=2)
     rep = sub.add_parser("report", help="tables, targets, chart from the results folder")
     rep.add_argument("--results", required=True)
     rep.add_argument("--baseline", default="no-offload")
@@ -428,7 +468,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "again": cmd_again, "report": cmd_report}[a.cmd](a)
+        return {"run": cmd_run, "again": cmd_again, "churn": cmd_churn, "report": cmd_report}[a.cmd](a)
     except c.BenchError as e:
         c.log(f"ERROR: {e}")
         return 2

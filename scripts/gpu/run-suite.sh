@@ -286,6 +286,9 @@ OPT_RESTART=${OPT_RESTART:-lmcache}        # configurations that are also restar
 OPT_TOKENS=${OPT_TOKENS:-16000,128}        # 128: the short-prompt cost of a hit (issue 12 target 2)
 OPT_ROUNDS=${OPT_ROUNDS:-4}                # after the restart: the prompts this many times, then a GPU reset
 OPT_RECORD=${OPT_RECORD:-lmcache}          # the configuration whose metrics are recorded (names, dashboard data)
+OPT_MODE=${OPT_MODE:-reuse}                # churn: instead of reuse, OPT_CHURN prompts in turn, pass after pass,
+OPT_CHURN=${OPT_CHURN:-8000 6 2}           # (tokens, prompts, passes), a working set larger than the CPU tier
+                                           # (set CPU_TIER_GIB small, e.g. 2: 16k tokens of the 8B shape)
 
 opt_words() {  # opt_words LABEL: the appliance words of an options configuration, one per line
     local label=$1 part
@@ -335,6 +338,13 @@ suite_options() {
         rm -rf "$KVDISK-$label"
         start_appliance "$label" "${words[@]}" VLLM_MAX_MODEL_LEN="$REUSE_MAX_MODEL_LEN" || continue
         [ "$label" = "$OPT_RECORD" ] && record_metrics before
+        if [ "$OPT_MODE" = churn ]; then
+            local churn=($OPT_CHURN)
+            bench reuse.py churn --label "$label" --base-url "$BASE" --model "$SERVED" --tokens "${churn[0]}" \
+                --prompts "${churn[1]}" --passes "${churn[2]}" --warmup-tokens 1024 --results "$RES" || fail "churn $label"
+            curl -sf "http://127.0.0.1:$((9090 + ${GPU:-0}))/metrics" > "$LOGS/$label/lmcache-metrics.raw.txt" || true
+            stop_appliance; rm -rf "$KVDISK-$label"; continue
+        fi
         bench reuse.py run --label "$label" --hit-after-settle "${common[@]}" || fail "reuse run $label"
         [ "$label" = "$OPT_RECORD" ] && record_metrics after
         if [[ " $OPT_RESTART " == *" $label "* ]]; then

@@ -187,6 +187,14 @@ def test_round2_targets_no_tax_on_hits_and_restored_prefixes():
     assert "restored_gpu_hit" in md
 
 
+def test_churn_passes_are_averaged_and_reported():
+    rows = reuse_rows("no-offload", 16000, after_reset=[0.49] * 3)
+    rows += reuse_rows("lmcache-arc", 8000, churn_pass1=[0.30, 0.32], churn_pass2=[0.10, 0.20])
+    summary, md = reuse.build_report(rows, "no-offload", 131072, 50.0)
+    assert summary["churn_mean_ttft_s"]["lmcache-arc"][8000] == pytest.approx({1: 0.31, 2: 0.15})
+    assert "| lmcache-arc | 8000   | 0.310  | 0.150  |" in md
+
+
 def test_reuse_report_without_rows_fails_loudly():
     with pytest.raises(common.BenchError):
         reuse.build_report([], "no-offload", 131072, 50.0)
