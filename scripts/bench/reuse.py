@@ -9,6 +9,10 @@ Runs in steps against an appliance that is up; each step appends rows to RESULTS
                  --supervisor-socket /tmp/run-x/supervisor.sock --results R
         restart through supervisord (kill-vllm: SIGKILL mid-request, supervisord respawns it; vllm: stop and
         start; all: lmcache and vllm; none: done outside), time restart-to-ready, then each prompt once
+  reuse.py churn --label lmcache-arc --tokens 8000 --prompts 6 --passes 2 --results R
+        a working set larger than the CPU tier: the prompts in turn, each after a GPU reset (so every hit comes
+        from LMCache), pass after pass; rows churn_pass1, churn_pass2, ... (what the eviction and L2 prefetch
+        policies keep in the CPU tier shows in the later passes)
   reuse.py report --results R [--baseline no-offload]
         medians per phase and length, ratio to the baseline's recompute, copy floor, the issue's targets
 
@@ -25,7 +29,13 @@ import time
 
 import common as c
 
-PHASES = ("cold", "gpu_hit", "after_reset", "after_vllm_restart", "after_full_restart")
+PHASES = ("cold", "gpu_hit", "gpu_hit_settled", "after_reset", "after_vllm_restart", "after_full_restart", "restored_gpu_hit",
+          "restored_after_reset")
+# `run --hit-after-settle`: one more GPU hit after --settle seconds (gpu_hit_settled): tells a hit that waits
+# for the offload tier's store of the cold request just before it from one that pays on every request.
+# `again --restored-rounds N`: after the phase's round, rounds 2..N of the same prompts (restored_gpu_hit: what
+# a prefix that came back from disk costs from then on; vLLM has it on the GPU) and, after a GPU reset, one more
+# (restored_after_reset: a CPU-tier hit, if the LMCache server kept what it read from disk in its CPU tier).
 RESTART_FOR_PHASE = {"after_vllm_restart": "vllm", "after_full_restart": "all"}
 # The issue's targets (docs/benchmarks/targets-issue-5.md repeats them), evaluated at this prompt length.
 TARGET_TOKENS = 16000
@@ -34,6 +44,11 @@ CPU_HIT_VS_FLOOR = 2.0
 VLLM_RESTART_VS_RECOMPUTE = 0.30
 FULL_RESTART_VS_RECOMPUTE = 1.0
 COLD_OVERHEAD = 0.10
+# Issue 12 ("performance, round 2"), same baseline and length, plus the short-prompt hit cost.
+HIT_VS_NO_OFFLOAD = 1.1          # a GPU prefix hit with LMCache on, x the same hit without it
+SHORT_TOKENS, SHORT_HIT_MS = 128, 2.0   # ... and at 128 tokens, at most this many ms more
+LOAD_VS_FLOOR = 1.2              # CPU-tier load cost (after_reset - gpu_hit) x the host-to-device copy floor
+RESTORED_VS_BEFORE = 1.1         # after a full restart, rounds 2+ (and after a GPU reset) x the same before it
 
 
 def _ints(text: str) -> list[int]:
@@ -80,10 +95,27 @@ def cmd_run(a) -> int:
             prompt = c.token_prompt(seed, n, a.salt)
             rows.append(_row(a, "cold", n, seed, c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
             rows.append(_row(a, "gpu_hit", n, seed, c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
+            if a.hit_after_settle:
+                time.sleep(a.settle)
+                rows.append(_row(a, "gpu_hit_settled", n, seed,
+                                 c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
             c.reset_prefix_cache(a.base_url)
             time.sleep(a.settle)  # let an offload tier finish storing what the cold request computed
             rows.append(_row(a, "after_reset", n, seed,
                              c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
+    return _exit_status(rows)
+
+
+def cmd_churn(a) -> int:
+    c.wait_ready(a.base_url, a.model, timeout=a.ready_timeout)
+    rows = [] if a.no_warmup else warmup(a, "churn")
+    n = _ints(a.tokens)[0]
+    for p in range(1, a.passes + 1):
+        for i in range(a.prompts):
+            c.reset_prefix_cache(a.base_url)
+            res = c.completion_ttft(a.base_url, a.model, c.token_prompt(1000 + i, n, a.salt), a.request_timeout)
+            rows.append(_row(a, f"churn_pass{p}", n, i, res))
+            time.sleep(a.settle)  # the store of a cold pass finishes before the next prompt
     return _exit_status(rows)
 
 
@@ -158,7 +190,26 @@ def cmd_again(a) -> int:
         for seed in seeds_of(a):
             res = c.completion_ttft(a.base_url, a.model, c.token_prompt(seed, n, a.salt), a.request_timeout)
             rows.append(_row(a, a.phase, n, seed, res))
+    if a.restored_rounds > 1:
+        rows += restored_rounds(a)
     return _exit_status(rows)
+
+
+def restored_rounds(a) -> list[dict]:
+    """Rounds 2..N of the phase's prompts, then a GPU reset and one more round (see PHASES)."""
+    rows = []
+    for r in range(2, a.restored_rounds + 1):
+        for n in _ints(a.tokens):
+            for seed in seeds_of(a):
+                res = c.completion_ttft(a.base_url, a.model, c.token_prompt(seed, n, a.salt), a.request_timeout)
+                rows.append(_row(a, "restored_gpu_hit", n, seed, res, round=r))
+    c.reset_prefix_cache(a.base_url)
+    time.sleep(a.settle)
+    for n in _ints(a.tokens):
+        for seed in seeds_of(a):
+            res = c.completion_ttft(a.base_url, a.model, c.token_prompt(seed, n, a.salt), a.request_timeout)
+            rows.append(_row(a, "restored_after_reset", n, seed, res))
+    return rows
 
 
 def _exit_status(rows) -> int:
@@ -188,6 +239,17 @@ def summarize(rows: list[dict]) -> dict:
     return {"median": med, "count": counts, "restart_to_ready_s": restarts}
 
 
+def churn_summary(rows: list[dict]) -> dict:
+    """{label: {tokens: {pass: mean TTFT}}} of `churn` rows (a mean: a pass mixes CPU-tier and disk hits)."""
+    out: dict = {}
+    for r in rows:
+        ph = str(r.get("phase", ""))
+        if r.get("bench") == "reuse" and ph.startswith("churn_pass") and r.get("ok") and r.get("ttft_s") is not None:
+            out.setdefault(r["label"], {}).setdefault(int(r["tokens"]), {}).setdefault(
+                int(ph[len("churn_pass"):]), []).append(r["ttft_s"])
+    return {lab: {n: {p: sum(v) / len(v) for p, v in d.items()} for n, d in by_n.items()} for lab, by_n in out.items()}
+
+
 def recompute_s(med: dict, baseline: str, tokens: int):
     """The baseline's recompute time: no-offload after a GPU reset (a full prefill), else its cold TTFT."""
     phases = med.get(baseline, {}).get(tokens, {})
@@ -212,6 +274,7 @@ def evaluate(med: dict, baseline: str, candidates: list[str], kv_bpt: int | None
                                     ratio(ph.get("after_vllm_restart")), VLLM_RESTART_VS_RECOMPUTE, "x"))
         targets.append(c.target_row(f"{lab}: after full restart (disk), {k}, x recompute",
                                     ratio(ph.get("after_full_restart")), FULL_RESTART_VS_RECOMPUTE, "x"))
+        targets += round2_targets(med, baseline, lab, tokens, floor)
         for n in sorted(med.get(lab, {})):
             base_cold = med.get(baseline, {}).get(n, {}).get("cold")
             cold = med[lab][n].get("cold")
@@ -219,6 +282,28 @@ def evaluate(med: dict, baseline: str, candidates: list[str], kv_bpt: int | None
             targets.append(c.target_row(f"{lab}: cold-request cost of storing, {n} tok, over {baseline}",
                                         overhead, 100 * COLD_OVERHEAD, "%"))
     return targets
+
+
+def round2_targets(med: dict, baseline: str, lab: str, tokens: int, floor) -> list[dict]:
+    """Issue 12's targets 1 and 2 for one configuration (n/a where a phase was not measured)."""
+    ph, base = med.get(lab, {}).get(tokens, {}), med.get(baseline, {}).get(tokens, {})
+    short, base_short = med.get(lab, {}).get(SHORT_TOKENS, {}), med.get(baseline, {}).get(SHORT_TOKENS, {})
+    div = lambda x, y: (x / y) if (x is not None and y) else None  # noqa: E731
+    k = f"{tokens // 1000}k" if tokens % 1000 == 0 else str(tokens)
+    load = (ph["after_reset"] - ph["gpu_hit"]) if (ph.get("after_reset") and ph.get("gpu_hit")) else None
+    extra_ms = (1000 * (short["gpu_hit"] - base_short["gpu_hit"])
+                if (short.get("gpu_hit") and base_short.get("gpu_hit")) else None)
+    return [
+        c.target_row(f"{lab}: GPU hit, {k}, x {baseline} GPU hit", div(ph.get("gpu_hit"), base.get("gpu_hit")),
+                     HIT_VS_NO_OFFLOAD, "x"),
+        c.target_row(f"{lab}: GPU hit, {SHORT_TOKENS} tok, ms over {baseline}", extra_ms, SHORT_HIT_MS, "ms"),
+        c.target_row(f"{lab}: CPU-tier load cost (after_reset - gpu_hit), {k}, x copy floor", div(load, floor),
+                     LOAD_VS_FLOOR, "x"),
+        c.target_row(f"{lab}: after full restart, rounds 2+, {k}, x GPU hit before",
+                     div(ph.get("restored_gpu_hit"), ph.get("gpu_hit")), RESTORED_VS_BEFORE, "x"),
+        c.target_row(f"{lab}: after full restart + GPU reset, {k}, x CPU-tier hit before",
+                     div(ph.get("restored_after_reset"), ph.get("after_reset")), RESTORED_VS_BEFORE, "x"),
+    ]
 
 
 def kv_and_bandwidth(rows, a):
@@ -239,7 +324,7 @@ def build_report(rows: list[dict], baseline: str, kv_bpt: int | None, gbps: floa
                  h2d: dict | None = None, target_tokens: int = TARGET_TOKENS) -> tuple[dict, str]:
     s = summarize(rows)
     med = s["median"]
-    if not med:
+    if not med and not churn_summary(rows):
         raise c.BenchError("no reuse rows in the results (run `reuse.py run` first)")
     labels = sorted(med, key=lambda lab: (lab != baseline, lab))
     candidates = [lab for lab in labels if lab != baseline]
@@ -274,9 +359,17 @@ def build_report(rows: list[dict], baseline: str, kv_bpt: int | None, gbps: floa
         md.append(c.markdown_table(["config", "phase", "seconds"],
                                    [[lab, ph, v] for lab, d in sorted(s["restart_to_ready_s"].items())
                                     for ph, v in sorted(d.items())]))
+    churn = churn_summary(rows)
+    if churn:
+        passes = sorted({p for by_n in churn.values() for d in by_n.values() for p in d})
+        md += ["", "### Working set larger than the CPU tier: mean TTFT per pass, seconds (every request after a "
+                   "GPU reset)", ""]
+        md.append(c.markdown_table(["config", "tokens", *[f"pass {p}" for p in passes]],
+                                   [[lab, str(n), *[d.get(p) for p in passes]]
+                                    for lab, by_n in sorted(churn.items()) for n, d in sorted(by_n.items())]))
     targets = evaluate(med, baseline, candidates, kv_bpt, gbps, target_tokens)
-    md += ["", f"### Targets (issue 5; baseline {baseline}, {target_tokens} tokens)", "", c.targets_markdown(targets)]
-    summary = {"baseline": baseline, "median_ttft_s": med, "count": s["count"],
+    md += ["", f"### Targets (issues 5 and 12; baseline {baseline}, {target_tokens} tokens)", "", c.targets_markdown(targets)]
+    summary = {"baseline": baseline, "median_ttft_s": med, "churn_mean_ttft_s": churn, "count": s["count"],
                "restart_to_ready_s": s["restart_to_ready_s"], "kv_bytes_per_token": kv_bpt,
                "h2d_gb_per_s": gbps, "h2d": h2d, "targets": targets}
     return summary, "\n".join(md)
@@ -340,6 +433,8 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="cold, gpu_hit, after_reset")
     measured(run)
+    run.add_argument("--hit-after-settle", action="store_true",
+                     help="one more GPU hit --settle seconds after the first (gpu_hit_settled)")
     again = sub.add_parser("again", help="restart through supervisord, then each prompt once")
     measured(again)
     again.add_argument("--phase", required=True, help="after_vllm_restart, after_full_restart, or your own")
@@ -354,6 +449,13 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--kill-group", action="store_true",
                        help="kill-vllm: SIGKILL vLLM's whole process group (engine core too), not only its "
                             "main process (then the appliance must clear the orphaned engine core itself)")
+    again.add_argument("--restored-rounds", type=int, default=1,
+                       help="N > 1: then rounds 2..N of the same prompts (restored_gpu_hit) and, after a GPU "
+                            "reset, one more (restored_after_reset)")
+    churn = sub.add_parser("churn", help="a working set larger than the CPU tier, pass after pass")
+    measured(churn)
+    churn.add_argument("--prompts", type=int, default=6)
+    churn.add_argument("--passes", type=int, default=2)
     rep = sub.add_parser("report", help="tables, targets, chart from the results folder")
     rep.add_argument("--results", required=True)
     rep.add_argument("--baseline", default="no-offload")
@@ -366,7 +468,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "again": cmd_again, "report": cmd_report}[a.cmd](a)
+        return {"run": cmd_run, "again": cmd_again, "churn": cmd_churn, "report": cmd_report}[a.cmd](a)
     except c.BenchError as e:
         c.log(f"ERROR: {e}")
         return 2

@@ -12,6 +12,9 @@
 #   bash scripts/gpu/run-suite.sh multiround   no-offload, lmcache, native; GPU KV cache capped (MR_KV_BYTES)
 #   bash scripts/gpu/run-suite.sh faults       a disk tier that fills up (2 GiB tmpfs), kill the LMCache server,
 #                                              SIGTERM during a long request
+#   bash scripts/gpu/run-suite.sh options      one appliance per OPT_CONFIGS entry (no-offload, lmcache, and
+#                                              lmcache-<change>[-<change>]: blocking, eager, retain, arc): reuse at
+#                                              16k and 128 tokens; OPT_RESTART ones restarted (disk tier, rounds)
 #   bash scripts/gpu/run-suite.sh tp           tensor parallel 2 (a 2-GPU host): LMCache server mode (reuse at
 #                                              16k, vLLM killed, the appliance restarted: disk tier), then
 #                                              in-process mode; prints the CPU/disk sizes each process was given
@@ -275,6 +278,86 @@ sigterm_inflight() {  # the way this appliance stops: SIGTERM while a long reque
     wait "$SERVE_PID" 2>/dev/null; echo "    serve exit code after SIGTERM: $?"
     cp "/tmp/run-$INST$LABEL"/*.log "/tmp/run-$INST$LABEL/supervisord.conf" "$LOGS/$LABEL/" 2>/dev/null
     SERVE_PID=""
+}
+
+# --- options: LMCache 0.5.6's new knobs, one appliance per configuration ---------------------------------
+OPT_CONFIGS=${OPT_CONFIGS:-no-offload lmcache lmcache-blocking}
+OPT_RESTART=${OPT_RESTART:-lmcache}        # configurations that are also restarted (disk tier, restored rounds)
+OPT_TOKENS=${OPT_TOKENS:-16000,128}        # 128: the short-prompt cost of a hit (issue 12 target 2)
+OPT_ROUNDS=${OPT_ROUNDS:-4}                # after the restart: the prompts this many times, then a GPU reset
+OPT_RECORD=${OPT_RECORD:-lmcache}          # the configuration whose metrics are recorded (names, dashboard data)
+OPT_MODE=${OPT_MODE:-reuse}                # churn: instead of reuse, OPT_CHURN prompts in turn, pass after pass,
+OPT_CHURN=${OPT_CHURN:-8000 6 2}           # (tokens, prompts, passes), a working set larger than the CPU tier
+                                           # (set CPU_TIER_GIB small, e.g. 2: 16k tokens of the 8B shape)
+
+opt_words() {  # opt_words LABEL: the appliance words of an options configuration, one per line
+    local label=$1 part
+    case $label in
+        no-offload) echo VLLM_KV_OFFLOADING_BACKEND=none; return 0 ;;
+        lmcache|lmcache-*) ;;
+        *) return 1 ;;
+    esac
+    printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" \
+        LMCACHE_LOCAL_DISK="$KVDISK-$label" LMCACHE_MAX_LOCAL_DISK_SIZE="$DISK_TIER_GIB"
+    for part in $(tr '-' ' ' <<< "${label#lmcache}"); do  # each suffix is one change to LMCache's defaults
+        case $part in
+            blocking) echo LMCACHE_NONBLOCKING_LOOKUP=false ;;
+            eager) echo LMCACHE_EAGER_PREFETCH=true ;;
+            retain) echo LMCACHE_L2_PREFETCH_POLICY=retain ;;
+            arc) echo LMCACHE_EVICTION_POLICY=ARC ;;
+            *) return 1 ;;
+        esac
+    done
+}
+
+record_metrics() {  # record_metrics before|after: the LMCache server's metric names, the dashboard's data
+    local lmc_port=$((9090 + ${GPU:-0})) app_port=$((9464 + ${GPU:-0})) obs=$ROOT/scripts/observability
+    if [ "$1" = before ]; then
+        env -u PYTHONPATH "$PY" "$obs/check_dashboard.py" before --vllm "$BASE" --appliance "http://127.0.0.1:$app_port" \
+            --out "$RES/dashboard-before.json" || fail "dashboard check (before)"
+        return 0
+    fi
+    env -u PYTHONPATH "$PY" "$obs/record_lmcache_metrics.py" --url "http://127.0.0.1:$lmc_port/metrics" \
+        --out "$RES/lmcache-metrics-server.txt" || fail "record the LMCache server's metrics"
+    curl -sf "http://127.0.0.1:$lmc_port/metrics" > "$LOGS/$LABEL/lmcache-metrics.raw.txt" || true
+    curl -sf "http://127.0.0.1:$app_port/metrics" > "$LOGS/$LABEL/appliance-metrics.raw.txt" || true
+    env -u PYTHONPATH "$PY" "$obs/check_dashboard.py" after --vllm "$BASE" --appliance "http://127.0.0.1:$app_port" \
+        --before "$RES/dashboard-before.json" --out "$RES/dashboard.json" | tee "$RES/dashboard.md" \
+        || fail "dashboard check: a panel names a metric the endpoints do not expose"
+}
+
+suite_options() {
+    REPORTS+=(startup.py reuse.py)
+    local common=(--base-url "$BASE" --model "$SERVED" --tokens "$OPT_TOKENS" --seeds "$REUSE_SEEDS" --results "$RES")
+    local label words=()
+    bandwidth
+    for label in $OPT_CONFIGS; do
+        opt_words "$label" >/dev/null || { fail "unknown options configuration $label"; continue; }
+        mapfile -t words < <(opt_words "$label")
+        need 120 "options $label" || continue
+        rm -rf "$KVDISK-$label"
+        start_appliance "$label" "${words[@]}" VLLM_MAX_MODEL_LEN="$REUSE_MAX_MODEL_LEN" || continue
+        [ "$label" = "$OPT_RECORD" ] && record_metrics before
+        if [ "$OPT_MODE" = churn ]; then
+            local churn=($OPT_CHURN)
+            bench reuse.py churn --label "$label" --base-url "$BASE" --model "$SERVED" --tokens "${churn[0]}" \
+                --prompts "${churn[1]}" --passes "${churn[2]}" --warmup-tokens 1024 --results "$RES" || fail "churn $label"
+            curl -sf "http://127.0.0.1:$((9090 + ${GPU:-0}))/metrics" > "$LOGS/$label/lmcache-metrics.raw.txt" || true
+            stop_appliance; rm -rf "$KVDISK-$label"; continue
+        fi
+        bench reuse.py run --label "$label" --hit-after-settle "${common[@]}" || fail "reuse run $label"
+        [ "$label" = "$OPT_RECORD" ] && record_metrics after
+        if [[ " $OPT_RESTART " == *" $label "* ]]; then
+            stop_appliance
+            if need 110 "$label: the appliance restarted (disk tier, $OPT_ROUNDS rounds)" \
+                    && start_appliance "$label-restarted" "${words[@]}" VLLM_MAX_MODEL_LEN="$REUSE_MAX_MODEL_LEN"; then
+                bench reuse.py again --label "$label" --phase after_full_restart --restart none --warmup-tokens 1024 \
+                    --restored-rounds "$OPT_ROUNDS" "${common[@]}" || fail "$label: after_full_restart"
+            fi
+        fi
+        stop_appliance
+        rm -rf "$KVDISK-$label"  # several configurations per call: keep the disk free
+    done
 }
 
 suite_multiround() {
@@ -717,8 +800,8 @@ suite_faults() {
 }
 
 [ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
-for s in "$@"; do
-    case $s in reuse|multiround|faults|tp|cluster) ;; *) echo "unknown suite: $s (reuse, multiround, faults, tp, cluster)"; exit 2 ;; esac
+for s in "$@"; do  # every suite_NAME function above is a suite
+    declare -F "suite_$s" >/dev/null || { echo "unknown suite: $s ($(declare -F | sed -n 's/^declare -f suite_//p' | tr '\n' ' '))"; exit 2; }
 done
 header "$@"
 cleanup_earlier

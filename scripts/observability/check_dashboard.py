@@ -26,11 +26,18 @@ DASHBOARD = ROOT / "docker" / "monitoring" / "grafana" / "dashboards" / "applian
 NAME = re.compile(r"\b((?:vllm:|lmcache_|appliance_)[A-Za-z0-9_:]+)")
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Sample name -> value summed over label sets (the parser `status` uses)."""
+SUFFIXES = ("", "_total", "_bucket", "_count", "_sum", "_created")
+
+
+def scrape(url: str) -> tuple[dict[str, float], set[str]]:
+    """Sample name -> value summed over label sets (the parser `status` uses), and every sample name the
+    exposition declares: a labelled counter that nothing has incremented yet (restarts, before the first one)
+    has its `# TYPE` line and no sample, and a panel over it is right, only empty."""
     from entrypoint.runtime.snapshot import parse_metrics
     with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10) as r:
-        return parse_metrics(r.read().decode())
+        text = r.read().decode()
+    declared = {m.group(1) + suffix for m in re.finditer(r"^# TYPE (\S+) ", text, re.M) for suffix in SUFFIXES}
+    return parse_metrics(text), declared
 
 
 def main(argv=None) -> int:
@@ -41,7 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--before", help="the `before` file (phase after)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    now = {**scrape(a.vllm), **scrape(a.appliance)}
+    (vllm, vllm_declared), (appliance, appliance_declared) = scrape(a.vllm), scrape(a.appliance)
+    now, declared = {**vllm, **appliance}, vllm_declared | appliance_declared
     if a.phase == "before":
         Path(a.out).write_text(json.dumps(now))
         print(f"{len(now)} samples -> {a.out}")
@@ -52,7 +60,7 @@ def main(argv=None) -> int:
         for target in panel.get("targets", []):
             expr = target["expr"]
             for name in dict.fromkeys(NAME.findall(expr)):
-                present = name in now
+                present = name in now or name in declared
                 moved = None
                 if present and (f"rate({name}" in expr or f"increase({name}" in expr):
                     moved = now.get(name, 0.0) != before.get(name, 0.0)

@@ -161,6 +161,9 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
             while engine.frozen.is_set():
                 time.sleep(3600)
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if self.path == "/reset_prefix_cache" and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":
+                self.send_json(200, {})  # vLLM's dev-mode endpoint, which the bench scripts call
+                return
             if self.path != "/v1/completions":
                 self.send_json(404, {"error": "not found"})
                 return

@@ -170,6 +170,31 @@ def test_reuse_targets_miss_and_not_measured():
     assert "MISS" in md
 
 
+def test_round2_targets_no_tax_on_hits_and_restored_prefixes():
+    rows = reuse_rows("no-offload", 16000, gpu_hit=[0.070] * 3, after_reset=[0.49] * 3)
+    rows += reuse_rows("no-offload", 128, gpu_hit=[0.020] * 3)
+    rows += reuse_rows("lmcache", 16000, gpu_hit=[0.075] * 3, after_reset=[0.125] * 3,
+                       restored_gpu_hit=[0.074, 0.076, 0.30], restored_after_reset=[0.15] * 3)
+    rows += reuse_rows("lmcache", 128, gpu_hit=[0.0235] * 3)
+    summary, md = reuse.build_report(rows, "no-offload", 131072, 50.0)
+    v = verdicts(summary["targets"])
+    assert v["lmcache: GPU hit, 16k, x no-offload GPU hit"] == "pass"  # 1.07
+    assert v["lmcache: GPU hit, 128 tok, ms over no-offload"] == "MISS".lower()  # +3.5 ms
+    # load cost 0.050 s; floor 16000 x 131072 B / 50 GB/s = 0.042 s -> 1.19x
+    assert v["lmcache: CPU-tier load cost (after_reset - gpu_hit), 16k, x copy floor"] == "pass"
+    assert v["lmcache: after full restart, rounds 2+, 16k, x GPU hit before"] == "pass"  # median 0.076 / 0.075
+    assert v["lmcache: after full restart + GPU reset, 16k, x CPU-tier hit before"] == "miss"  # 1.2x
+    assert "restored_gpu_hit" in md
+
+
+def test_churn_passes_are_averaged_and_reported():
+    rows = reuse_rows("no-offload", 16000, after_reset=[0.49] * 3)
+    rows += reuse_rows("lmcache-arc", 8000, churn_pass1=[0.30, 0.32], churn_pass2=[0.10, 0.20])
+    summary, md = reuse.build_report(rows, "no-offload", 131072, 50.0)
+    assert summary["churn_mean_ttft_s"]["lmcache-arc"][8000] == pytest.approx({1: 0.31, 2: 0.15})
+    assert "| lmcache-arc | 8000   | 0.310  | 0.150  |" in md
+
+
 def test_reuse_report_without_rows_fails_loudly():
     with pytest.raises(common.BenchError):
         reuse.build_report([], "no-offload", 131072, 50.0)

@@ -182,7 +182,8 @@ def test_dashboard_data_check_reports_missing_and_moving_metrics(tmp_path, monke
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
     bodies = {"vllm": "# TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total 10\n",
-              "appliance": "# TYPE appliance_warnings gauge\nappliance_warnings 0\n"}
+              "appliance": "# TYPE appliance_warnings gauge\nappliance_warnings 0\n"
+                           "# TYPE appliance_restarts_total counter\n"}  # labelled, nothing restarted yet
 
     def serve(name):
         class Handler(BaseHTTPRequestHandler):
@@ -213,6 +214,8 @@ def test_dashboard_data_check_reports_missing_and_moving_metrics(tmp_path, monke
         assert (prompt["present"], prompt["moved"], prompt["value"]) == (True, True, 25.0)
         warnings = next(r for r in rows if r["metric"] == "appliance_warnings")
         assert (warnings["present"], warnings["moved"]) == (True, None)  # a gauge shown as it is
+        restarts = next(r for r in rows if r["metric"] == "appliance_restarts_total")
+        assert (restarts["present"], restarts["value"]) == (True, None)  # declared, no sample yet: not missing
         assert any(not r["present"] for r in rows)
     finally:
         v.shutdown()
