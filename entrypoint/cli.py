@@ -29,7 +29,8 @@ EXIT_INVALID = 2
 def format_text(plan: Plan) -> str:
     d = plan.to_dict()
     lines = [f"Model: {plan.model} (served as {plan.served_model_name})", "", "vLLM command:",
-             _shell(d["vllm"]["argv"], "  ")]
+             _shell(d["vllm"]["argv"], "  ") if d["vllm"]["argv"] else
+             f"  none: APPLIANCE_ROLE={plan.role} runs only the LMCache server"]
     if d["vllm"]["env"]:
         lines += ["", "vLLM environment (added or passed through):"]
         lines += [f"  {k}={v}" for k, v in sorted(d["vllm"]["env"].items())]
@@ -39,6 +40,9 @@ def format_text(plan: Plan) -> str:
     lines += ["", f"KV offloading: {mode or 'off'}"]
     if mode == "server":
         lines += ["  LMCache server command:", _shell(d["lmcache"]["argv"], "    ")]
+    elif mode == "external":
+        lines += [f"  LMCache server (LMCACHE_SERVER): {plan.lmcache_server['url']}, health "
+                  f"{plan.lmcache_server['health_url']}; its tiers are sized there"]
     elif mode == "in-process":
         lines += [f"  LMCache config ({plan.lmcache_config_file}):"]
         lines += [f"    {k}: {json.dumps(v)}" for k, v in plan.lmcache_config.items()]

@@ -13,13 +13,13 @@ import math
 from pathlib import Path
 from typing import Mapping
 
-from . import kv_tiers, models, resources
+from . import kv_tiers, models, resources, roles
 from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
 from .plan import Plan
 from .schema import Schema
 from .secrets import REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values
 from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, VLLM_SECRETS, DiskChoice, StoreURL, ValueProblem,
-                       load_json, parse_bool, parse_value)
+                       MPServer, load_json, parse_bool, parse_value)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -271,6 +271,8 @@ class Builder:
 
     def api_exposure(self) -> None:
         p = self.plan
+        if p.role == "kv-server":
+            return  # no API here (kv_tiers.kv_server_role warns about the LMCache server's open ports instead)
         keyed = self.raw.values.get("VLLM_API_KEY") or any(
             resolve_flag(a, self.schema.serve_flags) == "--api-key" for a in p.vllm_argv)
         if not keyed and p.api_host not in LOOPBACK_HOSTS:
@@ -309,7 +311,9 @@ class Builder:
         p = self.plan
         for name, value in self.values.items():
             p.values[name] = (dataclasses.asdict(value) if isinstance(value, DiskChoice)
-                              else value.url if isinstance(value, StoreURL) else value)
+                              else value.url if isinstance(value, StoreURL)
+                              else f"{value.host}:{value.port or ''}".rstrip(":") if isinstance(value, MPServer)
+                              else value)
         for name, (_, value) in self.generic_flags.items():
             p.values[name] = value
         for name in sorted(set(p.values) | set(self.vllm_passthrough) | set(self.lmcache_env)):
@@ -347,6 +351,7 @@ class Builder:
             self.extra_args()
             self.api_exposure()
             self.environment()
+            roles.kv_server_role(self)
             self.record()
         finally:
             self.collect_secrets()

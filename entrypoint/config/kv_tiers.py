@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import resources
+from . import resources, roles
 from .flags import number_text, resolve_flag
 from .plan import DiskTier
 from .settings import AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, SETTINGS, DiskChoice, StoreURL
@@ -70,10 +70,15 @@ def kv_offloading(b: Builder) -> None:
     if backend != "lmcache" and lmcache_names:
         b.error(f"{', '.join(lmcache_names)}: LMCache settings take effect only with "
                    f"VLLM_KV_OFFLOADING_BACKEND=lmcache (it is {backend or 'none'}); set it, or remove them")
+    if not roles.role_fits(b, backend):
+        return
     if backend is None:
         if "VLLM_KV_OFFLOADING_SIZE" in b.user_given:
             b.error("VLLM_KV_OFFLOADING_SIZE is set but VLLM_KV_OFFLOADING_BACKEND is none: set "
                        "VLLM_KV_OFFLOADING_BACKEND=lmcache (or native), or remove VLLM_KV_OFFLOADING_SIZE")
+        return
+    if backend == "lmcache" and v.get("LMCACHE_SERVER") is not None:
+        roles.external_server(b)  # a replica: the tiers are the LMCache server's, not sized here
         return
     cpu = cpu_tier_gib(b)
     if cpu is None:
@@ -222,9 +227,10 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
     metrics_port = int(v["APPLIANCE_LMCACHE_METRICS_PORT"])
     # Every flag is given explicitly, so that a release that changes a default (0.5.6: --http-host
     # 0.0.0.0 -> 127.0.0.1) or stops requiring one (--l1-size-gb) does not change what runs.
+    bind = roles.lmcache_bind_host(b)
     argv = [*b.split("APPLIANCE_LMCACHE_COMMAND", str(v["APPLIANCE_LMCACHE_COMMAND"])), "server",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--http-host", "127.0.0.1", "--http-port", str(http_port),
+            "--host", bind, "--port", str(port),
+            "--http-host", bind, "--http-port", str(http_port),
             "--chunk-size", str(chunk), "--l1-size-gb", number_text(cpu),
             # A vLLM that dies keeps its GPU KV cache mapped in the server until the server reaps it:
             # 120 s by default, during which a restarted vLLM finds too little free GPU memory and fails.
@@ -262,17 +268,25 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
         argv.append(arg)
     p.lmcache_argv = argv
     p.lmcache_health_url = f"http://127.0.0.1:{http_port}/healthcheck"
-    extra_config = {"lmcache.mp.host": "tcp://127.0.0.1", "lmcache.mp.port": port,
-                    "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S, **connector_key_settings(b)}
-    transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_role": "kv_both",
-                "kv_connector_extra_config": extra_config}
-    p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
+    p.vllm_argv += ["--kv-transfer-config", mp_transfer_config(b, "127.0.0.1", port)]
     ports = {"VLLM_PORT": p.api_port, "APPLIANCE_LMCACHE_PORT": port, "APPLIANCE_LMCACHE_HTTP_PORT": http_port,
              "APPLIANCE_LMCACHE_METRICS_PORT": metrics_port, "APPLIANCE_METRICS_PORT": int(v["APPLIANCE_METRICS_PORT"])}
+    if p.role == "kv-server":
+        del ports["VLLM_PORT"]  # no vLLM in this container
     for number in sorted(set(ports.values())):
         same = [name for name, n in ports.items() if n == number]
         if len(same) > 1:
             b.error(" and ".join(f"{name}={number}" for name in same) + ": must differ (one port, one listener)")
+
+
+def mp_transfer_config(b: Builder, host: str, port: int) -> str:
+    """vLLM's --kv-transfer-config for an LMCache server at host:port. LMCache's connector joins
+    `{lmcache.mp.host}:{lmcache.mp.port}` into the ZMQ URL, so the host carries the tcp:// scheme."""
+    extra_config = {"lmcache.mp.host": f"tcp://{host}", "lmcache.mp.port": port,
+                    "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S, **connector_key_settings(b)}
+    transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_role": "kv_both",
+                "kv_connector_extra_config": extra_config}
+    return json.dumps(transfer, separators=(",", ":"))
 
 
 def shared_adapter(b: Builder) -> dict[str, object]:

@@ -24,7 +24,7 @@ class Plan:
     vllm_argv: list[str] = field(default_factory=list)
     vllm_env: dict[str, str] = field(default_factory=dict)  # added or passed through to vLLM
     vllm_env_removed: list[str] = field(default_factory=list)  # translated: never reach vLLM
-    lmcache_mode: str | None = None  # "server", "in-process", "native" or None
+    lmcache_mode: str | None = None  # "server", "in-process", "native", "external" (LMCACHE_SERVER) or None
     lmcache_argv: list[str] | None = None  # server mode
     lmcache_config: dict | None = None  # in-process mode (rendered to lmcache_config_file)
     lmcache_config_file: str | None = None
@@ -33,6 +33,10 @@ class Plan:
     disk: DiskTier | None = None
     # The store replicas share (LMCACHE_SHARED_URL): {url, host, port, username}; no password (environment).
     shared_store: dict | None = None
+    # APPLIANCE_ROLE: "all" (vLLM, and its LMCache server in server mode) or "kv-server" (the LMCache server only).
+    role: str = "all"
+    # LMCACHE_SERVER (a replica): the LMCache server vLLM uses, {url, host, port, health_url}; none started here.
+    lmcache_server: dict | None = None
     model: str = ""
     served_model_name: str = ""
     api_host: str = "0.0.0.0"
@@ -67,7 +71,8 @@ class Plan:
                         "config_file": self.lmcache_config_file,
                         "env": hide(self.lmcache_env), "health_url": self.lmcache_health_url,
                         "disk": dataclasses.asdict(self.disk) if self.disk else None,
-                        "shared_store": self.shared_store},
+                        "shared_store": self.shared_store, "server": self.lmcache_server},
+            "role": self.role,
             "model": self.model, "served_model_name": self.served_model_name,
             "api": {"host": self.api_host, "port": self.api_port},
             "appliance": self.appliance,
@@ -89,6 +94,7 @@ class Plan:
                    lmcache_config=d["lmcache"]["config"], lmcache_config_file=d["lmcache"]["config_file"],
                    lmcache_env=d["lmcache"]["env"], lmcache_health_url=d["lmcache"]["health_url"],
                    disk=DiskTier(**disk) if disk else None, shared_store=d["lmcache"].get("shared_store"),
+                   role=d.get("role", "all"), lmcache_server=d["lmcache"].get("server"),
                    model=d["model"],
                    served_model_name=d["served_model_name"], api_host=d["api"]["host"], api_port=d["api"]["port"],
                    appliance=d["appliance"], values=d["values"], sources=d["sources"],

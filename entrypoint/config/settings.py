@@ -171,6 +171,22 @@ SETTINGS: tuple[Setting, ...] = (
        "own `maxmemory` with `allkeys-lru` is the cap for all replicas together (compose.cluster.yaml sets it). "
        "Server mode only.", group="Shared KV tier", target="resp adapter max_capacity_gb + LRU eviction",
        example="100"),
+    # --- Cluster roles (one host: replicas share one LMCache server; docs/SCALE-OUT.md) ----------------------
+    _s("APPLIANCE_ROLE", "choice", "What this container runs. `all` (default): vLLM and, in server mode, its own "
+       "LMCache server. `kv-server`: only the LMCache server (CPU and disk tiers, the shared store), listening on "
+       "all interfaces (APPLIANCE_LMCACHE_PORT, APPLIANCE_LMCACHE_HTTP_PORT) for the replicas of this host "
+       "(LMCACHE_SERVER); the vLLM settings are still checked (one .env for the cluster) but no vLLM starts. "
+       "Never publish its ports: the LMCache server has no authentication.", default="all",
+       group="Cluster roles", choices=("all", "kv-server"), target="process layout",
+       example="kv-server"),
+    _s("LMCACHE_SERVER", "mp_server", "A replica: the LMCache server this vLLM uses instead of starting its own, "
+       "as `host:port` or `tcp://host:port` (port default: APPLIANCE_LMCACHE_PORT), e.g. kv-server:5555 (a "
+       "container in the kv-server role). It must share this host's IPC namespace (compose `ipc: host`): the "
+       "server maps vLLM's GPU KV cache through CUDA IPC. The launcher waits for its /healthcheck on "
+       "APPLIANCE_LMCACHE_HTTP_PORT; the watchdog reports it and never restarts vLLM for it. The server's "
+       "settings (tier sizes, disk tier, eviction, L2 policies, LMCACHE_SHARED_*) are accepted and ignored here: "
+       "they size that server, and one .env serves both roles.", group="Cluster roles",
+       target="kv_connector_extra_config lmcache.mp.host/port", example="kv-server:5555"),
     _s("LMCACHE_SERVER_EXTRA_ARGS", "args", "Raw arguments appended to `lmcache server` (shell-split). "
        "Escape hatch, server mode only.", group="LMCache", target="appended to lmcache server"),
     # --- Secrets -------------------------------------------------------------------------------------
@@ -189,9 +205,11 @@ SETTINGS: tuple[Setting, ...] = (
        group="Appliance", target="vllm argv[0:]"),
     _s("APPLIANCE_LMCACHE_COMMAND", "args", "Command that starts LMCache (before `server`).", default="lmcache",
        group="Appliance", target="lmcache argv[0:]"),
-    _s("APPLIANCE_LMCACHE_PORT", "port", "ZMQ port of the LMCache server (loopback only).", default=5555,
+    _s("APPLIANCE_LMCACHE_PORT", "port", "ZMQ port of the LMCache server (loopback only; all interfaces "
+       "with APPLIANCE_ROLE=kv-server; a replica's LMCACHE_SERVER port defaults to it).", default=5555,
        group="Appliance", target="lmcache server --port, lmcache.mp.port"),
-    _s("APPLIANCE_LMCACHE_HTTP_PORT", "port", "HTTP port of the LMCache server, for its /healthcheck.",
+    _s("APPLIANCE_LMCACHE_HTTP_PORT", "port", "HTTP port of the LMCache server, for its /healthcheck (a "
+       "replica with LMCACHE_SERVER asks the server's there).",
        default=8080, group="Appliance", target="lmcache server --http-port"),
     _s("APPLIANCE_LMCACHE_METRICS_PORT", "port", "Port of the LMCache server's own Prometheus exporter "
        "(inside the container; the appliance's metrics port re-exposes it).", default=9090, group="Appliance",
@@ -287,8 +305,10 @@ OWNED_FLAGS = {
 # The same for `lmcache server` (LMCACHE_SERVER_EXTRA_ARGS). Any other flag the plan already passes it is
 # refused too (never two values on one command line).
 LMCACHE_OWNED_FLAGS = {
-    "--host": "the LMCache server listens on 127.0.0.1 only (vLLM in this container is its only client)",
-    "--http-host": "the LMCache server listens on 127.0.0.1 only (vLLM in this container is its only client)",
+    "--host": "the LMCache server listens on 127.0.0.1 (vLLM in this container is its only client), or on all "
+              "interfaces with APPLIANCE_ROLE=kv-server",
+    "--http-host": "the LMCache server listens on 127.0.0.1 (vLLM in this container is its only client), or on "
+                   "all interfaces with APPLIANCE_ROLE=kv-server",
     "--port": "use APPLIANCE_LMCACHE_PORT",
     "--http-port": "use APPLIANCE_LMCACHE_HTTP_PORT",
     "--l1-size-gb": "use VLLM_KV_OFFLOADING_SIZE",
@@ -457,6 +477,8 @@ def parse_value(setting: Setting, raw: str, tool_parsers: list[str] | None = Non
         return parse_disk(raw)
     elif kind == "store_url":
         return parse_store_url(raw)
+    elif kind == "mp_server":
+        return parse_mp_server(raw)
     elif kind == "store_user":
         text = raw.strip()
         if not re.fullmatch(r"[A-Za-z0-9._@:+=-]{1,256}", text):
@@ -551,3 +573,42 @@ def parse_store_url(raw: str) -> StoreURL:
     else:
         port = int(port_text)
     return StoreURL(host.lower(), port)
+
+
+@dataclass(frozen=True)
+class MPServer:
+    """LMCACHE_SERVER parsed: the LMCache server a replica's connector reaches over ZMQ TCP."""
+    host: str
+    port: int | None  # None: APPLIANCE_LMCACHE_PORT
+
+
+def parse_mp_server(raw: str) -> MPServer:
+    """host[:port] or tcp://host[:port], strictly: LMCache's connector builds `{lmcache.mp.host}:{port}` and
+    hands it to ZMQ, so anything else (another transport, a path, IPv6, which its ZMQ sockets are not set up
+    for) is refused here with what to write, not found out by a vLLM that cannot connect."""
+    text = raw.strip()
+    if has_control(text) or any(c.isspace() for c in text):
+        raise ValueProblem("must be host:port without spaces or control characters, e.g. kv-server:5555")
+    if text.startswith("-"):
+        raise ValueProblem("starts with '-': must be host:port, e.g. kv-server:5555")
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme.lower() != "tcp":
+            raise ValueProblem(f"has the scheme {scheme[:20]!r}: the LMCache server of a kv-server container "
+                               "listens on ZMQ TCP; write host:port or tcp://host:port")
+        text = rest
+    if any(c in text for c in "/?#@"):
+        raise ValueProblem("must be host:port only (no path, query or credentials), e.g. kv-server:5555")
+    if text.startswith("[") or text.count(":") > 1:
+        raise ValueProblem("is an IPv6 address: LMCache's ZMQ client does not enable IPv6; use a host name or "
+                           "an IPv4 address")
+    host, colon, port_text = text.partition(":")
+    if not host:
+        raise ValueProblem("has no host: host:port, e.g. kv-server:5555")
+    if not _HOST.fullmatch(host):
+        raise ValueProblem(f"has an invalid host {host[:80]!r}: a DNS name or an IPv4 address")
+    if not colon:
+        return MPServer(host.lower(), None)
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueProblem("has an invalid port: must be 1-65535, e.g. kv-server:5555")
+    return MPServer(host.lower(), int(port_text))

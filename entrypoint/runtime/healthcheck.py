@@ -1,7 +1,9 @@
 """`python -m entrypoint healthcheck`: exit 0 only when the appliance is ready to serve.
 
 Ready: vLLM's /health answers 200, /v1/models lists the served model name, and the LMCache server (server
-mode) answers 200 on its health URL. This is what the image's HEALTHCHECK and compose call. The plan comes
+mode) answers 200 on its health URL. A kv-server (APPLIANCE_ROLE) is ready when its LMCache server is. A replica
+(LMCACHE_SERVER) is ready when its vLLM is: the kv-server has its own check, and marking every replica of a
+host unhealthy for it would hide which container has the problem (`status` and the watchdog report it). This is what the image's HEALTHCHECK and compose call. The plan comes
 from the run directory `serve` wrote (APPLIANCE_RUN_DIR, default /run/appliance), else from the environment.
 """
 from __future__ import annotations
@@ -64,6 +66,8 @@ def load_plan(environ: Mapping[str, str] = os.environ) -> Plan:
 
 def problems(plan: Plan, timeout: float, headers: dict[str, str]) -> list[str]:
     base, found = api_base(plan), []
+    if not plan.vllm_argv:  # the kv-server role: only the LMCache server
+        return lmcache_problems(plan, timeout)
 
     def get(url: str, **kw) -> requests.Response | None:
         try:
@@ -86,11 +90,17 @@ def problems(plan: Plan, timeout: float, headers: dict[str, str]) -> list[str]:
                 found.append(f"{base}/v1/models answered {r.status_code}")
             elif plan.served_model_name not in ids:
                 found.append(f"{base}/v1/models does not list {plan.served_model_name!r} (it lists {ids})")
-    if plan.lmcache_health_url:
-        r = get(plan.lmcache_health_url)
-        if r is not None and r.status_code != 200:
-            found.append(f"LMCache server {plan.lmcache_health_url} answered {r.status_code}")
-    return found
+    return found + lmcache_problems(plan, timeout)
+
+
+def lmcache_problems(plan: Plan, timeout: float) -> list[str]:
+    if not plan.lmcache_health_url:
+        return []
+    try:
+        r = requests.get(plan.lmcache_health_url, timeout=timeout)
+    except requests.RequestException as e:
+        return [f"{plan.lmcache_health_url}: no answer ({type(e).__name__})"]
+    return [] if r.status_code == 200 else [f"LMCache server {plan.lmcache_health_url} answered {r.status_code}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if found:
         print("unhealthy: " + "; ".join(found), file=sys.stderr)
         return 1
+    if not plan.vllm_argv:
+        print(f"healthy: the LMCache server (APPLIANCE_ROLE={plan.role}) at {plan.lmcache_health_url}")
+        return 0
     print(f"healthy: {plan.served_model_name} at {api_base(plan)}")
     return 0
 

@@ -97,6 +97,11 @@ class ApplianceCollector:
                                     value=1.0 if store.get("up") else 0.0)
             yield CounterMetricFamily("appliance_shared_store_changes", "Times the shared KV store went down or "
                                       "came back since the start.", value=float(store.get("changes", 0)))
+        server = snap.record.get("lmcache_server")
+        if p.lmcache_server and server:  # a replica (LMCACHE_SERVER), after the watchdog's first round
+            yield GaugeMetricFamily("appliance_lmcache_server_up", "1 when the LMCache server this replica uses "
+                                    "(LMCACHE_SERVER) answered the watchdog's last health check.",
+                                    value=1.0 if server.get("up") else 0.0)
         if snap.lmcache_up is not None:
             yield GaugeMetricFamily("appliance_lmcache_metrics_up", "1 when the LMCache server's metrics were read "
                                     "at this scrape.", value=1.0 if snap.lmcache_metrics_text else 0.0)

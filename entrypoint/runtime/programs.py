@@ -3,7 +3,8 @@
 Each one makes sure the ground is clear, then becomes the planned server with os.execvpe, so that the pid
 supervisord watches, signals and reaps is the server itself:
 - `lmcache`: no earlier LMCache process of ours is alive (pinned CPU memory) and its ports are free.
-- `vllm`: the LMCache server (if any) answers its health check, within APPLIANCE_LMCACHE_WAIT; no earlier
+- `vllm`: the LMCache server (if any: its own, or a kv-server's with LMCACHE_SERVER) answers its health
+  check, within APPLIANCE_LMCACHE_WAIT; no earlier
   vLLM process of ours is alive (a dying one still holds GPU memory) and the API port is free.
 
 A launcher that gives up is a failed start, however long it waited. supervisord counts only exits within
@@ -218,8 +219,16 @@ def wait_for_gpu_memory(plan: Plan) -> None:
         time.sleep(1.0)
 
 
+def lmcache_wait_url(plan: Plan) -> tuple[str | None, str]:
+    """The LMCache server vLLM needs before it starts: its own, or a kv-server's (LMCACHE_SERVER)."""
+    if plan.lmcache_server:
+        return plan.lmcache_server["health_url"], f"the LMCache server {plan.lmcache_server['url']} (LMCACHE_SERVER)"
+    return plan.lmcache_health_url, "the LMCache server"
+
+
 def wait_for_lmcache(plan: Plan) -> bool:
-    url, budget = plan.lmcache_health_url, float(plan.appliance["APPLIANCE_LMCACHE_WAIT"])
+    url, what = lmcache_wait_url(plan)
+    budget = float(plan.appliance["APPLIANCE_LMCACHE_WAIT"])
     start, next_note = time.monotonic(), 10.0
     while True:
         try:
@@ -229,11 +238,12 @@ def wait_for_lmcache(plan: Plan) -> bool:
             pass
         waited = time.monotonic() - start
         if waited >= budget:
-            log(f"error: the LMCache server did not become healthy at {url} within {budget:g} s "
-                        "(APPLIANCE_LMCACHE_WAIT); see the lmcache lines above")
+            where = "see the lmcache lines above" if not plan.lmcache_server else "see that container's output"
+            log(f"error: {what} did not become healthy at {url} within {budget:g} s "
+                f"(APPLIANCE_LMCACHE_WAIT); {where}")
             return False
         if waited >= next_note:
-            log(f"waiting for the LMCache server at {url} ({waited:.0f} s of {budget:g} s)")
+            log(f"waiting for {what} at {url} ({waited:.0f} s of {budget:g} s)")
             next_note += 10.0
         time.sleep(0.5)
 
@@ -281,7 +291,7 @@ def _exec(run: RunDir | None, program: str, argv: list[str], env: dict[str, str]
 
 # -- the programs --------------------------------------------------------------------------------------
 def vllm(plan: Plan, run: RunDir | None = None) -> int:
-    if plan.lmcache_health_url and not wait_for_lmcache(plan):
+    if lmcache_wait_url(plan)[0] and not wait_for_lmcache(plan):
         return gave_up(run, "vllm") if run else 1
     if not wait_for_earlier("vllm") or not wait_for_ports([(plan.api_host, plan.api_port)]):
         return gave_up(run, "vllm") if run else 1
@@ -291,8 +301,9 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
 
 
 def lmcache(plan: Plan, run: RunDir | None = None) -> int:
-    ports = [("127.0.0.1", int(plan.appliance["APPLIANCE_LMCACHE_PORT"])),
-             ("127.0.0.1", int(plan.appliance["APPLIANCE_LMCACHE_HTTP_PORT"]))]
+    bind = "0.0.0.0" if plan.role == "kv-server" else "127.0.0.1"  # as kv_tiers planned it
+    ports = [(bind, int(plan.appliance["APPLIANCE_LMCACHE_PORT"])),
+             (bind, int(plan.appliance["APPLIANCE_LMCACHE_HTTP_PORT"]))]
     if not wait_for_earlier("lmcache") or not wait_for_ports(ports):
         return gave_up(run, "lmcache") if run else 1
     _exec(run, "lmcache", server_argv("lmcache", plan.lmcache_argv or []), lmcache_environment(plan))

@@ -159,7 +159,8 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     sections += listener("on-fatal", "entrypoint.runtime.on_fatal", "PROCESS_STATE_FATAL", 2)
     if plan.lmcache_mode == "server":
         sections += program("lmcache", 10, LMCACHE_STOP_SECONDS)
-    sections += program("vllm", 20, stop_wait_seconds(plan))
+    if plan.vllm_argv:  # none in the kv-server role (APPLIANCE_ROLE)
+        sections += program("vllm", 20, stop_wait_seconds(plan))
     sections += listener("watchdog", "entrypoint.runtime.watchdog", "PROCESS_STATE,TICK_5", 30)
     # The metrics exporter only reads, so it starts before the servers. It is not what the appliance exists
     # for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).

@@ -99,7 +99,8 @@ class Snapshot:
                                      "bytes": self.record.get("pruned_bytes", 0)},
                 "warnings": self.record.get("warnings", []), "tiers": self.tiers,
                 "gpu_prefix_cache_hit_rate": self.gpu_prefix_hit_rate, "vllm_up": self.vllm_up,
-                "lmcache_up": self.lmcache_up, "shared_store": self.record.get("shared_store")}
+                "lmcache_up": self.lmcache_up, "shared_store": self.record.get("shared_store"),
+                "lmcache_server": self.record.get("lmcache_server")}
 
 
 def lmcache_metrics_url(plan: Plan) -> str | None:
@@ -127,7 +128,7 @@ def take(plan: Plan, run: RunDir) -> Snapshot:
 
     base = api_base(plan)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        vllm_metrics = pool.submit(get, f"{base}/metrics", api_headers(plan))
+        vllm_metrics = pool.submit(get, f"{base}/metrics" if plan.vllm_argv else None, api_headers(plan))
         lmc_metrics = pool.submit(get, lmcache_metrics_url(plan))
         lmc_status = pool.submit(get, lmcache_status_url(plan))
         disk_used = pool.submit(dir_bytes, plan.disk.path) if plan.disk else None

@@ -21,7 +21,8 @@ REASONS = (EXITED, UNHEALTHY, DEPENDENCY)
 def empty() -> dict:
     return {"started_at": time.time(), "restarts": {}, "probe_failures": {}, "last_restart": None,
             "pruned_files": 0, "pruned_bytes": 0, "warnings": [],
-            "shared_store": None}  # {up, since, detail, changes}: the watchdog's last probe of LMCACHE_SHARED_URL
+            "shared_store": None,  # {up, since, detail, changes}: the watchdog's last probe of LMCACHE_SHARED_URL
+            "lmcache_server": None}  # the same for a replica's LMCache server (LMCACHE_SERVER)
 
 
 def load(path: Path) -> dict:
@@ -66,13 +67,20 @@ class Recorder:
 
     def shared_store(self, up: bool, detail: str) -> bool:
         """The store's probe result; True when it differs from the previous one (or is the first)."""
-        last = self.data.get("shared_store")
+        return self.dependency("shared_store", up, detail)
+
+    def lmcache_server(self, up: bool, detail: str) -> bool:
+        """A replica's external LMCache server (LMCACHE_SERVER), as shared_store."""
+        return self.dependency("lmcache_server", up, detail)
+
+    def dependency(self, key: str, up: bool, detail: str) -> bool:
+        last = self.data.get(key)
         if last and last.get("up") == up:
             if last.get("detail") != detail:
                 last["detail"] = detail
                 self._save()
             return False
-        self.data["shared_store"] = {"up": up, "since": time.time(), "detail": detail,
+        self.data[key] = {"up": up, "since": time.time(), "detail": detail,
                                      "changes": (last or {}).get("changes", -1) + 1}
         self._save()
         return True

@@ -44,7 +44,9 @@ def _ago(seconds: float | None) -> str:
 
 
 def text(d: dict) -> str:
-    lines = [f"Appliance: {d['model']} (served as {d['served_model_name']}), KV offloading {d['kv_offloading']}"]
+    lines = [f"Appliance: {d['model']} (served as {d['served_model_name']}), KV offloading {d['kv_offloading']}"
+             if d.get("role", "all") == "all" else
+             f"Appliance: the LMCache server only (APPLIANCE_ROLE={d['role']}), for {d['model']}"]
     if not d["supervisor_up"]:
         lines.append("supervisord: not answering (stopped, or still starting)")
     lines.append("")
@@ -69,6 +71,14 @@ def text(d: dict) -> str:
         else:
             how = "up" if store["up"] else f"DOWN ({store['detail']}); serving without it"
             lines.append(f"  shared store {d['shared_store_url']}: {how}, since {_ago(time.time() - store['since'])}")
+    server = d.get("lmcache_server")
+    if d.get("lmcache_server_url"):
+        if not server:
+            lines.append(f"  LMCache server {d['lmcache_server_url']}: not probed yet")
+        else:
+            how = "up" if server["up"] else f"DOWN ({server['detail']})"
+            lines.append(f"  LMCache server {d['lmcache_server_url']} (LMCACHE_SERVER): {how}, since "
+                         f"{_ago(time.time() - server['since'])}")
     pruned = d["disk_tier_pruned"]
     if pruned["files"]:
         lines.append(f"  disk tier pruned to its cap: {pruned['files']} files, {_size(pruned['bytes'])}")
@@ -95,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     snap = snapshot.take(plan, run)
     d = {"model": plan.model, "served_model_name": plan.served_model_name,
          "kv_offloading": plan.lmcache_mode or "off",
-         "shared_store_url": (plan.shared_store or {}).get("url"), **snap.to_dict()}
+         "shared_store_url": (plan.shared_store or {}).get("url"), "role": plan.role,
+         "lmcache_server_url": (plan.lmcache_server or {}).get("url"), **snap.to_dict()}
     print(json.dumps(d, indent=2) if a.format == "json" else text(d))
     down = not snap.supervisor_up or any(proc["state"] != "RUNNING" for proc in snap.processes)
     return EXIT_DOWN if down else 0

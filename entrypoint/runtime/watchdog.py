@@ -13,6 +13,10 @@ started again. An unhealthy LMCache server is killed and vLLM stopped, then both
 Where there is a disk tier, each round also prunes it to its cap (preflight.prune). Where there is a shared
 KV store (LMCACHE_SHARED_URL), each round pings it and records the answer (status, appliance_shared_store_up);
 it is never a reason to restart anything: LMCache serves without it and reconnects.
+A replica's LMCache server in another container (LMCACHE_SERVER) is a dependency too: each round asks its
+/healthcheck and records the answer (status, appliance_lmcache_server_up); while it does not answer, vLLM's
+probes are not judged (a vLLM restarted for it would only wait for it in its launcher). A kv-server
+(APPLIANCE_ROLE) has no vLLM: only its LMCache server is judged.
 
 Probes run on the watchdog's own monotonic clock (it waits for events with a timeout), so periods under
 supervisord's 5 s tick work; TICK_5 and PROCESS_STATE events wake it, and the latter track (re)starts.
@@ -83,7 +87,7 @@ class Watchdog:
         self.plan, self.rpc, self.clock = plan, rpc, time.monotonic
         self.http = requests.Session()
         self.base, self.headers = api_base(plan), api_headers(plan)
-        self.vllm = Target("vllm")
+        self.vllm = Target("vllm") if plan.vllm_argv else None  # none in the kv-server role
         self.lmcache = Target("lmcache") if plan.lmcache_health_url else None
         self.last_progress: float | None = None  # counters at the previous probe
         self.last_probe_at = 0.0
@@ -106,7 +110,7 @@ class Watchdog:
             t.pid, t.ready, t.failures = info["pid"], False, 0
             # supervisord gives whole seconds: take the latest moment, so the grace is never cut short.
             t.started_at = self.clock() - max(0.0, time.time() - (info["start"] + 1))
-            if t is self.vllm:
+            if t.name == "vllm":
                 self.last_progress = None
 
     @staticmethod
@@ -187,6 +191,22 @@ class Watchdog:
             return False, self._failure(url, e)
         return (True, "") if r.status_code == 200 else (False, f"{url} answered {r.status_code}")
 
+    def probe_lmcache_server(self) -> bool:
+        """A replica's external LMCache server: recorded, said when it changes; True when it answers."""
+        server = self.plan.lmcache_server
+        try:
+            r = self._get(server["health_url"])
+            up, why = r.status_code == 200, f"{server['health_url']} answered {r.status_code}"
+        except requests.RequestException as e:
+            up, why = False, self._failure(server["health_url"], e)
+        if self.record.lmcache_server(up, "" if up else why):
+            if up:
+                say(NAME, f"the LMCache server {server['url']} (LMCACHE_SERVER) answers")
+            else:
+                say(NAME, f"warning: the LMCache server {server['url']} (LMCACHE_SERVER) does not answer: {why}. "
+                          "vLLM is not restarted for it (its probes are not judged until the server answers)")
+        return up
+
     def probe_store(self) -> None:
         url = self.plan.shared_store["url"]
         up, why = store.probe(self.plan, min(self.timeout, STORE_TIMEOUT_S))
@@ -262,9 +282,10 @@ class Watchdog:
         if self.lmcache and self.lmcache.running and not self.launching(self.lmcache.pid):
             ok, why = self.probe_lmcache()
             if self.judge(self.lmcache, ok, why, self.clock()):
-                self.restart(self.lmcache, then=["vllm"])
+                self.restart(self.lmcache, then=["vllm"] if self.vllm else [])
                 return
-        if self.vllm.running and not self.launching(self.vllm.pid):
+        server_up = self.probe_lmcache_server() if self.plan.lmcache_server else True
+        if self.vllm and self.vllm.running and not self.launching(self.vllm.pid) and server_up:
             ok, why = self.probe_vllm()
             if self.judge(self.vllm, ok, why, self.clock()):
                 self.restart(self.vllm, then=[])

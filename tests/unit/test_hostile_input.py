@@ -113,7 +113,8 @@ def test_overrides_after_serve_are_followed_by_the_plan_and_supervision(plan_for
     ("--http-p 2", "LMCACHE_SERVER_EXTRA_ARGS: --http-p (read by LMCache as --http-port) is set by the appliance; "
                    "use APPLIANCE_LMCACHE_HTTP_PORT"),
     ("--host 0.0.0.0", "LMCACHE_SERVER_EXTRA_ARGS: --host is set by the appliance; the LMCache server listens on "
-                       "127.0.0.1 only (vLLM in this container is its only client)"),
+                       "127.0.0.1 (vLLM in this container is its only client), or on all interfaces with "
+                       "APPLIANCE_ROLE=kv-server"),
     ("--l1-size-gb 9", "LMCACHE_SERVER_EXTRA_ARGS: --l1-size-gb is set by the appliance; use "
                        "VLLM_KV_OFFLOADING_SIZE"),
 ])
