@@ -86,6 +86,11 @@ def kind_values(setting) -> st.SearchStrategy[str]:
         return st.sampled_from([*setting.choices, *(c.upper() for c in setting.choices), "bogus"])
     if k == "disk":
         return st.sampled_from(["true", "false", "/data/kv", "file:///x/", "rel", "/a\nb"])
+    if k == "mp_server":  # LMCACHE_SERVER: the forms it takes, the near misses, and anything
+        return st.one_of(st.sampled_from(["kv-server:5555", "tcp://kv-server", "TCP://10.0.0.2:6000", "kv-server:0",
+                                          "-kv:1", "--port", "[::1]:5555", "ipc:///tmp/x", "grpc://kv:1", "a:b:c",
+                                          ":5555", "kv server:1", "kv-server:5555/", "u@kv:1", "kv:99999"]),
+                         st.from_regex(r"\A(tcp://)?[-a-z0-9.]{0,12}(:[0-9-]{0,6})?\Z"), hostile)
     return hostile
 
 
@@ -179,11 +184,26 @@ def check_plan_json(data: dict) -> None:
     jsonschema.validate(data, CONTRACT)
     if data["errors"]:
         return
+    if data["role"] == "kv-server":  # the LMCache server only, for the replicas of its host
+        assert data["vllm"]["argv"] == [] and data["lmcache"]["mode"] == "server", data
+        lmc = owned_counts(data["lmcache"]["argv"], LMCACHE_FLAGS, LMCACHE_OWNED_FLAGS, underscores=False)
+        assert all(n == 1 for n in lmc.values()), (lmc, data["lmcache"]["argv"])
+        argv = data["lmcache"]["argv"]
+        assert argv[argv.index("--host") + 1] == argv[argv.index("--http-host") + 1] == "0.0.0.0"
+        return
     vllm = owned_counts(data["vllm"]["argv"], SERVE_FLAGS, OWNED_FLAGS, BOOL_FLAGS)
     for flag in ("--host", "--port", "--shutdown-timeout"):
         assert vllm[flag] == 1, (flag, data["vllm"]["argv"])
     assert all(n <= 1 for n in vllm.values()), vllm
-    assert vllm["--kv-transfer-config"] == (1 if data["lmcache"]["mode"] in ("server", "in-process") else 0)
+    assert vllm["--kv-transfer-config"] == (1 if data["lmcache"]["mode"] in ("server", "in-process", "external")
+                                            else 0)
+    if data["lmcache"]["mode"] == "external":  # a replica: the connector at LMCACHE_SERVER, nothing else
+        argv = data["vllm"]["argv"]
+        extra = json.loads(argv[argv.index("--kv-transfer-config") + 1])["kv_connector_extra_config"]
+        server = data["lmcache"]["server"]
+        assert f"{extra['lmcache.mp.host']}:{extra['lmcache.mp.port']}" == server["url"], (extra, server)
+        assert re.fullmatch(r"tcp://[a-z0-9][a-z0-9.-]*:[0-9]{1,5}", server["url"]), server
+        assert data["lmcache"]["argv"] is None and data["lmcache"]["disk"] is None
     assert data["vllm"]["argv"][2] == data["model"] and not data["model"].startswith("-")
     if data["lmcache"]["mode"] == "server":
         lmc = owned_counts(data["lmcache"]["argv"], LMCACHE_FLAGS, LMCACHE_OWNED_FLAGS, underscores=False)
