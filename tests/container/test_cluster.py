@@ -1,7 +1,9 @@
-"""compose.cluster.yaml on a CPU host (docker/compose.cluster.test.yaml): two replicas of the stub test image,
-a real Redis store (Debian's redis-server, docker/store) and the real vLLM router (vllm-router from PyPI,
-docker/router), through compose itself. The router spreads requests over both replicas, stops sending to one
-that dies, and the replicas serve with and without their store, seeing it go and come back."""
+"""compose.cluster.yaml on a CPU host (docker/compose.cluster.test.yaml): the kv-server and two replicas of the
+stub test image, a real Redis store (Debian's redis-server, docker/store; profile `store`) and the real vLLM
+router (vllm-router from PyPI, docker/router), through compose itself. The replicas reach the kv-server's
+LMCache server over the compose network; the router spreads requests over both replicas and stops sending to
+one that dies; the replicas serve on while the kv-server is gone (reported, not restarted); the kv-server serves
+with and without its store, seeing it go and come back."""
 from __future__ import annotations
 
 import json
@@ -53,16 +55,30 @@ class Cluster:
         return r.json().get("system_fingerprint") if r.status_code == 200 else None
 
 
-def store_up(container) -> float | None:
-    """appliance_shared_store_up as the replica's metrics endpoint shows it (read inside the container)."""
+def gauge(container, name: str) -> float | None:
+    """An appliance_* gauge as the container's metrics endpoint shows it (read inside the container)."""
     code, out = container.exec_run(["python3", "-c", "import urllib.request as u; print(u.urlopen("
                                     "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())"])
     if code != 0:
         return None
     for line in out.decode().splitlines():
-        if line.startswith("appliance_shared_store_up "):
+        if line.startswith(name + " "):
             return float(line.split()[1])
     return None
+
+
+def store_up(container) -> float | None:
+    return gauge(container, "appliance_shared_store_up")
+
+
+def server_up(container) -> float | None:
+    return gauge(container, "appliance_lmcache_server_up")
+
+
+def programs(container) -> list[str]:
+    code, out = container.exec_run(["python3", "-m", "entrypoint", "status", "--format", "json"])
+    assert code == 0, out.decode()[-2000:]
+    return sorted(p["name"] for p in json.loads(out)["processes"])
 
 
 @pytest.fixture
@@ -77,7 +93,7 @@ def cluster(request, image, docker_client, compose_binary):
            "APPLIANCE_TEST_IMAGE": image, "APPLIANCE_TEST_STORE_IMAGE": STORE_IMAGE,
            "APPLIANCE_TEST_ROUTER_IMAGE": ROUTER_IMAGE, "APPLIANCE_HOST_PORT": str(_free_port()),
            "APPLIANCE_ROUTER_POLICY": "round_robin", "APPLIANCE_ROUTER_HEALTH_INTERVAL": "1",
-           "APPLIANCE_STORE_MAXMEMORY": "64mb"}
+           "APPLIANCE_STORE_MAXMEMORY": "64mb", "COMPOSE_PROFILES": "store"}
     c = Cluster(compose_binary, project, env)
     try:
         yield c
@@ -87,23 +103,32 @@ def cluster(request, image, docker_client, compose_binary):
         c.compose("down", "--volumes", "--timeout", "5", timeout=120)
 
 
-def test_cluster_serves_through_the_router_and_survives_a_replica_and_the_store(cluster, docker_client):
+def test_cluster_serves_through_the_router_and_survives_a_replica_the_kv_server_and_the_store(cluster,
+                                                                                                 docker_client):
     started = time.monotonic()
     up = cluster.compose("up", "--wait", "--wait-timeout", "180", timeout=240)
     assert up.returncode == 0, up.stderr[-4000:]
     print(f"cluster healthy in {time.monotonic() - started:.1f} s")
-    services = {s: cluster.container(docker_client, s) for s in ("replica-0", "replica-1", "kv-store", "router")}
+    names = ("kv-server", "replica-0", "replica-1", "kv-store", "router")
+    services = {s: cluster.container(docker_client, s) for s in names}
     for name, c in services.items():
         c.reload()
         assert c.attrs["State"]["Health"]["Status"] == "healthy", name
     hosts = {name: services[name].attrs["Config"]["Hostname"] for name in ("replica-0", "replica-1")}
-    # Only the router is published; the replicas see the store by its service name.
+    # Only the router is published; the LMCache server and the store are reached by service name.
     published = {name: [p for p, binding in c.ports.items() if binding] for name, c in services.items()}
-    assert published == {"replica-0": [], "replica-1": [], "kv-store": [], "router": ["8000/tcp"]}
-    env0 = dict(e.split("=", 1) for e in services["replica-0"].attrs["Config"]["Env"])
-    assert env0["LMCACHE_SHARED_URL"] == "redis://kv-store:6379"
-    wait_until(lambda: store_up(services["replica-0"]) == 1.0 and store_up(services["replica-1"]) == 1.0, 30,
-               what="both replicas to see the store")
+    assert published == {"kv-server": [], "replica-0": [], "replica-1": [], "kv-store": [], "router": ["8000/tcp"]}
+    # One LMCache server for the host, in the kv-server; vLLM only in the replicas, pointed at it.
+    assert programs(services["kv-server"]) == ["lmcache", "logs", "metrics", "on-fatal", "watchdog"]
+    for name in ("replica-0", "replica-1"):
+        assert programs(services[name]) == ["logs", "metrics", "on-fatal", "vllm", "watchdog"]
+        code, out = services[name].exec_run(["python3", "-m", "entrypoint", "config", "--format", "json"])
+        assert code == 0, out.decode()[-2000:]
+        plan = json.loads(out)
+        assert plan["lmcache"]["mode"] == "external" and plan["lmcache"]["server"]["url"] == "tcp://kv-server:5555"
+    wait_until(lambda: server_up(services["replica-0"]) == 1.0 and server_up(services["replica-1"]) == 1.0, 30,
+               what="both replicas to see the kv-server")
+    wait_until(lambda: store_up(services["kv-server"]) == 1.0, 30, what="the kv-server to see the store")
 
     # Round robin through the router reaches both replicas.
     answered = [cluster.complete() for _ in range(8)]
@@ -117,17 +142,28 @@ def test_cluster_serves_through_the_router_and_survives_a_replica_and_the_store(
     answered = [cluster.complete() for _ in range(6)]
     assert answered == [hosts["replica-1"]] * 6, answered
 
-    # The store dies: the replica keeps serving, says so (metric 0), and uses it again when it is back.
+    # The store dies: the kv-server keeps serving, says so (metric 0), and uses it again when it is back.
     services["kv-store"].stop(timeout=0)
-    wait_until(lambda: store_up(services["replica-1"]) == 0.0, 30, what="appliance_shared_store_up 0")
-    assert [cluster.complete() for _ in range(3)] == [hosts["replica-1"]] * 3
-    logs = services["replica-1"].logs().decode(errors="replace")
+    wait_until(lambda: store_up(services["kv-server"]) == 0.0, 30, what="appliance_shared_store_up 0")
+    logs = services["kv-server"].logs().decode(errors="replace")
     assert "the shared KV store redis://kv-store:6379 (LMCACHE_SHARED_URL) does not answer" in logs
     services["kv-store"].start()
-    wait_until(lambda: store_up(services["replica-1"]) == 1.0, 30, what="appliance_shared_store_up 1 again")
+    wait_until(lambda: store_up(services["kv-server"]) == 1.0, 30, what="appliance_shared_store_up 1 again")
+
+    # The kv-server goes away and comes back: the replica serves on (the stub vLLM does not need it), says so,
+    # and is not restarted for it.
+    services["kv-server"].stop(timeout=10)
+    wait_until(lambda: server_up(services["replica-1"]) == 0.0, 30, what="appliance_lmcache_server_up 0")
+    assert [cluster.complete() for _ in range(3)] == [hosts["replica-1"]] * 3
+    logs = services["replica-1"].logs().decode(errors="replace")
+    assert "the LMCache server tcp://kv-server:5555 (LMCACHE_SERVER) does not answer" in logs
+    services["kv-server"].start()
+    wait_until(lambda: server_up(services["replica-1"]) == 1.0, 60, what="appliance_lmcache_server_up 1 again")
     services["replica-1"].reload()
     assert services["replica-1"].attrs["State"]["Health"]["Status"] == "healthy"
     assert services["replica-1"].attrs["RestartCount"] == 0
+    code, out = services["replica-1"].exec_run(["python3", "-m", "entrypoint", "status", "--format", "json"])
+    assert json.loads(out)["restarts"].get("vllm", {}) == {}
 
 
 def _config(compose_binary, env: dict[str, str]) -> dict:
@@ -138,26 +174,36 @@ def _config(compose_binary, env: dict[str, str]) -> dict:
     return json.loads(out.stdout)["services"]
 
 
-def test_a_replica_is_the_single_appliance_on_its_own_gpus(compose_binary):
-    """The replica anchor repeats compose.yaml's service (compose's `extends` cannot be overridden): same image,
-    checks, limits and stop grace; only ports, GPUs, the disk-tier volume and the store's URL differ."""
+def test_kv_server_and_replicas_are_the_single_appliance_in_their_roles(compose_binary):
+    """The anchor repeats compose.yaml's service (compose's `extends` cannot be overridden): same image, checks,
+    limits, IPC namespace and stop grace. The kv-server: the KV-server role, every GPU, the disk-tier volume. The
+    replicas: LMCACHE_SERVER at it, each on its own GPUs, no disk volume. The store only in its profile."""
     services = _config(compose_binary, {})
     single = _config_single(compose_binary)
     assert "appliance" not in services  # parked in the `single` profile: the router has the port
-    assert sorted(services) == ["kv-store", "replica-0", "replica-1", "router"]
+    assert sorted(services) == ["kv-server", "replica-0", "replica-1", "router"]  # kv-store: profile `store`
+    for name in ("kv-server", "replica-0", "replica-1"):
+        for key in ("image", "env_file", "ipc", "ulimits", "healthcheck", "restart", "stop_grace_period", "build"):
+            assert services[name].get(key) == single.get(key), (name, key)
+        assert "ports" not in services[name]
+    assert services["kv-server"]["ipc"] == "host" and services["kv-server"]["ulimits"]["memlock"] == -1
+    server = services["kv-server"]
+    assert server["environment"] == {"APPLIANCE_ROLE": "kv-server"}
+    assert server["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]  # all: it maps every replica's GPU memory
+    assert [(v["source"], v["target"]) for v in server["volumes"]] == [("kv-disk", "/var/lib/appliance/kv-disk")]
     for i in (0, 1):
         replica = services[f"replica-{i}"]
-        for key in ("image", "env_file", "ipc", "ulimits", "healthcheck", "restart", "stop_grace_period", "build"):
-            assert replica.get(key) == single.get(key), (i, key)
-        assert "ports" not in replica
         assert replica["deploy"]["resources"]["reservations"]["devices"] == [
             {"driver": "nvidia", "device_ids": [str(i)], "capabilities": ["gpu"]}]
-        assert [v["source"] for v in replica["volumes"]] == ["hf-cache", f"kv-disk-{i}"]
-        assert replica["environment"] == {"LMCACHE_SHARED_URL": "redis://kv-store:6379"}
-    store = services["kv-store"]["command"]
-    assert store[store.index("--maxmemory-policy") + 1] == "allkeys-lru" and "--maxmemory" in store
-    assert [v["target"] for v in services["kv-store"]["volumes"]] == ["/data"]
+        assert [v["source"] for v in replica["volumes"]] == ["hf-cache"]
+        assert replica["environment"] == {"LMCACHE_SERVER": "kv-server"}
+        assert replica["depends_on"]["kv-server"]["condition"] == "service_started"
     assert [(p["published"], p["target"]) for p in services["router"]["ports"]] == [("8000", 8000)]
+    with_store = _config(compose_binary, {"COMPOSE_PROFILES": "store"})
+    store = with_store["kv-store"]["command"]
+    assert store[store.index("--maxmemory-policy") + 1] == "allkeys-lru" and "--maxmemory" in store
+    assert [v["target"] for v in with_store["kv-store"]["volumes"]] == ["/data"]
 
 
 def _config_single(compose_binary) -> dict:
@@ -172,7 +218,7 @@ def test_replica_count_gpus_and_router_workers_come_from_the_env(compose_binary)
         "COMPOSE_PROFILES": "replicas-3", "APPLIANCE_REPLICA_0_GPUS": "0,1", "APPLIANCE_REPLICA_1_GPUS": "2,3",
         "APPLIANCE_REPLICA_2_GPUS": "4,5", "VLLM_PORT": "9000", "APPLIANCE_ROUTER_POLICY": "round_robin",
         "APPLIANCE_ROUTER_WORKERS": "http://replica-0:9000 http://replica-1:9000 http://replica-2:9000"})
-    assert sorted(services) == ["kv-store", "replica-0", "replica-1", "replica-2", "router"]
+    assert sorted(services) == ["kv-server", "replica-0", "replica-1", "replica-2", "router"]
     gpus = [services[f"replica-{i}"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
             for i in range(3)]
     assert gpus == [["0,1"], ["2,3"], ["4,5"]]  # one id string: Docker passes it on as NVIDIA_VISIBLE_DEVICES
