@@ -75,10 +75,15 @@ def server_up(container) -> float | None:
     return gauge(container, "appliance_lmcache_server_up")
 
 
+def run_json(container, *args: str):
+    """`python3 -m entrypoint ARGS` inside the container: its stdout as JSON (warnings go to stderr)."""
+    code, (out, err) = container.exec_run(["python3", "-m", "entrypoint", *args], demux=True)
+    assert code == 0, (err or b"").decode()[-2000:]
+    return json.loads(out)
+
+
 def programs(container) -> list[str]:
-    code, out = container.exec_run(["python3", "-m", "entrypoint", "status", "--format", "json"])
-    assert code == 0, out.decode()[-2000:]
-    return sorted(p["name"] for p in json.loads(out)["processes"])
+    return sorted(p["name"] for p in run_json(container, "status", "--format", "json")["processes"])
 
 
 @pytest.fixture
@@ -122,10 +127,12 @@ def test_cluster_serves_through_the_router_and_survives_a_replica_the_kv_server_
     assert programs(services["kv-server"]) == ["lmcache", "logs", "metrics", "on-fatal", "watchdog"]
     for name in ("replica-0", "replica-1"):
         assert programs(services[name]) == ["logs", "metrics", "on-fatal", "vllm", "watchdog"]
-        code, out = services[name].exec_run(["python3", "-m", "entrypoint", "config", "--format", "json"])
-        assert code == 0, out.decode()[-2000:]
-        plan = json.loads(out)
+        plan = run_json(services[name], "config", "--format", "json")
         assert plan["lmcache"]["mode"] == "external" and plan["lmcache"]["server"]["url"] == "tcp://kv-server:5555"
+        # The ZMQ port vLLM's connector uses, across the compose network (the health port: the metric below).
+        code, out = services[name].exec_run(["python3", "-c", "import socket; socket.create_connection("
+                                             "('kv-server', 5555), timeout=5).close()"])
+        assert code == 0, out.decode()[-2000:]
     wait_until(lambda: server_up(services["replica-0"]) == 1.0 and server_up(services["replica-1"]) == 1.0, 30,
                what="both replicas to see the kv-server")
     wait_until(lambda: store_up(services["kv-server"]) == 1.0, 30, what="the kv-server to see the store")
@@ -162,8 +169,7 @@ def test_cluster_serves_through_the_router_and_survives_a_replica_the_kv_server_
     services["replica-1"].reload()
     assert services["replica-1"].attrs["State"]["Health"]["Status"] == "healthy"
     assert services["replica-1"].attrs["RestartCount"] == 0
-    code, out = services["replica-1"].exec_run(["python3", "-m", "entrypoint", "status", "--format", "json"])
-    assert json.loads(out)["restarts"].get("vllm", {}) == {}
+    assert run_json(services["replica-1"], "status", "--format", "json")["restarts"].get("vllm", {}) == {}
 
 
 def _config(compose_binary, env: dict[str, str]) -> dict:
