@@ -60,7 +60,8 @@ def text(d: dict) -> str:
                      + (f": {last['detail']}" if last.get("detail") else ""))
     lines.append("")
     lines.append(f"  {'tier':<6} {'used':>10} {'cap':>10} {'hit rate':>9}")
-    lines.append(f"  {'gpu':<6} {'':>10} {'':>10} {_pct(d['gpu_prefix_cache_hit_rate']):>9}  (vLLM prefix cache)")
+    if d.get("role", "all") == "all":  # a kv-server has no vLLM
+        lines.append(f"  {'gpu':<6} {'':>10} {'':>10} {_pct(d['gpu_prefix_cache_hit_rate']):>9}  (vLLM prefix cache)")
     for t in d["tiers"]:
         lines.append(f"  {t['name']:<6} {_size(t['used_bytes']):>10} {_size(t['capacity_bytes']):>10} "
                      f"{_pct(t['hit_rate']):>9}" + (f"  {t['path']}" if t.get("path") else ""))
