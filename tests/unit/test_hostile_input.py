@@ -51,6 +51,17 @@ def test_list_values_cannot_smuggle_a_flag(plan_for, env, error):
     assert plan_for(env).errors == [error]
 
 
+@pytest.mark.parametrize("value", ["--kv-transfer-config", "kv-server:5555 --port 9", "-x:1", "tcp://--host:1"])
+def test_the_lmcache_server_address_cannot_become_a_flag(plan_for, value):
+    """LMCACHE_SERVER lands in vLLM's --kv-transfer-config JSON: refused before, whatever it holds."""
+    plan = plan_for({"LMCACHE_SERVER": value, **LOOPBACK})
+    assert len(plan.errors) == 1 and plan.errors[0].startswith(f"LMCACHE_SERVER={value!r}: ")
+    assert plan.lmcache_server is None
+    assert plan.vllm_argv.count("--kv-transfer-config") == 1  # the appliance's own, at its own server
+    assert json.loads(plan.vllm_argv[plan.vllm_argv.index("--kv-transfer-config") + 1])[
+        "kv_connector_extra_config"]["lmcache.mp.host"] == "tcp://127.0.0.1"
+
+
 def test_a_single_value_that_starts_with_a_dash_is_passed_in_the_equals_form(plan_for):
     plan = plan_for({"VLLM_TOKENIZER": "-odd-tokenizer", **LOOPBACK})
     assert plan.errors == []
