@@ -311,7 +311,8 @@ opt_words() {  # opt_words LABEL: the appliance words of an options configuratio
 }
 
 record_metrics() {  # record_metrics before|after: the LMCache server's metric names, the dashboard's data
-    local lmc_port=$((9090 + ${GPU:-0})) app_port=$((9464 + ${GPU:-0})) obs=$ROOT/scripts/observability
+    # LMCache's `server` serves its metrics on its HTTP port (it never starts the --prometheus-port exporter)
+    local lmc_port=$((8080 + ${GPU:-0})) app_port=$((9464 + ${GPU:-0})) obs=$ROOT/scripts/observability
     if [ "$1" = before ]; then
         PYTHONPATH="${SITE:+$SITE:}$ROOT" "$PY" "$obs/check_dashboard.py" before --vllm "$BASE" --appliance "http://127.0.0.1:$app_port" \
             --out "$RES/dashboard-before.json" || fail "dashboard check (before)"
@@ -344,7 +345,7 @@ suite_options() {
             local churn=($OPT_CHURN)
             bench reuse.py churn --label "$label" --base-url "$BASE" --model "$SERVED" --tokens "${churn[0]}" \
                 --prompts "${churn[1]}" --passes "${churn[2]}" --warmup-tokens 1024 --results "$RES" || fail "churn $label"
-            curl -sf "http://127.0.0.1:$((9090 + ${GPU:-0}))/metrics" > "$LOGS/$label/lmcache-metrics.raw.txt" || true
+            curl -sf "http://127.0.0.1:$((8080 + ${GPU:-0}))/metrics" > "$LOGS/$label/lmcache-metrics.raw.txt" || true
             [ "$label" = "$OPT_RECORD" ] && record_metrics after
             stop_appliance; rm -rf "$KVDISK-$label"; continue
         fi
