@@ -330,6 +330,8 @@ def server_flag_settings(b: Builder) -> list[str]:
         if not s.server_flag or s.name not in b.values:
             continue
         spec, value = flags.get(s.server_flag), str(b.values[s.name]).strip()
+        if spec is None and s.name not in b.user_given:
+            continue  # the appliance's default for a flag this LMCache does not have: LMCache's own behaviour
         if spec is None:
             b.error(f"{s.name}: the installed LMCache {version} has no `lmcache server {s.server_flag}`; "
                     "unset it or use an image with a newer LMCache (docs/UPGRADING.md)")
@@ -346,13 +348,16 @@ def server_flag_settings(b: Builder) -> list[str]:
 
 
 def connector_key_settings(b: Builder) -> dict[str, object]:
-    """The registry's settings that are keys of vLLM's LMCache connector config, set only when the operator
-    sets them (LMCache's own defaults otherwise), and only keys the installed LMCache's connector reads."""
+    """The registry's settings that are keys of vLLM's LMCache connector config, set when the operator sets
+    them or the registry has a measured default (LMCache's own defaults otherwise), and only keys the
+    installed LMCache's connector reads (a default for a key it lacks is dropped; a value set is an error)."""
     out: dict[str, object] = {}
     for s in SETTINGS:
         if not s.connector_key or s.name not in b.values:
             continue
         if s.connector_key not in b.schema.lmcache_connector_keys:
+            if s.name not in b.user_given:
+                continue
             b.error(f"{s.name}: the installed LMCache {b.schema.lmcache_version}'s vLLM connector has no "
                     f"lmcache.mp.{s.connector_key}; unset it or use an image with a newer LMCache "
                     "(docs/UPGRADING.md)")

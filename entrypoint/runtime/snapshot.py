@@ -104,8 +104,12 @@ class Snapshot:
 
 
 def lmcache_metrics_url(plan: Plan) -> str | None:
-    port = plan.appliance.get("APPLIANCE_LMCACHE_METRICS_PORT")
-    return f"http://127.0.0.1:{port}/metrics" if plan.lmcache_mode == "server" and port else None
+    """`lmcache server` serves its metrics on its HTTP port: the command starts the HTTP frontend with
+    start_prometheus_http_server=False (lmcache/v1/multiprocess/http_server.py, 0.5.3 and 0.5.6), so the
+    --prometheus-port exporter never listens; found on the H200 with 0.5.6 (connection refused on 9090,
+    "standalone metrics HTTP server disabled" in its log)."""
+    url = plan.lmcache_health_url
+    return url.rsplit("/", 1)[0] + "/metrics" if plan.lmcache_mode == "server" and url else None
 
 
 def lmcache_status_url(plan: Plan) -> str | None:

@@ -285,25 +285,31 @@ def evaluate(med: dict, baseline: str, candidates: list[str], kv_bpt: int | None
 
 
 def round2_targets(med: dict, baseline: str, lab: str, tokens: int, floor) -> list[dict]:
-    """Issue 12's targets 1 and 2 for one configuration (n/a where a phase was not measured)."""
+    """Issue 12's targets 1 and 2 for one configuration (n/a where a phase was not measured). A "GPU hit" is
+    gpu_hit_settled where measured: the hit right after a cold request also waits for that request's store
+    (reported on its own row), which is not the steady cost of a hit."""
     ph, base = med.get(lab, {}).get(tokens, {}), med.get(baseline, {}).get(tokens, {})
     short, base_short = med.get(lab, {}).get(SHORT_TOKENS, {}), med.get(baseline, {}).get(SHORT_TOKENS, {})
+    hit = lambda d: d.get("gpu_hit_settled") or d.get("gpu_hit")  # noqa: E731
     div = lambda x, y: (x / y) if (x is not None and y) else None  # noqa: E731
     k = f"{tokens // 1000}k" if tokens % 1000 == 0 else str(tokens)
-    load = (ph["after_reset"] - ph["gpu_hit"]) if (ph.get("after_reset") and ph.get("gpu_hit")) else None
-    extra_ms = (1000 * (short["gpu_hit"] - base_short["gpu_hit"])
-                if (short.get("gpu_hit") and base_short.get("gpu_hit")) else None)
-    return [
-        c.target_row(f"{lab}: GPU hit, {k}, x {baseline} GPU hit", div(ph.get("gpu_hit"), base.get("gpu_hit")),
-                     HIT_VS_NO_OFFLOAD, "x"),
+    load = (ph["after_reset"] - hit(ph)) if (ph.get("after_reset") and hit(ph)) else None
+    extra_ms = 1000 * (hit(short) - hit(base_short)) if (hit(short) and hit(base_short)) else None
+    rows = [
+        c.target_row(f"{lab}: GPU hit, {k}, x {baseline} GPU hit", div(hit(ph), hit(base)), HIT_VS_NO_OFFLOAD, "x"),
         c.target_row(f"{lab}: GPU hit, {SHORT_TOKENS} tok, ms over {baseline}", extra_ms, SHORT_HIT_MS, "ms"),
-        c.target_row(f"{lab}: CPU-tier load cost (after_reset - gpu_hit), {k}, x copy floor", div(load, floor),
+        c.target_row(f"{lab}: CPU-tier load cost (after_reset - GPU hit), {k}, x copy floor", div(load, floor),
                      LOAD_VS_FLOOR, "x"),
         c.target_row(f"{lab}: after full restart, rounds 2+, {k}, x GPU hit before",
-                     div(ph.get("restored_gpu_hit"), ph.get("gpu_hit")), RESTORED_VS_BEFORE, "x"),
+                     div(ph.get("restored_gpu_hit"), hit(ph)), RESTORED_VS_BEFORE, "x"),
         c.target_row(f"{lab}: after full restart + GPU reset, {k}, x CPU-tier hit before",
                      div(ph.get("restored_after_reset"), ph.get("after_reset")), RESTORED_VS_BEFORE, "x"),
     ]
+    if ph.get("gpu_hit_settled") and base.get("gpu_hit"):
+        rows.insert(1, c.target_row(f"{lab}: GPU hit right after the cold request (its store in flight), {k}, "
+                                    f"x {baseline}", div(ph.get("gpu_hit"), base.get("gpu_hit")),
+                                    HIT_VS_NO_OFFLOAD, "x"))
+    return rows
 
 
 def kv_and_bandwidth(rows, a):

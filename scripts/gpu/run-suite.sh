@@ -311,17 +311,20 @@ opt_words() {  # opt_words LABEL: the appliance words of an options configuratio
 }
 
 record_metrics() {  # record_metrics before|after: the LMCache server's metric names, the dashboard's data
-    local lmc_port=$((9090 + ${GPU:-0})) app_port=$((9464 + ${GPU:-0})) obs=$ROOT/scripts/observability
+    # LMCache's `server` serves its metrics on its HTTP port (it never starts the --prometheus-port exporter)
+    local lmc_port=$((8080 + ${GPU:-0})) app_port=$((9464 + ${GPU:-0})) obs=$ROOT/scripts/observability
     if [ "$1" = before ]; then
-        env -u PYTHONPATH "$PY" "$obs/check_dashboard.py" before --vllm "$BASE" --appliance "http://127.0.0.1:$app_port" \
+        PYTHONPATH="${SITE:+$SITE:}$ROOT" "$PY" "$obs/check_dashboard.py" before --vllm "$BASE" --appliance "http://127.0.0.1:$app_port" \
             --out "$RES/dashboard-before.json" || fail "dashboard check (before)"
         return 0
     fi
     env -u PYTHONPATH "$PY" "$obs/record_lmcache_metrics.py" --url "http://127.0.0.1:$lmc_port/metrics" \
         --out "$RES/lmcache-metrics-server.txt" || fail "record the LMCache server's metrics"
+    env -u PYTHONPATH "$PY" "$obs/record_lmcache_metrics.py" --url "http://127.0.0.1:$app_port/metrics" \
+        --out "$RES/lmcache-metrics-appliance.txt" || fail "record the metrics on the appliance's endpoint"
     curl -sf "http://127.0.0.1:$lmc_port/metrics" > "$LOGS/$LABEL/lmcache-metrics.raw.txt" || true
     curl -sf "http://127.0.0.1:$app_port/metrics" > "$LOGS/$LABEL/appliance-metrics.raw.txt" || true
-    env -u PYTHONPATH "$PY" "$obs/check_dashboard.py" after --vllm "$BASE" --appliance "http://127.0.0.1:$app_port" \
+    PYTHONPATH="${SITE:+$SITE:}$ROOT" "$PY" "$obs/check_dashboard.py" after --vllm "$BASE" --appliance "http://127.0.0.1:$app_port" \
         --before "$RES/dashboard-before.json" --out "$RES/dashboard.json" | tee "$RES/dashboard.md" \
         || fail "dashboard check: a panel names a metric the endpoints do not expose"
 }
@@ -342,7 +345,8 @@ suite_options() {
             local churn=($OPT_CHURN)
             bench reuse.py churn --label "$label" --base-url "$BASE" --model "$SERVED" --tokens "${churn[0]}" \
                 --prompts "${churn[1]}" --passes "${churn[2]}" --warmup-tokens 1024 --results "$RES" || fail "churn $label"
-            curl -sf "http://127.0.0.1:$((9090 + ${GPU:-0}))/metrics" > "$LOGS/$label/lmcache-metrics.raw.txt" || true
+            curl -sf "http://127.0.0.1:$((8080 + ${GPU:-0}))/metrics" > "$LOGS/$label/lmcache-metrics.raw.txt" || true
+            [ "$label" = "$OPT_RECORD" ] && record_metrics after
             stop_appliance; rm -rf "$KVDISK-$label"; continue
         fi
         bench reuse.py run --label "$label" --hit-after-settle "${common[@]}" || fail "reuse run $label"

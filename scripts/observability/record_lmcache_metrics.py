@@ -5,8 +5,9 @@ never name a metric the real server does not have.
 
 Two ways, the same output format (one `# TYPE` line and one sample per metric family, sorted):
 
-    # from a running LMCache server (on the GPU machine; its --prometheus-port, 9090 by default)
-    python scripts/observability/record_lmcache_metrics.py --url http://127.0.0.1:9090/metrics --out FILE
+    # from a running LMCache server (on the GPU machine; `lmcache server` serves /metrics on its HTTP port,
+    # 8080 by default: it never starts its --prometheus-port exporter), or the appliance's endpoint (9464)
+    python scripts/observability/record_lmcache_metrics.py --url http://127.0.0.1:8080/metrics --out FILE
 
     # without a server or a GPU: LMCache's own metric subscribers, created under the real OpenTelemetry
     # MeterProvider + Prometheus exporter the server uses (lmcache.v1.mp_observability.otel_init), each

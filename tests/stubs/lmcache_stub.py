@@ -3,8 +3,9 @@
 --port P --http-host HH --http-port HP ...`, the rest ignored), holds --port open like the real ZMQ socket
 and answers GET /healthcheck on the HTTP port (with the LMCACHE_VERSION of the image's versions.env).
 
-Metrics: GET /metrics on --prometheus-port (default 9090, as LMCache) serves the metric families the real
-LMCache server exposes (fixtures/lmcache-*-metrics.txt, recorded from LMCache itself), with fixed values for
+Metrics: GET /metrics on the HTTP port, as `lmcache server` 0.5.x serves them (its --prometheus-port exporter
+is not started by the `server` command: lmcache/v1/multiprocess/http_server.py passes
+start_prometheus_http_server=False), serves the metric families the real LMCache server exposes (fixtures/lmcache-*-metrics.txt, recorded from LMCache itself), with fixed values for
 the lookup counters (STUB_LOOKUP: requested 4096 tokens, hit 3072 = 2048 from L1 + 1024 from L2); GET /status
 on the HTTP port answers LMCache's shape with the L1 use (STUB_L1_USED_BYTES of the --l1-size-gb).
 
@@ -82,7 +83,7 @@ def main() -> int:
             if self.path == "/status":
                 code, body = 200, json.dumps({"is_healthy": not unhealthy.is_set(), "storage_manager": {
                     "l1_usage": [STUB_L1_USED_BYTES, int(args.l1_size_gb * 1024 ** 3)]}}).encode()
-            elif self.path == "/metrics" and self.server.server_address[1] == args.prometheus_port:
+            elif self.path == "/metrics":
                 code, body = 200, exposition().encode()
             else:
                 code = 404 if self.path != "/healthcheck" else (503 if unhealthy.is_set() else 200)
@@ -96,8 +97,6 @@ def main() -> int:
     zmq = socket.create_server((args.host, args.port))
     http = QuietHTTPServer((args.http_host, args.http_port), Handler)
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    metrics = QuietHTTPServer(("0.0.0.0", args.prometheus_port), Handler)  # the real one binds all interfaces
-    threading.Thread(target=metrics.serve_forever, daemon=True).start()
     say(f"serving on {args.host}:{args.port}, health on {args.http_host}:{args.http_port}/healthcheck "
         f"(LMCache {version})")
 
@@ -118,7 +117,6 @@ def main() -> int:
             say("unhealthy as asked (lmcache-unhealthy)")
             unhealthy.set()
     http.shutdown()
-    metrics.shutdown()
     zmq.close()
     say("stopped")
     return 0

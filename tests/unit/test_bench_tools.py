@@ -181,7 +181,7 @@ def test_round2_targets_no_tax_on_hits_and_restored_prefixes():
     assert v["lmcache: GPU hit, 16k, x no-offload GPU hit"] == "pass"  # 1.07
     assert v["lmcache: GPU hit, 128 tok, ms over no-offload"] == "MISS".lower()  # +3.5 ms
     # load cost 0.050 s; floor 16000 x 131072 B / 50 GB/s = 0.042 s -> 1.19x
-    assert v["lmcache: CPU-tier load cost (after_reset - gpu_hit), 16k, x copy floor"] == "pass"
+    assert v["lmcache: CPU-tier load cost (after_reset - GPU hit), 16k, x copy floor"] == "pass"
     assert v["lmcache: after full restart, rounds 2+, 16k, x GPU hit before"] == "pass"  # median 0.076 / 0.075
     assert v["lmcache: after full restart + GPU reset, 16k, x CPU-tier hit before"] == "miss"  # 1.2x
     assert "restored_gpu_hit" in md

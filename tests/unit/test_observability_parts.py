@@ -220,3 +220,19 @@ def test_dashboard_data_check_reports_missing_and_moving_metrics(tmp_path, monke
     finally:
         v.shutdown()
         a.shutdown()
+
+
+def test_stub_fixture_holds_every_family_the_real_server_exposed():
+    """The real LMCache 0.5.6 server's families, scraped on an H200 (fixtures/...-h200-scrape.txt), are all in
+    the stub's fixture, so a panel or test written against the stub cannot miss a real name, and the dashboard's
+    LMCache panels read names the real server wrote (the ones an idle run never records excepted: evictions,
+    allocation failures, L2 loads; they come from LMCache's own subscribers in the stub's fixture)."""
+    real = exposed_names((STUBS / "fixtures" / "lmcache-0.5.6-metrics-h200-scrape.txt").read_text())
+    stub = exposed_names((STUBS / "fixtures" / "lmcache-0.5.6-metrics.txt").read_text())
+    assert len(real) >= 30 and all(n.startswith("lmcache_") for n in real)
+    assert real <= stub, sorted(real - stub)
+    dash = json.loads(DASHBOARD.read_text())
+    used = {n for p in dash["panels"] for t in p.get("targets", [])
+            for n in re.findall(r"\b(lmcache_[A-Za-z0-9_:]+)", t["expr"])}
+    seen_live = {n for n in used if n in real}
+    assert len(seen_live) >= len(used) - 3, sorted(used - real)

@@ -81,7 +81,8 @@ def test_example2_multi_round(plan_for):
     assert flag_value(plan.lmcache_argv, "--l1-size-gb") == "5"
     assert kv_transfer(plan)["kv_connector_extra_config"] == {"lmcache.mp.host": "tcp://127.0.0.1",
                                                             "lmcache.mp.port": 5555,
-                                                            "lmcache.mp.heartbeat_interval": 5}
+                                                            "lmcache.mp.heartbeat_interval": 5,
+                                                            "lmcache.mp.nonblocking_lookup_status": False}
     # a dead vLLM's GPU memory is released by the server after 30 s (LMCache's default is 120 s)
     assert flag_value(plan.lmcache_argv, "--worker-reap-timeout-seconds") == "30"
 

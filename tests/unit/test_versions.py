@@ -82,11 +82,25 @@ def test_connector_options_need_the_lmcache_that_reads_them(on_stack, name, key)
                           "it or use an image with a newer LMCache (docs/UPGRADING.md)"]
 
 
-def test_unset_new_options_keep_lmcache_defaults(on_stack):
+def test_measured_defaults_where_the_installed_lmcache_has_them(on_stack):
+    """Blocking lookup status and the retain L2 prefetch policy are the appliance's defaults (measured,
+    docs/BENCHMARKS.md); eager prefetch stays LMCache's. On 0.5.3, whose connector has no
+    nonblocking_lookup_status key (it always blocks), the default is dropped, not an error."""
     plan = on_stack(new_schema(), SERVER)
+    assert plan.errors == []
     extra = kv_transfer(plan)["kv_connector_extra_config"]
-    assert set(extra) == {"lmcache.mp.host", "lmcache.mp.port", "lmcache.mp.heartbeat_interval"}
-    assert "--l2-prefetch-policy" not in plan.lmcache_argv
+    assert set(extra) == {"lmcache.mp.host", "lmcache.mp.port", "lmcache.mp.heartbeat_interval",
+                          "lmcache.mp.nonblocking_lookup_status"}
+    assert extra["lmcache.mp.nonblocking_lookup_status"] is False
+    assert flag_value(plan.lmcache_argv, "--l2-prefetch-policy") == "retain"
+    old = on_stack(schema_of(**OLD), SERVER)
+    assert old.errors == []
+    assert "lmcache.mp.nonblocking_lookup_status" not in kv_transfer(old)["kv_connector_extra_config"]
+    assert flag_value(old.lmcache_argv, "--l2-prefetch-policy") == "retain"
+    back = on_stack(new_schema(), {**SERVER, "LMCACHE_NONBLOCKING_LOOKUP": "true",
+                                   "LMCACHE_L2_PREFETCH_POLICY": "default"})
+    assert kv_transfer(back)["kv_connector_extra_config"]["lmcache.mp.nonblocking_lookup_status"] is True
+    assert flag_value(back.lmcache_argv, "--l2-prefetch-policy") == "default"
 
 
 def test_l2_prefetch_policy(on_stack):
