@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -120,7 +121,10 @@ def test_a_replicas_connector_reaches_a_real_kv_server_on_the_network(tmp_path):
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to reach the kv-server on")
     zmq_port, http_port, metrics_port = _free_ports(3)
-    lmcache = Path(sys.executable).with_name("lmcache")
+    # The `lmcache` command next to this Python (a venv), else on PATH (the product image: /usr/local/bin).
+    lmcache = shutil.which("lmcache", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                            os.environ.get("PATH", "")]))
+    assert lmcache, "LMCache's `lmcache` command is not installed next to this Python or on PATH"
     env = {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "0.05",
            "LMCACHE_CHUNK_SIZE": "128", "APPLIANCE_LMCACHE_PORT": str(zmq_port),
            "APPLIANCE_LMCACHE_HTTP_PORT": str(http_port), "APPLIANCE_LMCACHE_METRICS_PORT": str(metrics_port),
