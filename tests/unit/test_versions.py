@@ -85,7 +85,8 @@ def test_connector_options_need_the_lmcache_that_reads_them(on_stack, name, key)
 def test_unset_new_options_keep_lmcache_defaults(on_stack):
     plan = on_stack(new_schema(), SERVER)
     extra = kv_transfer(plan)["kv_connector_extra_config"]
-    assert set(extra) == {"lmcache.mp.host", "lmcache.mp.port", "lmcache.mp.heartbeat_interval"}
+    assert set(extra) == {"lmcache.mp.host", "lmcache.mp.port", "lmcache.mp.heartbeat_interval",
+                          "lmcache.mp.mq_timeout"}
     assert "--l2-prefetch-policy" not in plan.lmcache_argv
 
 
