@@ -35,6 +35,7 @@ from supervisor.xmlrpc import Faults
 
 from . import preflight, state, store
 from .events import Listener, say, split_payload
+from .gap import HEADER as GAP_HEADER
 from .healthcheck import api_base, api_headers
 from ..config.plan import Plan
 from .render import RunDir, read_plan
@@ -163,6 +164,8 @@ class Watchdog:
         since, self.last_probe_at = now - self.last_probe_at, now
         try:
             r = self._get(url)
+            if r.headers.get(GAP_HEADER):  # the gap program's 503: vLLM's own socket does not listen
+                return False, f"cannot connect to {url} (vLLM does not listen; the gap program answers 503 meanwhile)"
             if r.status_code != 200:
                 return False, f"GET /health answered {r.status_code}"
             url = f"{self.base}/metrics"

@@ -1,0 +1,93 @@
+"""The gap answer under real supervisord: while vLLM restarts, its port answers 503 + Retry-After instead of
+refusing connections; once vLLM listens, every answer is vLLM's again."""
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from appliance_harness import alive, wait_until
+
+from entrypoint.runtime.gap import HEADER
+
+
+def poll(base: str, stop: threading.Event, seen: list) -> None:
+    """A client asking every 50 ms: (time, status or exception name, Retry-After, gap header)."""
+    while not stop.is_set():
+        t = time.monotonic()
+        try:
+            r = requests.get(f"{base}/v1/models", timeout=2)
+            seen.append((t, r.status_code, r.headers.get("Retry-After"), r.headers.get(HEADER)))
+        except requests.RequestException as e:
+            seen.append((t, type(e).__name__, None, None))
+        time.sleep(0.05)
+
+
+def test_restart_answers_503_with_retry_after_not_connection_refused(appliance, timing):
+    a = appliance(STUB_START_DELAY=3, APPLIANCE_STARTUP_TIMEOUT=12, APPLIANCE_GAP_RETRY_AFTER=2)
+    # From the first second, before vLLM has loaded: the gap program answers.
+    wait_until(lambda: a.info("gap")["statename"] == "RUNNING", 20, "the gap program running")
+    wait_until(lambda: _status(a.base) == 503, 10, "a 503 on the API port while vLLM loads")
+    a.wait_ready(30)
+    old = a.wait_state("vllm", "RUNNING", 30)["pid"]
+    assert requests.get(f"{a.base}/v1/models", timeout=2).headers.get(HEADER) is None  # vLLM's own answer
+    seen: list = []
+    stop = threading.Event()
+    client = threading.Thread(target=poll, args=(a.base, stop, seen), daemon=True)
+    client.start()
+    time.sleep(0.5)
+    crashed_at = time.monotonic()
+    a.trigger("vllm-crash")
+    wait_until(lambda: not alive(old), 10, "the stub to crash")
+    back = wait_until(lambda: a.pid() not in (0, old) and a.ready() and time.monotonic(), 40, "vLLM ready again")
+    time.sleep(1.0)
+    stop.set()
+    client.join(5)
+    during = [s for s in seen if crashed_at + 0.3 < s[0] < back - 0.3]
+    after = [s for s in seen if s[0] > back + 0.3]
+    refused = [s for s in seen if not isinstance(s[1], int)]
+    timing("vLLM crash -> ready again, answered by the gap meanwhile", back - crashed_at)
+    assert during, "the client asked during the restart"
+    assert all(s[1] == 503 and s[2] == "2" and s[3] == "1" for s in during), during
+    assert after and all(s[1] == 200 and s[3] is None for s in after), after
+    # The whole time: never "connection refused"; at most a reset in the instant the gap closes its socket.
+    assert len(refused) <= 1, refused
+    assert "Traceback" not in a.output()
+    assert a.completion().status_code == 200
+
+
+def test_gap_answer_off_leaves_the_port_closed_during_a_restart(appliance):
+    a = appliance(STUB_START_DELAY=2, APPLIANCE_STARTUP_TIMEOUT=12, APPLIANCE_GAP_ANSWER="false")
+    a.wait_ready(30)
+    assert "gap" not in [p["name"] for p in a.rpc().getAllProcessInfo()]
+    old = a.wait_state("vllm", "RUNNING", 30)["pid"]
+    a.trigger("vllm-crash")
+    wait_until(lambda: not alive(old), 10, "the stub to crash")
+    # No gap program: the port is closed until the new vLLM listens.
+    assert wait_until(lambda: _status(a.base) == "ConnectionError" and True, 10, "connection refused")
+    a.wait_ready(30)
+
+
+def test_sigterm_drain_answers_new_connections_with_503(appliance):
+    """`docker stop`: vLLM stops listening and drains; the gap program (stopped after it) answers new ones."""
+    a = appliance(APPLIANCE_SHUTDOWN_TIMEOUT=8)
+    a.wait_ready(30)
+    a.wait_state("vllm", "RUNNING", 30)
+    result: dict = {}
+    inflight = threading.Thread(target=lambda: result.update(r=a.completion(seconds=3)), daemon=True)
+    inflight.start()
+    wait_until(lambda: a.metrics().get("vllm:num_requests_running") == 1, 10, "a running request")
+    a.proc.send_signal(15)
+    late = wait_until(lambda: (s := _status(a.base)) == 503 and s, 10, "a 503 for a new connection while draining")
+    assert late == 503
+    inflight.join(15)
+    assert result["r"].status_code == 200, "the request in flight completes"
+    assert a.wait_exit(60) == 0
+
+
+def _status(base: str):
+    try:
+        return requests.get(f"{base}/v1/models", timeout=2).status_code
+    except requests.RequestException as e:
+        return type(e).__name__
