@@ -8,9 +8,9 @@ the model load: a minute and more). With it, the same client gets an explicit, r
 How it stays out of the way (no proxy, no cost on the normal path): it listens on VLLM_HOST:VLLM_PORT with
 SO_REUSEPORT only while no other socket listens there. vLLM is started through reuse_port.py, so its socket
 sets SO_REUSEPORT too and both can be bound at once. vLLM binds at start but listens only when it serves;
-as soon as /proc/net/tcp shows another listener on the port, this program answers what is already queued on
+as soon as the kernel shows another listener on the port (listeners()), this program answers what is queued on
 its socket and closes it. From then on every connection goes to vLLM. When vLLM's listener disappears (crash,
-stop, restart) it listens again, within RELEASED_POLL_S.
+stop, restart) it listens again, within RELEASED_POLL_S; in that instant a client is refused as before.
 
 The overlap: between vLLM's listen() and this program's close (at most HOLDING_POLL_S), the kernel spreads new
 connections over both sockets, so about half of the connections of those few tens of milliseconds get a 503
@@ -30,6 +30,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -42,15 +43,69 @@ from .render import RunDir, read_plan
 NAME = "gap"
 GAP_OFF = "gap.off"  # in the run directory: "<pid>" of a vLLM that must bind the port alone
 HOLDING_POLL_S = 0.05  # while answering: how soon vLLM's listener is seen (the overlap above)
-RELEASED_POLL_S = 0.5  # while vLLM serves: how soon its death is seen (one read of /proc/net/tcp)
+RELEASED_POLL_S = 0.1  # while vLLM serves: how soon its death is seen (one sock_diag query)
 READ_TIMEOUT_S = 5.0  # a client that sends no complete request within this is dropped
 MAX_BODY = 16 << 20  # request bodies are read (and dropped) up to this, so that the close is clean
 LISTEN_STATE = "0A"  # TCP_LISTEN in /proc/net/tcp
 HEADER = "X-Appliance-Gap"  # marks the appliance's answer (vLLM's own answers never carry it)
 
 
-def listeners(port: int, proc_net: str = "/proc/net") -> set[int]:
-    """Socket inodes listening on TCP `port` (any address, IPv4 and IPv6) in this network namespace."""
+def listeners(port: int, proc_net: str | None = None) -> set[int]:
+    """Socket inodes listening on TCP `port` (any address, IPv4 and IPv6) in this network namespace: from the
+    kernel's sock_diag netlink interface, asked for listening sockets only (the kernel then walks its
+    listening hash alone, never the connections: a few microseconds however busy vLLM is), or, where
+    netlink is not available, from /proc/net/tcp{,6} (which walks every connection bucket: milliseconds)."""
+    if proc_net is None:
+        found = diag_listeners(port)
+        if found is not None:
+            return found
+    return proc_listeners(port, proc_net or "/proc/net")
+
+
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 0x1, 0x300, 2, 3
+TCPF_LISTEN = 1 << 10
+
+
+def diag_listeners(port: int) -> set[int] | None:
+    """linux/inet_diag.h: one SOCK_DIAG_BY_FAMILY dump per address family, states = TCPF_LISTEN; None when
+    the kernel does not answer it."""
+    found: set[int] = set()
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(1.0)
+            for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+                # nlmsghdr (16) + inet_diag_req_v2: family, protocol, ext, pad, states, inet_diag_sockid (48)
+                req = struct.pack("=BBBBI48x", family, socket.IPPROTO_TCP, 0, 0, TCPF_LISTEN)
+                nl.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
+                                    seq, 0) + req)
+                done = False
+                while not done:
+                    data = nl.recv(65536)
+                    offset = 0
+                    while offset + 16 <= len(data):
+                        length, kind = struct.unpack_from("=IH", data, offset)
+                        if length < 16:
+                            return None
+                        if kind == NLMSG_DONE:
+                            done = True
+                            break
+                        if kind == NLMSG_ERROR:
+                            return None
+                        # inet_diag_msg: family, state, timer, retrans, then inet_diag_sockid (sport big-endian
+                        # first), expires, rqueue, wqueue, uid, inode
+                        body = offset + 16
+                        sport = struct.unpack_from("!H", data, body + 4)[0]
+                        inode = struct.unpack_from("=I", data, body + 68)[0]
+                        if sport == port:
+                            found.add(inode)
+                        offset += (length + 3) & ~3
+    except (OSError, struct.error):
+        return None
+    return found
+
+
+def proc_listeners(port: int, proc_net: str = "/proc/net") -> set[int]:
     found: set[int] = set()
     for name in ("tcp", "tcp6"):
         try:
@@ -118,7 +173,7 @@ def make_handler(retry_after: int, why):
 
 class Gap:
     def __init__(self, host: str, port: int, retry_after: int, off_file: Path | None = None,
-                 say=None, proc_net: str = "/proc/net"):
+                 say=None, proc_net: str | None = None):
         self.host, self.port, self.retry_after = host, port, retry_after
         self.off_file, self.proc_net = off_file, proc_net
         self.say = say or (lambda message, **kw: None)

@@ -70,7 +70,7 @@ def test_rendered_policy(tmp_path):
     priorities = {s.split(":", 1)[1]: int(conf[s]["priority"]) for s in conf.sections()
                   if s.startswith(("program:", "eventlistener:"))}
     # started in this order, stopped in the reverse one
-    assert sorted(priorities, key=priorities.get) == ["logs", "on-fatal", "metrics", "lmcache", "vllm",
+    assert sorted(priorities, key=priorities.get) == ["logs", "on-fatal", "metrics", "gap", "lmcache", "vllm",
                                                          "watchdog"]
 
 

@@ -88,13 +88,20 @@ def test_listeners_reads_proc_net_tcp(tmp_path):
     assert listeners(8000, str(tmp_path / "missing")) == set()
 
 
-def test_listeners_sees_a_real_listening_socket():
+def test_listeners_sees_a_real_listening_socket_through_sock_diag_and_proc():
     port = free_port()
-    s = vllm_like_socket(port, reuse_port=False)
+    s = vllm_like_socket(port, reuse_port=True)
     assert listeners(port) == set(), "bound but not listening (vLLM while it loads) is not a listener"
     s.listen()
-    assert listeners(port) == {os.fstat(s.fileno()).st_ino}
+    six = socket.socket(socket.AF_INET6)
+    six.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    six.bind(("::1", port))
+    six.listen()
+    both = {os.fstat(s.fileno()).st_ino, os.fstat(six.fileno()).st_ino}
+    assert gapmod.diag_listeners(port) == gapmod.proc_listeners(port) == listeners(port) == both
+    assert gapmod.diag_listeners(free_port()) == set()
     s.close()
+    six.close()
 
 
 def test_answers_503_with_retry_after_until_vllm_listens_then_stands_aside(running_gap):
@@ -229,3 +236,4 @@ def test_reuse_port_wrapper_runs_the_script_with_so_reuseport_on_its_port(tmp_pa
     assert "['x', '--y'] __main__ imported from the script directory" in out.stdout
     bad = subprocess.run([sys.executable, WRAPPER, "x", "--", "y"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
