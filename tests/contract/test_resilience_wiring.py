@@ -104,3 +104,69 @@ def test_disk_tier_eviction_block_is_lmcaches_own(lmcache_parser, plan_on_port, 
         "LRU", kv_tiers.L2_TRIGGER_WATERMARK, kv_tiers.L2_EVICTION_RATIO)
     given = json.loads(plan.lmcache_argv[plan.lmcache_argv.index("--l2-adapter") + 1])
     assert given["eviction"]["trigger_watermark"] < 1.0
+
+
+def _store(adapter, keys, size: int) -> None:
+    import os
+    import time
+
+    class Obj:  # what the adapter reads of an L1 memory object: its bytes
+        def __init__(self):
+            self.byte_array = memoryview(bytearray(os.urandom(size)))
+
+    objs = [Obj() for _ in keys]  # alive until the C++ writers are done with them
+    adapter.submit_store_task(keys, objs)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done = adapter.pop_completed_store_tasks()
+        if done:
+            assert all(r for r in done.values()), done
+            return
+        time.sleep(0.02)
+    raise AssertionError("the store did not complete")
+
+
+def _disk_bytes(path) -> int:
+    from pathlib import Path
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def test_lmcache_l2_eviction_holds_its_own_files_not_those_of_an_earlier_server(lmcache_parser, plan_on_port,
+                                                                               tmp_path):
+    """LMCache's own fs_native adapter and L2 eviction controller, with the appliance's adapter spec, on CPU:
+    what it stored it evicts at the watermark; after a restart (a new adapter on the same directory) the
+    files of the earlier one are found by lookups but counted nowhere, so the tier can pass its cap; the
+    watchdog's prune (preflight.prune) brings it back. Why both exist: docs/RESILIENCE.md."""
+    from lmcache.v1.distributed.api import ObjectKey
+    from lmcache.v1.distributed.l2_adapters.fs_native_l2_adapter import _create_fs_native_l2_adapter
+    from lmcache.v1.distributed.storage_controllers.eviction_controller import (L2AdapterEvictionState,
+                                                                               L2EvictionController)
+
+    from entrypoint.runtime import preflight
+
+    mib = 1 << 20
+    plan = plan_on_port(free_port(), LMCACHE_LOCAL_DISK=str(tmp_path), LMCACHE_MAX_LOCAL_DISK_SIZE="0.01")
+    (config,) = parse_lmcache_server_argv(lmcache_parser, plan.lmcache_argv).storage.l2_adapter_config.adapters
+    cap = int(config.max_capacity_gb * (1 << 30))
+    keys = [ObjectKey(chunk_hash=i.to_bytes(8, "big"), model_name="m", kv_rank=0) for i in range(20)]
+
+    first = _create_fs_native_l2_adapter(config)
+    state = L2AdapterEvictionState(0, first, config.eviction_config)
+    _store(first, keys[:9], mib)  # 9 MiB of a 10.24 MiB cap: over the 0.8 watermark
+    assert first.get_usage().total_bytes_used == 9 * mib == _disk_bytes(plan.disk.path)
+    L2EvictionController([state])._check_and_evict(state)  # one pass of its once-a-second loop
+    held = _disk_bytes(plan.disk.path)
+    assert held <= 0.8 * cap and first.get_usage().total_bytes_used == held  # its own files: evicted
+    first.close()
+
+    second = _create_fs_native_l2_adapter(config)  # the LMCache server restarted
+    state = L2AdapterEvictionState(0, second, config.eviction_config)
+    assert second.get_usage().total_bytes_used == 0 < held  # the earlier files count for nothing
+    _store(second, keys[9:16], mib)
+    L2EvictionController([state])._check_and_evict(state)
+    assert second.get_usage().usage_fraction < config.eviction_config.trigger_watermark  # so: no eviction
+    over = _disk_bytes(plan.disk.path)
+    assert over > cap, "LMCache alone lets the tier pass its cap after a restart"
+    removed, freed, _ = preflight.prune(preflight.tier_dirs(plan.disk), cap)
+    assert removed > 0 and _disk_bytes(plan.disk.path) <= cap
+    second.close()
