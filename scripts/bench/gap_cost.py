@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -130,7 +131,7 @@ def cmd_appliance(a) -> int:
     sup = c.Supervisor(c.socket_from_run_dir(a.run_dir))
     gap_pid = sup.pid("gap") if sup.has("gap") else 0
     c.wait_ready(a.base_url, a.model, timeout=60)
-    body = ('{"model": "%s", "prompt": [11, 12, 13, 14], "max_tokens": 1}' % a.model).encode()
+    body = json.dumps({"model": a.model, "prompt": [11, 12, 13, 14], "max_tokens": 1}).encode()
     hdr = {"Content-Type": "application/json"}
     latencies(url.hostname, url.port or 80, 20, "/v1/completions", False, body, hdr)  # warm up
     cpu0, t0 = (cpu_seconds(gap_pid), time.monotonic()) if gap_pid else (0.0, time.monotonic())

@@ -72,7 +72,10 @@ def test_vllm_single_api_server_socket_shares_the_port_only_through_reuse_port(s
 
 
 def test_the_connector_settings_that_bound_the_wait_are_read_by_vllm_and_lmcache(serve_parser, plan_on_port):
-    from lmcache.integration.vllm.vllm_multi_process_adapter import ExtraConfigDefault, _resolve_extra_config
+    from lmcache.integration.vllm.vllm_multi_process_adapter import (
+        ExtraConfigDefault,
+        _resolve_extra_config,
+    )
 
     plan = plan_on_port(free_port())
     kv = parse_serve_argv(serve_parser, plan.vllm_argv).engine_args.kv_transfer_config
@@ -138,9 +141,13 @@ def test_lmcache_l2_eviction_holds_its_own_files_not_those_of_an_earlier_server(
     files of the earlier one are found by lookups but counted nowhere, so the tier can pass its cap; the
     watchdog's prune (preflight.prune) brings it back. Why both exist: docs/RESILIENCE.md."""
     from lmcache.v1.distributed.api import ObjectKey
-    from lmcache.v1.distributed.l2_adapters.fs_native_l2_adapter import _create_fs_native_l2_adapter
-    from lmcache.v1.distributed.storage_controllers.eviction_controller import (L2AdapterEvictionState,
-                                                                               L2EvictionController)
+    from lmcache.v1.distributed.l2_adapters.fs_native_l2_adapter import (
+        _create_fs_native_l2_adapter,
+    )
+    from lmcache.v1.distributed.storage_controllers.eviction_controller import (
+        L2AdapterEvictionState,
+        L2EvictionController,
+    )
 
     from entrypoint.runtime import preflight
 
@@ -167,6 +174,6 @@ def test_lmcache_l2_eviction_holds_its_own_files_not_those_of_an_earlier_server(
     assert second.get_usage().usage_fraction < config.eviction_config.trigger_watermark  # so: no eviction
     over = _disk_bytes(plan.disk.path)
     assert over > cap, "LMCache alone lets the tier pass its cap after a restart"
-    removed, freed, _ = preflight.prune(preflight.tier_dirs(plan.disk), cap)
+    removed, _freed, _ = preflight.prune(preflight.tier_dirs(plan.disk), cap)
     assert removed > 0 and _disk_bytes(plan.disk.path) <= cap
     second.close()

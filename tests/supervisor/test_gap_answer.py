@@ -6,7 +6,6 @@ import threading
 import time
 
 import requests
-
 from appliance_harness import alive, wait_until
 
 from entrypoint.runtime import gap as gapmod
