@@ -300,6 +300,8 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
             log(f"{argv[0]} is not a Python program: vLLM binds the port alone, the 503 answer (APPLIANCE_GAP_ANSWER) "
                 "stops while it starts")
             (run.root / GAP_OFF).write_text(f"{os.getpid()}\n")
+        else:
+            (run.root / GAP_OFF).unlink(missing_ok=True)  # an earlier command's: this one shares the port
     if not wait_for_earlier("vllm") or not wait_for_ports([(plan.api_host, plan.api_port)], shared is not None):
         return gave_up(run, "vllm") if run else 1
     wait_for_gpu_memory(plan)

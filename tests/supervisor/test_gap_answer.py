@@ -2,11 +2,12 @@
 refusing connections; once vLLM listens, every answer is vLLM's again."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
 import requests
-from appliance_harness import alive, wait_until
+from appliance_harness import STUBS, alive, wait_until
 
 from entrypoint.runtime import gap as gapmod
 from entrypoint.runtime.gap import HEADER
@@ -95,3 +96,23 @@ def _status(base: str):
         return requests.get(f"{base}/v1/models", timeout=2).status_code
     except requests.RequestException as e:
         return type(e).__name__
+
+
+def test_a_vllm_command_that_cannot_share_the_port_gets_it_alone(appliance, tmp_path):
+    """The test image's `vllm` is a shell wrapper: the launcher cannot start it through reuse_port.py, so the
+    gap program lets go of the port for it (gap.off) and takes it back when that vLLM is gone."""
+    wrapper = tmp_path / "vllm-wrapper"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {STUBS / 'vllm_stub.py'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    a = appliance(APPLIANCE_VLLM_COMMAND=str(wrapper), STUB_START_DELAY=1, APPLIANCE_STARTUP_TIMEOUT=12)
+    a.wait_ready(30)
+    a.wait_output("is not a Python program: vLLM binds the port alone")
+    old = a.wait_state("vllm", "RUNNING", 30)["pid"]
+    assert (a.run.root / "gap.off").read_text().split() == [str(old)]
+    a.trigger("vllm-crash")
+    wait_until(lambda: not alive(old), 10, "the stub to crash")
+    a.wait_ready(30)  # no EADDRINUSE: the new vLLM bound the port alone
+    new = a.pid()
+    assert new != old and (a.run.root / "gap.off").read_text().split() == [str(new)]
+    assert a.completion().status_code == 200
+    assert "Address already in use" not in a.output() and "Traceback" not in a.output()
