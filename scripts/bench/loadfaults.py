@@ -145,6 +145,7 @@ def client_loop(a, load: Workload, t0: float, stop_at: float, records: list, loc
 # -- what the tiers do meanwhile -------------------------------------------------------------------------
 
 L1_FAILURES = "lmcache_mp_l1_allocation_failure_chunks_total"  # LMCache 0.5.6: chunks the CPU tier could not take
+HIT_TOKENS = "lmcache_mp_lookup_hit_tokens_total"  # tokens the LMCache server found (any tier): the cache works
 
 
 def dir_bytes(path: str) -> int:
@@ -182,14 +183,16 @@ def sampler(a, t0: float, stop: threading.Event, samples: list) -> None:
     (--metrics-url, the appliance's metrics endpoint)."""
     while not stop.wait(1.0):
         disk = dir_bytes(a.disk_dir) if a.disk_dir else None
-        failures = None
+        failures = hits = None
         if a.metrics_url:
             try:
                 status, text, _ = c.http_json(a.metrics_url, timeout=2)
-                failures = metric_sum(text if isinstance(text, str) else "", L1_FAILURES) if status == 200 else None
+                if status == 200 and isinstance(text, str):
+                    failures, hits = metric_sum(text, L1_FAILURES), metric_sum(text, HIT_TOKENS)
             except Exception:  # noqa: BLE001 - the endpoint restarting: a gap in the samples
-                failures = None
-        samples.append({"t": round(time.time() - t0, 2), "disk_bytes": disk, "l1_failures": failures})
+                pass
+        samples.append({"t": round(time.time() - t0, 2), "disk_bytes": disk, "l1_failures": failures,
+                        "hit_tokens": hits})
 
 
 def add_samples(ws: list[dict], samples: list[dict], cap_gib: float | None) -> None:
@@ -208,6 +211,11 @@ def add_samples(ws: list[dict], samples: list[dict], cap_gib: float | None) -> N
             prev = fails[-1]
         else:
             w["l1_alloc_failures"] = None
+        # LMCache's hit tokens in the window: a restarted server counts from 0 again, so only growth counts
+        hits = [x.get("hit_tokens") for x in inside if x.get("hit_tokens") is not None]
+        before = [x.get("hit_tokens") for x in samples if x["t"] < w["start"] and x.get("hit_tokens") is not None]
+        series = before[-1:] + hits
+        w["hit_tokens"] = sum(max(0.0, b - a) for a, b in zip(series, series[1:])) if hits else None
 
 
 # -- faults ---------------------------------------------------------------------------------------------
@@ -256,8 +264,10 @@ def windows(records: list[dict], duration: float, width: float) -> list[dict]:
             if not r["ok"]:
                 kinds[r["error"] or "?"] = kinds.get(r["error"] or "?", 0) + 1
         ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
+        shared = [r["ttft_s"] for r in ok if r["ttft_s"] is not None and r.get("kind") == "shared"]
         out.append({"start": lo, "end": hi, "ok": len(ok), "errors": len(inside) - len(ok), "error_kinds": kinds,
-                    "ttft_p50": c.percentile(ttft, 50), "ttft_p90": c.percentile(ttft, 90)})
+                    "ttft_p50": c.percentile(ttft, 50), "ttft_p90": c.percentile(ttft, 90),
+                    "shared_ttft_p50": c.percentile(shared, 50)})
     return out
 
 
@@ -317,12 +327,13 @@ def markdown(rows: list[dict]) -> str:
     for row in rows:
         lines = [[f"{w['start']:g}-{w['end']:g}", str(w["ok"]), str(w["errors"]),
                   ", ".join(f"{k} {v}" for k, v in sorted(w["error_kinds"].items())) or "-",
-                  c.fmt(w["ttft_p50"], 3), c.fmt(w["ttft_p90"], 3), c.fmt(w.get("disk_peak_gib"), 2),
+                  c.fmt(w["ttft_p50"], 3), c.fmt(w["ttft_p90"], 3), c.fmt(w.get("shared_ttft_p50"), 3),
+                  c.fmt(w.get("hit_tokens"), 0), c.fmt(w.get("disk_peak_gib"), 2),
                   c.fmt(w.get("l1_alloc_failures"), 0)] for w in row["windows"]]
         parts.append(f"#### {row['label']}: {row['fault']} at {row['fault_at']:g} s, {row['clients']} clients\n\n"
                      + c.markdown_table(["window (s)", "ok", "errors", "errors by kind", "TTFT p50 (s)",
-                                         "TTFT p90 (s)", "disk tier peak (GiB)", "CPU-tier alloc. failures"],
-                                        lines))
+                                         "TTFT p90 (s)", "shared-prefix TTFT p50 (s)", "LMCache hit tokens",
+                                         "disk tier peak (GiB)", "CPU-tier alloc. failures"], lines))
     return "\n\n".join(parts)
 
 

@@ -32,7 +32,7 @@ def test_windows_of_a_partial_last_window_and_an_empty_one():
     ws = loadfaults.windows([rec(0, 1)], 25, 10)
     assert [(w["start"], w["end"]) for w in ws] == [(0, 10), (10, 20), (20, 30)]
     assert ws[1] == {"start": 10, "end": 20, "ok": 0, "errors": 0, "error_kinds": {}, "ttft_p50": None,
-                     "ttft_p90": None}
+                     "ttft_p90": None, "shared_ttft_p50": None}
 
 
 def test_summary_separates_in_flight_failures_from_later_ones():
@@ -131,3 +131,16 @@ def test_metric_sum_adds_the_label_sets_of_one_family(tmp_path):
     (tmp_path / "a" / "x").write_bytes(b"1" * 1000)
     (tmp_path / "y").write_bytes(b"1" * 24)
     assert loadfaults.dir_bytes(str(tmp_path)) == 1024
+
+
+def test_hit_tokens_per_window_count_growth_across_a_server_restart():
+    samples = [{"t": 1, "disk_bytes": None, "l1_failures": None, "hit_tokens": 100.0},
+               {"t": 9, "disk_bytes": None, "l1_failures": None, "hit_tokens": 400.0},
+               {"t": 12, "disk_bytes": None, "l1_failures": None, "hit_tokens": None},  # the server is down
+               {"t": 15, "disk_bytes": None, "l1_failures": None, "hit_tokens": 0.0},  # restarted: from 0
+               {"t": 19, "disk_bytes": None, "l1_failures": None, "hit_tokens": 250.0}]
+    ws = loadfaults.windows([], 20, 10)
+    loadfaults.add_samples(ws, samples, None)
+    assert [w["hit_tokens"] for w in ws] == [300.0, 250.0]
+    assert loadfaults.windows([rec(0, 1, ttft=0.5) | {"kind": "shared"}, rec(0, 2, ttft=2.0)], 10, 10)[0][
+        "shared_ttft_p50"] == 0.5
