@@ -1,6 +1,6 @@
 """The gap answer's parts (gap.py, reuse_port.py, the launcher's choice), on real sockets of this host.
 
-The whole of it under supervisord, with the stub vLLM restarting, is tests/supervisor/test_gap_answer.py.
+The whole of it under supervisord, with the stub vLLM restarting, is tests/supervisor/test_gap_answer_restart.py.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The pure parts of scripts/bench/loadfaults.py: the per-window table, the fault summary the issue's targets
 read, the report and chart. A run against the stub vLLM under real supervisord is
-tests/supervisor/test_loadfaults.py."""
+tests/supervisor/test_loadfaults_run.py."""
 import importlib.util
 import json
 import sys
