@@ -232,6 +232,10 @@ def inject(a, spec: str) -> dict:
         return {"fault": name, "pid": pid}
     if name == "fill-disk":
         from faults import fill  # the same filler as faults.py disk-fill
+        total = shutil.disk_usage(arg).total
+        if total > a.fill_max_gib * 2**30:  # never the host's own disk: a small volume (the suite's tmpfs) only
+            raise c.BenchError(f"{arg} is on a {total / 2**30:.0f} GiB file system, more than --fill-max-gib "
+                               f"{a.fill_max_gib:g}: not filled")
         filler = fill(Path(arg), a.leave_mib << 20)
         return {"fault": name, "filler": str(filler), "free_after": shutil.disk_usage(arg).free}
     if name == "sigterm":
@@ -452,6 +456,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--supervisor-socket")
     r.add_argument("--serve-pid", type=int, help="for --fault sigterm")
     r.add_argument("--leave-mib", type=int, default=64, help="for --fault fill-disk: free space left")
+    r.add_argument("--fill-max-gib", type=float, default=8, help="for --fault fill-disk: fill only file systems "
+                                                                  "this small")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--disk-dir", help="the disk tier's directory: its size sampled every second")
     r.add_argument("--disk-cap-gib", type=float, help="its cap (LMCACHE_MAX_LOCAL_DISK_SIZE), for the overshoot")

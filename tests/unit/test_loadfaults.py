@@ -144,3 +144,10 @@ def test_hit_tokens_per_window_count_growth_across_a_server_restart():
     assert [w["hit_tokens"] for w in ws] == [300.0, 250.0]
     assert loadfaults.windows([rec(0, 1, ttft=0.5) | {"kind": "shared"}, rec(0, 2, ttft=2.0)], 10, 10)[0][
         "shared_ttft_p50"] == 0.5
+
+
+def test_fill_disk_refuses_a_large_file_system(tmp_path):
+    a = loadfaults.parser().parse_args(["run", "--label", "x", "--results", str(tmp_path), "--fill-max-gib", "0.001"])
+    with pytest.raises(common.BenchError, match="not filled"):
+        loadfaults.inject(a, f"fill-disk:{tmp_path}")
+    assert list(tmp_path.iterdir()) == []
