@@ -33,6 +33,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -41,6 +42,8 @@ from .render import RunDir, read_plan
 
 NAME = "gap"
 GAP_OFF = "gap.off"  # in the run directory: "<pid>" of a vLLM that must bind the port alone
+GAP_STATE = "gap.json"  # in the run directory: {"holding", "answered", "since"} for the metrics exporter
+STATE_EVERY_S = 1.0  # while answering, the count is written at most this often
 HOLDING_POLL_S = 0.05  # while answering: how soon vLLM's listener is seen (the overlap above)
 RELEASED_POLL_S = 0.1  # while vLLM serves: how soon its death is seen (one sock_diag query)
 READ_TIMEOUT_S = 5.0  # a client that sends no complete request within this is dropped
@@ -172,9 +175,10 @@ def make_handler(retry_after: int, why):
 
 class Gap:
     def __init__(self, host: str, port: int, retry_after: int, off_file: Path | None = None,
-                 say=None, proc_net: str | None = None):
+                 say=None, proc_net: str | None = None, state_file: Path | None = None):
         self.host, self.port, self.retry_after = host, port, retry_after
-        self.off_file, self.proc_net = off_file, proc_net
+        self.off_file, self.proc_net, self.state_file = off_file, proc_net, state_file
+        self.state_written = 0.0
         self.say = say or (lambda message, **kw: None)
         self.sock: socket.socket | None = None
         self.inode = 0
@@ -220,7 +224,23 @@ class Gap:
         self.selector.register(s, selectors.EVENT_READ)
         self.say(f"answering {self.host}:{self.port} with 503 (Retry-After: {self.retry_after}) while vLLM does "
                  "not serve it", event="holding")
+        self.write_state(force=True)
         return True
+
+    def write_state(self, force: bool = False) -> None:
+        """What the metrics exporter shows (appliance_gap_holding, appliance_gap_answers): atomically, at
+        most every STATE_EVERY_S while answering, and at every change of hands."""
+        now = time.monotonic()
+        if self.state_file is None or (not force and now - self.state_written < STATE_EVERY_S):
+            return
+        self.state_written = now
+        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
+        try:
+            tmp.write_text(json.dumps({"holding": self.sock is not None, "answered": self.answered,
+                                       "since": time.time()}) + "\n")
+            tmp.replace(self.state_file)
+        except OSError:
+            pass  # a full run directory must not stop the answers
 
     def release(self, why: str) -> None:
         """Answer what is already queued on our socket, then close it."""
@@ -230,6 +250,7 @@ class Gap:
         self.sock.close()
         self.sock, self.inode = None, 0
         self.say(f"{why}: the port is vLLM's alone ({self.answered} answered with 503 so far)", event="released")
+        self.write_state(force=True)
 
     def accept_all(self) -> None:
         while self.sock is not None:
@@ -288,6 +309,7 @@ class Gap:
             return
         if self.selector.select(HOLDING_POLL_S):
             self.accept_all()
+            self.write_state()
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -308,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         applog.emit(NAME, message, event=event, stream=sys.stdout, text_prefix="", **fields)
 
     gap = Gap(plan.api_host, plan.api_port, int(plan.appliance["APPLIANCE_GAP_RETRY_AFTER"]),
-              run.root / GAP_OFF, say)
+              run.root / GAP_OFF, say, state_file=run.root / GAP_STATE)
     signal.signal(signal.SIGTERM, lambda *_: gap.stopping.set())
     gap.run()
     return 0

@@ -11,6 +11,7 @@ from appliance_harness import STUBS, alive, wait_until
 
 from entrypoint.runtime import gap as gapmod
 from entrypoint.runtime.gap import HEADER
+from entrypoint.runtime.watchdog import parse_metrics
 
 
 def poll(base: str, stop: threading.Event, seen: list) -> None:
@@ -60,6 +61,11 @@ def test_restart_answers_503_with_retry_after_not_connection_refused(appliance, 
     assert len([s for s in refused if s[0] > detect]) <= 1, (crashed_at, refused)
     assert "Traceback" not in a.output()
     assert a.completion().status_code == 200
+    # The metrics endpoint: vLLM listens again (0), and the 503s were counted.
+    metrics = parse_metrics(requests.get(f"http://127.0.0.1:{a.env['APPLIANCE_METRICS_PORT']}/metrics",
+                                         timeout=5).text)
+    assert metrics["appliance_gap_holding"] == 0.0
+    assert metrics["appliance_gap_answers_total"] >= len(during)
 
 
 def test_gap_answer_off_leaves_the_port_closed_during_a_restart(appliance):

@@ -237,3 +237,18 @@ def test_reuse_port_wrapper_runs_the_script_with_so_reuseport_on_its_port(tmp_pa
     bad = subprocess.run([sys.executable, WRAPPER, "x", "--", "y"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "usage" in bad.stderr
 
+
+
+def test_state_file_for_the_metrics_exporter(running_gap, tmp_path):
+    import json
+    state = tmp_path / gapmod.GAP_STATE
+    port = free_port()
+    g = running_gap(port, state_file=state)
+    until(lambda: state.exists() and json.loads(state.read_text())["holding"] is True)
+    for _ in range(3):
+        assert get(port).status_code == 503
+    vllm = vllm_like_socket(port, reuse_port=True)
+    vllm.listen()
+    until(lambda: json.loads(state.read_text())["holding"] is False)
+    assert json.loads(state.read_text())["answered"] == g.answered >= 3
+    vllm.close()
