@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -184,7 +185,10 @@ def check_plan_json(data: dict) -> None:
         assert vllm[flag] == 1, (flag, data["vllm"]["argv"])
     assert all(n <= 1 for n in vllm.values()), vllm
     assert vllm["--kv-transfer-config"] == (1 if data["lmcache"]["mode"] in ("server", "in-process") else 0)
-    assert data["vllm"]["argv"][2] == data["model"] and not data["model"].startswith("-")
+    # after APPLIANCE_VLLM_COMMAND, which may be several words ("python3 -m vllm.entrypoints.cli.main")
+    command = shlex.split(str(data["values"].get("APPLIANCE_VLLM_COMMAND") or "vllm"))
+    assert data["vllm"]["argv"][len(command):len(command) + 2] == ["serve", data["model"]], data["vllm"]["argv"]
+    assert not data["model"].startswith("-")
     if data["lmcache"]["mode"] == "server":
         lmc = owned_counts(data["lmcache"]["argv"], LMCACHE_FLAGS, LMCACHE_OWNED_FLAGS, underscores=False)
         assert all(n == 1 for n in lmc.values()), (lmc, data["lmcache"]["argv"])
