@@ -25,7 +25,25 @@ if TYPE_CHECKING:
 LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"
 LMCACHE_CONNECTOR_IN_PROCESS = "LMCacheConnectorV1"
 LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's KV registration is dropped
-LMCACHE_HEARTBEAT_S = 5  # vLLM -> LMCache server pings; LMCache wants the reap timeout >= 3x this
+# vLLM -> LMCache server pings (LMCache wants the reap timeout >= 3x this). They also decide how soon vLLM
+# stops waiting on a dead server: each ping waits `interval` for its answer (HeartbeatThread._execute,
+# send_ping in lmcache/integration/vllm/vllm_multi_process_adapter.py), so a dead server is seen within 2x
+# this; from then on lookups answer 0 (LMCacheMPSchedulerAdapter.check_lookup_result), loads and stores are
+# not submitted, and pending ones are drained as failed (LMCacheMPWorkerAdapter.submit_retrieve_request,
+# get_finished): "degraded mode" (docs/RESILIENCE.md). 5 s means up to 10 s of stalled requests after the
+# server dies; 2 s would mean 4 s, but also that a server too busy to answer a ping within 2 s counts as dead
+# under load. It stays at 5 s, the interval every GPU run so far used, until the load-and-fault suite
+# (scripts/gpu/run-suite.sh loadfaults) has measured 2 s under load.
+LMCACHE_HEARTBEAT_S = 5
+# Bound on one synchronous message to the server while its pings still answer (lookup acknowledgements,
+# prefetch status, KV registration, clear): LMCache's default is 300 s (ExtraConfigDefault.mq_timeout), for
+# which a request whose lookup is lost would wait in the queue. The launcher starts vLLM only once the
+# server's /healthcheck answers, so 30 s is far above what registration takes.
+LMCACHE_MQ_TIMEOUT_S = 30.0
+# vLLM's KVTransferConfig.kv_load_failure_policy (default "fail"): a request whose KV load from LMCache failed
+# (the server died, or was marked unhealthy) is rescheduled and its prompt recomputed (v1/core/sched/
+# scheduler.py: recompute_kv_load_failures) instead of ending with an error.
+KV_LOAD_FAILURE_POLICY = "recompute"
 # The disk tier after an upgrade: the namespace names the LMCache version (disk_namespace), and no release
 # note promises that fs_native's files of one version read back in another, so a new version starts its own
 # namespace. The old one is left alone (a rollback finds it again) and counts against the cap
@@ -40,6 +58,8 @@ RESP_PASSWORD_ENV = "LMCACHE_RESP_PASSWORD"
 RESP_USERNAME_ENV = "LMCACHE_RESP_USERNAME"
 SHARED_SETTINGS = ("LMCACHE_SHARED_URL", "LMCACHE_SHARED_USERNAME", "LMCACHE_SHARED_PASSWORD",
                    "LMCACHE_SHARED_MAX_SIZE")
+L2_TRIGGER_WATERMARK = 0.8  # share of the disk tier's cap at which LMCache's L2 eviction starts
+L2_EVICTION_RATIO = 0.2  # share of its keys it then deletes (down to ~64% of the cap)
 LMCACHE_KEYS_WITH_SERVER_EQUIVALENT = {"chunk_size", "local_cpu", "max_local_cpu_size", "local_disk",
                                        "max_local_disk_size"}
 
@@ -240,10 +260,17 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             "--prometheus-port", str(metrics_port)]
     argv += server_flag_settings(b)
     if p.disk:
-        # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity,
-        # so LMCache's own L2 eviction keeps it under LMCACHE_MAX_LOCAL_DISK_SIZE.
+        # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity, and
+        # with an `eviction` block LMCache's L2EvictionController (storage_controllers/eviction_controller.py)
+        # checks it every second: at trigger_watermark of max_capacity_gb it deletes eviction_ratio of its
+        # least recently used keys. Written out, not left to LMCache's defaults (0.8, 0.2), so that a release
+        # that changes them does not change the cap. What it cannot see: its usage counts only the keys this
+        # server process stored (L2AdapterInterface._notify_keys_stored; NativeConnectorL2Adapter does not
+        # scan base_path at start), so files an earlier server wrote (before a restart) are read but never
+        # counted or evicted: the watchdog's prune (APPLIANCE_DISK_PRUNE_INTERVAL) holds the cap for those.
         adapter = {"type": "fs_native", "base_path": p.disk.path, "max_capacity_gb": p.disk.max_size_gib,
-                   "eviction": {"eviction_policy": "LRU"}}
+                   "eviction": {"eviction_policy": "LRU", "trigger_watermark": L2_TRIGGER_WATERMARK,
+                                "eviction_ratio": L2_EVICTION_RATIO}}
         argv += ["--l2-adapter", json.dumps(adapter, separators=(",", ":"))]
     if p.shared_store:
         argv += ["--l2-adapter", json.dumps(shared_adapter(b), separators=(",", ":"))]
@@ -283,9 +310,10 @@ def mp_transfer_config(b: Builder, host: str, port: int) -> str:
     """vLLM's --kv-transfer-config for an LMCache server at host:port. LMCache's connector joins
     `{lmcache.mp.host}:{lmcache.mp.port}` into the ZMQ URL, so the host carries the tcp:// scheme."""
     extra_config = {"lmcache.mp.host": f"tcp://{host}", "lmcache.mp.port": port,
-                    "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S, **connector_key_settings(b)}
+                    "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S,
+                    "lmcache.mp.mq_timeout": LMCACHE_MQ_TIMEOUT_S, **connector_key_settings(b)}
     transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_role": "kv_both",
-                "kv_connector_extra_config": extra_config}
+                "kv_load_failure_policy": KV_LOAD_FAILURE_POLICY, "kv_connector_extra_config": extra_config}
     return json.dumps(transfer, separators=(",", ":"))
 
 
@@ -401,7 +429,8 @@ def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
     p.lmcache_config_file = f"{run_dir.rstrip('/')}/lmcache.yaml"
     p.vllm_env["LMCACHE_CONFIG_FILE"] = p.lmcache_config_file
     p.vllm_env.setdefault("PYTHONHASHSEED", b.environ.get("PYTHONHASHSEED", "0"))
-    transfer = {"kv_connector": LMCACHE_CONNECTOR_IN_PROCESS, "kv_role": "kv_both"}
+    transfer = {"kv_connector": LMCACHE_CONNECTOR_IN_PROCESS, "kv_role": "kv_both",
+                "kv_load_failure_policy": KV_LOAD_FAILURE_POLICY}
     p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
 
 

@@ -245,6 +245,20 @@ SETTINGS: tuple[Setting, ...] = (
        default=3, group="Appliance", minimum=1, target="watchdog restart threshold"),
     _s("APPLIANCE_SHUTDOWN_TIMEOUT", "seconds", "Seconds vLLM may take to finish in-flight requests on stop.",
        default=30, group="Appliance", minimum=0, target="vllm serve --shutdown-timeout; supervisord stopwaitsecs"),
+    # --- Resilience (issue 14): the answer while vLLM is down, and the disk tier's backstop prune.
+    _s("APPLIANCE_GAP_ANSWER", "bool", "While vLLM is not serving (starting, restarting after a crash, draining "
+       "at stop), answer its port with HTTP 503 and a Retry-After header instead of refusing connections. The "
+       "`gap` program shares the port with vLLM through SO_REUSEPORT and lets go of it as soon as vLLM listens, "
+       "so it is never in the path of a request vLLM serves (docs/RESILIENCE.md). Off by default until it has run "
+       "with the real vLLM on a GPU (tested with stub servers and vLLM's own socket code on CPU: no cost measured "
+       "on the normal path).", default=False,
+       group="Appliance", target="gap program; vLLM's API socket with SO_REUSEPORT"),
+    _s("APPLIANCE_GAP_RETRY_AFTER", "seconds", "Seconds the 503 answer asks clients to wait before they try "
+       "again (its Retry-After header).", default=5, group="Appliance", minimum=1, target="gap program"),
+    _s("APPLIANCE_DISK_PRUNE_INTERVAL", "seconds", "Seconds between the watchdog's prunes of the disk tier to "
+       "its cap, a backstop to LMCache's own eviction (which does not see files an earlier LMCache server "
+       "wrote). Over the cap, the least recently used files go, down to 90% of it.", default=5,
+       group="Appliance", minimum=1, target="watchdog disk-tier prune period"),
     # --- Compose: read by compose.yaml from the project's .env; they also reach the container through
     # `env_file: .env`, where the entrypoint accepts and ignores them.
     _s("APPLIANCE_IMAGE", "str", "Image compose runs; an upgrade is a new tag here, then `docker compose up -d`.",

@@ -6,14 +6,16 @@ Listens on APPLIANCE_METRICS_PORT (all interfaces: it is the port to publish) an
 - the LMCache server's own families, as its exporter (--prometheus-port, loopback inside the container) wrote
   them: hits per tier, L1/L2 stores, loads and their throughput, allocation failures, ...;
 - the appliance's `appliance_*` families: programs up and their uptime, restarts by program and reason,
-  watchdog probe failures, disk-tier prune counts, configured and used tier bytes, preflight warnings, and
-  whether the shared KV store answers (appliance_shared_store_up).
+  watchdog probe failures, disk-tier prune counts, configured and used tier bytes, preflight warnings,
+  whether the shared KV store answers (appliance_shared_store_up), and whether the gap program answers vLLM's
+  port (appliance_gap_holding) with how many 503s (appliance_gap_answers).
 vLLM's own families stay on the API port (`/metrics`, next to the API), as vLLM serves them.
 Labels are program names, reasons, tier names and versions: never a value from the environment that could
 be a secret, and nothing unbounded.
 """
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -25,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import applog, snapshot, state
+from .gap import GAP_STATE
 from .render import RunDir, read_plan
 from ..config.plan import Plan
 
@@ -102,9 +105,26 @@ class ApplianceCollector:
             yield GaugeMetricFamily("appliance_lmcache_server_up", "1 when the LMCache server this replica uses "
                                     "(LMCACHE_SERVER) answered the watchdog's last health check.",
                                     value=1.0 if server.get("up") else 0.0)
+        gap = gap_state(self.run)
+        if p.appliance.get("APPLIANCE_GAP_ANSWER") and gap is not None:
+            yield GaugeMetricFamily("appliance_gap_holding", "1 while the gap program answers vLLM's port with 503 "
+                                    "(vLLM does not listen: starting, restarting, stopping).",
+                                    value=1.0 if gap.get("holding") else 0.0)
+            yield CounterMetricFamily("appliance_gap_answers", "Requests answered with 503 + Retry-After while vLLM "
+                                      "did not listen (since the gap program started).",
+                                      value=float(gap.get("answered", 0)))
         if snap.lmcache_up is not None:
             yield GaugeMetricFamily("appliance_lmcache_metrics_up", "1 when the LMCache server's metrics were read "
                                     "at this scrape.", value=1.0 if snap.lmcache_metrics_text else 0.0)
+
+
+def gap_state(run: RunDir) -> dict | None:
+    """The gap program's gap.json (gap.py), or None before it wrote one."""
+    try:
+        data = json.loads((run.root / GAP_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def lmcache_families(text: str):

@@ -15,7 +15,7 @@ from .events import Listener, say, split_payload
 from .render import START_RETRIES, RunDir
 
 NAME = "on-fatal"
-OPTIONAL = ("metrics",)  # programs whose failure does not stop the appliance: it serves without them
+OPTIONAL = ("metrics", "gap")  # programs whose failure does not stop the appliance: it serves without them
 TAIL_LINES = 40
 
 

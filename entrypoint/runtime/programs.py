@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +31,7 @@ import requests
 from ..config.plan import Plan
 from ..config.secrets import REDACTED, is_secret_name, redact_argv
 from . import applog
+from .gap import GAP_OFF
 from .render import START_RETRIES, RunDir, read_plan
 from ..config.settings import FILE_SECRETS, SECRET_NAMES
 
@@ -149,11 +152,15 @@ def wait_for_earlier(program: str) -> bool:
     return True
 
 
-def port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int, shared: bool = False) -> bool:
+    """Whether a server could bind host:port now. `shared`: as one that sets SO_REUSEPORT would, so that the
+    gap program's socket (which sets it too) is no conflict, while any other holder of the port still is."""
     for family, kind, proto, _, addr in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                            flags=socket.AI_PASSIVE):
         with socket.socket(family, kind, proto) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
+            if shared:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 s.bind(addr)
             except OSError:
@@ -161,10 +168,10 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def wait_for_ports(ports: list[tuple[str, int]]) -> bool:
+def wait_for_ports(ports: list[tuple[str, int]], shared: bool = False) -> bool:
     start, said = time.monotonic(), False
     while True:
-        busy = [f"{h}:{p}" for h, p in ports if not port_free(h, p)]
+        busy = [f"{h}:{p}" for h, p in ports if not port_free(h, p, shared)]
         if not busy:
             return True
         if time.monotonic() - start >= PORT_WAIT:
@@ -293,11 +300,57 @@ def _exec(run: RunDir | None, program: str, argv: list[str], env: dict[str, str]
 def vllm(plan: Plan, run: RunDir | None = None) -> int:
     if lmcache_wait_url(plan)[0] and not wait_for_lmcache(plan):
         return gave_up(run, "vllm") if run else 1
-    if not wait_for_earlier("vllm") or not wait_for_ports([(plan.api_host, plan.api_port)]):
+    argv = server_argv("vllm", plan.vllm_argv)
+    shared = None
+    if plan.appliance.get("APPLIANCE_GAP_ANSWER") and run:
+        shared = shared_port_argv(argv, plan.api_port)
+        if shared is None:
+            # Not a Python program: it cannot share the port, so the gap program lets go of it until this
+            # process (vLLM after the exec) is gone (gap.py). The 503 answer then covers the waits only.
+            log(f"{argv[0]} is not a Python program: vLLM binds the port alone, the 503 answer (APPLIANCE_GAP_ANSWER) "
+                "stops while it starts")
+            (run.root / GAP_OFF).write_text(f"{os.getpid()}\n")
+        else:
+            (run.root / GAP_OFF).unlink(missing_ok=True)  # an earlier command's: this one shares the port
+    if not wait_for_earlier("vllm") or not wait_for_ports([(plan.api_host, plan.api_port)], shared is not None):
         return gave_up(run, "vllm") if run else 1
     wait_for_gpu_memory(plan)
-    _exec(run, "vllm", server_argv("vllm", plan.vllm_argv), vllm_environment(plan))
+    _exec(run, "vllm", shared or argv, vllm_environment(plan))
     return 1  # not reached
+
+
+PYTHON_NAME = re.compile(r"python(\d+(\.\d+)*)?")
+
+
+def shared_port_argv(argv: list[str], port: int) -> list[str] | None:
+    """`argv` run through reuse_port.py by the program's own interpreter, so that its API socket sets
+    SO_REUSEPORT and shares `port` with the gap program; None where `argv` is not a Python program this can
+    run: `python SCRIPT ...`, `python -m MODULE ...`, or a script whose #! line names a python (vLLM's
+    `vllm` command is one)."""
+    if not argv:
+        return None
+    wrapper = str(Path(__file__).with_name("reuse_port.py"))
+    if PYTHON_NAME.fullmatch(os.path.basename(argv[0])):
+        rest = argv[1:]
+        if rest[:1] == ["-m"] and len(rest) >= 2 or rest and not rest[0].startswith("-"):
+            return [argv[0], wrapper, str(port), "--", *rest]
+        return None
+    path = shutil.which(argv[0])
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(512).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if not first.startswith("#!"):
+        return None
+    words = first[2:].split()
+    if words and os.path.basename(words[0]) == "env":  # #!/usr/bin/env python3
+        words = words[1:]
+    if len(words) != 1 or not PYTHON_NAME.fullmatch(os.path.basename(words[0])):
+        return None  # a shell wrapper, or an interpreter with options: run as it is
+    return [words[0], wrapper, str(port), "--", path, *argv[1:]]
 
 
 def lmcache(plan: Plan, run: RunDir | None = None) -> int:

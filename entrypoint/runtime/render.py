@@ -164,6 +164,19 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     sections += listener("watchdog", "entrypoint.runtime.watchdog", "PROCESS_STATE,TICK_5", 30)
     # The metrics exporter only reads, so it starts before the servers. It is not what the appliance exists
     # for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).
+    if a.get("APPLIANCE_GAP_ANSWER") and plan.vllm_argv:  # a kv-server has no vLLM port to answer for
+        # The 503 answer while vLLM does not serve its port (gap.py). It starts before vLLM, so that the port
+        # answers from the first second, and stops after it (descending priority), so that it answers new
+        # connections while vLLM drains at a stop. Like the metrics exporter it is not what the appliance
+        # exists for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).
+        sections += [
+            "", "[program:gap]",
+            f"command={_command(python, 'entrypoint.runtime.gap', str(run.plan))}",
+            "priority=6", "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
+            "stopsignal=TERM", "stopwaitsecs=5", "redirect_stderr=true",
+            f"stdout_logfile={_v(_v(run.log('gap')))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
+            "stdout_logfile_backups=1", "stdout_events_enabled=true",
+        ]
     sections += [
         "", "[program:metrics]",
         f"command={_command(python, 'entrypoint.runtime.metrics', str(run.plan))}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -42,12 +43,23 @@ def save(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def _locked(method):
+    """Recorder methods run one at a time: the watchdog's prune thread records too, and saving iterates the
+    record."""
+    def locked(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    locked.__name__, locked.__doc__ = method.__name__, method.__doc__
+    return locked
+
+
 class Recorder:
     """The watchdog's handle on state.json: it keeps the record in memory and writes it after each change."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.data = load(self.path)
+        self.lock = threading.RLock()  # see _locked
 
     def _save(self) -> None:
         try:
@@ -55,16 +67,19 @@ class Recorder:
         except OSError:
             pass  # a full or read-only run directory must not stop supervision
 
+    @_locked
     def restart(self, program: str, reason: str, detail: str = "") -> None:
         per = self.data["restarts"].setdefault(program, {})
         per[reason] = per.get(reason, 0) + 1
         self.data["last_restart"] = {"program": program, "reason": reason, "detail": detail, "at": time.time()}
         self._save()
 
+    @_locked
     def probe_failure(self, program: str) -> None:
         self.data["probe_failures"][program] = self.data["probe_failures"].get(program, 0) + 1
         self._save()
 
+    @_locked
     def shared_store(self, up: bool, detail: str) -> bool:
         """The store's probe result; True when it differs from the previous one (or is the first)."""
         return self.dependency("shared_store", up, detail)
@@ -85,6 +100,7 @@ class Recorder:
         self._save()
         return True
 
+    @_locked
     def pruned(self, files: int, freed: int) -> None:
         self.data["pruned_files"] += files
         self.data["pruned_bytes"] += freed

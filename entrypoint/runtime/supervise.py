@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import applog, preflight, state
 from ..config.plan import Plan
+from .gap import GAP_OFF, GAP_STATE
 from .programs import SECRET_ARGV_VAR, processes_of, secret_argv_values
 from .render import START_RETRIES, RunDir, render
 from ..config.secrets import is_secret_name
@@ -64,6 +65,8 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 def write_run_dir(plan: Plan, run: RunDir) -> None:
     run.fatal.unlink(missing_ok=True)
+    for name in (GAP_OFF, GAP_STATE):  # an earlier start's: a pid or a count that mean nothing now (gap.py)
+        (run.root / name).unlink(missing_ok=True)
     _write(run.plan, json.dumps(plan.to_dict(), indent=2) + "\n", 0o600)  # secrets redacted
     if plan.lmcache_mode == "in-process" and plan.lmcache_config_file:
         # JSON is YAML. 0600: an LMCACHE_<KEY> credential (a remote backend's password) is in it as given.

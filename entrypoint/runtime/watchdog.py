@@ -10,7 +10,9 @@ judged before it first passes a probe or STARTUP_TIMEOUT s after the server proc
 the launcher's waits before it come first and are bounded on their own);
 HEALTH_FAILURES failed probes in a row restart it: it is killed (stuck, it could not drain anyway) and
 started again. An unhealthy LMCache server is killed and vLLM stopped, then both started in order.
-Where there is a disk tier, each round also prunes it to its cap (preflight.prune). Where there is a shared
+Where there is a disk tier, a thread of its own prunes it to its cap (preflight.prune) every
+DISK_PRUNE_INTERVAL s, whatever the probes wait for: a backstop to LMCache's own L2 eviction, which does not
+see the files an earlier LMCache server wrote (kv_tiers.py). Where there is a shared
 KV store (LMCACHE_SHARED_URL), each round pings it and records the answer (status, appliance_shared_store_up);
 it is never a reason to restart anything: LMCache serves without it and reconnects.
 A replica's LMCache server in another container (LMCACHE_SERVER) is a dependency too: each round asks its
@@ -26,6 +28,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import xmlrpc.client
 from dataclasses import dataclass
@@ -36,12 +39,14 @@ from supervisor.xmlrpc import Faults
 
 from . import preflight, state, store
 from .events import Listener, say, split_payload
+from .gap import HEADER as GAP_HEADER
 from .healthcheck import api_base, api_headers
 from ..config.plan import Plan
 from .render import RunDir, read_plan
 
 NAME = "watchdog"
 STORE_TIMEOUT_S = 5.0  # a store probe must not hold up the probes of vLLM and LMCache
+DEFAULT_PRUNE_S = 5.0  # APPLIANCE_DISK_PRUNE_INTERVAL of a plan written before the setting existed
 BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 # Counters that grow while the engine works: tokens in and out, and tokens per engine step (this one grows
 # during a long chunked prefill too, before the request's first output token).
@@ -163,6 +168,8 @@ class Watchdog:
         since, self.last_probe_at = now - self.last_probe_at, now
         try:
             r = self._get(url)
+            if r.headers.get(GAP_HEADER):  # the gap program's 503: vLLM's own socket does not listen
+                return False, f"cannot connect to {url} (vLLM does not listen; the gap program answers 503 meanwhile)"
             if r.status_code != 200:
                 return False, f"GET /health answered {r.status_code}"
             url = f"{self.base}/metrics"
@@ -289,12 +296,24 @@ class Watchdog:
             ok, why = self.probe_vllm()
             if self.judge(self.vllm, ok, why, self.clock()):
                 self.restart(self.vllm, then=[])
+
+    def prune_disk(self) -> None:
+        """One prune of the disk tier to its cap (called by prune_loop)."""
         disk = self.plan.disk
-        if disk:
-            removed, freed, held = preflight.prune(preflight.tier_dirs(disk), disk.max_size_gib * preflight.GIB)
-            if removed:
-                self.record.pruned(removed, freed)
-                say(NAME, preflight.prune_note(disk, removed, freed, held))
+        removed, freed, held = preflight.prune(preflight.tier_dirs(disk), disk.max_size_gib * preflight.GIB)
+        if removed:
+            self.record.pruned(removed, freed)
+            say(NAME, preflight.prune_note(disk, removed, freed, held))
+
+    def prune_loop(self, stop: threading.Event) -> None:
+        """Prunes on its own period: a round of probes can wait up to HEALTH_TIMEOUT per request, and a
+        disk tier written at GB/s must not wait for it."""
+        period = float(self.plan.appliance.get("APPLIANCE_DISK_PRUNE_INTERVAL") or DEFAULT_PRUNE_S)
+        while not stop.wait(period):
+            try:
+                self.prune_disk()
+            except Exception as e:  # noqa: BLE001 - a failed prune must not end the watchdog's supervision
+                say(NAME, f"disk-tier prune failed ({type(e).__name__}: {e}); trying again in {period:g} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     dog = Watchdog(read_plan(argv[0]), run.rpc())
     for t in dog.targets():
         dog.refresh(t)
+    if dog.plan.disk:
+        threading.Thread(target=dog.prune_loop, args=(threading.Event(),), daemon=True, name="prune").start()
     listener = Listener()
     while True:
         event = listener.next(timeout=max(0.0, dog.next_probe - dog.clock()))

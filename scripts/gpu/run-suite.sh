@@ -803,6 +803,51 @@ suite_faults() {
     stop_appliance
 }
 
+suite_loadfaults() {  # issue 14: the five faults under closed-loop load, one appliance start (docs/RESILIENCE.md)
+    # LF_* knobs: clients, window, per-run seconds; a small CPU tier (full under this load: allocation
+    # failures counted) and a disk tier capped on a tmpfs (the disk-full fault fills the tmpfs from outside).
+    REPORTS+=(startup.py loadfaults.py)
+    local small=/tmp/kvsmall-lf run=/tmp/run-${INST}loadfaults cap=${LF_DISK_GIB:-3}
+    mkdir -p "$small"
+    if ! mountpoint -q "$small"; then
+        if mount -t tmpfs -o "size=${LF_TMPFS:-4g}" tmpfs "$small" 2>/dev/null; then MOUNTED=$small
+        else echo "    no tmpfs (mount not permitted): $small is a plain directory; disk-full fills its file system"; fi
+    fi
+    rm -rf "${small:?}"/*
+    need 240 "loadfaults" || return 0
+    start_appliance loadfaults VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="${LF_CPU_GIB:-4}" \
+        LMCACHE_LOCAL_DISK="$small" LMCACHE_MAX_LOCAL_DISK_SIZE="$cap" VLLM_MAX_MODEL_LEN=16384 \
+        APPLIANCE_DISK_PRUNE_INTERVAL="${LF_PRUNE_S:-2}" APPLIANCE_GAP_ANSWER="${LF_GAP:-true}" || return 0
+    local ns; ns=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["lmcache"]["disk"]["path"])' "$run/plan.json")
+    local lf=(--base-url "$BASE" --model "$SERVED" --results "$RES" --run-dir "$run" --clients "${LF_CLIENTS:-16}"
+              --window "${LF_WINDOW:-10}" --disk-dir "$ns" --disk-cap-gib "$cap"
+              --metrics-url "http://127.0.0.1:$((9464 + ${GPU:-0}))/metrics")
+    lf_run() {  # lf_run LABEL FAULT AT DURATION [more loadfaults.py arguments]
+        need $(( $4 + 30 )) "loadfaults $1" || return 1
+        bench loadfaults.py run --label "$1" --fault "$2" --fault-at "$3" --duration "$4" "${lf[@]}" "${@:5}" \
+            || fail "loadfaults $1"
+        bench -c 'import common, sys; common.wait_ready(sys.argv[1], sys.argv[2], timeout=150)' "$BASE" "$SERVED" \
+            || fail "loadfaults $1: not ready again within 150 s"
+    }
+    # 1. the LMCache server SIGKILLed: in-flight failures only, none after 5 s, no vLLM restart (target 1);
+    #    the CPU tier is full the whole time (allocation failures per window), the disk tier at its cap (target 3)
+    lf_run lmcache-kill kill-lmcache 20 "${LF_SECONDS:-70}"
+    # 2. the disk tier's file system filled from outside: every request must still succeed
+    lf_run disk-full "fill-disk:$small" 15 "${LF_DISK_SECONDS:-45}" --leave-mib 64
+    # 3. vLLM SIGKILLed: 503 + Retry-After from the gap program until the new vLLM serves (target 2)
+    lf_run vllm-kill kill-vllm 15 "${LF_VLLM_SECONDS:-110}"
+    # 4. SIGTERM to serve under load: in-flight requests complete, new ones get 503 / refused; ends the appliance
+    if need 60 "loadfaults sigterm"; then
+        bench loadfaults.py run --label sigterm --fault sigterm --fault-at 15 --duration 40 --serve-pid "$SERVE_PID" \
+            "${lf[@]}" || fail "loadfaults sigterm"
+        wait "$SERVE_PID" 2>/dev/null; echo "    serve exit code after SIGTERM: $?"
+        cp "$run"/*.log "$run/supervisord.conf" "$LOGS/loadfaults/" 2>/dev/null
+        SERVE_PID=""
+    fi
+    grep -c "entering degraded mode" "$LOGS/loadfaults/vllm.log" 2>/dev/null | sed 's/^/    "entering degraded mode" lines in vllm.log: /'
+    stop_appliance
+}
+
 [ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
 for s in "$@"; do  # every suite_NAME function above is a suite
     declare -F "suite_$s" >/dev/null || { echo "unknown suite: $s ($(declare -F | sed -n 's/^declare -f suite_//p' | tr '\n' ' '))"; exit 2; }

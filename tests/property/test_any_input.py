@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -204,7 +205,10 @@ def check_plan_json(data: dict) -> None:
         assert f"{extra['lmcache.mp.host']}:{extra['lmcache.mp.port']}" == server["url"], (extra, server)
         assert re.fullmatch(r"tcp://[a-z0-9][a-z0-9.-]*:[0-9]{1,5}", server["url"]), server
         assert data["lmcache"]["argv"] is None and data["lmcache"]["disk"] is None
-    assert data["vllm"]["argv"][2] == data["model"] and not data["model"].startswith("-")
+    # after APPLIANCE_VLLM_COMMAND, which may be several words ("python3 -m vllm.entrypoints.cli.main")
+    command = shlex.split(str(data["values"].get("APPLIANCE_VLLM_COMMAND") or "vllm"))
+    assert data["vllm"]["argv"][len(command):len(command) + 2] == ["serve", data["model"]], data["vllm"]["argv"]
+    assert not data["model"].startswith("-")
     if data["lmcache"]["mode"] == "server":
         lmc = owned_counts(data["lmcache"]["argv"], LMCACHE_FLAGS, LMCACHE_OWNED_FLAGS, underscores=False)
         assert all(n == 1 for n in lmc.values()), (lmc, data["lmcache"]["argv"])

@@ -244,14 +244,18 @@ def main() -> int:
                 for _ in range(int(ENV.get("STUB_CHILDREN", "0")))]
     engine = Engine(int(ENV.get("STUB_MAX_CONCURRENCY", "0")), float(ENV.get("STUB_TOKEN_INTERVAL", "0.05")))
     threading.Thread(target=watch_triggers, args=(control, engine), daemon=True).start()
+    model = (args.served_model_name or [args.model])[0]
+    handler = make_handler(engine, model, args.api_key or ENV.get("VLLM_API_KEY"))
+    # As vLLM (launchers/launcher.py: setup_server): the port is bound before the model loads, and listened
+    # on only once the server serves; in between a connection is refused (or goes to another listener).
+    server = QuietHTTPServer((args.host, args.port), handler, bind_and_activate=False)
+    server.server_bind()
     delay = float(ENV.get("STUB_START_DELAY", "0"))
     if delay:
         say(f"loading the model for {delay:g} s (STUB_START_DELAY)")
         if stop.wait(delay):
             return 0
-    model = (args.served_model_name or [args.model])[0]
-    handler = make_handler(engine, model, args.api_key or ENV.get("VLLM_API_KEY"))
-    server = QuietHTTPServer((args.host, args.port), handler)
+    server.server_activate()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     say(f"serving {model} on {args.host}:{args.port} \u2713")  # non-ASCII on purpose: the log relay must cope
     stop.wait()

@@ -58,7 +58,7 @@ def test_metrics_are_summed_over_label_sets():
 
 def test_rendered_policy(tmp_path):
     env = {"VLLM_KV_OFFLOADING_BACKEND": "lmcache", "APPLIANCE_RUN_DIR": str(tmp_path / "run 100%"),
-           "APPLIANCE_SHUTDOWN_TIMEOUT": "30", "APPLIANCE_STARTUP_TIMEOUT": "900"}
+           "APPLIANCE_SHUTDOWN_TIMEOUT": "30", "APPLIANCE_STARTUP_TIMEOUT": "900", "APPLIANCE_GAP_ANSWER": "true"}
     plan = make_plan(None, [], environ=env)
     conf = configparser.RawConfigParser()
     conf.read_string(render(plan, RunDir.of(plan), "pw"))
@@ -70,7 +70,7 @@ def test_rendered_policy(tmp_path):
     priorities = {s.split(":", 1)[1]: int(conf[s]["priority"]) for s in conf.sections()
                   if s.startswith(("program:", "eventlistener:"))}
     # started in this order, stopped in the reverse one
-    assert sorted(priorities, key=priorities.get) == ["logs", "on-fatal", "metrics", "lmcache", "vllm",
+    assert sorted(priorities, key=priorities.get) == ["logs", "on-fatal", "metrics", "gap", "lmcache", "vllm",
                                                          "watchdog"]
 
 

@@ -114,9 +114,11 @@ def test_the_servers_settings_are_accepted_and_left_to_the_server_in_a_replica(p
     assert (plan.lmcache_mode, plan.lmcache_argv, plan.disk, plan.shared_store, plan.lmcache_env) == (
         "external", None, None, None, {})
     assert plan.appliance["cpu_tier_gib"] is None  # no tier here: nothing for preflight to check against memory
-    assert kv_transfer(plan)["kv_connector_extra_config"] == {
+    transfer = kv_transfer(plan)  # the same connector settings as a replica with its own server
+    assert transfer["kv_load_failure_policy"] == "recompute"
+    assert transfer["kv_connector_extra_config"] == {
         "lmcache.mp.host": "tcp://kv-server", "lmcache.mp.port": 5555, "lmcache.mp.heartbeat_interval": 5,
-        "lmcache.mp.nonblocking_lookup_status": False}  # the connector's own setting does apply
+        "lmcache.mp.mq_timeout": 30.0, "lmcache.mp.nonblocking_lookup_status": False}  # the connector's own
     assert "pw-77" not in str(plan.to_dict()) + str(plan.vllm_env)
 
 
@@ -141,13 +143,16 @@ def test_config_says_what_each_role_runs(capsys, monkeypatch):
 
 def test_supervisord_runs_only_the_roles_programs(plan_for, tmp_path):
     run = RunDir(tmp_path)
-    server = render(plan_for({**KV_SERVER, "APPLIANCE_RUN_DIR": str(tmp_path)}), run, "pw")
-    replica = render(plan_for({**REPLICA, "APPLIANCE_RUN_DIR": str(tmp_path)}), run, "pw")
+    # APPLIANCE_GAP_ANSWER from the one .env: the replicas' vLLM port has a gap program, the kv-server none.
+    server = render(plan_for({**KV_SERVER, "APPLIANCE_RUN_DIR": str(tmp_path), "APPLIANCE_GAP_ANSWER": "true"}),
+                    run, "pw")
+    replica = render(plan_for({**REPLICA, "APPLIANCE_RUN_DIR": str(tmp_path), "APPLIANCE_GAP_ANSWER": "true"}),
+                     run, "pw")
     programs = lambda conf: [line for line in conf.splitlines() if line.startswith(("[program:", "[eventlistener:"))]
     assert programs(server) == ["[eventlistener:logs]", "[eventlistener:on-fatal]", "[program:lmcache]",
                                 "[eventlistener:watchdog]", "[program:metrics]"]
     assert programs(replica) == ["[eventlistener:logs]", "[eventlistener:on-fatal]", "[program:vllm]",
-                                 "[eventlistener:watchdog]", "[program:metrics]"]
+                                 "[eventlistener:watchdog]", "[program:gap]", "[program:metrics]"]
 
 
 def test_the_watchdog_judges_only_what_runs_in_the_role(plan_for, tmp_path):

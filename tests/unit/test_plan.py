@@ -93,7 +93,8 @@ def test_in_process_mode(plan_for):
                      "LMCACHE_USE_LAYERWISE": "true", "APPLIANCE_RUN_DIR": "/tmp/run", "VLLM_HOST": "127.0.0.1"})
     assert plan.errors == []
     assert plan.lmcache_argv is None
-    assert kv_transfer(plan) == {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
+    assert kv_transfer(plan) == {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both",
+                                 "kv_load_failure_policy": "recompute"}
     assert plan.lmcache_config == {
         "chunk_size": 256, "local_cpu": True, "max_local_cpu_size": 10.0,  # 20 GiB over 2 workers
         "pre_caching_hash_algorithm": "sha256_cbor",

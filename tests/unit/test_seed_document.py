@@ -82,7 +82,10 @@ def test_example2_multi_round(plan_for):
     assert kv_transfer(plan)["kv_connector_extra_config"] == {"lmcache.mp.host": "tcp://127.0.0.1",
                                                             "lmcache.mp.port": 5555,
                                                             "lmcache.mp.heartbeat_interval": 5,
+                                                            "lmcache.mp.mq_timeout": 30.0,
                                                             "lmcache.mp.nonblocking_lookup_status": False}
+    # a load from a dead LMCache server is recomputed, not an error (docs/RESILIENCE.md)
+    assert kv_transfer(plan)["kv_load_failure_policy"] == "recompute"
     # a dead vLLM's GPU memory is released by the server after 30 s (LMCache's default is 120 s)
     assert flag_value(plan.lmcache_argv, "--worker-reap-timeout-seconds") == "30"
 
@@ -96,7 +99,7 @@ def test_advanced_lmcache_variables_cpu_and_disk(plan_for):
     adapter = json.loads(flag_value(plan.lmcache_argv, "--l2-adapter"))
     assert adapter["type"] == "fs_native"
     assert adapter["max_capacity_gb"] == 50.0
-    assert adapter["eviction"] == {"eviction_policy": "LRU"}
+    assert adapter["eviction"] == {"eviction_policy": "LRU", "trigger_watermark": 0.8, "eviction_ratio": 0.2}
     assert adapter["base_path"] == plan.disk.path
     assert plan.disk.path.startswith("/var/lib/appliance/kv-disk/Qwen--Qwen3-0.6B__")
     assert sorted(n for n in plan.vllm_env_removed if n.startswith("LMCACHE_")) == [

@@ -1,0 +1,340 @@
+"""The `gap` program: HTTP 503 with Retry-After on vLLM's port while vLLM does not serve it.
+
+    python -m entrypoint.runtime.gap PLAN_FILE
+
+Without it a client sees "connection refused" for the whole of a vLLM restart (the launcher's waits, then
+the model load: a minute and more). With it, the same client gets an explicit, retryable answer.
+
+How it stays out of the way (no proxy, no cost on the normal path): it listens on VLLM_HOST:VLLM_PORT with
+SO_REUSEPORT only while no other socket listens there. vLLM is started through reuse_port.py, so its socket
+sets SO_REUSEPORT too and both can be bound at once. vLLM binds at start but listens only when it serves;
+as soon as the kernel shows another listener on the port (listeners()), this program answers what is queued on
+its socket and closes it. From then on every connection goes to vLLM. When vLLM's listener disappears (crash,
+stop, restart) it listens again, within RELEASED_POLL_S; in that instant a client is refused as before.
+
+The overlap: between vLLM's listen() and this program's close (at most HOLDING_POLL_S), the kernel spreads new
+connections over both sockets, so about half of the connections of those few tens of milliseconds get a 503
+(with Retry-After) instead of vLLM. A connection whose handshake completes in the microseconds between the last
+accept and the close is reset (Linux hands queued connections of a closed SO_REUSEPORT socket to the others only
+with the net.ipv4.tcp_migrate_req sysctl).
+
+Where vLLM cannot be started through reuse_port.py (APPLIANCE_VLLM_COMMAND is not a Python program), the
+launcher writes GAP_OFF (its pid) before it starts vLLM; this program then lets go of the port until that
+process is gone, so vLLM can bind it: the 503 answer covers the launcher's waits but not the model load.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+from . import applog
+from .render import RunDir, read_plan
+
+NAME = "gap"
+GAP_OFF = "gap.off"  # in the run directory: "<pid>" of a vLLM that must bind the port alone
+GAP_STATE = "gap.json"  # in the run directory: {"holding", "answered", "since"} for the metrics exporter
+STATE_EVERY_S = 1.0  # while answering, the count is written at most this often
+HOLDING_POLL_S = 0.05  # while answering: how soon vLLM's listener is seen (the overlap above)
+RELEASED_POLL_S = 0.1  # while vLLM serves: how soon its death is seen (one sock_diag query)
+READ_TIMEOUT_S = 5.0  # a client that sends no complete request within this is dropped
+MAX_BODY = 16 << 20  # request bodies are read (and dropped) up to this, so that the close is clean
+LISTEN_STATE = "0A"  # TCP_LISTEN in /proc/net/tcp
+HEADER = "X-Appliance-Gap"  # marks the appliance's answer (vLLM's own answers never carry it)
+
+
+def listeners(port: int, proc_net: str | None = None) -> set[int]:
+    """Socket inodes listening on TCP `port` (any address, IPv4 and IPv6) in this network namespace: from the
+    kernel's sock_diag netlink interface, asked for listening sockets only (the kernel then walks its
+    listening hash alone, never the connections: a few microseconds however busy vLLM is), or, where
+    netlink is not available, from /proc/net/tcp{,6} (which walks every connection bucket: milliseconds)."""
+    if proc_net is None:
+        found = diag_listeners(port)
+        if found is not None:
+            return found
+    return proc_listeners(port, proc_net or "/proc/net")
+
+
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 0x1, 0x300, 2, 3
+TCPF_LISTEN = 1 << 10
+
+
+def diag_listeners(port: int) -> set[int] | None:
+    """linux/inet_diag.h: one SOCK_DIAG_BY_FAMILY dump per address family, states = TCPF_LISTEN; None when
+    the kernel does not answer it."""
+    found: set[int] = set()
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(1.0)
+            for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+                # nlmsghdr (16) + inet_diag_req_v2: family, protocol, ext, pad, states, inet_diag_sockid (48)
+                req = struct.pack("=BBBBI48x", family, socket.IPPROTO_TCP, 0, 0, TCPF_LISTEN)
+                nl.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
+                                    seq, 0) + req)
+                done = False
+                while not done:
+                    data = nl.recv(65536)
+                    offset = 0
+                    while offset + 16 <= len(data):
+                        length, kind = struct.unpack_from("=IH", data, offset)
+                        if length < 16:
+                            return None
+                        if kind == NLMSG_DONE:
+                            done = True
+                            break
+                        if kind == NLMSG_ERROR:
+                            return None
+                        # inet_diag_msg: family, state, timer, retrans, then inet_diag_sockid (sport big-endian
+                        # first), expires, rqueue, wqueue, uid, inode
+                        body = offset + 16
+                        sport = struct.unpack_from("!H", data, body + 4)[0]
+                        inode = struct.unpack_from("=I", data, body + 68)[0]
+                        if sport == port:
+                            found.add(inode)
+                        offset += (length + 3) & ~3
+    except (OSError, struct.error):
+        return None
+    return found
+
+
+def proc_listeners(port: int, proc_net: str = "/proc/net") -> set[int]:
+    found: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(os.path.join(proc_net, name)) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == LISTEN_STATE and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        found.add(int(fields[9]))
+        except OSError:
+            continue
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def body(retry_after: int, why: str) -> bytes:
+    """OpenAI's error shape, so that OpenAI clients show the message."""
+    return json.dumps({"error": {"message": f"{why}; retry after {retry_after} s", "type": "service_unavailable",
+                                 "code": 503}}).encode()
+
+
+def make_handler(retry_after: int, why):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = READ_TIMEOUT_S
+
+        def log_message(self, fmt, *args):  # one line per answer would drown the container's output
+            pass
+
+        def answer(self):
+            length = self.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) <= MAX_BODY:
+                self.rfile.read(int(length))  # unread data would turn our close into a reset
+            data = body(retry_after, why())
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Retry-After", str(retry_after))
+            self.send_header(HEADER, "1")
+            self.send_header("Connection", "close")  # the next request opens a new connection: maybe to vLLM
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            self.close_connection = True
+
+        def __getattr__(self, name):  # do_GET, do_POST, ...: every method gets the same answer
+            if name.startswith("do_"):
+                return self.answer
+            raise AttributeError(name)
+
+    return Handler
+
+
+class Gap:
+    def __init__(self, host: str, port: int, retry_after: int, off_file: Path | None = None,
+                 say=None, proc_net: str | None = None, state_file: Path | None = None):
+        self.host, self.port, self.retry_after = host, port, retry_after
+        self.off_file, self.proc_net, self.state_file = off_file, proc_net, state_file
+        self.state_written = 0.0
+        self.say = say or (lambda message, **kw: None)
+        self.sock: socket.socket | None = None
+        self.inode = 0
+        self.answered = 0
+        self.bind_problem = ""
+        self.stopping = threading.Event()
+        self.handler = make_handler(retry_after, self.why)
+        self.selector = selectors.DefaultSelector()
+
+    @staticmethod
+    def why() -> str:
+        return "vLLM is not serving (starting, restarting or stopping)"
+
+    # -- the port -------------------------------------------------------------------------------------------
+    def family(self) -> int:
+        # As vLLM's create_server_socket: IPv6 only for an IPv6 literal.
+        try:
+            socket.inet_pton(socket.AF_INET6, self.host)
+            return socket.AF_INET6
+        except OSError:
+            return socket.AF_INET
+
+    def hold(self) -> bool:
+        s = socket.socket(self.family(), socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((self.host, self.port))
+            s.listen(1024)
+            s.setblocking(False)
+        except OSError as e:
+            s.close()
+            problem = e.strerror or str(e)
+            if problem != self.bind_problem:  # say it once, not every poll
+                self.bind_problem = problem
+                busy = e.errno == errno.EADDRINUSE
+                self.say(f"cannot listen on {self.host}:{self.port} ({problem}); "
+                         + ("a process that did not set SO_REUSEPORT holds it; " if busy else "")
+                         + "trying again", event="bind_failed")
+            return False
+        self.bind_problem = ""
+        self.sock, self.inode = s, os.fstat(s.fileno()).st_ino
+        self.selector.register(s, selectors.EVENT_READ)
+        self.say(f"answering {self.host}:{self.port} with 503 (Retry-After: {self.retry_after}) while vLLM does "
+                 "not serve it", event="holding")
+        self.write_state(force=True)
+        return True
+
+    def write_state(self, force: bool = False) -> None:
+        """What the metrics exporter shows (appliance_gap_holding, appliance_gap_answers): atomically, at
+        most every STATE_EVERY_S while answering, and at every change of hands."""
+        now = time.monotonic()
+        if self.state_file is None or (not force and now - self.state_written < STATE_EVERY_S):
+            return
+        self.state_written = now
+        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
+        try:
+            tmp.write_text(json.dumps({"holding": self.sock is not None, "answered": self.answered,
+                                       "since": time.time()}) + "\n")
+            tmp.replace(self.state_file)
+        except OSError:
+            pass  # a full run directory must not stop the answers
+
+    def release(self, why: str) -> None:
+        """Answer what is already queued on our socket, then close it."""
+        assert self.sock is not None
+        self.accept_all()
+        self.selector.unregister(self.sock)
+        self.sock.close()
+        self.sock, self.inode = None, 0
+        self.say(f"{why}: the port is vLLM's alone ({self.answered} answered with 503 so far)", event="released")
+        self.write_state(force=True)
+
+    def accept_all(self) -> None:
+        while self.sock is not None:
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # EMFILE and friends: the next round tries again
+            self.answered += 1
+            conn.setblocking(True)
+            threading.Thread(target=self.serve_one, args=(conn, addr), daemon=True).start()
+
+    def serve_one(self, conn: socket.socket, addr) -> None:
+        try:
+            self.handler(conn, addr, self)
+        except (OSError, ValueError):
+            pass  # a client that went away
+        finally:
+            try:
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            conn.close()
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def stand_down(self) -> bool:
+        """A vLLM that cannot share the port runs (GAP_OFF names its pid): leave the port to it."""
+        if self.off_file is None:
+            return False
+        try:
+            pid = int(self.off_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid_alive(pid):
+            return True
+        try:
+            self.off_file.unlink()
+        except OSError:
+            pass
+        return False
+
+    def others_listen(self) -> bool:
+        return bool(listeners(self.port, self.proc_net) - {self.inode})
+
+    def step(self) -> None:
+        """One round: decide whether to hold the port, then wait for connections (or just wait)."""
+        off = self.stand_down()
+        others = self.others_listen()
+        if self.sock is not None and (off or others):
+            self.release("vLLM listens on the port" if others else "a vLLM that cannot share the port starts")
+        elif self.sock is None and not off and not others:
+            self.hold()
+        if self.sock is None:
+            self.stopping.wait(RELEASED_POLL_S)
+            return
+        if self.selector.select(HOLDING_POLL_S):
+            self.accept_all()
+            self.write_state()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.step()
+        if self.sock is not None:
+            self.release("stopping")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: python -m entrypoint.runtime.gap PLAN_FILE", file=sys.stderr)
+        return 2
+    plan = read_plan(argv[0])
+    run = RunDir(Path(argv[0]).parent)
+
+    def say(message: str, event: str = "message", **fields) -> None:
+        applog.emit(NAME, message, event=event, stream=sys.stdout, text_prefix="", **fields)
+
+    gap = Gap(plan.api_host, plan.api_port, int(plan.appliance["APPLIANCE_GAP_RETRY_AFTER"]),
+              run.root / GAP_OFF, say, state_file=run.root / GAP_STATE)
+    signal.signal(signal.SIGTERM, lambda *_: gap.stopping.set())
+    gap.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
