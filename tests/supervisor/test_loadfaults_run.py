@@ -10,7 +10,7 @@ from appliance_harness import REPO
 
 
 def test_loadfaults_run_shows_the_fault_window_and_the_recovery(appliance, tmp_path):
-    a = appliance(STUB_START_DELAY=2, APPLIANCE_STARTUP_TIMEOUT=12)
+    a = appliance(STUB_START_DELAY=2, APPLIANCE_STARTUP_TIMEOUT=12, APPLIANCE_GAP_ANSWER="true")
     a.wait_ready(30)
     a.wait_state("vllm", "RUNNING", 30)
     results = tmp_path / "results"
