@@ -27,11 +27,16 @@ def test_loadfaults_run_shows_the_fault_window_and_the_recovery(appliance, tmp_p
     assert len(ws) == 7
     before = [w for w in ws if w["end"] <= 3]
     assert before and all(w["ok"] > 0 and w["errors"] == 0 for w in before), ws
-    # The kill, and the restart (2 s of "model load" in the stub): the gap program's 503s, never refused.
+    # The kill, and the restart (2 s of "model load" in the stub): the gap program's 503s. Connections are
+    # refused only in the moment between the crash and the gap program's next look at the port (it polls
+    # every 100 ms while vLLM serves: docs/RESILIENCE.md), so only in the window of the kill, and fewer than
+    # the 503s that cover the rest of the restart.
     failing = [w for w in ws if w["errors"]]
     assert failing and failing[0]["start"] >= 2, ws
-    assert set().union(*(w["error_kinds"] for w in failing)) <= {"503-gap", "reset"}, ws
-    assert s["error_kinds"].get("503-gap", 0) > 0 and "refused" not in s["error_kinds"]
+    assert set().union(*(w["error_kinds"] for w in failing)) <= {"503-gap", "reset", "refused"}, ws
+    refused_in = [w for w in ws if w["error_kinds"].get("refused")]
+    assert all(w["start"] <= 3 < w["end"] for w in refused_in), ws
+    assert s["error_kinds"].get("503-gap", 0) > s["error_kinds"].get("refused", 0), s["error_kinds"]
     # Recovered: the last windows are all successes again.
     assert ws[-1]["ok"] > 0 and ws[-1]["errors"] == 0, ws
     assert s["recovered_s"] is not None and s["recovered_s"] < 10
