@@ -169,20 +169,19 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
         # answers from the first second, and stops after it (descending priority), so that it answers new
         # connections while vLLM drains at a stop. Like the metrics exporter it is not what the appliance
         # exists for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).
-        sections += [
-            "", "[program:gap]",
-            f"command={_command(python, 'entrypoint.runtime.gap', str(run.plan))}",
-            "priority=6", "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
-            "stopsignal=TERM", "stopwaitsecs=5", "redirect_stderr=true",
-            f"stdout_logfile={_v(_v(run.log('gap')))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
-            "stdout_logfile_backups=1", "stdout_events_enabled=true",
-        ]
-    sections += [
-        "", "[program:metrics]",
-        f"command={_command(python, 'entrypoint.runtime.metrics', str(run.plan))}",
-        "priority=5", "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
+        sections += _helper_program(python, run, "gap", 6)
+    sections += _helper_program(python, run, "metrics", 5)
+    return "\n".join(sections) + "\n"
+
+
+def _helper_program(python: str, run: RunDir, name: str, priority: int) -> list[str]:
+    """A small appliance program (entrypoint.runtime.NAME PLAN_FILE) beside the servers: restarted when it
+    exits, stopped within 5 s, its output in its own log file."""
+    return [
+        "", f"[program:{name}]",
+        f"command={_command(python, f'entrypoint.runtime.{name}', str(run.plan))}",
+        f"priority={priority}", "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
         "stopsignal=TERM", "stopwaitsecs=5", "redirect_stderr=true",
-        f"stdout_logfile={_v(_v(run.log('metrics')))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
+        f"stdout_logfile={_v(_v(run.log(name)))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
         "stdout_logfile_backups=1", "stdout_events_enabled=true",
     ]
-    return "\n".join(sections) + "\n"

@@ -65,21 +65,11 @@ def text(d: dict) -> str:
     for t in d["tiers"]:
         lines.append(f"  {t['name']:<6} {_size(t['used_bytes']):>10} {_size(t['capacity_bytes']):>10} "
                      f"{_pct(t['hit_rate']):>9}" + (f"  {t['path']}" if t.get("path") else ""))
-    store = d.get("shared_store")
     if d.get("shared_store_url"):
-        if not store:
-            lines.append(f"  shared store {d['shared_store_url']}: not probed yet")
-        else:
-            how = "up" if store["up"] else f"DOWN ({store['detail']}); serving without it"
-            lines.append(f"  shared store {d['shared_store_url']}: {how}, since {_ago(time.time() - store['since'])}")
-    server = d.get("lmcache_server")
+        lines.append(_dependency(f"shared store {d['shared_store_url']}", d.get("shared_store"),
+                                 "; serving without it"))
     if d.get("lmcache_server_url"):
-        if not server:
-            lines.append(f"  LMCache server {d['lmcache_server_url']}: not probed yet")
-        else:
-            how = "up" if server["up"] else f"DOWN ({server['detail']})"
-            lines.append(f"  LMCache server {d['lmcache_server_url']} (LMCACHE_SERVER): {how}, since "
-                         f"{_ago(time.time() - server['since'])}")
+        lines.append(_dependency(f"LMCache server {d['lmcache_server_url']} (LMCACHE_SERVER)", d.get("lmcache_server")))
     pruned = d["disk_tier_pruned"]
     if pruned["files"]:
         lines.append(f"  disk tier pruned to its cap: {pruned['files']} files, {_size(pruned['bytes'])}")
@@ -87,6 +77,14 @@ def text(d: dict) -> str:
         lines += ["", "Warnings at start:"] + [f"  - {w}" for w in d["warnings"]]
     return "\n".join(lines)
 
+
+
+def _dependency(name: str, probe: dict | None, when_down: str = "") -> str:
+    """A line for something the watchdog probes (the shared store, an external LMCache server)."""
+    if not probe:
+        return f"  {name}: not probed yet"
+    how = "up" if probe["up"] else f"DOWN ({probe['detail']}){when_down}"
+    return f"  {name}: {how}, since {_ago(time.time() - probe['since'])}"
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m entrypoint status",

@@ -164,6 +164,23 @@ def completion_ttft(base: str, model: str, prompt: list[int], timeout: float = 6
     return {"ok": True, "ttft_s": dt, "prompt_tokens": usage.get("prompt_tokens"), "error": None}
 
 
+STREAM_DONE = object()  # what sse_chunks yields last when the stream ended with `data: [DONE]`
+
+
+def sse_chunks(lines):
+    """The JSON chunks of an OpenAI-style event stream (`data: {...}` lines), then STREAM_DONE if the stream
+    ended with `data: [DONE]`; a stream that stops without it (the server went away) just ends."""
+    for raw in lines:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            yield STREAM_DONE
+            return
+        yield json.loads(payload)
+
+
 def stream_completion(base: str, model: str, prompt: list[int], max_tokens: int, timeout: float = 600.0,
                       ignore_eos: bool = True) -> dict:
     """A streamed completion: time to the first chunk that carries a token (TTFT) and to the end."""
@@ -175,15 +192,10 @@ def stream_completion(base: str, model: str, prompt: list[int], max_tokens: int,
     done = False
     try:
         with _request(base.rstrip("/") + "/v1/completions", body, timeout) as r:
-            for raw in r:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
+            for chunk in sse_chunks(r):
+                if chunk is STREAM_DONE:
                     done = True
                     break
-                chunk = json.loads(payload)
                 if chunk.get("choices") and out["ttft_s"] is None:
                     out["ttft_s"] = time.perf_counter() - t
                 usage = chunk.get("usage")

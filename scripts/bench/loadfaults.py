@@ -80,15 +80,10 @@ def request(base: str, model: str, prompt: list[int], max_tokens: int, timeout: 
             out["ok"] = True
             return out
         done = False
-        for raw in r:
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
+        for chunk in c.sse_chunks(r):
+            if chunk is c.STREAM_DONE:
                 done = True
                 break
-            chunk = json.loads(payload)
             if chunk.get("error"):
                 out["error"] = "stream-error"
                 return out

@@ -361,3 +361,11 @@ def test_a_pinned_suite_moves_only_the_metrics_ports():
         "APPLIANCE_LMCACHE_METRICS_PORT=9091", "APPLIANCE_METRICS_PORT=9465"]
     assert suite_function("with_instance_ports", call) == [  # all GPUs: nothing moved
         "VLLM_KV_OFFLOADING_BACKEND=lmcache", "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4"]
+
+
+def test_sse_chunks_marks_a_complete_stream_and_not_a_cut_one():
+    lines = [b"data: {\"choices\": [{\"text\": \"a\"}]}\n", b"\n", b": keep-alive\n", b"data: [DONE]\n",
+             b"data: {\"after\": 1}\n"]
+    complete = list(common.sse_chunks(lines))
+    assert complete[:-1] == [{"choices": [{"text": "a"}]}] and complete[-1] is common.STREAM_DONE
+    assert common.STREAM_DONE not in list(common.sse_chunks(lines[:3]))  # the server went away mid-answer
