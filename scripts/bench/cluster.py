@@ -688,7 +688,19 @@ def cmd_outage(a) -> int:
         c.log(f"store answers again {t_up - t_kill:.1f} s after the kill")
         deadline = t_up + a.max_seconds
         i = 0
+        restarted = False
         while time.perf_counter() < deadline:
+            if (a.restart_lmcache and not restarted and row.get("store_writes_back_s") is None
+                    and time.perf_counter() - t_up >= a.reconnect_wait):
+                # LMCache 0.5.6's RESP client never reconnects (tests/contract/test_resp_reconnect.py): the
+                # recovery is a new client, i.e. the LMCache servers restarted (docs/SCALE-OUT.md)
+                restarted = True
+                t_rs = time.perf_counter()
+                for run_dir in a.restart_lmcache.split(","):
+                    c.Supervisor(c.socket_from_run_dir(run_dir), timeout=60).restart(["lmcache"])
+                row["lmcache_restarted_s"] = t_rs - t_up
+                deadline = max(deadline, time.perf_counter() + a.max_seconds)
+                c.log(f"    no write reached the store in {t_rs - t_up:.1f} s: LMCache servers restarted ({a.restart_lmcache})")
             prompt = c.token_prompt(f"after{i}-{time.time_ns()}", a.tokens, "outage-after")
             before = store_info(a.redis)["keys"] if ping(a.redis) else 0
             w = c.completion_ttft(a.writer, a.model, prompt, 120)
@@ -697,7 +709,8 @@ def cmd_outage(a) -> int:
             r = c.completion_ttft(a.reader, a.model, prompt, 120)
             ext = deltas(m0, scrape(a.reader)).get("vllm:external_prefix_cache_hits_total")
             t = {"after_restart_s": time.perf_counter() - t_up, "writer_ok": w["ok"], "store_new_keys": st["store_new_keys"],
-                 "reader_ttft_s": r["ttft_s"], "reader_ok": r["ok"], "reader_external_hit_tokens": ext}
+                 "reader_ttft_s": r["ttft_s"], "reader_ok": r["ok"], "reader_external_hit_tokens": ext,
+                 "lmcache_restarted": restarted}
             tries.append(t)
             c.log(f"    after restart +{t['after_restart_s']:.1f} s: store +{st['store_new_keys']} keys, reader "
                   f"{c.fmt(r['ttft_s'])} s, external hit tokens {ext}")
@@ -899,10 +912,13 @@ def build_report(rows: list[dict], kv_bpt: int) -> tuple[dict, str]:
         md += ["### The store SIGKILLed and restarted (light load on the reader)", ""]
         md.append(c.markdown_table(
             ["down s", "reader requests during", "failed", "max TTFT s", "writer ok while down",
-             "writes reach the store again after s", "reader hits again after s"],
+             "LMCache servers restarted after s", "writes reach the store again after s", "reader hits again after s"],
             [[str(r.get("down_s")), str(r.get("load_requests")), str(r.get("load_failed")), r.get("load_max_s"),
-              str(r.get("writer_ok_while_down")), r.get("store_writes_back_s"), r.get("reader_hits_back_s")]
+              str(r.get("writer_ok_while_down")), r.get("lmcache_restarted_s"), r.get("store_writes_back_s"),
+              r.get("reader_hits_back_s")]
              for r in outages]))
+        md += ["", ("Times from the store's restart. LMCache 0.5.6's RESP client does not reconnect: without a "
+                    "restart of the LMCache servers no write reaches a restarted store (docs/SCALE-OUT.md).")]
         md.append("")
     if targets:
         md += ["### Targets (issue 15)", "", c.targets_markdown(targets)]
@@ -1024,6 +1040,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--down-seconds", type=float, default=5)
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--max-seconds", type=float, default=40, help="after the restart, give up after this")
+    p.add_argument("--restart-lmcache", help="run directories (comma-separated) of the appliances whose LMCache "
+                                             "servers are restarted when no write reaches the store again")
+    p.add_argument("--reconnect-wait", type=float, default=10,
+                   help="with --restart-lmcache: seconds after the store's restart before restarting them")
     p = sub.add_parser("report")
     p.add_argument("--results", required=True)
     p.add_argument("--model-config")

@@ -530,6 +530,8 @@ CL_REDIS_MAXMEMORY=${CL_REDIS_MAXMEMORY:-80gb}
 CL_ROUTE_S=${CL_ROUTE_S:-40}                          # each router run
 CL_PLAIN_OBJECTS=${CL_PLAIN_OBJECTS:-64}              # plain-client read: 64 objects of 32 MiB = a 16k prompt
 CL_ROUTE_ARGS=${CL_ROUTE_ARGS:-}                      # extra cluster.py route arguments (--users 24 ...)
+CL_OUTAGE_ARGS=${CL_OUTAGE_ARGS:-}                    # extra cluster.py outage arguments, e.g. "--restart-lmcache
+                                                      # /tmp/run-cl-a,/tmp/run-cl-b": LMCache 0.5.6 does not reconnect
 CL_KIT=${CL_KIT:-$ROOT/.gpu-cluster}                  # redis/ (run.sh redis-server ...), vllm_router-*.whl
 CL_SITE=${CL_SITE:-/tmp/site-cluster}                 # where the router wheel is installed
 declare -A CL_PID=()
@@ -753,7 +755,7 @@ suite_cluster() {
     if [ "$ok_a$ok_b" = 11 ] && need 50 "cluster: the store killed and restarted"; then
         bench cluster.py outage --label store-outage --writer "$A" --reader "$B" --redis "$store" --model "$SERVED" \
             --redis-pidfile "$OUT/redis.pid" --restart-cmd "$(cl_redis_cmd)" --max-seconds $(( $(left) > 70 ? 40 : $(left) - 30 )) \
-            --results "$RES" || fail "cluster: store outage"
+            --results "$RES" $CL_OUTAGE_ARGS || fail "cluster: store outage"  # shellcheck disable=SC2086
     fi
     cl_cleanup
     trap on_exit EXIT

@@ -50,3 +50,17 @@ def test_choose_the_longest_prefix_then_the_least_loaded_then_the_turn():
     assert cluster.choose_replica({"*": 0}, replica_of, [1, 1], 1) == (1, 0)
     # an instance that is no replica's server (another fleet member) is ignored; shared chunks count for all
     assert cluster.choose_replica({"srv-z": 9, "*": 3}, replica_of, [0, 2], 0) == (0, 3)
+
+
+def test_the_report_shows_the_coordinator_run_and_the_outage_recovery():
+    route = {"bench": "cluster_route", "label": "coord-2x-coordinator", "policy": "coordinator", "replicas": 2,
+             "requests": 10, "failed": 0, "ttft_p50_s": 0.2, "ttft_p90_s": 0.4, "tokens_per_s": 1000,
+             "requests_per_s": 2, "per_replica": {}, "route_p50_s": 0.004, "route_p90_s": 0.009,
+             "held_share_mean": 0.83, "route_errors": 1, "params": {"users": 24}}
+    outage = {"bench": "cluster_outage", "label": "store-outage", "down_s": 5, "load_requests": 90, "load_failed": 0,
+              "load_max_s": 0.3, "writer_ok_while_down": True, "lmcache_restarted_s": 10.2,
+              "store_writes_back_s": 24.0, "reader_hits_back_s": 27.5}
+    _, md = cluster.build_report([route, outage], 131072)
+    assert "routing p50 0.004 s, p90 0.009 s" in md and "held 83 %" in md and "1 routing errors" in md
+    row = next(line for line in md.splitlines() if line.startswith("| 5 "))
+    assert [cell.strip() for cell in row.strip("|").split("|")][5:] == ["10.200", "24.000", "27.500"]
