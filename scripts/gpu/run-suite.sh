@@ -753,9 +753,10 @@ suite_cluster() {
     fi
     # the store SIGKILLed and restarted under light load: B keeps serving, B's store hits come back
     if [ "$ok_a$ok_b" = 11 ] && need 50 "cluster: the store killed and restarted"; then
+        # shellcheck disable=SC2086  # CL_OUTAGE_ARGS: words
         bench cluster.py outage --label store-outage --writer "$A" --reader "$B" --redis "$store" --model "$SERVED" \
             --redis-pidfile "$OUT/redis.pid" --restart-cmd "$(cl_redis_cmd)" --max-seconds $(( $(left) > 70 ? 40 : $(left) - 30 )) \
-            --results "$RES" $CL_OUTAGE_ARGS || fail "cluster: store outage"  # shellcheck disable=SC2086
+            --results "$RES" $CL_OUTAGE_ARGS || fail "cluster: store outage"
     fi
     cl_cleanup
     trap on_exit EXIT
