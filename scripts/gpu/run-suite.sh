@@ -863,7 +863,7 @@ CO_UTIL=${CO_UTIL:-0.4}                               # each vLLM's share of the
 CO_KV_BYTES=${CO_KV_BYTES:-8589934592}                # each vLLM's GPU KV cache (8 GiB: ~65k tokens of the 8B shape)
 CO_CPU_GIB=${CO_CPU_GIB:-24}                          # each LMCache server's CPU tier (no eviction over the 3 runs)
 CO_MAX_MODEL_LEN=${CO_MAX_MODEL_LEN:-16384}
-CO_PORT_SHIFT=${CO_PORT_SHIFT:-20}                    # LMCache and metrics ports off the cluster suite's
+CO_PORT_SHIFT=${CO_PORT_SHIFT:-40}                    # LMCache and metrics ports off the cluster suite's and the router's (8100)
 CO_COORD_PORT=${CO_COORD_PORT:-9300}
 CO_ROUTE_S=${CO_ROUTE_S:-35}                          # each routed run
 CO_ROUTE_ARGS=${CO_ROUTE_ARGS:-}                      # extra cluster.py route arguments (--users 24 ...)
@@ -888,13 +888,14 @@ co_cleanup() {
 suite_coord() {
     REPORTS+=(startup.py cluster.py)
     trap 'co_cleanup; on_exit' EXIT
-    local CL_PORT_SHIFT=$CO_PORT_SHIFT  # cl_start/cl_wait/cl_router read it: A and B get 8080+20, 8081+20 ...
+    local CL_PORT_SHIFT=$CO_PORT_SHIFT  # cl_start/cl_wait/cl_router read it: A and B get 8080+40, 8081+40 ...
     local A=http://127.0.0.1:$CL_PORT B=http://127.0.0.1:$((CL_PORT + 1)) R=http://127.0.0.1:$((CL_PORT + 100))
     local coord=http://127.0.0.1:$CO_COORD_PORT ok=1
     local gpu=${GPU:-0}
     cl_install || return 0
     need 200 "coord: two replicas, three routings" || return 0
     mkdir -p "$LOGS/coord"
+    # shellcheck disable=SC2086  # LMCACHE_CMD: words (python3 -m lmcache.cli.main)
     ( cd "$ROOT" && PYTHONPATH="$SITE" LMCACHE_DISABLE_BANNER=1 exec setsid $LMCACHE_CMD coordinator \
         --host 127.0.0.1 --port "$CO_COORD_PORT" --disable-metrics ) > "$LOGS/coord/coordinator.log" 2>&1 &
     CL_PID[coord]=$!
