@@ -30,7 +30,7 @@ import requests
 
 from ..config.plan import Plan
 from ..config.secrets import REDACTED, is_secret_name, redact_argv
-from . import applog
+from . import applog, reuse_port
 from .gap import GAP_OFF
 from .render import START_RETRIES, RunDir, read_plan
 from ..config.settings import FILE_SECRETS, SECRET_NAMES
@@ -42,6 +42,7 @@ STRAGGLER_GRACE = 10.0  # seconds an earlier process of ours may take to exit be
 STRAGGLER_KILL_WAIT = 30.0  # then, seconds for the kernel to take it away (GPU memory is freed on exit)
 PORT_WAIT = 10.0  # seconds a port may stay taken (by a process that is not ours) before we give up
 POLL = 0.2
+VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"  # what `vllm serve` runs; imported early by reuse_port.py
 GPU_MEMORY_WAIT = 90.0  # seconds; covers LMCache's reap of a dead vLLM (plan.LMCACHE_REAP_S) with margin
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default share of GPU memory
 
@@ -184,46 +185,10 @@ def wait_for_ports(ports: list[tuple[str, int]], shared: bool = False) -> bool:
         time.sleep(POLL)
 
 
-def gpu_memory(tp: int) -> list[tuple[int, float, float]] | None:
-    """(index, free MiB, total MiB) of the GPUs vLLM will use, from nvidia-smi; None where there is none."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.free,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    rows = [tuple(float(x) for x in line.split(",")) for line in out.stdout.strip().splitlines() if line.strip()]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    if visible and all(part.strip().isdigit() for part in visible.split(",")):
-        wanted = [int(part) for part in visible.split(",")]
-        rows = [r for r in rows if int(r[0]) in wanted]
-    return [(int(i), free, total) for i, free, total in rows[:tp]]
-
-
-def wait_for_gpu_memory(plan: Plan) -> None:
-    """Wait (bounded) until the GPUs have the free memory vLLM will ask for. After a crash, the dead vLLM's
-    KV cache stays mapped in the LMCache server until the server reaps it (LMCACHE_REAP_S), and vLLM refuses
-    to start on too little free memory; waiting here turns failed starts (which count toward FATAL) into a
-    short, logged pause. Without nvidia-smi there is nothing to check."""
+def gpu_wait(plan: Plan) -> tuple[float, int, float]:
+    """What vLLM will ask of its GPUs: (share of each GPU's memory, how many GPUs, how long to wait for it)."""
     share = float(plan.values.get("VLLM_GPU_MEMORY_UTILIZATION") or DEFAULT_GPU_MEMORY_UTILIZATION)
-    tp = int(plan.values.get("VLLM_TENSOR_PARALLEL_SIZE") or 1)
-    start, said = time.monotonic(), False
-    while True:
-        gpus = gpu_memory(tp)
-        short = [g for g in gpus or [] if g[1] < share * g[2]]
-        if not short:
-            return
-        waited = time.monotonic() - start
-        if waited >= GPU_MEMORY_WAIT:
-            log(f"GPU memory still short after {GPU_MEMORY_WAIT:g} s; starting vLLM anyway (it will say why)")
-            return
-        if not said:
-            i, free, total = short[0]
-            log(f"waiting for GPU memory to be released (GPU {i}: {free / 1024:.1f} of {total / 1024:.1f} GiB "
-                f"free; vLLM asks for {share:g} of it), at most {GPU_MEMORY_WAIT:g} s")
-            said = True
-        time.sleep(1.0)
+    return share, int(plan.values.get("VLLM_TENSOR_PARALLEL_SIZE") or 1), GPU_MEMORY_WAIT
 
 
 def lmcache_wait_url(plan: Plan) -> tuple[str | None, str]:
@@ -314,7 +279,17 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
             (run.root / GAP_OFF).unlink(missing_ok=True)  # an earlier command's: this one shares the port
     if not wait_for_earlier("vllm") or not wait_for_ports([(plan.api_host, plan.api_port)], shared is not None):
         return gave_up(run, "vllm") if run else 1
-    wait_for_gpu_memory(plan)
+    if shared:
+        # The wait for GPU memory (after a crash: the LMCache server's reap, 30 s) happens in reuse_port.py,
+        # after it has imported vLLM's CLI: the import no longer adds to a restart.
+        share, tp, limit = gpu_wait(plan)
+        cut = shared.index("--")
+        target = shared[cut + 1:]
+        is_vllm_cli = target[:2] == ["-m", VLLM_CLI_MODULE] or os.path.basename(target[0]) == "vllm"
+        shared[cut:cut] = [*(["--preload", VLLM_CLI_MODULE] if is_vllm_cli else []),
+                           "--gpu-wait", f"{share:g},{tp},{limit:g}"]
+    else:
+        reuse_port.wait_for_gpu_memory(*gpu_wait(plan))
     _exec(run, "vllm", shared or argv, vllm_environment(plan))
     return 1  # not reached
 

@@ -98,6 +98,7 @@ class Watchdog:
         # When the running LMCache server was spawned (epoch s; None: none runs here). The files it wrote
         # since are its own to evict (prune_disk).
         self.lmcache_since: float | None = None
+        self.store_was_down = False  # the shared store did not answer since the LMCache server last started
         self.last_progress: float | None = None  # counters at the previous probe
         self.last_probe_at = 0.0
         self.next_probe = self.clock()
@@ -230,6 +231,24 @@ class Watchdog:
             else:
                 say(NAME, f"warning: the shared KV store {url} (LMCACHE_SHARED_URL) does not answer: {why}. "
                           "Serving without it (each replica computes its own prefixes) until it answers")
+        if not up:
+            self.store_was_down = True
+        elif self.store_was_down and self.lmcache and self.lmcache.running:
+            self.store_was_down = False
+            self.restart_for_store(url)
+
+    def restart_for_store(self, url: str) -> None:
+        """LMCache 0.5.6's Redis client (the resp adapter) opens its connections once and never reconnects:
+        after an outage, and when the server started while the store was down, every write fails until the
+        server restarts (tests/contract/test_resp_reconnect.py shows it against a real redis-server). So the
+        store's return restarts the LMCache server, not vLLM: vLLM's connector waits out the gap in its
+        degraded mode and registers again (measured under load on the H200: no request failed)."""
+        say(NAME, f"the shared KV store {url} is back: restarting the LMCache server so that it connects to it "
+                  "again (LMCache does not reconnect on its own; its CPU tier starts empty, the disk tier is kept)")
+        self.record.restart("lmcache", state.DEPENDENCY, "the shared KV store came back (LMCache does not reconnect)")
+        self._call("stopProcess", "lmcache", True)
+        self._call("startProcess", "lmcache", False)
+        self.refresh(self.lmcache)
 
     def judge(self, t: Target, ok: bool, why: str, now: float) -> bool:
         """Record one probe's result; True when it is time to restart."""

@@ -102,6 +102,11 @@ def test_the_store_goes_and_comes_back_while_the_appliance_serves(appliance, red
     r.start()
     wait_until(lambda: store_up(a) == 1.0, 20, "appliance_shared_store_up 1 after the store started")
     a.wait_output(f"the shared KV store redis://127.0.0.1:{r.port} answers")
+    # LMCache's Redis client never connects to a store that was down when it started: the LMCache server is
+    # restarted for it, vLLM is not.
+    a.wait_output(f"the shared KV store redis://127.0.0.1:{r.port} is back: restarting the LMCache server")
+    wait_until(lambda: a.wait_state("lmcache", "RUNNING")["pid"] != lmcache_pid, 30, "a new LMCache server")
+    lmcache_pid = a.wait_state("lmcache", "RUNNING")["pid"]
     d = status(a)
     assert d["shared_store"]["up"] is True and d["shared_store_url"] == f"redis://127.0.0.1:{r.port}"
 
@@ -117,7 +122,11 @@ def test_the_store_goes_and_comes_back_while_the_appliance_serves(appliance, red
     r.start()
     wait_until(lambda: store_up(a) == 1.0, 20, "appliance_shared_store_up 1 after the store came back")
     assert scrape(a)["appliance_shared_store_changes_total"] == 3  # down (start), up, down, up
-    assert (a.pid("vllm"), a.pid("lmcache")) == (vllm_pid, lmcache_pid)  # nothing was restarted for the store
+    # the LMCache server restarted once more for the store's return, vLLM never
+    wait_until(lambda: a.wait_state("lmcache", "RUNNING")["pid"] != lmcache_pid, 30, "a new LMCache server")
+    lmcache_pid = a.wait_state("lmcache", "RUNNING")["pid"]
+    assert a.pid("vllm") == vllm_pid
+    assert status(a)["restarts"].get("lmcache") == {"dependency": 2}, status(a)["restarts"]
     # The password: in the LMCache server's environment (as LMCache reads it), in no other program's, on no
     # command line, in no file of the run directory.
     assert environ_of(lmcache_pid).get("LMCACHE_RESP_PASSWORD") == PASSWORD

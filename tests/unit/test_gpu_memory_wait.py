@@ -1,9 +1,15 @@
-"""The vLLM launcher waits for GPU memory a crashed vLLM still holds (through the LMCache server) to be freed."""
+"""The vLLM launcher waits for GPU memory a crashed vLLM still holds (through the LMCache server) to be freed;
+started through reuse_port.py, vLLM's CLI is imported first and the wait comes after it."""
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
-from entrypoint.runtime import programs
 from entrypoint.config.plan import Plan
+from entrypoint.runtime import programs, reuse_port
+
+WRAPPER = Path(reuse_port.__file__)
 
 
 def fake_nvidia_smi(tmp_path, monkeypatch, free_mib):
@@ -19,26 +25,83 @@ def fake_nvidia_smi(tmp_path, monkeypatch, free_mib):
 
 def test_waits_until_the_memory_is_free(tmp_path, monkeypatch, capsys):
     state = fake_nvidia_smi(tmp_path, monkeypatch, free_mib=4000)
-    plan = Plan(values={"VLLM_GPU_MEMORY_UTILIZATION": 0.6})
     threading.Timer(1.5, lambda: state.write_text("9000")).start()
     start = time.monotonic()
-    programs.wait_for_gpu_memory(plan)
+    reuse_port.wait_for_gpu_memory(*programs.gpu_wait(Plan(values={"VLLM_GPU_MEMORY_UTILIZATION": 0.6})))
     assert 1.4 < time.monotonic() - start < 10
-    assert "waiting for GPU memory to be released (GPU 0: 3.9 of 9.8 GiB free; vLLM asks for 0.6 of it)" \
-        in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "waiting for GPU memory to be released (GPU 0: 3.9 of 9.8 GiB free; vLLM asks for 0.6 of it)" in out
+    assert "GPU memory released after" in out
 
 
 def test_no_wait_when_memory_is_free_or_no_gpu_tool(tmp_path, monkeypatch, capsys):
     fake_nvidia_smi(tmp_path, monkeypatch, free_mib=9500)
     start = time.monotonic()
-    programs.wait_for_gpu_memory(Plan(values={}))  # vLLM's default share, 0.92
+    reuse_port.wait_for_gpu_memory(*programs.gpu_wait(Plan(values={})))  # vLLM's default share, 0.92
     monkeypatch.setenv("PATH", "/nonexistent")
-    programs.wait_for_gpu_memory(Plan(values={}))
+    reuse_port.wait_for_gpu_memory(*programs.gpu_wait(Plan(values={})))
     assert time.monotonic() - start < 3 and capsys.readouterr().out == ""
 
 
 def test_gives_up_after_the_bound(tmp_path, monkeypatch, capsys):
     fake_nvidia_smi(tmp_path, monkeypatch, free_mib=100)
-    monkeypatch.setattr(programs, "GPU_MEMORY_WAIT", 1.0)
-    programs.wait_for_gpu_memory(Plan(values={"VLLM_GPU_MEMORY_UTILIZATION": 0.5}))
+    reuse_port.wait_for_gpu_memory(0.5, 1, 1.0)
     assert "GPU memory still short after 1 s; starting vLLM anyway" in capsys.readouterr().out
+
+
+def test_reuse_port_imports_the_cli_before_it_waits_then_runs_the_program(tmp_path, monkeypatch):
+    """The import (vLLM's: ~20 s) overlaps the wait for the LMCache server's reap (>= 30 s) after a crash."""
+    state = fake_nvidia_smi(tmp_path, monkeypatch, free_mib=100)
+    (tmp_path / "slowcli.py").write_text("import time\nSTAMP = time.time()\nprint('imported', flush=True)\n")
+    (tmp_path / "prog.py").write_text("import sys, time, slowcli\nprint('ran', slowcli.STAMP < time.time(), "
+                                      "sys.argv[1:], flush=True)\n")
+    threading.Timer(1.5, lambda: state.write_text("9000")).start()
+    out = subprocess.run([sys.executable, str(WRAPPER), "8123", "--preload", "slowcli", "--gpu-wait", "0.6,1,20",
+                          "--", str(tmp_path / "prog.py"), "serve", "--x"], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path, env={"PATH": f"{tmp_path}:/usr/bin:/bin",
+                                                        "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    # imported once (before the wait), the wait, then the program with its own arguments
+    assert lines[0] == "imported" and lines.count("imported") == 1, lines
+    assert lines[1].startswith("[appliance] preloaded slowcli in")
+    assert lines[2].startswith("[appliance] waiting for GPU memory to be released")
+    assert lines[3].startswith("[appliance] GPU memory released after")
+    assert lines[4] == "ran True ['serve', '--x']", lines
+
+
+def test_reuse_port_refuses_what_it_does_not_know():
+    for argv in (["8000"], ["x", "--", "p.py"], ["8000", "--gpu-wait", "1,2", "--", "p.py"],
+                 ["8000", "--evil", "--", "p.py"], ["8000", "--", "-m"]):
+        out = subprocess.run([sys.executable, str(WRAPPER), *argv], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and "usage: reuse_port.py PORT" in out.stderr, argv
+
+
+def test_the_launcher_hands_the_wait_to_reuse_port(tmp_path):
+    plan = Plan(values={"VLLM_GPU_MEMORY_UTILIZATION": 0.6, "VLLM_TENSOR_PARALLEL_SIZE": 2})
+    assert programs.gpu_wait(plan) == (0.6, 2, programs.GPU_MEMORY_WAIT)
+
+
+def test_only_vllms_own_cli_is_preloaded(tmp_path, monkeypatch):
+    """What the launcher execs: vLLM's CLI (as a module or its `vllm` script) is imported before the wait;
+    any other Python program (a stand-in server) is run as it is, after the wait."""
+    seen = []
+    monkeypatch.setattr(programs, "_exec", lambda run, name, argv, env: seen.append(argv))
+    monkeypatch.setattr(programs, "wait_for_earlier", lambda name: True)
+    monkeypatch.setattr(programs, "wait_for_ports", lambda ports, shared=False: True)
+    (tmp_path / "vllm").write_text("#!/usr/bin/python3\n")
+    (tmp_path / "vllm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    from entrypoint.config.load import make_plan
+    from entrypoint.runtime.render import RunDir
+    for command, preloaded in (("vllm", True), ("python3 -m vllm.entrypoints.cli.main", True),
+                               ("python3 /srv/stub_vllm.py", False)):
+        plan = make_plan(None, [], {"APPLIANCE_VLLM_COMMAND": command, "VLLM_KV_OFFLOADING_BACKEND": "none",
+                                    "APPLIANCE_RUN_DIR": str(tmp_path / "run")})
+        assert plan.errors == []
+        programs.vllm(plan, RunDir(tmp_path / "run"))
+        argv = seen.pop()
+        cut = argv.index("--")
+        assert argv[1].endswith("reuse_port.py") and "--gpu-wait" in argv[:cut]
+        assert ("--preload" in argv[:cut]) == preloaded, argv
+        assert argv[cut + 1:][-1] not in ("--preload", "--gpu-wait")
