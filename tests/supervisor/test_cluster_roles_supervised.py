@@ -97,7 +97,7 @@ def test_a_replica_waits_for_its_kv_server_and_outlives_it(appliance, tmp_path):
     r.wait_output(f"waiting for the LMCache server tcp://127.0.0.1:{zmq_port} (LMCACHE_SERVER) at "
                   f"http://127.0.0.1:{http_port}/healthcheck", 30)
     assert not r.ready() and r.starts("vllm") == []
-    assert sorted(p["name"] for p in r.rpc().getAllProcessInfo()) == ["logs", "metrics", "on-fatal", "vllm", "watchdog"]
+    assert sorted(p["name"] for p in r.rpc().getAllProcessInfo()) == ["gap", "logs", "metrics", "on-fatal", "vllm", "watchdog"]
 
     ports = {"APPLIANCE_LMCACHE_PORT": zmq_port, "APPLIANCE_LMCACHE_HTTP_PORT": http_port}
     s = kv_server(appliance, tmp_path, "kv", ports)

@@ -143,7 +143,7 @@ def test_in_process_mode_writes_the_lmcache_config_and_runs_vllm_alone(appliance
     assert json.loads(config_file.read_text())["chunk_size"] == 512
     assert config_file.stat().st_mode & 0o777 == 0o600  # it may hold an LMCACHE_<KEY> credential
     assert a.starts("vllm")[0]["env"]["LMCACHE_CONFIG_FILE"] == str(config_file)
-    assert {p["name"] for p in a.rpc().getAllProcessInfo()} == {"logs", "on-fatal", "metrics", "vllm",
+    assert {p["name"] for p in a.rpc().getAllProcessInfo()} == {"logs", "on-fatal", "metrics", "gap", "vllm",
                                                                  "watchdog"}
     assert a.healthcheck().returncode == 0
     assert a.terminate() == 0
