@@ -105,7 +105,8 @@ def test_hot_chunks_recorded_by_one_server_are_loaded_by_the_next(lmcache_parser
     plan = prewarm_plan(LMCACHE_PREWARM_SIZE="0.0002")  # ~210 KB: 13 chunks of 16 KiB
     first = _server(lmcache_parser, plan)
     cold, hot = _keys(10), _keys(10, start=100)
-    disk_files = lambda: [p for p in Path(plan.disk.path).iterdir() if p.suffix == ".data"]  # noqa: E731
+    def disk_files():
+        return [p for p in Path(plan.disk.path).iterdir() if p.suffix == ".data"]
     try:
         _store(first.ctx, cold)
         _store(first.ctx, hot)  # the most recent: these are the ones kept under the bound
@@ -130,7 +131,6 @@ def test_hot_chunks_recorded_by_one_server_are_loaded_by_the_next(lmcache_parser
         status = _until(lambda: (s := module.report_status()["appliance_prewarm"])["state"] == "done" and s)
         assert (status["loaded_chunks"], status["asked_chunks"]) == (13, 13)
         assert _l1_count(second.ctx) == 13
-        from lmcache.v1.distributed.api import ObjectKey  # noqa: F401
         l1 = second.ctx.storage_manager
         resident = [k for k in hot + cold[:3] if l1._l1_manager.get_object_state(k) is not None]
         assert len(resident) == 13  # exactly the recorded chunks, now in the CPU tier
@@ -138,9 +138,11 @@ def test_hot_chunks_recorded_by_one_server_are_loaded_by_the_next(lmcache_parser
         _stop(second)
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"format": "other", "keys": []}',
-                                     b'{"format": "appliance-prewarm/1", "keys": [["m", 1, 0, "", "zz", 5], 7, null,'
-                                     b' ["m@x", 16777472, 0, "", "00", 5], ["m", -1, 0, "", "00", 5]]}',
+BAD_ROWS = (b'{"format": "appliance-prewarm/1", "keys": [["m", 1, 0, "", "zz", 5], 7, null, '
+            b'["m@x", 16777472, 0, "", "00", 5], ["m", -1, 0, "", "00", 5]]}')  # each row wrong in its own way
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"format": "other", "keys": []}', BAD_ROWS,
                                      bytes(range(256))])
 def test_a_corrupt_or_foreign_key_file_never_stops_the_server(lmcache_parser, prewarm_plan, content):
     from pathlib import Path
@@ -166,3 +168,68 @@ def test_a_bad_module_config_is_a_log_line_not_a_dead_server(lmcache_parser, pre
 
     for config in ({}, {"key_file": "/x", "max_bytes": "lots"}, {"key_file": "/x", "max_bytes": -1}):
         assert prewarm.build_server_modules(SimpleNamespace(config=config, server_context=None)) is None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("key_file", ["recorded", "corrupt"])
+def test_the_real_lmcache_server_loads_the_module_reads_the_key_file_and_keeps_it(stack, prewarm_plan, tmp_path,
+                                                                                  key_file):
+    """`lmcache server` itself, started on CPU with the plan's argv: it imports the module from the
+    `--server-module` flag, reads the key file, reports it in its own /status, waits for a KV registration
+    (none comes: no vLLM here), and on SIGTERM stops cleanly without overwriting the record with an
+    empty one (a restart before vLLM registered forgets nothing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from entrypoint.lmcache_ext import prewarm
+
+    http = _free_port()
+    plan = prewarm_plan(LMCACHE_PREWARM_SIZE="0.1", APPLIANCE_LMCACHE_PORT=str(_free_port()),
+                        APPLIANCE_LMCACHE_HTTP_PORT=str(http), APPLIANCE_LMCACHE_METRICS_PORT=str(_free_port()),
+                        APPLIANCE_LMCACHE_COMMAND=f"{sys.executable} -m lmcache.cli.main")
+    spec = json.loads(plan.lmcache_argv[plan.lmcache_argv.index("--server-module") + 1])
+    path = Path(spec["config"]["key_file"])
+    path.parent.mkdir(parents=True)
+    if key_file == "recorded":
+        prewarm.write_key_file(path, [(k, 16384) for k in _keys(3)])
+    else:
+        path.write_bytes(b'{"format": "appliance-prewarm/1", "keys": [1, 2')
+    before = path.read_bytes()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    with open(tmp_path / "lmcache.log", "w") as log:
+        server = subprocess.Popen(plan.lmcache_argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def status():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/status", timeout=2) as r:
+                    return json.load(r)
+            except OSError:
+                assert server.poll() is None, (tmp_path / "lmcache.log").read_text()[-3000:]
+                return None
+        mine = _until(status, seconds=120)["appliance_prewarm"]
+        assert mine["key_file"] == str(path)
+        assert (mine["state"], mine["to_load"]) == (("waiting", 3) if key_file == "recorded" else ("nothing to load", 0))
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) is not None
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    text = (tmp_path / "lmcache.log").read_text()
+    if key_file == "recorded":
+        assert f"{path}: 3 chunks" in text
+    else:
+        assert "unreadable" in text and "Traceback" not in text
+    assert path.read_bytes() == before  # nothing new in the CPU tier: the record is left as it was
