@@ -25,6 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 
 FORMAT = "appliance-prewarm/1"
 POLL_S = 0.5  # how often the layout registry and the running prefetches are checked
@@ -154,9 +155,16 @@ class Prewarm:
     """The EngineModule (context, report_status, close) LMCache composes into its server."""
 
     def __init__(self, ctx, key_file: str, max_bytes: int, record_interval_s: float) -> None:
-        from lmcache.v1.distributed.api import ObjectKey
+        # Everything this module uses of LMCache, imported here: an LMCache without it fails the factory
+        # (one log line, no module), not a thread later.
+        from lmcache.v1.distributed.api import GroupedObjectKeys, ObjectKey
         from lmcache.v1.mp_observability.event import EventType
         from lmcache.v1.mp_observability.event_bus import get_event_bus
+        from lmcache.v1.multiprocess.warm_prefetch import PENDING, WarmPrefetchJobs
+
+        self._lmcache = SimpleNamespace(GroupedObjectKeys=GroupedObjectKeys, ObjectKey=ObjectKey,
+                                        PENDING=PENDING, jobs=WarmPrefetchJobs())
+        ctx.layout_desc_registry.find_group_layout_descs  # noqa: B018 - the registry API _submit_ready uses
 
         self._ctx = ctx
         self._path = Path(key_file)
@@ -227,12 +235,11 @@ class Prewarm:
             self._status["recorded_bytes"] = sum(s for _, s in rows)
 
     def _run(self) -> None:
-        from lmcache.v1.multiprocess.warm_prefetch import PENDING, WarmPrefetchJobs
-
-        jobs, running, started, next_record = WarmPrefetchJobs(), {}, None, time.monotonic() + self._interval
+        lmc = self._lmcache
+        jobs, running, started, next_record = lmc.jobs, {}, None, time.monotonic() + self._interval
         loaded = asked = loaded_bytes = 0
         sizes: dict[str, int] = {}
-        while not self._stop.wait(POLL_S):
+        while not self._stop.wait(POLL_S / 5 if running else POLL_S):  # a finer clock while loading
             try:
                 if self._pending:
                     submitted = self._submit_ready(jobs)
@@ -245,7 +252,7 @@ class Prewarm:
                             self._status["state"] = "loading"
                 for request_id in list(running):
                     status = jobs.poll(self._ctx.storage_manager, request_id)
-                    if status.state != PENDING:  # completed (or unknown: gone all the same)
+                    if status.state != lmc.PENDING:  # completed (or unknown: gone all the same)
                         count = running.pop(request_id)
                         asked += count
                         loaded += status.found_keys
@@ -271,8 +278,7 @@ class Prewarm:
         """Submit the recorded keys of every (model, world size) whose KV layout is now registered: one warm
         prefetch per (object group, kv rank) row, as LMCache's prefetch rows are. Returns {request id:
         (chunks, bytes)}."""
-        from lmcache.v1.distributed.api import GroupedObjectKeys, ObjectKey
-
+        GroupedObjectKeys, ObjectKey = self._lmcache.GroupedObjectKeys, self._lmcache.ObjectKey
         registry = self._ctx.layout_desc_registry
         rows: dict[tuple, list] = {}
         for key, size in self._pending:
