@@ -14,6 +14,9 @@ Steps (each appends rows to RESULTS/results.jsonl; scripts/gpu/run-suite.sh clus
   cluster.py route --label L --base-url ROUTER --replicas URL,URL ...
         a multi-user workload (a shared system prompt, each user's conversation growing by round) through
         the router; TTFT p50/p90, throughput, and how the replicas' request counts moved
+  cluster.py route --label L --coordinator URL --replicas URL,URL --lmcache-http-ports P,P ...
+        the same workload routed in this client by LMCache's coordinator: each prompt to the replica whose
+        LMCache server holds its longest prefix (POST /directory/lookup), ties to the least loaded
   cluster.py outage --writer URL_A --reader URL_B --redis HOST:PORT --redis-pidfile F --restart-cmd CMD
         light load on the reader; the store SIGKILLed, restarted; seconds until the writer stores again and
         until the reader hits a prompt only the store has
@@ -407,9 +410,154 @@ def words(seed, n: int, salt: str) -> str:
     return " ".join(str(t % 1000) for t in c.token_prompt(seed, n, salt))  # <= 3 digits: a few tokens a word
 
 
+# --- placement by LMCache's coordinator: a router in the bench client ------------------------------------
+# LMCache 0.5.6's coordinator (`lmcache coordinator`) keeps a key directory fed by its servers' cache events
+# (`--coordinator-url` + `--coordinator-event-reporting`, or LMCACHE_COORDINATOR_URL / _EVENT_REPORTING): each
+# object key -> its placements (instance_id, tier l1/l2, backend, shared). POST /directory/lookup resolves a
+# request's token ids to those placements with the fleet's chunk size and hash. No router asks it (vllm-router
+# 0.1.17 has no such policy), so this one does, per request: the request's tokens (the replica's /tokenize),
+# the lookup, then the replica whose LMCache server holds the longest prefix (docs/SCALE-OUT.md).
+
+def held_prefix(results: list[dict]) -> dict[str, int]:
+    """From a /directory/lookup answer: per instance_id, how many leading chunks of the request it holds.
+    The answer lists the request's keys in chunk order (one per chunk and object group); a chunk counts for an
+    instance when any of its keys has a placement there. A placement on a shared backend (a store every
+    server reads alike) counts for every instance; "*" is the prefix held by shared placements alone."""
+    order: dict = {}
+    held: list[set] = []
+    for r in results:
+        h = (r.get("key") or {}).get("chunk_hash_hex")
+        if h not in order:
+            order[h] = len(held)
+            held.append(set())
+        for p in r.get("placements") or []:
+            held[order[h]].add("*" if p.get("shared") else p.get("instance_id"))
+    out = {}
+    for inst in set().union(set(), *held):
+        n = 0
+        for s in held:
+            if inst not in s and "*" not in s:
+                break
+            n += 1
+        out[inst] = n
+    out.setdefault("*", 0)
+    return out
+
+
+def choose_replica(prefix: dict[str, int], replica_of: dict[str, int], inflight: list[int], turn: int) -> tuple[int, int]:
+    """(replica, chunks it holds): the longest held prefix wins; among equals the fewest requests in flight,
+    then the turn (round robin). Instances that are not one of the replicas' servers are ignored."""
+    best = [prefix.get("*", 0)] * len(inflight)
+    for inst, n in prefix.items():
+        i = replica_of.get(inst)
+        if i is not None:
+            best[i] = max(best[i], n)
+    top = max(best)
+    tied = [i for i, n in enumerate(best) if n == top]
+    least = min(inflight[i] for i in tied)
+    tied = [i for i in tied if inflight[i] == least]
+    return tied[turn % len(tied)], top
+
+
+class CoordinatorRouter:
+    """Routes each prompt to the replica whose LMCache server holds its longest prefix, by the coordinator.
+    `servers[i]` is the HTTP port replica i's LMCache server registered with (the coordinator's /instances)."""
+
+    def __init__(self, coordinator: str, replicas: list[str], servers: list[int], model: str,
+                 lookup_model: str | None = None, timeout: float = 10.0):
+        if len(servers) != len(replicas):
+            raise c.BenchError(f"{len(replicas)} replicas but {len(servers)} LMCache server ports")
+        self.coordinator, self.replicas, self.servers = coordinator.rstrip("/"), replicas, servers
+        self.model, self.lookup_model, self.timeout = model, lookup_model, timeout
+        self.lock = threading.Lock()
+        self.inflight = [0] * len(replicas)
+        self.turn = 0
+        self.replica_of: dict[str, int] = {}
+
+    def instances(self) -> dict[str, int]:
+        status, data, _ = c.http_json(self.coordinator + "/instances", timeout=self.timeout)
+        if status != 200 or not isinstance(data, dict):
+            raise c.BenchError(f"coordinator /instances: HTTP {status}: {str(data)[:200]}")
+        found = {}
+        for inst in data.get("instances") or []:
+            if inst.get("http_port") in self.servers:
+                found[inst["instance_id"]] = self.servers.index(inst["http_port"])
+        with self.lock:
+            self.replica_of = found
+        return found
+
+    def wait_registered(self, timeout: float = 60.0) -> dict[str, int]:
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                found = self.instances()
+                if len(set(found.values())) == len(self.replicas):
+                    return found
+            except (OSError, c.BenchError):
+                found = {}
+            if time.perf_counter() > deadline:
+                raise c.BenchError(f"not every LMCache server registered with {self.coordinator} in {timeout:.0f} s "
+                                   f"(found {found}; expected HTTP ports {self.servers})")
+            time.sleep(1)
+
+    def _model_name(self) -> str | None:
+        """The model name in LMCache's keys (vLLM's model, as the connector passes it): read from a stored key."""
+        if self.lookup_model is None:
+            status, data, _ = c.http_json(self.coordinator + "/directory/keys?limit=1", timeout=self.timeout)
+            keys = (data or {}).get("keys") if status == 200 and isinstance(data, dict) else None
+            if keys:
+                self.lookup_model = keys[0]["key"]["model_name"]
+        return self.lookup_model
+
+    def pick(self, prompt: str) -> tuple[int, dict]:
+        """(replica, what the routing saw and cost); counts the request in flight until `done`."""
+        t = time.perf_counter()
+        with self.lock:
+            self.turn += 1
+            turn = self.turn
+        info = {"route_s": None, "held_chunks": None, "chunks": None, "route_error": None}
+        prefix: dict[str, int] = {}
+        try:
+            tok_url = self.replicas[turn % len(self.replicas)].rstrip("/") + "/tokenize"
+            status, data, _ = c.http_json(tok_url, {"model": self.model, "prompt": prompt}, timeout=self.timeout)
+            if status != 200 or not isinstance(data, dict):
+                raise c.BenchError(f"/tokenize: HTTP {status}: {str(data)[:200]}")
+            model_name = self._model_name()
+            if model_name is not None:
+                status, found, _ = c.http_json(self.coordinator + "/directory/lookup", {
+                    "token_ids": data["tokens"], "model_name": model_name, "world_size": 1}, timeout=self.timeout)
+                if status != 200 or not isinstance(found, dict):
+                    raise c.BenchError(f"/directory/lookup: HTTP {status}: {str(found)[:200]}")
+                info["chunks"] = found.get("chunks")
+                prefix = held_prefix(found.get("results") or [])
+                if any(inst not in self.replica_of for inst in prefix if inst != "*"):
+                    self.instances()  # a server (re-)registered under a new id
+        except (OSError, ValueError, KeyError, c.BenchError) as e:  # routing fails open: least loaded
+            info["route_error"] = f"{e.__class__.__name__}: {e}"[:300]
+        with self.lock:
+            i, held = choose_replica(prefix, self.replica_of, self.inflight, turn)
+            self.inflight[i] += 1
+        info.update(route_s=time.perf_counter() - t, held_chunks=held)
+        return i, info
+
+    def done(self, i: int) -> None:
+        with self.lock:
+            self.inflight[i] -= 1
+
+
 def cmd_route(a) -> int:
-    c.wait_ready(a.base_url, a.model, timeout=a.ready_timeout)
     replicas = [u for u in a.replicas.split(",") if u]
+    oracle = None
+    if a.coordinator:
+        ports = [int(p) for p in a.lmcache_http_ports.split(",") if p]
+        oracle = CoordinatorRouter(a.coordinator, replicas, ports, a.model, a.lookup_model)
+        for u in replicas:
+            c.wait_ready(u, a.model, timeout=a.ready_timeout)
+        c.log(f"{a.label}: LMCache servers registered with the coordinator: {oracle.wait_registered()}")
+    elif a.base_url:
+        c.wait_ready(a.base_url, a.model, timeout=a.ready_timeout)
+    else:
+        raise c.BenchError("route needs --base-url (a router) or --coordinator (route in this client)")
     before = {u: scrape(u) for u in replicas}
     system = words("system", a.system_words, a.salt)
     gate = threading.Semaphore(a.concurrency)
@@ -427,9 +575,21 @@ def cmd_route(a) -> int:
                 if time.perf_counter() > deadline:
                     return
                 sent = time.perf_counter() - start
-                res = c.stream_completion(a.base_url, a.model, prompt, a.answer_tokens, a.request_timeout)
+                if oracle is None:
+                    res = c.stream_completion(a.base_url, a.model, prompt, a.answer_tokens, a.request_timeout)
+                    routed = {}
+                else:  # the routing is part of the request's time to first token
+                    i, routed = oracle.pick(prompt)
+                    try:
+                        res = c.stream_completion(replicas[i], a.model, prompt, a.answer_tokens, a.request_timeout)
+                    finally:
+                        oracle.done(i)
+                    routed["replica"] = i
+                    for k in ("ttft_s", "latency_s"):
+                        if res.get(k) is not None:
+                            res[k] += routed["route_s"]
             row = {"bench": "cluster_route_req", "label": a.label, "user": u, "round": rnd, "sent_at_s": sent,
-                   "prompt_words": len(prompt.split()), **res}
+                   "prompt_words": len(prompt.split()), **res, **routed}
             with lock:
                 rows.append(row)
                 failed = sum(not r["ok"] for r in rows)
@@ -458,7 +618,7 @@ def cmd_route(a) -> int:
                "requests_per_s": len(ok) / wall, "ttft_p50_s": c.percentile([r["ttft_s"] for r in ok], 50),
                "ttft_p90_s": c.percentile([r["ttft_s"] for r in ok], 90),
                "latency_p50_s": c.percentile([r["latency_s"] for r in ok], 50),
-               "per_replica": per, "params": {k: getattr(a, k) for k in (
+               "per_replica": per, **(route_summary(ok) if oracle else {}), "params": {k: getattr(a, k) for k in (
                    "users", "rounds", "system_words", "user_words", "answer_words", "answer_tokens", "concurrency",
                    "max_seconds")}}
     c.append_rows(a.results, [summary])
@@ -466,6 +626,16 @@ def cmd_route(a) -> int:
           f" s, p90 {c.fmt(summary['ttft_p90_s'])} s, {summary['tokens_per_s']:.0f} tok/s; per replica: "
           + ", ".join(f"{u}: {d.get('vllm:request_success_total', 0):.0f} req" for u, d in per.items()))
     return 0 if summary["ok"] else 1
+
+
+def route_summary(ok: list[dict]) -> dict:
+    """What the coordinator-routed requests saw: routing time, and how much of each prompt the chosen
+    replica's LMCache server held by the directory (a hint: eventually consistent, validated at the owner)."""
+    held = [r["held_chunks"] / r["chunks"] for r in ok if r.get("chunks") and r.get("held_chunks") is not None]
+    return {"route_p50_s": c.percentile([r["route_s"] for r in ok if r.get("route_s") is not None], 50),
+            "route_p90_s": c.percentile([r["route_s"] for r in ok if r.get("route_s") is not None], 90),
+            "held_share_mean": (sum(held) / len(held)) if held else None,
+            "route_errors": sum(1 for r in ok if r.get("route_error"))}
 
 
 # --- outage: the store killed and restarted --------------------------------------------------------------
@@ -518,7 +688,19 @@ def cmd_outage(a) -> int:
         c.log(f"store answers again {t_up - t_kill:.1f} s after the kill")
         deadline = t_up + a.max_seconds
         i = 0
+        restarted = False
         while time.perf_counter() < deadline:
+            if (a.restart_lmcache and not restarted and row.get("store_writes_back_s") is None
+                    and time.perf_counter() - t_up >= a.reconnect_wait):
+                # LMCache 0.5.6's RESP client never reconnects (tests/contract/test_resp_reconnect.py): the
+                # recovery is a new client, i.e. the LMCache servers restarted (docs/SCALE-OUT.md)
+                restarted = True
+                t_rs = time.perf_counter()
+                for run_dir in a.restart_lmcache.split(","):
+                    c.Supervisor(c.socket_from_run_dir(run_dir), timeout=60).restart(["lmcache"])
+                row["lmcache_restarted_s"] = t_rs - t_up
+                deadline = max(deadline, time.perf_counter() + a.max_seconds)
+                c.log(f"    no write reached the store in {t_rs - t_up:.1f} s: LMCache servers restarted ({a.restart_lmcache})")
             prompt = c.token_prompt(f"after{i}-{time.time_ns()}", a.tokens, "outage-after")
             before = store_info(a.redis)["keys"] if ping(a.redis) else 0
             w = c.completion_ttft(a.writer, a.model, prompt, 120)
@@ -527,7 +709,8 @@ def cmd_outage(a) -> int:
             r = c.completion_ttft(a.reader, a.model, prompt, 120)
             ext = deltas(m0, scrape(a.reader)).get("vllm:external_prefix_cache_hits_total")
             t = {"after_restart_s": time.perf_counter() - t_up, "writer_ok": w["ok"], "store_new_keys": st["store_new_keys"],
-                 "reader_ttft_s": r["ttft_s"], "reader_ok": r["ok"], "reader_external_hit_tokens": ext}
+                 "reader_ttft_s": r["ttft_s"], "reader_ok": r["ok"], "reader_external_hit_tokens": ext,
+                 "lmcache_restarted": restarted}
             tries.append(t)
             c.log(f"    after restart +{t['after_restart_s']:.1f} s: store +{st['store_new_keys']} keys, reader "
                   f"{c.fmt(r['ttft_s'])} s, external hit tokens {ext}")
@@ -713,6 +896,13 @@ def build_report(rows: list[dict], kv_bpt: int) -> tuple[dict, str]:
         md.append(c.markdown_table(["run", "replicas", "policy", "requests", "failed", "TTFT p50 s", "TTFT p90 s",
                                     "tok/s", "req/s", "requests per replica"], trows))
         p = next(iter(routes.values())).get("params") or {}
+        for lab, r in routes.items():
+            if r.get("route_p50_s") is not None:
+                md += ["", (f"{lab}: routed in this client by LMCache's coordinator (the replica whose LMCache server "
+                            f"holds the longest prefix): routing p50 {c.fmt(r.get('route_p50_s'))} s, p90 "
+                            f"{c.fmt(r.get('route_p90_s'))} s (/tokenize + /directory/lookup, inside the TTFT); the "
+                            f"chosen server held {c.fmt(100 * (r.get('held_share_mean') or 0), 0)} % of a prompt's "
+                            f"chunks on average; {r.get('route_errors')} routing errors (sent to the least loaded).")]
         md += ["", (f"{p.get('users')} users x up to {p.get('rounds')} rounds, shared system prompt of "
                     f"{p.get('system_words')} number words, {p.get('user_words')} words a round, "
                     f"{p.get('answer_tokens')} answer tokens, {p.get('concurrency')} requests in flight, "
@@ -722,10 +912,13 @@ def build_report(rows: list[dict], kv_bpt: int) -> tuple[dict, str]:
         md += ["### The store SIGKILLed and restarted (light load on the reader)", ""]
         md.append(c.markdown_table(
             ["down s", "reader requests during", "failed", "max TTFT s", "writer ok while down",
-             "writes reach the store again after s", "reader hits again after s"],
+             "LMCache servers restarted after s", "writes reach the store again after s", "reader hits again after s"],
             [[str(r.get("down_s")), str(r.get("load_requests")), str(r.get("load_failed")), r.get("load_max_s"),
-              str(r.get("writer_ok_while_down")), r.get("store_writes_back_s"), r.get("reader_hits_back_s")]
+              str(r.get("writer_ok_while_down")), r.get("lmcache_restarted_s"), r.get("store_writes_back_s"),
+              r.get("reader_hits_back_s")]
              for r in outages]))
+        md += ["", ("Times from the store's restart. LMCache 0.5.6's RESP client does not reconnect: without a "
+                    "restart of the LMCache servers no write reaches a restarted store (docs/SCALE-OUT.md).")]
         md.append("")
     if targets:
         md += ["### Targets (issue 15)", "", c.targets_markdown(targets)]
@@ -818,7 +1011,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-benchmark", help="command of redis-benchmark, for a second plain client")
     p = sub.add_parser("route")
     common(p)
-    p.add_argument("--base-url", required=True, help="the router")
+    p.add_argument("--base-url", help="the router (not with --coordinator)")
+    p.add_argument("--coordinator", help="route in this client by LMCache's coordinator (its base URL) instead")
+    p.add_argument("--lmcache-http-ports", default="",
+                   help="with --coordinator: the HTTP port each replica's LMCache server registered with, in "
+                        "--replicas order")
+    p.add_argument("--lookup-model", help="with --coordinator: the model name in LMCache's keys (default: read "
+                                          "from the directory)")
     p.add_argument("--replicas", default="", help="comma-separated replica URLs (their /metrics)")
     p.add_argument("--policy", default="")
     p.add_argument("--users", type=int, default=24)
@@ -841,6 +1040,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--down-seconds", type=float, default=5)
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--max-seconds", type=float, default=40, help="after the restart, give up after this")
+    p.add_argument("--restart-lmcache", help="run directories (comma-separated) of the appliances whose LMCache "
+                                             "servers are restarted when no write reaches the store again")
+    p.add_argument("--reconnect-wait", type=float, default=10,
+                   help="with --restart-lmcache: seconds after the store's restart before restarting them")
     p = sub.add_parser("report")
     p.add_argument("--results", required=True)
     p.add_argument("--model-config")

@@ -542,6 +542,8 @@ CL_REDIS_MAXMEMORY=${CL_REDIS_MAXMEMORY:-80gb}
 CL_ROUTE_S=${CL_ROUTE_S:-40}                          # each router run
 CL_PLAIN_OBJECTS=${CL_PLAIN_OBJECTS:-64}              # plain-client read: 64 objects of 32 MiB = a 16k prompt
 CL_ROUTE_ARGS=${CL_ROUTE_ARGS:-}                      # extra cluster.py route arguments (--users 24 ...)
+CL_OUTAGE_ARGS=${CL_OUTAGE_ARGS:-}                    # extra cluster.py outage arguments, e.g. "--restart-lmcache
+                                                      # /tmp/run-cl-a,/tmp/run-cl-b": LMCache 0.5.6 does not reconnect
 CL_KIT=${CL_KIT:-$ROOT/.gpu-cluster}                  # redis/ (run.sh redis-server ...), vllm_router-*.whl
 CL_SITE=${CL_SITE:-/tmp/site-cluster}                 # where the router wheel is installed
 declare -A CL_PID=()
@@ -763,9 +765,10 @@ suite_cluster() {
     fi
     # the store SIGKILLed and restarted under light load: B keeps serving, B's store hits come back
     if [ "$ok_a$ok_b" = 11 ] && need 50 "cluster: the store killed and restarted"; then
+        # shellcheck disable=SC2086  # CL_OUTAGE_ARGS: words
         bench cluster.py outage --label store-outage --writer "$A" --reader "$B" --redis "$store" --model "$SERVED" \
             --redis-pidfile "$OUT/redis.pid" --restart-cmd "$(cl_redis_cmd)" --max-seconds $(( $(left) > 70 ? 40 : $(left) - 30 )) \
-            --results "$RES" || fail "cluster: store outage"
+            --results "$RES" $CL_OUTAGE_ARGS || fail "cluster: store outage"
     fi
     cl_cleanup
     trap on_exit EXIT
@@ -858,6 +861,94 @@ suite_loadfaults() {  # issue 14: the five faults under closed-loop load, one ap
     fi
     grep -c "entering degraded mode" "$LOGS/loadfaults/vllm.log" 2>/dev/null | sed 's/^/    "entering degraded mode" lines in vllm.log: /'
     stop_appliance
+}
+
+# --- coord (issue 15): placement by LMCache's coordinator, two replicas on ONE GPU ------------------------------
+# A and B: appliances on the same GPU (CO_UTIL each, a capped GPU KV cache), each with its own LMCache server and
+# no store: the many-hosts shape (each host its own server) on one host. Both servers register with one
+# `lmcache coordinator` started here and report their cache events to it (LMCache's own LMCACHE_COORDINATOR_*
+# variables; the appliance passes them to its LMCache server). The `cluster` suite's multi-user workload, three
+# ways: routed in the bench client by the coordinator (each prompt to the replica whose server holds its longest
+# prefix: cluster.py route --coordinator), vllm-router cache_aware, round robin. ~230 s: both start together
+# (~90 s), then 3 x (CO_ROUTE_S + ~10 s). Needs the router wheel in $CL_KIT (cl_install). Knobs: CO_*.
+CO_UTIL=${CO_UTIL:-0.4}                               # each vLLM's share of the one GPU
+CO_KV_BYTES=${CO_KV_BYTES:-8589934592}                # each vLLM's GPU KV cache (8 GiB: ~65k tokens of the 8B shape)
+CO_CPU_GIB=${CO_CPU_GIB:-24}                          # each LMCache server's CPU tier (no eviction over the 3 runs)
+CO_MAX_MODEL_LEN=${CO_MAX_MODEL_LEN:-16384}
+CO_PORT_SHIFT=${CO_PORT_SHIFT:-40}                    # LMCache and metrics ports off the cluster suite's and the router's (8100)
+CO_COORD_PORT=${CO_COORD_PORT:-9300}
+CO_ROUTE_S=${CO_ROUTE_S:-35}                          # each routed run
+CO_ROUTE_ARGS=${CO_ROUTE_ARGS:-}                      # extra cluster.py route arguments (--users 24 ...)
+
+co_coordinator_stop() {
+    [ -n "${CL_PID[coord]:-}" ] || return 0
+    kill -TERM -- "-${CL_PID[coord]}" 2>/dev/null
+    for _ in $(seq 20); do kill -0 "${CL_PID[coord]}" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-${CL_PID[coord]}" 2>/dev/null
+    wait "${CL_PID[coord]}" 2>/dev/null
+    unset "CL_PID[coord]"
+}
+
+co_cleanup() {
+    cl_stop router
+    local pids=() name
+    for name in coa cob; do [ -n "${CL_PID[$name]:-}" ] && { cl_stop "$name" & pids+=($!); }; done
+    for name in "${pids[@]}"; do wait "$name"; done  # not a bare `wait`: it would wait for the console's tee
+    co_coordinator_stop
+}
+
+suite_coord() {
+    REPORTS+=(startup.py cluster.py)
+    trap 'co_cleanup; on_exit' EXIT
+    local CL_PORT_SHIFT=$CO_PORT_SHIFT  # cl_start/cl_wait/cl_router read it: A and B get 8080+40, 8081+40 ...
+    local A=http://127.0.0.1:$CL_PORT B=http://127.0.0.1:$((CL_PORT + 1)) R=http://127.0.0.1:$((CL_PORT + 100))
+    local coord=http://127.0.0.1:$CO_COORD_PORT ok=1
+    local gpu=${GPU:-0}
+    cl_install || return 0
+    need 200 "coord: two replicas, three routings" || return 0
+    mkdir -p "$LOGS/coord"
+    # shellcheck disable=SC2086  # LMCACHE_CMD: words (python3 -m lmcache.cli.main)
+    ( cd "$ROOT" && PYTHONPATH="$SITE" LMCACHE_DISABLE_BANNER=1 exec setsid $LMCACHE_CMD coordinator \
+        --host 127.0.0.1 --port "$CO_COORD_PORT" --disable-metrics ) > "$LOGS/coord/coordinator.log" 2>&1 &
+    CL_PID[coord]=$!
+    local co=(VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CO_CPU_GIB" VLLM_MAX_MODEL_LEN="$CO_MAX_MODEL_LEN"
+              VLLM_KV_CACHE_MEMORY_BYTES="$CO_KV_BYTES" VLLM_GPU_MEMORY_UTILIZATION="$CO_UTIL"
+              LMCACHE_COORDINATOR_URL="$coord" LMCACHE_COORDINATOR_ADVERTISE_IP=127.0.0.1
+              LMCACHE_COORDINATOR_EVENT_REPORTING=1 LMCACHE_COORDINATOR_EVENT_FLUSH_INTERVAL=0.25)
+    cl_start coa "$gpu" 0 "${co[@]}"
+    cl_start cob "$gpu" 1 "${co[@]}"
+    cl_wait coa 0 & local wa=$!
+    cl_wait cob 1 & local wb=$!
+    wait "$wa" || ok=0
+    wait "$wb" || ok=0
+    if [ "$ok" = 1 ]; then
+        local run label pol
+        for run in "coord-2x-coordinator|coordinator" "coord-2x-cache_aware|cache_aware" "coord-2x-round_robin|round_robin"; do
+            IFS='|' read -r label pol <<< "$run"
+            need $((CO_ROUTE_S + 15)) "coord $label" || continue
+            if [ "$pol" = coordinator ]; then
+                # shellcheck disable=SC2086  # CO_ROUTE_ARGS: words
+                bench cluster.py route --label "$label" --policy coordinator --coordinator "$coord" --replicas "$A,$B" \
+                    --lmcache-http-ports "$((8080 + CO_PORT_SHIFT)),$((8081 + CO_PORT_SHIFT))" --model "$SERVED" \
+                    --max-seconds "$CO_ROUTE_S" --request-timeout 60 --salt "route-$label-$(date +%s)" \
+                    --results "$RES" $CO_ROUTE_ARGS || fail "coord $label"
+            else
+                cl_router "$pol" "$A" "$B" || continue
+                # shellcheck disable=SC2086
+                bench cluster.py route --label "$label" --policy "$pol" --base-url "$R" --replicas "$A,$B" \
+                    --model "$SERVED" --max-seconds "$CO_ROUTE_S" --request-timeout 60 \
+                    --salt "route-$label-$(date +%s)" --results "$RES" $CO_ROUTE_ARGS || fail "coord $label"
+                cl_stop router
+            fi
+        done
+        "$PY" - "$coord" <<'PYEOF' 2>&1 | sed 's/^/    coordinator: /'
+import json, sys, urllib.request as u
+for path in ("/instances", "/directory/stats"):
+    print(path, json.dumps(json.load(u.urlopen(sys.argv[1] + path, timeout=10)))[:600])
+PYEOF
+    fi
+    co_cleanup
+    trap on_exit EXIT
 }
 
 [ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
