@@ -53,6 +53,10 @@ def format_text(plan: Plan) -> str:
                   f"{plan.appliance.get('disk_tier_source')})"]
         if plan.disk.others:
             lines += [f"  Other namespaces in {plan.disk.base}: {plan.disk.others}"]
+    if plan.appliance.get("prewarm_note"):
+        gib = plan.appliance.get("prewarm_gib") or 0
+        lines += [f"  Pre-warm at start: {f'up to {gib:g} GiB of the hottest chunks, disk -> CPU tier' if gib else ''}"
+                  f"{' (' if gib else ''}{plan.appliance['prewarm_note']}{')' if gib else ''}"]
     lines += ["", "Values (source):"]
     width = max((len(k) for k in d["values"]), default=0)
     for name in sorted(d["values"]):

@@ -62,6 +62,7 @@ class Builder:
         self.swallowed: set[str] = set()  # secrets inside another variable's multi-line value (swallowed_secrets)
         self.cpu: float | None = None  # CPU tier size (GiB), set by kv_tiers.kv_offloading
         self.cpu_source = self.disk_source = ""  # where the tier sizes come from (a variable, or auto's reading)
+        self.prewarm: tuple[float, str] | None = None  # (GiB pre-warmed, why/how), set by kv_tiers.prewarm_module
 
     # -- helpers ---------------------------------------------------------------------------------------
     def error(self, msg: str) -> None:
@@ -324,6 +325,8 @@ class Builder:
             p.appliance["cpu_tier_source"] = self.cpu_source
         if p.disk:
             p.appliance["disk_tier_source"] = self.disk_source
+        if self.prewarm:
+            p.appliance["prewarm_gib"], p.appliance["prewarm_note"] = self.prewarm
 
     def swallowed_secrets(self) -> None:
         """An unbalanced quote in an env file makes the lines after it part of one value (`VLLM_HOST='` then

@@ -58,6 +58,14 @@ RESP_PASSWORD_ENV = "LMCACHE_RESP_PASSWORD"
 RESP_USERNAME_ENV = "LMCACHE_RESP_USERNAME"
 SHARED_SETTINGS = ("LMCACHE_SHARED_URL", "LMCACHE_SHARED_USERNAME", "LMCACHE_SHARED_PASSWORD",
                    "LMCACHE_SHARED_MAX_SIZE")
+# Hot prefixes pre-warmed (prewarm_module): the server module, its key file in the disk tier's namespace
+# directory (the namespace names model, chunk size, TP size and LMCache version, so the keys always fit the
+# files next to them), and the share of the CPU tier `auto` loads: half, so that what the first requests
+# store after a restart finds free room and loading never makes LMCache evict on its own.
+PREWARM_MODULE = "entrypoint.lmcache_ext.prewarm"
+PREWARM_KEY_FILE = ".appliance-prewarm-keys.json"
+PREWARM_AUTO_SHARE = 0.5
+PREWARM_SETTINGS = ("LMCACHE_PREWARM_SIZE", "LMCACHE_PREWARM_RECORD_INTERVAL")
 L2_TRIGGER_WATERMARK = 0.8  # share of the disk tier's cap at which LMCache's L2 eviction starts
 L2_EVICTION_RATIO = 0.2  # share of its keys it then deletes (down to ~64% of the cap)
 LMCACHE_KEYS_WITH_SERVER_EQUIVALENT = {"chunk_size", "local_cpu", "max_local_cpu_size", "local_disk",
@@ -274,6 +282,7 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
         argv += ["--l2-adapter", json.dumps(adapter, separators=(",", ":"))]
     if p.shared_store:
         argv += ["--l2-adapter", json.dumps(shared_adapter(b), separators=(",", ":"))]
+    argv += prewarm_module(b, cpu)
     planned = set(a for a in argv if a.startswith("--"))
     known_to_installed_lmcache(b, sorted(planned), "")
     server_flags = b.schema.lmcache_server_flags
@@ -289,7 +298,7 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
                     "write the flag in full")
         elif flag in LMCACHE_OWNED_FLAGS:
             b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} is set by the appliance; {LMCACHE_OWNED_FLAGS[flag]}")
-        elif flag in planned and flag != "--l2-adapter":  # --l2-adapter adds a tier: several are allowed
+        elif flag in planned and flag not in ("--l2-adapter", "--server-module"):  # these add: several allowed
             b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} is set by the appliance (vLLM's LMCache server would "
                     "see both values)")
         argv.append(arg)
@@ -304,6 +313,44 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
         same = [name for name, n in ports.items() if n == number]
         if len(same) > 1:
             b.error(" and ".join(f"{name}={number}" for name in same) + ": must differ (one port, one listener)")
+
+
+def prewarm_module(b: Builder, cpu: float) -> list[str]:
+    """LMCACHE_PREWARM_*: the appliance's server module (entrypoint/lmcache_ext/prewarm.py) that records the
+    CPU tier's hot chunks next to the disk tier and loads them back into the CPU tier after a restart. Only
+    where it can work: server mode (the module runs in the LMCache server), a disk tier (what it loads from),
+    an LMCache with `--server-module` (0.5.6; 0.5.3 has none). Elsewhere the default is off, with the reason
+    in `config`; a value the operator set there is an error (they asked for something that cannot happen)."""
+    v, p = b.values, b.plan
+    size = v.get("LMCACHE_PREWARM_SIZE", AUTO)
+    given = [n for n in PREWARM_SETTINGS if n in b.user_given]
+    why = None
+    if size != AUTO and float(size) == 0:
+        why, given = "off: LMCACHE_PREWARM_SIZE=0", []
+    elif not p.disk:
+        why = "off: no disk tier to load from (LMCACHE_LOCAL_DISK)"
+    elif "--server-module" not in b.schema.lmcache_server_flags:
+        why = (f"off: the installed LMCache {b.schema.lmcache_version} has no `lmcache server --server-module` "
+               "(0.5.6 has)")
+    if why:
+        b.prewarm = (0.0, why)
+        if given:
+            b.error(f"{', '.join(given)}: no hot-prefix pre-warming here ({why.removeprefix('off: ')}); unset "
+                    f"{' and '.join(given)}, or set LMCACHE_PREWARM_SIZE=0")
+        return []
+    gib = cpu * PREWARM_AUTO_SHARE if size == AUTO else float(size)
+    note = (f"auto: {PREWARM_AUTO_SHARE:g} of the {number_text(cpu)} GiB CPU tier" if size == AUTO
+            else "LMCACHE_PREWARM_SIZE")
+    if gib > cpu:
+        p.warnings.append(f"LMCACHE_PREWARM_SIZE={number_text(gib)} is larger than the CPU tier "
+                          f"({number_text(cpu)} GiB): at most the CPU tier is pre-warmed")
+        gib, note = cpu, f"LMCACHE_PREWARM_SIZE, capped at the {number_text(cpu)} GiB CPU tier"
+    key_file = f"{p.disk.path}/{PREWARM_KEY_FILE}"
+    b.prewarm = (gib, f"{note}; hot chunks recorded in {key_file}")
+    spec = {"module_path": PREWARM_MODULE, "factory_name": "build_server_modules",
+            "config": {"key_file": key_file, "max_bytes": max(int(gib * resources.GIB), 1),
+                       "record_interval_s": int(v["LMCACHE_PREWARM_RECORD_INTERVAL"])}}
+    return ["--server-module", json.dumps(spec, separators=(",", ":"))]
 
 
 def mp_transfer_config(b: Builder, host: str, port: int) -> str:
@@ -409,6 +456,11 @@ def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
     if "LMCACHE_SERVER_EXTRA_ARGS" in v:
         b.error("LMCACHE_SERVER_EXTRA_ARGS: applies in server mode only (LMCACHE_MODE=server)")
     server_mode_only(b)
+    prewarm_given = [n for n in PREWARM_SETTINGS if n in b.user_given and v.get(n) != 0]
+    if prewarm_given:
+        b.error(f"{', '.join(prewarm_given)}: hot-prefix pre-warming is done by the LMCache server (LMCACHE_MODE="
+                "server); unset it in in-process mode, or set LMCACHE_PREWARM_SIZE=0")
+    b.prewarm = (0.0, "off: LMCACHE_MODE=in-process (the LMCache server pre-warms, in server mode)")
     if "LMCACHE_CONFIG_FILE" in b.lmcache_env:
         b.error("LMCACHE_CONFIG_FILE: the appliance renders LMCache's config file itself; set its keys "
                    "as LMCACHE_<KEY> variables instead (docs/ENVIRONMENT.md)")

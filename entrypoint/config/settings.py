@@ -28,7 +28,7 @@ DEFAULT_RUN_DIR = "/run/appliance"
 @dataclass(frozen=True)
 class Setting:
     name: str
-    kind: str  # see parse_value: str, int, bool, gib, gib_auto, port, fraction, choice, seconds, disk, args, ...
+    kind: str  # see parse_value: str, int, bool, gib, gib_auto, gib_auto_off, port, fraction, choice, seconds, disk, args, ...
     # (model, names, path, human_int_or_auto: values that land in an argv or a file name are checked for it)
     doc: str
     default: object = None
@@ -147,6 +147,23 @@ SETTINGS: tuple[Setting, ...] = (
        "measured with a working set 3x the CPU tier (docs/BENCHMARKS.md). Any of the installed LMCache's "
        "`--l2-prefetch-policy` choices.", default="retain", group="LMCache",
        server_flag="--l2-prefetch-policy", target="lmcache server --l2-prefetch-policy", example="retain"),
+    _s("LMCACHE_PREWARM_SIZE", "gib_auto_off", "Hot prefixes pre-warmed (LMCache >= 0.5.6, server mode with a disk "
+       "tier): the LMCache server records which chunks its CPU tier holds, most recently used first (every "
+       "LMCACHE_PREWARM_RECORD_INTERVAL and when it stops, in a small file in the disk tier's directory), and when "
+       "it starts again loads them from the disk tier into the CPU tier as soon as vLLM has registered its KV "
+       "cache, so that the first request after a restart or an image upgrade is a CPU-tier hit, not a disk read. "
+       "This bounds how much it loads, in GiB for all GPUs together; `0` turns it off. `auto` (the default): half "
+       "the CPU tier: the hottest prefixes come back, and the other half stays free for what the first requests "
+       "store, so that loading never evicts on its own; the load reads at most that much from the disk, in the "
+       "background. `config` shows the size. Ignored (with a note) in in-process or native mode, on a replica, "
+       "without a disk tier or on an LMCache without server modules; set there explicitly, it is an error.",
+       default="auto", group="LMCache", example="auto",
+       target="lmcache server --server-module entrypoint.lmcache_ext.prewarm (max_bytes)"),
+    _s("LMCACHE_PREWARM_RECORD_INTERVAL", "seconds", "How often the LMCache server records its hot chunks for "
+       "LMCACHE_PREWARM_SIZE (seconds; also when it stops). A SIGKILL loses at most this much of the record; "
+       "a record is a few hundred bytes per chunk, written only when the CPU tier changed.", default=30,
+       group="LMCache", minimum=1,
+       target="lmcache server --server-module entrypoint.lmcache_ext.prewarm (record_interval_s)"),
     _s("LMCACHE_EAGER_PREFETCH", "bool", "LMCache >= 0.5.6: start the LMCache lookup when a request is queued, "
        "not when it is scheduled. Unset: LMCache's own default (off); measured on an H200 (16k tokens): no gain "
        "on a GPU or CPU-tier hit, alone or with the blocking lookup (docs/BENCHMARKS.md).", group="LMCache",
@@ -480,14 +497,15 @@ def parse_value(setting: Setting, raw: str, tool_parsers: list[str] | None = Non
         if not 1 <= value <= 65535:
             raise ValueProblem("must be a port number (1-65535)")
         return value
-    elif kind in ("gib", "gib_auto"):
-        if kind == "gib_auto" and raw.strip().lower() == AUTO:
+    elif kind in ("gib", "gib_auto", "gib_auto_off"):
+        if kind != "gib" and raw.strip().lower() == AUTO:
             return AUTO
-        what = "a size in GiB greater than 0, e.g. 5.0" + (", or auto" if kind == "gib_auto" else "")
+        what = ("a size in GiB greater than 0, e.g. 5.0" if kind != "gib_auto_off" else
+                "a size in GiB, e.g. 5.0, or 0 for off") + (", or auto" if kind != "gib" else "")
         value = _number(raw, float, what)
-        if value <= 0:
+        if value < 0 or (value == 0 and kind != "gib_auto_off"):
             raise ValueProblem(f"must be {what}")
-        return value
+        return value + 0.0  # -0.0 is 0
     elif kind == "fraction":
         value = _number(raw, float, "a number in (0, 1], e.g. 0.9")
         if not 0 < value <= 1:

@@ -13,7 +13,8 @@
 #   bash scripts/gpu/run-suite.sh faults       a disk tier that fills up (2 GiB tmpfs), kill the LMCache server,
 #                                              SIGTERM during a long request
 #   bash scripts/gpu/run-suite.sh options      one appliance per OPT_CONFIGS entry (no-offload, lmcache, and
-#                                              lmcache-<change>[-<change>]: blocking, eager, retain, arc): reuse at
+#                                              lmcache-<change>[-<change>]: blocking, eager, retain, arc,
+#                                              noprewarm): reuse at
 #                                              16k and 128 tokens; OPT_RESTART ones restarted (disk tier, rounds)
 #   bash scripts/gpu/run-suite.sh tp           tensor parallel 2 (a 2-GPU host): LMCache server mode (reuse at
 #                                              16k, vLLM killed, the appliance restarted: disk tier), then
@@ -305,6 +306,7 @@ opt_words() {  # opt_words LABEL: the appliance words of an options configuratio
             eager) echo LMCACHE_EAGER_PREFETCH=true ;;
             retain) echo LMCACHE_L2_PREFETCH_POLICY=retain ;;
             arc) echo LMCACHE_EVICTION_POLICY=ARC ;;
+            noprewarm) echo LMCACHE_PREWARM_SIZE=0 ;;   # hot-prefix pre-warming (on by default) off
             *) return 1 ;;
         esac
     done
@@ -327,6 +329,14 @@ record_metrics() {  # record_metrics before|after: the LMCache server's metric n
     PYTHONPATH="${SITE:+$SITE:}$ROOT" "$PY" "$obs/check_dashboard.py" after --vllm "$BASE" --appliance "http://127.0.0.1:$app_port" \
         --before "$RES/dashboard-before.json" --out "$RES/dashboard.json" | tee "$RES/dashboard.md" \
         || fail "dashboard check: a panel names a metric the endpoints do not expose"
+}
+
+prewarm_status() {  # prewarm_status LABEL WHEN: the LMCache server's pre-warm state (its /status) and log lines
+    local st
+    st=$(curl -sf "http://127.0.0.1:$((8080 + ${GPU:-0}))/status" \
+        | "$PY" -c 'import json,sys; print(json.dumps(json.load(sys.stdin).get("appliance_prewarm")))' 2>/dev/null)
+    say "$1: pre-warm $2: ${st:-no status}"
+    grep -ho "appliance prewarm: .*" "/tmp/run-$INST$1/lmcache.log" 2>/dev/null | cut -c1-300 | sed 's/^/    /'
 }
 
 suite_options() {
@@ -355,8 +365,10 @@ suite_options() {
             stop_appliance
             if need 110 "$label: the appliance restarted (disk tier, $OPT_ROUNDS rounds)" \
                     && start_appliance "$label-restarted" "${words[@]}" VLLM_MAX_MODEL_LEN="$REUSE_MAX_MODEL_LEN"; then
+                prewarm_status "$label-restarted" "at ready (before the 1st request)"
                 bench reuse.py again --label "$label" --phase after_full_restart --restart none --warmup-tokens 1024 \
                     --restored-rounds "$OPT_ROUNDS" "${common[@]}" || fail "$label: after_full_restart"
+                prewarm_status "$label-restarted" "after the rounds"
             fi
         fi
         stop_appliance

@@ -81,7 +81,7 @@ def kind_values(setting) -> st.SearchStrategy[str]:
         return st.sampled_from(["true", "false", "1", "0", "YES", "off", "maybe"])
     if k in ("int", "seconds", "port", "human_int_or_auto"):
         return st.one_of(st.integers(-5, 70000).map(str), st.sampled_from(["32k", "auto", "-1", "9" * 30]))
-    if k in ("gib", "gib_auto", "fraction"):
+    if k in ("gib", "gib_auto", "gib_auto_off", "fraction"):
         return st.one_of(st.floats(-1, 1e6).map(str), st.just("auto"), st.just("0"))
     if k == "choice":
         return st.sampled_from([*setting.choices, *(c.upper() for c in setting.choices), "bogus"])
