@@ -883,8 +883,8 @@ restart_cold() {  # restart_cold LABEL WORDS...: (options, REUSE_DROP_CACHES=1) 
 # bare `vllm serve` with the no-offload configuration's vLLM argv and environment, timed to ready.
 # Sizes: the 20 documents hold 201,280 KV tokens (26 GB): the CPU tier is 40 GiB, as in the issue's table. The
 # GPU KV cache is 8 GiB (65,536 tokens) rather than the issue's 4 GiB: the documents still cannot stay (6.5 of 20
-# fit, and pass 2 comes back to each after the 19 others), and the multi-round working set (174,000 tokens) is
-# 2.7x it, but 4 GiB (32,768 tokens) would hold only one of the late rounds' 17k-token requests at a time, so
+# fit, and pass 2 comes back to each after the 19 others), and the multi-round working set (165,000 tokens) is
+# 2.5x it, but 4 GiB (32,768 tokens) would hold only one of the late rounds' 17k-token requests at a time, so
 # with 100-token answers every configuration would queue at any useful rate (WL_KV_BYTES=4294967296 for 4 GiB).
 # About 470 s on one H200 (3 starts of 65-90 s, 2 x 20 + 40 requests each), plus ~70 s for the bare start.
 WL_CONFIGS=${WL_CONFIGS:-no-offload lmcache native}
@@ -950,6 +950,8 @@ print("\n".join(argv[argv.index("serve"):]))' "$plan")
     mapfile -t envs < <("$PY" -c 'import json, sys
 for k, v in json.load(open(sys.argv[1]))["vllm"]["env"].items(): print(f"{k}={v}")' "$plan")
     [ "${#argv[@]}" -gt 1 ] || { fail "bare vllm serve: no vLLM argv in $plan"; return 0; }
+    local i port=$PORT
+    for i in "${!argv[@]}"; do [ "${argv[$i]}" = --port ] && port=${argv[$((i + 1))]}; done
     mkdir -p "$LOGS/bare-vllm"
     say "start bare-vllm: vllm ${argv[*]}"
     trap 'bare_stop; on_exit' EXIT  # a bare vLLM is not the appliance's: on_exit would not stop it
@@ -964,7 +966,7 @@ for k, v in json.load(open(sys.argv[1]))["vllm"]["env"].items(): print(f"{k}={v}
     BARE_PID=$!
     local budget=$START_TIMEOUT
     [ "$(left)" -lt "$budget" ] && budget=$(left)
-    bench startup.py wait --bare --label bare-vllm --results "$RES" --base-url "$BASE" --model "$SERVED" \
+    bench startup.py wait --bare --label bare-vllm --results "$RES" --base-url "http://127.0.0.1:$port" --model "$SERVED" \
         --started-at "$started" --pid "$BARE_PID" --timeout "$budget" \
         || { fail "bare vllm serve did not get ready"; tail -n 30 "$LOGS/bare-vllm/vllm.log" | sed 's/^/    bare vllm: /'; }
     bare_stop
