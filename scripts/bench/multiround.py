@@ -31,6 +31,7 @@ import common as c
 P50_VS_BASELINE = 0.5  # p50 TTFT at least 2x better than no offload (issues 5 and 12)
 P50_VS_NATIVE = 0.9  # and at most 0.9x vLLM's native CPU offload at the same CPU budget (issue 12; issue 5: 1.0)
 THROUGHPUT_VS_BASELINE = 1.0  # tokens/s no lower than no offload (issue 12)
+LATE_S = 0.05  # --rate: a request sent this much after its time is late (its user's previous answer was not in)
 
 
 def schedule(users: int, rounds: int, rate: float, max_seconds: float) -> list[tuple[float, int, int]]:
@@ -168,9 +169,6 @@ def run_rate(a, emit) -> dict:
     stats["wall_s"] = time.perf_counter() - start
     stats["threads_left"] = sum(t.is_alive() for t in threads)
     return stats
-
-
-LATE_S = 0.05  # a request sent this much after its time counts as late (its user's previous answer was not in)
 
 
 def cmd_run(a) -> int:
