@@ -34,7 +34,7 @@ LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's K
 # server dies; 2 s would mean 4 s, but also that a server too busy to answer a ping within 2 s counts as dead
 # under load. It stays at 5 s, the interval every GPU run so far used, until the load-and-fault suite
 # (scripts/gpu/run-suite.sh loadfaults) has measured 2 s under load.
-LMCACHE_HEARTBEAT_S = 5
+LMCACHE_HEARTBEAT_S = 5  # LMCACHE_HEARTBEAT_INTERVAL's default (settings.py)
 # Bound on one synchronous message to the server while its pings still answer (lookup acknowledgements,
 # prefetch status, KV registration, clear): LMCache's default is 300 s (ExtraConfigDefault.mq_timeout), for
 # which a request whose lookup is lost would wait in the queue. The launcher starts vLLM only once the
@@ -309,6 +309,10 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
 def mp_transfer_config(b: Builder, host: str, port: int) -> str:
     """vLLM's --kv-transfer-config for an LMCache server at host:port. LMCache's connector joins
     `{lmcache.mp.host}:{lmcache.mp.port}` into the ZMQ URL, so the host carries the tcp:// scheme."""
+    heartbeat = b.values.get("LMCACHE_HEARTBEAT_INTERVAL", LMCACHE_HEARTBEAT_S)
+    if 3 * float(heartbeat) > LMCACHE_REAP_S:  # LMCache's own rule (MPServerConfig): 3 pings per reap timeout
+        b.error(f"LMCACHE_HEARTBEAT_INTERVAL={heartbeat}: at most {LMCACHE_REAP_S // 3} s (the LMCache server "
+                f"reaps a vLLM it has not heard from for {LMCACHE_REAP_S} s)")
     extra_config = {"lmcache.mp.host": f"tcp://{host}", "lmcache.mp.port": port,
                     "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S,
                     "lmcache.mp.mq_timeout": LMCACHE_MQ_TIMEOUT_S, **connector_key_settings(b)}

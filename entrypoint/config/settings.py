@@ -158,6 +158,11 @@ SETTINGS: tuple[Setting, ...] = (
        "LMCache that lacks the key (0.5.3 always waits).", default=False, group="LMCache",
        connector_key="nonblocking_lookup_status",
        target="kv_connector_extra_config lmcache.mp.nonblocking_lookup_status"),
+    _s("LMCACHE_HEARTBEAT_INTERVAL", "seconds", "Seconds between vLLM's pings of the LMCache server. An "
+       "unanswered ping puts vLLM's connector in its degraded mode: lookups miss and loads fail over to "
+       "recompute, so a dead server holds requests up for at most two intervals (docs/RESILIENCE.md). At most "
+       "10 (LMCache reaps a vLLM that missed 30 s of pings).", default=5, group="LMCache", minimum=1,
+       connector_key="heartbeat_interval", target="kv_connector_extra_config lmcache.mp.heartbeat_interval"),
     # --- Shared KV tier (scale out: replicas on several hosts share one store; docs/SCALE-OUT.md) ----------
     _s("LMCACHE_SHARED_URL", "store_url", "A Redis/Valkey server every replica shares as an extra KV tier: "
        "`redis://host:port` (port default 6379). Server mode: an extra `--l2-adapter` of LMCache's `resp` type "
@@ -249,9 +254,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("APPLIANCE_GAP_ANSWER", "bool", "While vLLM is not serving (starting, restarting after a crash, draining "
        "at stop), answer its port with HTTP 503 and a Retry-After header instead of refusing connections. The "
        "`gap` program shares the port with vLLM through SO_REUSEPORT and lets go of it as soon as vLLM listens, "
-       "so it is never in the path of a request vLLM serves (docs/RESILIENCE.md). Off by default until it has run "
-       "with the real vLLM on a GPU (tested with stub servers and vLLM's own socket code on CPU: no cost measured "
-       "on the normal path).", default=False,
+       "so it is never in the path of a request vLLM serves (docs/RESILIENCE.md). Measured on an H200 under load "
+       "(16 clients, vLLM SIGKILLed): 1,394 answers of 503 and 16 refused connections (those of the kill's "
+       "instant) instead of about 1,400 refusals; no cost measured on the normal path.", default=True,
        group="Appliance", target="gap program; vLLM's API socket with SO_REUSEPORT"),
     _s("APPLIANCE_GAP_RETRY_AFTER", "seconds", "Seconds the 503 answer asks clients to wait before they try "
        "again (its Retry-After header).", default=5, group="Appliance", minimum=1, target="gap program"),

@@ -46,10 +46,11 @@ def size_text(n: float) -> str:
 
 
 # -- the disk tier ---------------------------------------------------------------------------------------
-def tier_files(path: str | Path) -> list[tuple[float, int, str]]:
-    """(last use, size, path) of every file under the disk tier; last use is the later of atime and mtime,
-    since volumes are often mounted noatime."""
-    return [(max(st.st_atime, st.st_mtime), st.st_size, name) for name, st in resources.files_under(path)]
+def tier_files(path: str | Path) -> list[tuple[float, int, str, float]]:
+    """(last use, size, path, last write) of every file under the disk tier; last use is the later of atime
+    and mtime, since volumes are often mounted noatime."""
+    return [(max(st.st_atime, st.st_mtime), st.st_size, name, st.st_mtime)
+            for name, st in resources.files_under(path)]
 
 
 def tier_dirs(disk: DiskTier) -> list[str]:
@@ -67,17 +68,22 @@ def tier_dirs(disk: DiskTier) -> list[str]:
     return dirs
 
 
-def prune(path: str | Path | list, max_bytes: float) -> tuple[int, int, int]:
+def prune(path: str | Path | list, max_bytes: float, written_before: float | None = None) -> tuple[int, int, int]:
     """Over the cap, remove least recently used files down to PRUNE_TO of it, across all the directories
-    given (tier_dirs). Returns (files removed, bytes removed, bytes held before)."""
+    given (tier_dirs). Returns (files removed, bytes removed, bytes held before).
+    written_before (epoch s): only files last written before it may go; the running LMCache server counts the
+    files it wrote itself, and one removed under it is never uncounted (below), so those are left to its own
+    eviction (see the watchdog)."""
     files = [f for p in (path if isinstance(path, list) else [path]) for f in tier_files(p)]
-    total = sum(size for _, size, _ in files)
+    total = sum(size for _, size, _, _ in files)
     removed = freed = 0
     if total <= max_bytes:
         return 0, 0, total
-    for _, size, name in sorted(files):
+    for _, size, name, written in sorted(files):
         if total - freed <= PRUNE_TO * max_bytes:
             break
+        if written_before is not None and written >= written_before:
+            continue
         try:
             os.unlink(name)
         except FileNotFoundError:

@@ -51,7 +51,9 @@ def test_prune_holds_the_cap_on_its_own_period_while_probes_hang(appliance, tmp_
     start = time.monotonic()
     i = 0
     while time.monotonic() - start < 6:
-        (path / f"chunk-{i:05d}.kvcache").write_bytes(os.urandom(64) * (CHUNK // 64))
+        chunk = path / f"chunk-{i:05d}.kvcache"
+        chunk.write_bytes(os.urandom(64) * (CHUNK // 64))
+        os.utime(chunk, (time.time() - 3600, time.time() - 3600))  # written before this LMCache server started
         written[0] += CHUNK
         i += 1
         time.sleep(CHUNK / RATE)

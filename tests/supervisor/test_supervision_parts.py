@@ -83,3 +83,52 @@ def test_prune_removes_least_recently_used_down_to_90_percent(tmp_path):
     assert prune(tmp_path, 20_000) == (0, 0, 10_000)
     assert prune(tmp_path, 5_000) == (6, 6_000, 10_000)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["6", "7", "8", "9"]
+
+
+def test_prune_leaves_what_the_running_lmcache_server_wrote(tmp_path):
+    # files 0-4 written before the server started (LMCache does not count them), 5-9 since (it does)
+    for i in range(10):
+        f = tmp_path / f"{i}"
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (100 + i, 100 + i))
+    assert prune(tmp_path, 5_000, written_before=105) == (5, 5_000, 10_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["5", "6", "7", "8", "9"]
+    # over the cap with only the server's own files left: nothing more goes
+    assert prune(tmp_path, 4_000, written_before=105) == (0, 0, 5_000)
+
+
+def test_watchdog_prunes_the_servers_own_files_only_past_the_hard_bound(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from entrypoint.runtime import watchdog
+
+    said = []
+    monkeypatch.setattr(watchdog, "say", lambda _name, text: said.append(text))
+    dog = SimpleNamespace(plan=SimpleNamespace(disk=SimpleNamespace(max_size_gib=10_000 / (1 << 30),
+                                                                    path=str(tmp_path), base=str(tmp_path))),
+                          record=SimpleNamespace(pruned=lambda *a: None), lmcache_since=1_000.0)
+    monkeypatch.setattr(watchdog.preflight, "tier_dirs", lambda disk: [disk.path])
+    for i in range(4):  # an earlier server's files: 4,000 bytes
+        (tmp_path / f"old{i}").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / f"old{i}", (500 + i, 500 + i))
+    for i in range(7):  # this server's: 7,000 bytes; 11,000 in all, 10 % over the cap of 10,000
+        (tmp_path / f"new{i}").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / f"new{i}", (2_000 + i, 2_000 + i))
+    watchdog.Watchdog.prune_disk(dog)
+    # the earlier server's least recently used files went first, down to 90 % of the cap; this server's stayed
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["old2", "old3"] + [f"new{i}" for i in range(7)])
+    for i in range(7, 12):  # this server's files alone now 12,000 (+ 2,000 old): past the hard bound
+        (tmp_path / f"new{i}").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / f"new{i}", (2_000 + i, 2_000 + i))
+    said.clear()
+    watchdog.Watchdog.prune_disk(dog)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "old2" not in left and "old3" not in left and "new0" not in left, left
+    assert sum((tmp_path / n).stat().st_size for n in left) <= 9_000
+    assert any("files its server still counts were removed" in s for s in said), said
+    # with no LMCache server of its own running (in-process mode, or between its restarts) anything may go
+    dog.lmcache_since = None
+    for i in range(3):
+        (tmp_path / f"more{i}").write_bytes(b"x" * 1000)
+    watchdog.Watchdog.prune_disk(dog)
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) <= 9_000
