@@ -5,12 +5,19 @@ offloading it is recomputed, with an offload tier it is loaded back.
 
   multiround.py run --label lmcache --base-url http://127.0.0.1:8000 --model llama8b --results R
         streams every request (TTFT = first chunk), appends per-request rows and a run summary
+  multiround.py run ... --rate 0.9 --users 10 --history-tokens 12000 --system-tokens 1000 --answer-tokens 100
+        the same at a fixed request rate (open loop, as LMCache's multi-round QA describes it): request k starts
+        k / rate seconds in, whatever is still running; the users take turns (user k mod N sends its round
+        k div N, so each user sends every N / rate seconds), and a user whose previous answer is not complete
+        at its turn sends as soon as it is (the lateness is recorded)
   multiround.py report --results R [--baseline no-offload --candidate lmcache --native native]
         p50/p90 TTFT, throughput per label and the issue's targets
 
 Prompts are token ids (exact lengths); the answer appended to the history is a deterministic stand-in of the
 length the server generated (dummy weights make the text meaningless anyway; the KV reuse is the same).
-Bounded in time: no new request starts after --max-seconds.
+--history-tokens gives each user a history of its own before its first round (LMCache's "user history
+prompt"), so that histories reach a given length in a few rounds. Bounded in time: no new request starts after
+--max-seconds.
 """
 from __future__ import annotations
 
@@ -21,24 +28,39 @@ import time
 
 import common as c
 
-P50_VS_BASELINE = 0.5  # p50 TTFT at least 2x better than no offload
-P50_VS_NATIVE = 1.0  # and no worse than vLLM's native CPU offload
+P50_VS_BASELINE = 0.5  # p50 TTFT at least 2x better than no offload (issues 5 and 12)
+P50_VS_NATIVE = 0.9  # and at most 0.9x vLLM's native CPU offload at the same CPU budget (issue 12; issue 5: 1.0)
+THROUGHPUT_VS_BASELINE = 1.0  # tokens/s no lower than no offload (issue 12)
+LATE_S = 0.05  # --rate: a request sent this much after its time is late (its user's previous answer was not in)
 
 
-def working_set_tokens(users: int, rounds: int, system: int, user: int, answer: int) -> int:
+def schedule(users: int, rounds: int, rate: float, max_seconds: float) -> list[tuple[float, int, int]]:
+    """The fixed-rate plan: [(seconds after the start, user, round)], request k at k / rate, the users in turn
+    (user k mod users sends its round k div users), none after max_seconds."""
+    if rate <= 0 or users <= 0:
+        raise ValueError("rate and users must be > 0")
+    out, k = [], 0
+    while k // users < rounds and k / rate <= max_seconds:
+        out.append((k / rate, k % users, k // users))
+        k += 1
+    return out
+
+
+def working_set_tokens(users: int, rounds: int, system: int, user: int, answer: int, history: int = 0) -> int:
     """Distinct tokens of KV all conversations hold at their end (the shared system prompt once)."""
-    return system + users * rounds * (user + answer)
+    return system + users * (history + rounds * (user + answer))
 
 
-def final_context_tokens(rounds: int, system: int, user: int, answer: int) -> int:
+def final_context_tokens(rounds: int, system: int, user: int, answer: int, history: int = 0) -> int:
     """Tokens of a user's last request (prompt + its answer)."""
-    return system + rounds * (user + answer)
+    return system + history + rounds * (user + answer)
 
 
 class Conversation:
     def __init__(self, a, user: int, system_prompt: list[int]):
         self.a, self.user, self.system = a, user, system_prompt
-        self.history: list[int] = []
+        own = getattr(a, "history_tokens", 0) or 0  # the user's own history before round 0
+        self.history: list[int] = c.token_prompt(f"h{user}", own, a.salt) if own else []
 
     def prompt(self, rnd: int) -> list[int]:
         return self.system + self.history + c.token_prompt(f"u{self.user}r{rnd}", self.a.user_tokens, self.a.salt)
@@ -95,11 +117,67 @@ def run_users(a, emit) -> dict:
     return stats
 
 
+def run_rate(a, emit) -> dict:
+    """Open loop: each request starts at its time in `schedule`, or as soon as the user's previous round is
+    answered if that is later; nothing waits for other users' requests."""
+    system = c.token_prompt("system", a.system_tokens, a.salt)
+    plan = schedule(a.users, a.rounds, a.rate, a.max_seconds)
+    start = time.perf_counter()
+    deadline = start + a.max_seconds
+    stats = {"requests": 0, "failed": 0, "stopped_by_deadline": 0, "stopped_by_length": 0, "scheduled": len(plan),
+             "late": 0, "max_late_s": 0.0}
+    lock = threading.Lock()
+
+    def user_loop(u: int, slots: list[tuple[float, int, int]]):
+        conv = Conversation(a, u, system)
+        for at, _, rnd in slots:
+            prompt = conv.prompt(rnd)
+            if len(prompt) + a.answer_tokens > a.max_model_len:
+                with lock:
+                    stats["stopped_by_length"] += 1
+                return
+            wait = start + at - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            elif time.perf_counter() > deadline:  # its previous round ran past the end of the schedule
+                with lock:
+                    stats["stopped_by_deadline"] += 1
+                return
+            t_send = time.perf_counter() - start
+            late = max(0.0, t_send - at)
+            res = c.stream_completion(a.base_url, a.model, prompt, a.answer_tokens, a.request_timeout)
+            with lock:
+                stats["requests"] += 1
+                stats["failed"] += 0 if res["ok"] else 1
+                if late > LATE_S:
+                    stats["late"] += 1
+                stats["max_late_s"] = max(stats["max_late_s"], late)
+            emit({"bench": "multiround", "label": a.label, "user": u, "round": rnd, "sent_at_s": t_send,
+                  "scheduled_at_s": at, "late_s": late, "prompt_len": len(prompt), **res})
+            if not res["ok"]:
+                c.log(f"user {u} round {rnd}: FAILED {res['error']}")
+                if a.stop_on_error:
+                    return
+            conv.answered(rnd, prompt, res.get("completion_tokens") or 0)
+
+    threads = [threading.Thread(target=user_loop, args=(u, [s for s in plan if s[1] == u]), daemon=True)
+               for u in range(a.users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, deadline - time.perf_counter() + a.request_timeout + 5))
+    stats["wall_s"] = time.perf_counter() - start
+    stats["threads_left"] = sum(t.is_alive() for t in threads)
+    return stats
+
+
 def cmd_run(a) -> int:
     c.wait_ready(a.base_url, a.model, timeout=a.ready_timeout)
-    ws = working_set_tokens(a.users, a.rounds, a.system_tokens, a.user_tokens, a.answer_tokens)
-    final = final_context_tokens(a.rounds, a.system_tokens, a.user_tokens, a.answer_tokens)
-    c.log(f"{a.label}: {a.users} users x {a.rounds} rounds, concurrency {a.concurrency}; working set {ws} tokens, "
+    history = a.history_tokens
+    ws = working_set_tokens(a.users, a.rounds, a.system_tokens, a.user_tokens, a.answer_tokens, history)
+    final = final_context_tokens(a.rounds, a.system_tokens, a.user_tokens, a.answer_tokens, history)
+    load = f"{a.rate:g} requests/s (open loop)" if a.rate else f"concurrency {a.concurrency}"
+    c.log(f"{a.label}: {a.users} users x {a.rounds} rounds, {load}; working set {ws} tokens, "
           f"last request {final} tokens")
     if not a.no_warmup:  # first-request costs out of the numbers; a prompt no user sends
         w = c.stream_completion(a.base_url, a.model, c.token_prompt(time.time_ns(), 1024, "warmup"), 4,
@@ -117,14 +195,15 @@ def cmd_run(a) -> int:
             c.log(f"{a.label} u{row['user']:>2} r{row['round']}: ttft {row['ttft_s']:.3f} s, "
                   f"{row['prompt_tokens']} prompt tok")
 
-    stats = run_users(a, emit)
+    stats = run_rate(a, emit) if a.rate else run_users(a, emit)
     ok = [r for r in rows if r["ok"]]
     prompt_tok = sum(r.get("prompt_tokens") or r["prompt_len"] for r in ok)
     out_tok = sum(r.get("completion_tokens") or 0 for r in ok)
     summary = {"bench": "multiround_run", "label": a.label, "ok": stats["failed"] == 0 and bool(ok),
                "params": {k: getattr(a, k) for k in ("users", "rounds", "system_tokens", "user_tokens",
                                                      "answer_tokens", "concurrency", "max_seconds", "think_time",
-                                                     "stagger", "max_model_len", "gpu_kv_tokens")},
+                                                     "stagger", "max_model_len", "gpu_kv_tokens", "rate",
+                                                     "history_tokens")},
                "working_set_tokens": ws, **stats, "prompt_tokens": prompt_tok, "completion_tokens": out_tok,
                "tokens_per_s": (prompt_tok + out_tok) / stats["wall_s"] if stats["wall_s"] else None,
                "output_tokens_per_s": out_tok / stats["wall_s"] if stats["wall_s"] else None,
@@ -134,7 +213,9 @@ def cmd_run(a) -> int:
     c.append_rows(a.results, [summary])
     c.log(f"{a.label}: {len(ok)} ok / {stats['failed']} failed in {stats['wall_s']:.1f} s; "
           f"p50 {c.fmt(summary['ttft_p50_s'])} s, p90 {c.fmt(summary['ttft_p90_s'])} s, "
-          f"{c.fmt(summary['tokens_per_s'], 0)} tok/s; stopped by deadline: {stats['stopped_by_deadline']} users")
+          f"{c.fmt(summary['tokens_per_s'], 0)} tok/s; stopped by deadline: {stats['stopped_by_deadline']} users"
+          + (f"; {stats['late']} of {stats['scheduled']} scheduled requests late (max {stats['max_late_s']:.2f} s)"
+             if a.rate else ""))
     if stats["failed"] or not ok:
         c.log(f"ERROR: {stats['failed']} request(s) failed")
         return 1
@@ -170,6 +251,7 @@ def summarize(rows: list[dict], from_round: int = 0) -> dict:
                       "p50_later_s": c.percentile(later, 50), "p90_later_s": c.percentile(later, 90),
                       "tokens_per_s": run.get("tokens_per_s"), "output_tokens_per_s": run.get("output_tokens_per_s"),
                       "requests_per_s": run.get("requests_per_s"), "wall_s": run.get("wall_s"),
+                      "scheduled": run.get("scheduled"), "late": run.get("late"),
                       "working_set_tokens": run.get("working_set_tokens"), "params": run.get("params"),
                       "p50_by_round_s": {k: c.median(v) for k, v in sorted(by_round.items())}}
     return out
@@ -181,7 +263,10 @@ def evaluate(s: dict, baseline: str, candidate: str, native: str) -> list[dict]:
     return [c.target_row(f"{candidate}: p50 TTFT x {baseline}", ratio(cand.get("p50_s"), base.get("p50_s")),
                          P50_VS_BASELINE, "x"),
             c.target_row(f"{candidate}: p50 TTFT x {native}", ratio(cand.get("p50_s"), nat.get("p50_s")),
-                         P50_VS_NATIVE, "x")]
+                         P50_VS_NATIVE, "x"),
+            c.target_row(f"{candidate}: throughput (tok/s) x {baseline}",
+                         ratio(cand.get("tokens_per_s"), base.get("tokens_per_s")), THROUGHPUT_VS_BASELINE, "x",
+                         lower_is_better=False)]
 
 
 def build_report(rows, baseline: str, candidate: str, native: str, from_round: int) -> tuple[dict, str]:
@@ -190,15 +275,20 @@ def build_report(rows, baseline: str, candidate: str, native: str, from_round: i
         raise c.BenchError("no multiround runs in the results (run `multiround.py run` first)")
     order = sorted(s, key=lambda lab: ({baseline: 0, native: 1, candidate: 2}.get(lab, 3), lab))
     any_params = next(iter(s.values())).get("params") or {}
+    rate = any_params.get("rate")
+    load = f"{rate:g} requests/s (open loop)" if rate else f"concurrency {any_params.get('concurrency')}"
+    history = f" + own history {any_params['history_tokens']}" if any_params.get("history_tokens") else ""
     md = [f"### Multi-round: {any_params.get('users')} users x {any_params.get('rounds')} rounds, "
-          f"system {any_params.get('system_tokens')} + {any_params.get('user_tokens')} tok/round + answer "
-          f"{any_params.get('answer_tokens')}, concurrency {any_params.get('concurrency')}", ""]
+          f"system {any_params.get('system_tokens')}{history} + {any_params.get('user_tokens')} tok/round + answer "
+          f"{any_params.get('answer_tokens')}, {load}", ""]
+    late = any(v.get("late") is not None for v in s.values())
     md.append(c.markdown_table(
         ["config", "requests", "failed", "TTFT p50 s", "TTFT p90 s", f"p50 rounds>={from_round}",
-         f"p90 rounds>={from_round}", "tok/s", "out tok/s", "req/s", "wall s"],
+         f"p90 rounds>={from_round}", "tok/s", "out tok/s", "req/s", "wall s", *(["late"] if late else [])],
         [[lab, str(v["requests"]), str(v["failed"]), v["p50_s"], v["p90_s"], v["p50_later_s"], v["p90_later_s"],
           c.fmt(v["tokens_per_s"], 0), c.fmt(v["output_tokens_per_s"], 0), c.fmt(v["requests_per_s"], 2),
-          c.fmt(v["wall_s"], 1)] for lab, v in ((lab, s[lab]) for lab in order)]))
+          c.fmt(v["wall_s"], 1), *([f"{c.fmt(v.get('late'))}/{c.fmt(v.get('scheduled'))}"] if late else [])]
+         for lab, v in ((lab, s[lab]) for lab in order)]))
     rounds = sorted({r for v in s.values() for r in v["p50_by_round_s"]})
     md += ["", "### p50 TTFT by round, seconds", ""]
     md.append(c.markdown_table(["config", *[f"r{r}" for r in rounds]],
@@ -207,7 +297,7 @@ def build_report(rows, baseline: str, candidate: str, native: str, from_round: i
     ws = next(iter(s.values())).get("working_set_tokens")
     kv = any_params.get("gpu_kv_tokens")
     vs_gpu = f" = {ws / kv:.1f} x the GPU KV cache of {kv} tokens" if (ws and kv) else ""
-    md += ["", f"### Targets (issue 5; working set {ws} tokens{vs_gpu})", "", c.targets_markdown(targets)]
+    md += ["", f"### Targets (issues 5 and 12; working set {ws} tokens{vs_gpu})", "", c.targets_markdown(targets)]
     return {"labels": s, "targets": targets, "baseline": baseline, "candidate": candidate, "native": native}, "\n".join(md)
 
 
@@ -258,7 +348,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--system-tokens", type=int, default=2000)
     run.add_argument("--user-tokens", type=int, default=768, help="new user message per round")
     run.add_argument("--answer-tokens", type=int, default=32, help="max_tokens of each answer (ignore_eos)")
-    run.add_argument("--concurrency", type=int, default=3, help="requests in flight at most")
+    run.add_argument("--concurrency", type=int, default=3, help="requests in flight at most (without --rate)")
+    run.add_argument("--rate", type=float, default=0.0,
+                     help="requests/s: a fixed-rate open loop instead of --concurrency (see above)")
+    run.add_argument("--history-tokens", type=int, default=0, help="each user's own history before round 0")
     run.add_argument("--think-time", type=float, default=0.0, help="seconds a user waits between rounds")
     run.add_argument("--stagger", type=float, default=0.05, help="user i starts i x this many seconds late")
     run.add_argument("--max-seconds", type=float, default=120, help="no new request after this")

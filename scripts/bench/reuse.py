@@ -13,8 +13,12 @@ Runs in steps against an appliance that is up; each step appends rows to RESULTS
         a working set larger than the CPU tier: the prompts in turn, each after a GPU reset (so every hit comes
         from LMCache), pass after pass; rows churn_pass1, churn_pass2, ... (what the eviction and L2 prefetch
         policies keep in the CPU tier shows in the later passes)
+  reuse.py again ... --page-cache cold
+        marks the rows as measured after the page cache was dropped (the suite does it, as root): the report
+        keeps them out of the main tables and shows them next to the warm ones (issue 12, target 5)
   reuse.py report --results R [--baseline no-offload]
-        medians per phase and length, ratio to the baseline's recompute, copy floor, the issue's targets
+        medians per phase and length, ratio to the baseline's recompute, copy floor, the cost of storing on cold
+        requests, disk-tier numbers with the page cache warm and dropped, the issues' targets
 
 Prompts are exact-length token-id lists (deterministic per seed and length), sent to /v1/completions with
 max_tokens=1, so TTFT is the whole request time. `run` and `again` must use the same --tokens/--seeds.
@@ -44,6 +48,8 @@ CPU_HIT_VS_FLOOR = 2.0
 VLLM_RESTART_VS_RECOMPUTE = 0.30
 FULL_RESTART_VS_RECOMPUTE = 1.0
 COLD_OVERHEAD = 0.10
+COLD_OVERHEAD_R2 = 0.05          # issue 12, target 5: the cost of storing on cold requests
+COLD_CACHE_PHASES = ("after_full_restart", "restored_gpu_hit", "restored_after_reset")  # read from the disk tier
 # Issue 12 ("performance, round 2"), same baseline and length, plus the short-prompt hit cost.
 HIT_VS_NO_OFFLOAD = 1.1          # a GPU prefix hit with LMCache on, x the same hit without it
 SHORT_TOKENS, SHORT_HIT_MS = 128, 2.0   # ... and at 128 tokens, at most this many ms more
@@ -182,33 +188,34 @@ def cmd_again(a) -> int:
     except Exception as e:  # recorded, then fatal: the measurements after it would mean nothing
         c.append_rows(a.results, [{**head, "ok": False, "error": f"{e.__class__.__name__}: {e}"}])
         raise c.BenchError(f"restart for {a.phase} failed: {e}") from e
-    rows = [{**head, "ok": True, **info}]
+    mark = {"page_cache": a.page_cache} if a.page_cache else {}
+    rows = [{**head, "ok": True, **info, **mark}]
     c.append_rows(a.results, rows)
     if not a.no_warmup:
         rows += warmup(a, a.phase, retrieve=True)
     for n in _ints(a.tokens):
         for seed in seeds_of(a):
             res = c.completion_ttft(a.base_url, a.model, c.token_prompt(seed, n, a.salt), a.request_timeout)
-            rows.append(_row(a, a.phase, n, seed, res))
+            rows.append(_row(a, a.phase, n, seed, res, **mark))
     if a.restored_rounds > 1:
-        rows += restored_rounds(a)
+        rows += restored_rounds(a, mark)
     return _exit_status(rows)
 
 
-def restored_rounds(a) -> list[dict]:
+def restored_rounds(a, mark: dict | None = None) -> list[dict]:
     """Rounds 2..N of the phase's prompts, then a GPU reset and one more round (see PHASES)."""
-    rows = []
+    rows, mark = [], mark or {}
     for r in range(2, a.restored_rounds + 1):
         for n in _ints(a.tokens):
             for seed in seeds_of(a):
                 res = c.completion_ttft(a.base_url, a.model, c.token_prompt(seed, n, a.salt), a.request_timeout)
-                rows.append(_row(a, "restored_gpu_hit", n, seed, res, round=r))
+                rows.append(_row(a, "restored_gpu_hit", n, seed, res, round=r, **mark))
     c.reset_prefix_cache(a.base_url)
     time.sleep(a.settle)
     for n in _ints(a.tokens):
         for seed in seeds_of(a):
             res = c.completion_ttft(a.base_url, a.model, c.token_prompt(seed, n, a.salt), a.request_timeout)
-            rows.append(_row(a, "restored_after_reset", n, seed, res))
+            rows.append(_row(a, "restored_after_reset", n, seed, res, **mark))
     return rows
 
 
@@ -222,21 +229,54 @@ def _exit_status(rows) -> int:
 # --- report ----------------------------------------------------------------------------------------------
 
 def summarize(rows: list[dict]) -> dict:
-    """{label: {tokens: {phase: median TTFT}}} over successful measured rows, plus restart times."""
+    """{label: {tokens: {phase: median TTFT}}} over successful measured rows, plus restart times. Rows measured
+    after the page cache was dropped (`page_cache: cold`) are summarized apart (`cold_page_cache`)."""
     out: dict = {}
+    cold: dict = {}
     restarts: dict = {}
     for r in rows:
         if r.get("bench") != "reuse":
             continue
+        dropped = r.get("page_cache") == "cold"
         if str(r.get("phase", "")).startswith("restart:") and r.get("restart_to_ready_s") is not None:
-            restarts.setdefault(r["label"], {})[r["phase"][len("restart:"):]] = r["restart_to_ready_s"]
+            phase = r["phase"][len("restart:"):] + (" (page cache dropped)" if dropped else "")
+            restarts.setdefault(r["label"], {})[phase] = r["restart_to_ready_s"]
         if r.get("phase") in PHASES and r.get("ok") and r.get("ttft_s") is not None:
-            out.setdefault(r["label"], {}).setdefault(int(r["tokens"]), {}).setdefault(r["phase"], []).append(r["ttft_s"])
+            (cold if dropped else out).setdefault(r["label"], {}).setdefault(int(r["tokens"]), {}).setdefault(
+                r["phase"], []).append(r["ttft_s"])
     med = {lab: {n: {ph: c.median(v) for ph, v in phases.items()} for n, phases in by_n.items()}
            for lab, by_n in out.items()}
     counts = {lab: {n: {ph: len(v) for ph, v in phases.items()} for n, phases in by_n.items()}
               for lab, by_n in out.items()}
-    return {"median": med, "count": counts, "restart_to_ready_s": restarts}
+    cold_med = {lab: {n: {ph: c.median(v) for ph, v in phases.items()} for n, phases in by_n.items()}
+                for lab, by_n in cold.items()}
+    return {"median": med, "count": counts, "restart_to_ready_s": restarts, "cold_page_cache": cold_med}
+
+
+def page_cache_rows(med: dict, cold: dict) -> list[list]:
+    """The disk-tier phases with the page cache warm (as left by the run before) and dropped, side by side."""
+    out = []
+    for lab in sorted(cold):
+        for n in sorted(cold[lab]):
+            for ph in COLD_CACHE_PHASES:
+                w, d = med.get(lab, {}).get(n, {}).get(ph), cold[lab][n].get(ph)
+                if w is None and d is None:
+                    continue
+                out.append([lab, str(n), ph, w, d, (d / w) if (d is not None and w) else None])
+    return out
+
+
+def cold_cost_rows(med: dict, baseline: str, candidates: list[str]) -> list[list]:
+    """Cold requests (nothing to reuse) of each configuration against the baseline's: what storing costs."""
+    out = []
+    for lab in candidates:
+        for n in sorted(med.get(lab, {})):
+            cold, base = med[lab][n].get("cold"), med.get(baseline, {}).get(n, {}).get("cold")
+            if cold is None:
+                continue
+            ratio = (cold / base) if base else None
+            out.append([lab, str(n), cold, base, ratio, None if ratio is None else f"{100 * (ratio - 1):+.1f}%"])
+    return out
 
 
 def churn_summary(rows: list[dict]) -> dict:
@@ -281,6 +321,8 @@ def evaluate(med: dict, baseline: str, candidates: list[str], kv_bpt: int | None
             overhead = 100 * (cold / base_cold - 1) if (cold and base_cold) else None
             targets.append(c.target_row(f"{lab}: cold-request cost of storing, {n} tok, over {baseline}",
                                         overhead, 100 * COLD_OVERHEAD, "%"))
+            targets.append(c.target_row(f"{lab}: cold-request cost of storing, {n} tok, over {baseline} (issue 12)",
+                                        overhead, 100 * COLD_OVERHEAD_R2, "%"))
     return targets
 
 
@@ -330,7 +372,7 @@ def build_report(rows: list[dict], baseline: str, kv_bpt: int | None, gbps: floa
                  h2d: dict | None = None, target_tokens: int = TARGET_TOKENS) -> tuple[dict, str]:
     s = summarize(rows)
     med = s["median"]
-    if not med and not churn_summary(rows):
+    if not med and not churn_summary(rows) and not s["cold_page_cache"]:
         raise c.BenchError("no reuse rows in the results (run `reuse.py run` first)")
     labels = sorted(med, key=lambda lab: (lab != baseline, lab))
     candidates = [lab for lab in labels if lab != baseline]
@@ -360,6 +402,16 @@ def build_report(rows: list[dict], baseline: str, kv_bpt: int | None, gbps: floa
             bw += f", {h2d['device_name']}"
         md += ["", f"### Copy floor: KV bytes/token {kv_bpt} x tokens / host-to-device bandwidth ({bw})", ""]
         md.append(c.markdown_table(["tokens", "KV GB", "floor s", "config", "CPU-tier hit s", "x floor"], floor_rows))
+    cost = cold_cost_rows(med, baseline, candidates)
+    if cost:
+        md += ["", f"### Cold requests (first time, nothing to reuse): the cost of storing, median s vs {baseline}", ""]
+        md.append(c.markdown_table(["config", "tokens", "cold s", f"{baseline} cold s", "x", "cost"], cost))
+    warm_cold = page_cache_rows(med, s["cold_page_cache"])
+    if warm_cold:
+        md += ["", "### Disk tier with the page cache warm and dropped (median s; warm: as the run before left it, "
+                   "dropped: `echo 3 > /proc/sys/vm/drop_caches` before the restart)", ""]
+        md.append(c.markdown_table(["config", "tokens", "phase", "page cache warm", "page cache dropped",
+                                    "dropped x warm"], warm_cold))
     if s["restart_to_ready_s"]:
         md += ["", "### Restart to ready, seconds (through supervisord)", ""]
         md.append(c.markdown_table(["config", "phase", "seconds"],
@@ -376,6 +428,7 @@ def build_report(rows: list[dict], baseline: str, kv_bpt: int | None, gbps: floa
     targets = evaluate(med, baseline, candidates, kv_bpt, gbps, target_tokens)
     md += ["", f"### Targets (issues 5 and 12; baseline {baseline}, {target_tokens} tokens)", "", c.targets_markdown(targets)]
     summary = {"baseline": baseline, "median_ttft_s": med, "churn_mean_ttft_s": churn, "count": s["count"],
+               "cold_page_cache_median_ttft_s": s["cold_page_cache"],
                "restart_to_ready_s": s["restart_to_ready_s"], "kv_bytes_per_token": kv_bpt,
                "h2d_gb_per_s": gbps, "h2d": h2d, "targets": targets}
     return summary, "\n".join(md)
@@ -455,6 +508,8 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--kill-group", action="store_true",
                        help="kill-vllm: SIGKILL vLLM's whole process group (engine core too), not only its "
                             "main process (then the appliance must clear the orphaned engine core itself)")
+    again.add_argument("--page-cache", choices=("warm", "cold"),
+                       help="cold: the page cache was dropped before this restart (rows marked, reported apart)")
     again.add_argument("--restored-rounds", type=int, default=1,
                        help="N > 1: then rounds 2..N of the same prompts (restored_gpu_hit) and, after a GPU "
                             "reset, one more (restored_after_reset)")

@@ -8,8 +8,12 @@
   startup.py stop --pid PID --label X --results R [--timeout 90]
         SIGTERM to serve (supervisord stops its programs), wait; anything of it still alive after the
         timeout is SIGKILLed by pid and reported (a clean stop leaves nothing)
+  startup.py wait --bare --label bare-vllm --started-at EPOCH --pid PID --results R
+        the same for a bare `vllm serve` the caller started (the same model and flags as an appliance
+        configuration, no supervisord, no LMCache server): the row is marked `bare`
   startup.py report --results R
-        the startup and stop rows as a table
+        the startup and stop rows as a table; with a bare row, each appliance start next to it and issue 12's
+        target 6 (serve to ready within 5 s of the bare `vllm serve`)
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from pathlib import Path
 import common as c
 
 ROOT = Path(__file__).resolve().parents[2]
+VS_BARE_S = 5.0  # issue 12, target 6: `serve` to ready at most this many seconds after a bare `vllm serve`
 
 
 def descendants(pid: int) -> list[int]:
@@ -68,6 +73,8 @@ def measure(a, started_at: float, alive) -> dict:
         time.sleep(0.25)
     row = {"bench": "startup", "label": a.label, "ok": True, "ready_s": time.time() - started_at,
            "started_at": started_at, "supervisor_socket_s": socket_seen}
+    if getattr(a, "bare", False):
+        row["bare"] = True
     if sup_path and Path(sup_path).exists():
         try:
             for p in c.Supervisor(sup_path, timeout=10).processes():
@@ -88,7 +95,8 @@ def cmd_wait(a) -> int:
     try:
         measure(a, a.started_at, alive)
     except c.BenchError as e:
-        c.append_rows(a.results, [{"bench": "startup", "label": a.label, "ok": False, "error": str(e)}])
+        c.append_rows(a.results, [{"bench": "startup", "label": a.label, "ok": False, "error": str(e),
+                                   **({"bare": True} if a.bare else {})}])
         raise
     return 0
 
@@ -138,20 +146,49 @@ def cmd_stop(a) -> int:
     return 0 if row["ok"] else 1
 
 
+def vs_bare(starts: list[dict]) -> tuple[dict | None, list[dict], list[dict]]:
+    """The last successful bare `vllm serve` start, and each appliance start (ok) against it: rows of the
+    comparison table and issue 12's target 6 per configuration (n/a without a bare start)."""
+    bare = next((r for r in reversed(starts) if r.get("bare") and r.get("ok") and r.get("ready_s")), None)
+    table, targets = [], []
+    for r in starts:
+        if r.get("bare") or not r.get("ok") or r.get("ready_s") is None:
+            continue
+        diff = (r["ready_s"] - bare["ready_s"]) if bare else None
+        order = None
+        if bare and r.get("started_at") and bare.get("started_at"):
+            order = "before" if r["started_at"] < bare["started_at"] else "after"
+        table.append({"label": r["label"], "ready_s": r["ready_s"], "bare_s": bare["ready_s"] if bare else None,
+                      "diff_s": diff, "x": (r["ready_s"] / bare["ready_s"]) if bare else None, "started": order})
+        targets.append(c.target_row(f"{r['label']}: serve to ready, s over a bare vllm serve", diff, VS_BARE_S, "s"))
+    return bare, table, targets
+
+
 def build_report(rows: list[dict]) -> tuple[dict, str]:
     starts = [r for r in rows if r.get("bench") == "startup"]
     stops = [r for r in rows if r.get("bench") == "stop"]
+    bare, table, targets = vs_bare(starts)
     md = ["### serve to ready, seconds (from launching `python -m entrypoint serve`)", ""]
     md.append(c.markdown_table(
         ["config", "ok", "ready s", "supervisord socket s", "lmcache spawned s", "vllm spawned s", "error"],
-        [[r["label"], "yes" if r.get("ok") else "NO", r.get("ready_s"), r.get("supervisor_socket_s"),
-          r.get("lmcache_spawned_s"), r.get("vllm_spawned_s"), (r.get("error") or "")[:80]] for r in starts]))
+        [[r["label"] + (" (bare vllm serve)" if r.get("bare") else ""), "yes" if r.get("ok") else "NO",
+          r.get("ready_s"), r.get("supervisor_socket_s"), r.get("lmcache_spawned_s"), r.get("vllm_spawned_s"),
+          (r.get("error") or "")[:80]] for r in starts]))
+    if bare:
+        md += ["", f"### serve to ready next to a bare `vllm serve` ({bare['label']}: {bare['ready_s']:.1f} s, the "
+                   "same model and vLLM flags; a later start may find more in the page cache)", ""]
+        md.append(c.markdown_table(["config", "serve to ready s", "bare vllm serve s", "difference s", "x bare",
+                                    "started"], [[t["label"], t["ready_s"], t["bare_s"], t["diff_s"], t["x"],
+                                                  f"{t['started']} the bare one" if t["started"] else "-"]
+                                                 for t in table]))
+        md += ["", "### Targets (issue 12, target 6: start within 5 s of a bare `vllm serve`)", "",
+               c.targets_markdown(targets)]
     if stops:
         md += ["", "### SIGTERM to serve -> exited, seconds", ""]
         md.append(c.markdown_table(["config", "clean", "seconds", "SIGKILLed leftovers"],
                                    [[r["label"], "yes" if r.get("ok") else "NO", r.get("stop_s"),
                                      "; ".join(r.get("killed_leftovers") or []) or "-"] for r in stops]))
-    return {"startup": starts, "stop": stops}, "\n".join(md)
+    return {"startup": starts, "stop": stops, "vs_bare": table, "targets": targets if bare else []}, "\n".join(md)
 
 
 def cmd_report(a) -> int:
@@ -176,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "wait":
             p.add_argument("--started-at", type=float, required=True, help="epoch seconds `serve` was started")
             p.add_argument("--pid", type=int, help="serve's pid: fail at once if it exits")
+            p.add_argument("--bare", action="store_true", help="the process is a bare `vllm serve`, not the appliance")
         else:
             p.add_argument("--env-file")
             p.add_argument("--log", help="serve's output (default: discarded)")

@@ -19,6 +19,18 @@
 #   bash scripts/gpu/run-suite.sh tp           tensor parallel 2 (a 2-GPU host): LMCache server mode (reuse at
 #                                              16k, vLLM killed, the appliance restarted: disk tier), then
 #                                              in-process mode; prints the CPU/disk sizes each process was given
+#   bash scripts/gpu/run-suite.sh workloads    issue 12 target 4, LMCache's own workloads: no-offload, lmcache (the
+#                                              default), native (WL_CONFIGS), each started once: long-document QA
+#                                              (2 passes), multi-round QA at a fixed rate; then a bare `vllm serve`
+#                                              (target 6, budget permitting): ~470 s + ~70 s (WL_* knobs below)
+#   bash scripts/gpu/run-suite.sh startvs      issue 12 target 6: the appliance (no offload), then a bare `vllm
+#                                              serve` with its vLLM argv: serve -> ready side by side, ~150 s
+#   bash scripts/gpu/run-suite.sh loadfaults   issue 14: closed-loop load with an LMCache-server kill, a full disk, a
+#                                              vLLM kill and SIGTERM; per-window table and chart (LF_* knobs)
+#   bash scripts/gpu/run-suite.sh cluster      issue 15: two replicas, shared server vs store, router (CL_* knobs)
+#   bash scripts/gpu/run-suite.sh coord        issue 15: placement by LMCache's coordinator on one GPU (CO_* knobs)
+#   REUSE_DROP_CACHES=1: reuse's disk-tier phase runs with the page cache dropped; options restarts its
+#                                              OPT_RESTART ones twice, warm then dropped (issue 12 target 5)
 #   bash scripts/gpu/run-suite.sh reuse multiround   (both, if the budget allows: it does not on one call)
 #
 # Several suites at once on a multi-GPU host: GPU=N pins one to GPU N (CUDA_VISIBLE_DEVICES) and moves its
@@ -247,13 +259,11 @@ suite_reuse() {
     # 3. a restart of everything: the appliance stopped (SIGTERM) and started again; the disk tier remains
     stop_appliance
     du -sh "$KVDISK" 2>/dev/null | sed 's/^/    disk tier after the stop: /'
-    if [ "$REUSE_DROP_CACHES" = 1 ]; then
-        if sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then echo "    page cache dropped";
-        else echo "    could not drop the page cache (not root?): disk reads may come from RAM"; fi
-    fi
+    local cache=warm
+    [ "$REUSE_DROP_CACHES" = 1 ] && drop_page_cache && cache=cold
     need 110 "after_full_restart (the appliance restarted, disk tier)" || return 0
     start_appliance lmcache-server-restarted "${lmc[@]}" || return 0
-    bench reuse.py again --label lmcache-server --phase after_full_restart --restart none \
+    bench reuse.py again --label lmcache-server --phase after_full_restart --restart none --page-cache "$cache" \
         --warmup-tokens 1024 "${common[@]}" || fail "after_full_restart"
     # 4. faults, with what budget is left (after every measurement, so they disturb none)
     if [ "$REUSE_FAULTS" = 1 ]; then
@@ -367,9 +377,10 @@ suite_options() {
                     && start_appliance "$label-restarted" "${words[@]}" VLLM_MAX_MODEL_LEN="$REUSE_MAX_MODEL_LEN"; then
                 prewarm_status "$label-restarted" "at ready (before the 1st request)"
                 bench reuse.py again --label "$label" --phase after_full_restart --restart none --warmup-tokens 1024 \
-                    --restored-rounds "$OPT_ROUNDS" "${common[@]}" || fail "$label: after_full_restart"
+                    --restored-rounds "$OPT_ROUNDS" --page-cache warm "${common[@]}" || fail "$label: after_full_restart"
                 prewarm_status "$label-restarted" "after the rounds"
             fi
+            [ "$REUSE_DROP_CACHES" = 1 ] && restart_cold "$label" "${words[@]}" VLLM_MAX_MODEL_LEN="$REUSE_MAX_MODEL_LEN"
         fi
         stop_appliance
         rm -rf "$KVDISK-$label"  # several configurations per call: keep the disk free
@@ -951,7 +962,140 @@ PYEOF
     trap on_exit EXIT
 }
 
-[ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
+# --- page cache (issue 12, target 5): the disk-tier numbers with the page cache dropped, next to the warm ones ---
+drop_page_cache() {  # needs root (the GPU machine's user is); false, with a note, when it cannot
+    if sync && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then echo "    page cache dropped"; return 0; fi
+    echo "    could not drop the page cache (not root?): disk reads may come from RAM"
+    return 1
+}
+
+restart_cold() {  # restart_cold LABEL WORDS...: (options, REUSE_DROP_CACHES=1) after the warm restart, once more
+    # with the page cache dropped; rows marked page_cache=cold, reported next to the warm ones (reuse.py report)
+    local label=$1; shift
+    stop_appliance
+    drop_page_cache || { fail "$label: page cache not dropped: the cold restart skipped"; return 0; }
+    need 110 "$label: restarted with the page cache dropped" || return 0
+    start_appliance "$label-restarted-cold" "$@" || return 0
+    bench reuse.py again --label "$label" --phase after_full_restart --restart none --warmup-tokens 1024 \
+        --restored-rounds "$OPT_ROUNDS" --page-cache cold --base-url "$BASE" --model "$SERVED" --tokens "$OPT_TOKENS" \
+        --seeds "$REUSE_SEEDS" --results "$RES" || fail "$label: after_full_restart, page cache dropped"
+}
+
+# --- workloads (issue 12, target 4): LMCache's own workloads against the appliance ----------------------------
+# One appliance per WL_CONFIGS entry (mr_backend's words; `lmcache` is the appliance's default configuration),
+# started once with the GPU KV cache capped: long-document QA (longdoc.py: 20 documents x 10,000 tokens, one
+# request at a time, two passes), then multi-round QA at a fixed request rate (multiround.py --rate: 10 users,
+# a shared 1,000-token system prompt, each user's own 12,000-token history growing by 1,100 tokens a round to
+# 17,300, 100-token answers), bounded by WL_MR_SECONDS; then (WL_STARTVS=1, if the budget allows) target 6: a
+# bare `vllm serve` with the no-offload configuration's vLLM argv and environment, timed to ready.
+# Sizes: the 20 documents hold 201,280 KV tokens (26 GB): the CPU tier is 40 GiB, as in the issue's table. The
+# GPU KV cache is 8 GiB (65,536 tokens) rather than the issue's 4 GiB: the documents still cannot stay (6.5 of 20
+# fit, and pass 2 comes back to each after the 19 others), and the multi-round working set (165,000 tokens) is
+# 2.5x it, but 4 GiB (32,768 tokens) would hold only one of the late rounds' 17k-token requests at a time, so
+# with 100-token answers every configuration would queue at any useful rate (WL_KV_BYTES=4294967296 for 4 GiB).
+# About 470 s on one H200 (3 starts of 65-90 s, 2 x 20 + 40 requests each), plus ~70 s for the bare start.
+WL_CONFIGS=${WL_CONFIGS:-no-offload lmcache native}
+WL_CPU_GIB=${WL_CPU_GIB:-40}
+WL_KV_BYTES=${WL_KV_BYTES:-8589934592}
+WL_MAX_MODEL_LEN=${WL_MAX_MODEL_LEN:-20480}
+WL_LD_ARGS=${WL_LD_ARGS:-}                  # extra longdoc.py run arguments (--inflight 4, --docs 20 ...)
+WL_MR_SECONDS=${WL_MR_SECONDS:-45}
+WL_MR_ARGS=${WL_MR_ARGS:---users 10 --rounds 4 --rate 0.9 --system-tokens 1000 --history-tokens 12000 --user-tokens 1000 --answer-tokens 100}
+WL_STARTVS=${WL_STARTVS:-1}
+STARTVS_CONFIGS=${STARTVS_CONFIGS:-no-offload}   # the startvs suite's appliance starts (no-offload first)
+BARE_PID=""
+
+wl_words() {  # wl_words LABEL: the appliance words of a workloads configuration, one per line
+    local words=()
+    mapfile -t words < <(CPU_TIER_GIB=$WL_CPU_GIB mr_backend "$1")
+    [ "${#words[@]}" -gt 0 ] || return 1
+    printf '%s\n' "${words[@]}" VLLM_KV_CACHE_MEMORY_BYTES="$WL_KV_BYTES" VLLM_MAX_MODEL_LEN="$WL_MAX_MODEL_LEN"
+}
+
+suite_workloads() {
+    REPORTS+=(startup.py longdoc.py multiround.py)
+    local label words=() kv_tokens
+    # shellcheck disable=SC2206  # knobs: words
+    local mr=(--base-url "$BASE" --model "$SERVED" --results "$RES" --max-seconds "$WL_MR_SECONDS"
+              --max-model-len "$WL_MAX_MODEL_LEN" --request-timeout 60 $WL_MR_ARGS)
+    for label in $WL_CONFIGS; do
+        wl_words "$label" >/dev/null || { fail "unknown workloads configuration $label"; continue; }
+        mapfile -t words < <(wl_words "$label")
+        need $((WL_MR_SECONDS + 140)) "workloads $label" || continue
+        start_appliance "$label" "${words[@]}" || continue
+        kv_tokens=$(grep -ohE "GPU KV cache size: [0-9,]+ tokens" "/tmp/run-$INST$label/vllm.log" 2>/dev/null | head -1 | tr -dc 0-9)
+        # shellcheck disable=SC2086
+        bench longdoc.py run --label "$label" --base-url "$BASE" --model "$SERVED" --results "$RES" \
+            ${kv_tokens:+--gpu-kv-tokens "$kv_tokens"} $WL_LD_ARGS || fail "longdoc $label"
+        bench multiround.py run --label "$label" "${mr[@]}" ${kv_tokens:+--gpu-kv-tokens "$kv_tokens"} \
+            || fail "multiround $label"
+        stop_appliance
+    done
+    [ "$WL_STARTVS" = 1 ] && bare_vllm
+    return 0
+}
+
+suite_startvs() {  # issue 12, target 6: the appliance's serve -> ready next to a bare `vllm serve`, ~150 s
+    REPORTS+=(startup.py)
+    local label words=()
+    for label in $STARTVS_CONFIGS; do
+        wl_words "$label" >/dev/null || { fail "unknown startvs configuration $label"; continue; }
+        mapfile -t words < <(wl_words "$label")
+        need 100 "startvs: start $label" || continue
+        start_appliance "$label" "${words[@]}" && stop_appliance
+    done
+    bare_vllm
+}
+
+bare_vllm() {  # `vllm serve` with the vLLM argv and environment of this call's no-offload appliance, to ready
+    local plan=$LOGS/no-offload/plan.json argv=() envs=() started cmd=$VLLM_CMD  # (VLLM_* is unset below)
+    [ -f "$plan" ] || { fail "bare vllm serve: no $plan (start the no-offload configuration first in the call)"; return 0; }
+    need 85 "bare vllm serve (target 6)" || return 0
+    mapfile -t argv < <("$PY" -c 'import json, sys
+argv = json.load(open(sys.argv[1]))["vllm"]["argv"]
+print("\n".join(argv[argv.index("serve"):]))' "$plan")
+    mapfile -t envs < <("$PY" -c 'import json, sys
+for k, v in json.load(open(sys.argv[1]))["vllm"]["env"].items(): print(f"{k}={v}")' "$plan")
+    [ "${#argv[@]}" -gt 1 ] || { fail "bare vllm serve: no vLLM argv in $plan"; return 0; }
+    local i port=$PORT
+    for i in "${!argv[@]}"; do [ "${argv[$i]}" = --port ] && port=${argv[$((i + 1))]}; done
+    mkdir -p "$LOGS/bare-vllm"
+    say "start bare-vllm: vllm ${argv[*]}"
+    trap 'bare_stop; on_exit' EXIT  # a bare vLLM is not the appliance's: on_exit would not stop it
+    started=$(date +%s.%N)
+    (
+        for v in $(compgen -e); do case $v in VLLM_*|LMCACHE_*|APPLIANCE_*) unset "$v" ;; esac; done
+        for kv in "${envs[@]}"; do [ -n "$kv" ] && export "${kv?}"; done
+        export VLLM_SERVER_DEV_MODE=1 VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1  # as appliance_env
+        # shellcheck disable=SC2086  # the command is words (python3 -m vllm.entrypoints.cli.main)
+        cd "$ROOT" && PYTHONPATH="${SITE:+$SITE:}$ROOT" exec $cmd "${argv[@]}"
+    ) > "$LOGS/bare-vllm/vllm.log" 2>&1 &
+    BARE_PID=$!
+    local budget=$START_TIMEOUT
+    [ "$(left)" -lt "$budget" ] && budget=$(left)
+    bench startup.py wait --bare --label bare-vllm --results "$RES" --base-url "http://127.0.0.1:$port" --model "$SERVED" \
+        --started-at "$started" --pid "$BARE_PID" --timeout "$budget" \
+        || { fail "bare vllm serve did not get ready"; tail -n 30 "$LOGS/bare-vllm/vllm.log" | sed 's/^/    bare vllm: /'; }
+    bare_stop
+    trap on_exit EXIT
+}
+
+bare_stop() {  # SIGTERM to the bare vLLM (startup.py stop: SIGKILL to what is left after 60 s), GPU free again
+    [ -n "$BARE_PID" ] || return 0
+    bench startup.py stop --pid "$BARE_PID" --label bare-vllm --results "$RES" --timeout 60 || fail "bare vllm: stop not clean"
+    wait "$BARE_PID" 2>/dev/null
+    BARE_PID=""
+    if command -v nvidia-smi >/dev/null; then
+        local only=(); [ -n "$GPU" ] && only=(-i "$GPU")
+        for _ in $(seq 60); do
+            [ -z "$(nvidia-smi "${only[@]}" --query-compute-apps=pid --format=csv,noheader 2>/dev/null)" ] && break
+            sleep 0.5
+        done
+    fi
+    return 0
+}
+
+[ $# -gt 0 ] || { sed -n '2,32p' "$0"; exit 2; }
 for s in "$@"; do  # every suite_NAME function above is a suite
     declare -F "suite_$s" >/dev/null || { echo "unknown suite: $s ($(declare -F | sed -n 's/^declare -f suite_//p' | tr '\n' ' '))"; exit 2; }
 done

@@ -16,6 +16,9 @@ Switches (environment, read at start):
   STUB_ORPHAN_CHILDREN=1   the workers ignore SIGTERM and outlive the server (a straggler)
   STUB_MAX_CONCURRENCY=n   at most n completions at once, the others wait (a full batch)
   STUB_TOKEN_INTERVAL=s    seconds per generated token of a long request (default 0.05)
+  STUB_STREAM=1            answer `"stream": true` completions as vLLM does (server-sent events: a chunk
+                           per token up to max_tokens, a usage chunk, `data: [DONE]`), for dry runs of
+                           the streaming bench scripts; off by default (then one JSON answer)
   STUB_CONTROL_DIR=dir     runtime triggers, files consumed by the process that acts on them:
                              vllm-crash   exit 1 now
                              vllm-hang    engine stuck: /health stays 200, /metrics frozen, completions never end
@@ -112,6 +115,21 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
             self.end_headers()
             self.wfile.write(data)
 
+        def send_stream(self, body: dict, tokens: int) -> None:
+            prompt = body.get("prompt")
+            usage = {"prompt_tokens": len(prompt) if isinstance(prompt, list) else len(str(prompt).split()),
+                     "completion_tokens": tokens}
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")  # no length: the end of the body is the end of the stream
+            self.end_headers()
+            self.close_connection = True
+            chunk = {"id": "cmpl-stub", "object": "text_completion", "model": model}
+            events = [{**chunk, "choices": [{"index": 0, "text": " ok", "finish_reason": None}]}] * tokens
+            events.append({**chunk, "choices": [], "usage": usage})
+            self.wfile.write(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+                             + b"data: [DONE]\n\n")
+
         def authorized(self) -> bool:
             if api_key and self.headers.get("Authorization") != f"Bearer {api_key}":
                 self.send_json(401, {"error": "Unauthorized"})
@@ -174,6 +192,9 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
                 return
             seconds = float(body.get("stub_seconds", 0))
             tokens = engine.complete(str(body.get("prompt", "")), seconds)
+            if body.get("stream") and ENV.get("STUB_STREAM") == "1":
+                self.send_stream(body, max(tokens, int(body.get("max_tokens") or 1)))
+                return
             # `system_fingerprint`: which replica answered (its host name), for tests behind a router.
             self.send_json(200, {"id": "cmpl-stub", "object": "text_completion", "created": int(time.time()),
                                  "system_fingerprint": socket.gethostname(),
