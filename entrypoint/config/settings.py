@@ -152,12 +152,13 @@ SETTINGS: tuple[Setting, ...] = (
        "LMCACHE_PREWARM_RECORD_INTERVAL and when it stops, in a small file in the disk tier's directory), and when "
        "it starts again loads them from the disk tier into the CPU tier as soon as vLLM has registered its KV "
        "cache, so that the first request after a restart or an image upgrade is a CPU-tier hit, not a disk read. "
-       "This bounds how much it loads, in GiB for all GPUs together; `0` turns it off. `auto` (the default): half "
+       "This bounds how much it loads, in GiB for all GPUs together; `0` (the default) turns it off. `auto`: half "
        "the CPU tier: the hottest prefixes come back, and the other half stays free for what the first requests "
        "store, so that loading never evicts on its own; the load reads at most that much from the disk, in the "
-       "background. `config` shows the size. Ignored (with a note) in in-process or native mode, on a replica, "
+       "background. `config` shows the size. Off by default: in the one H200 run with it on, a vLLM killed under "
+       "load did not get its GPU memory back from the LMCache server (docs/RESILIENCE.md). Ignored (with a note) in in-process or native mode, on a replica, "
        "without a disk tier or on an LMCache without server modules; set there explicitly, it is an error.",
-       default="auto", group="LMCache", example="auto",
+       default=0, group="LMCache", example="auto",
        target="lmcache server --server-module entrypoint.lmcache_ext.prewarm (max_bytes)"),
     _s("LMCACHE_PREWARM_RECORD_INTERVAL", "seconds", "How often the LMCache server records its hot chunks for "
        "LMCACHE_PREWARM_SIZE (seconds; also when it stops). A SIGKILL loses at most this much of the record; "

@@ -14,7 +14,7 @@
 #                                              SIGTERM during a long request
 #   bash scripts/gpu/run-suite.sh options      one appliance per OPT_CONFIGS entry (no-offload, lmcache, and
 #                                              lmcache-<change>[-<change>]: blocking, eager, retain, arc,
-#                                              noprewarm): reuse at
+#                                              prewarm): reuse at
 #                                              16k and 128 tokens; OPT_RESTART ones restarted (disk tier, rounds)
 #   bash scripts/gpu/run-suite.sh tp           tensor parallel 2 (a 2-GPU host): LMCache server mode (reuse at
 #                                              16k, vLLM killed, the appliance restarted: disk tier), then
@@ -316,7 +316,7 @@ opt_words() {  # opt_words LABEL: the appliance words of an options configuratio
             eager) echo LMCACHE_EAGER_PREFETCH=true ;;
             retain) echo LMCACHE_L2_PREFETCH_POLICY=retain ;;
             arc) echo LMCACHE_EVICTION_POLICY=ARC ;;
-            noprewarm) echo LMCACHE_PREWARM_SIZE=0 ;;   # hot-prefix pre-warming (on by default) off
+            prewarm) echo LMCACHE_PREWARM_SIZE=auto ;;   # hot-prefix pre-warming (off by default) on
             *) return 1 ;;
         esac
     done
@@ -849,6 +849,7 @@ suite_loadfaults() {  # issue 14: the five faults under closed-loop load, one ap
               --window "${LF_WINDOW:-10}" --disk-dir "$ns" --disk-cap-gib "$cap"
               --metrics-url "http://127.0.0.1:$((9464 + ${GPU:-0}))/metrics")
     lf_run() {  # lf_run LABEL FAULT AT DURATION [more loadfaults.py arguments]
+        [[ " ${LF_RUNS:-lmcache-kill disk-full vllm-kill sigterm} " == *" $1 "* ]] || return 0
         need $(( $4 + 30 )) "loadfaults $1" || return 1
         bench loadfaults.py run --label "$1" --fault "$2" --fault-at "$3" --duration "$4" "${lf[@]}" "${@:5}" \
             || fail "loadfaults $1"
@@ -863,7 +864,7 @@ suite_loadfaults() {  # issue 14: the five faults under closed-loop load, one ap
     # 3. vLLM SIGKILLed: 503 + Retry-After from the gap program until the new vLLM serves (target 2)
     lf_run vllm-kill kill-vllm 15 "${LF_VLLM_SECONDS:-110}"
     # 4. SIGTERM to serve under load: in-flight requests complete, new ones get 503 / refused; ends the appliance
-    if need 60 "loadfaults sigterm"; then
+    if [[ " ${LF_RUNS:-sigterm} " == *" sigterm "* ]] && need 60 "loadfaults sigterm"; then
         bench loadfaults.py run --label sigterm --fault sigterm --fault-at 15 --duration 40 --serve-pid "$SERVE_PID" \
             "${lf[@]}" || fail "loadfaults sigterm"
         wait "$SERVE_PID" 2>/dev/null; echo "    serve exit code after SIGTERM: $?"

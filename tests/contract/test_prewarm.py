@@ -109,6 +109,9 @@ def test_hot_chunks_recorded_by_one_server_are_loaded_by_the_next(lmcache_parser
         return [p for p in Path(plan.disk.path).iterdir() if p.suffix == ".data"]
     try:
         _store(first.ctx, cold)
+        # LMCache's disk writes read the chunks from the CPU tier (a use): let the cold ones finish first
+        _until(lambda: len(disk_files()) == 10)
+        _until(lambda: first.bus.queue_depth() == 0)
         _store(first.ctx, hot)  # the most recent: these are the ones kept under the bound
         _until(lambda: len(disk_files()) == 20)  # LMCache's store controller wrote every chunk to the disk tier
         _until(lambda: first.bus.queue_depth() == 0)  # and the module has seen the CPU tier's events
