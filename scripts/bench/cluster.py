@@ -971,10 +971,7 @@ def cmd_report(a) -> int:
         kv_bpt = recorded[-1] if recorded else c.kv_bytes_per_token(c.LLAMA3_8B_SHAPE)
     summary, md = build_report(rows, kv_bpt)
     routes = {r["label"]: r for r in rows if r.get("bench") == "cluster_route"}
-    written = c.write_report(a.results, "cluster", summary, md, chart(summary["pair_median_ttft_s"], routes))
-    c.log(f"wrote {written}")
-    print(md)
-    return 0
+    return c.publish_report(a.results, "cluster", summary, md, chart(summary["pair_median_ttft_s"], routes))
 
 
 def parser() -> argparse.ArgumentParser:

@@ -515,6 +515,13 @@ def write_report(results_dir, name: str, summary: dict, markdown: str, chart=Non
     return written
 
 
+def publish_report(results_dir, name: str, summary: dict, markdown: str, chart=None) -> int:
+    """write_report, say what was written, and print the tables (a `report` command's last step)."""
+    log(f"wrote {write_report(results_dir, name, summary, markdown, chart)}")
+    print(markdown)
+    return 0
+
+
 def target_row(name: str, value, limit, unit: str = "", lower_is_better: bool = True) -> dict:
     """One target: value vs limit -> pass / miss / n/a (not measured)."""
     if value is None or limit is None:

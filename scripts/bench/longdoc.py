@@ -212,10 +212,7 @@ def chart(s: dict, order: list[str]):
 def cmd_report(a) -> int:
     summary, md = build_report(c.load_rows(a.results), a.baseline, a.candidate, a.native)
     order = order_of(summary["labels"], a.baseline, a.candidate, a.native)
-    written = c.write_report(a.results, "longdoc", summary, md, chart(summary["labels"], order))
-    c.log(f"wrote {written}")
-    print(md)
-    return 0
+    return c.publish_report(a.results, "longdoc", summary, md, chart(summary["labels"], order))
 
 
 def parser() -> argparse.ArgumentParser:

@@ -330,10 +330,7 @@ def cmd_report(a) -> int:
     rows = c.load_rows(a.results)
     summary, md = build_report(rows, a.baseline, a.candidate, a.native, a.from_round)
     order = sorted(summary["labels"], key=lambda lab: ({a.baseline: 0, a.native: 1, a.candidate: 2}.get(lab, 3), lab))
-    written = c.write_report(a.results, "multiround", summary, md, chart(rows, summary["labels"], order))
-    c.log(f"wrote {written}")
-    print(md)
-    return 0
+    return c.publish_report(a.results, "multiround", summary, md, chart(rows, summary["labels"], order))
 
 
 def parser() -> argparse.ArgumentParser:

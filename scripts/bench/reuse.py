@@ -463,10 +463,7 @@ def cmd_report(a) -> int:
     med = summary["median_ttft_s"]
     labels = sorted(med, key=lambda lab: (lab != a.baseline, lab))
     floors = {n: c.copy_floor_s(kv_bpt, n, gbps) for n in {n for lab in med for n in med[lab]}} if gbps else {}
-    written = c.write_report(a.results, "reuse", summary, md, chart(med, labels, floors))
-    c.log(f"wrote {written}")
-    print(md)
-    return 0
+    return c.publish_report(a.results, "reuse", summary, md, chart(med, labels, floors))
 
 
 def parser() -> argparse.ArgumentParser:
