@@ -126,7 +126,7 @@ def test_cluster_serves_through_the_router_and_survives_a_replica_the_kv_server_
     # One LMCache server for the host, in the kv-server; vLLM only in the replicas, pointed at it.
     assert programs(services["kv-server"]) == ["lmcache", "logs", "metrics", "on-fatal", "watchdog"]
     for name in ("replica-0", "replica-1"):
-        assert programs(services[name]) == ["logs", "metrics", "on-fatal", "vllm", "watchdog"]
+        assert programs(services[name]) == ["gap", "logs", "metrics", "on-fatal", "vllm", "watchdog"]
         plan = run_json(services[name], "config", "--format", "json")
         assert plan["lmcache"]["mode"] == "external" and plan["lmcache"]["server"]["url"] == "tcp://kv-server:5555"
         # The ZMQ port vLLM's connector uses, across the compose network (the health port: the metric below).
