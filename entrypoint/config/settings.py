@@ -156,7 +156,8 @@ SETTINGS: tuple[Setting, ...] = (
        "the CPU tier: the hottest prefixes come back, and the other half stays free for what the first requests "
        "store, so that loading never evicts on its own; the load reads at most that much from the disk, in the "
        "background. `config` shows the size. Off by default: in the one H200 run with it on, a vLLM killed under "
-       "load did not get its GPU memory back from the LMCache server (docs/RESILIENCE.md). Ignored (with a note) in in-process or native mode, on a replica, "
+       "load did not get its GPU memory back from the LMCache server; that run also had an earlier LMCache "
+       "restart, and which of the two caused it is not known yet (docs/RESILIENCE.md). Ignored (with a note) in in-process or native mode, on a replica, "
        "without a disk tier or on an LMCache without server modules; set there explicitly, it is an error.",
        default=0, group="LMCache", example="auto",
        target="lmcache server --server-module entrypoint.lmcache_ext.prewarm (max_bytes)"),
