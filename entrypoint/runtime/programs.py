@@ -262,7 +262,33 @@ def _exec(run: RunDir | None, program: str, argv: list[str], env: dict[str, str]
 
 
 # -- the programs --------------------------------------------------------------------------------------
+GPU_HELD = "gpu-memory-held"  # run directory: a vLLM start found the GPU memory still held after its wait
+
+
+def restart_lmcache_for_gpu(plan: Plan, run: RunDir, why: str) -> bool:
+    """Restart this appliance's LMCache server: its exit unmaps every vLLM KV cache it still holds (its CPU tier
+    starts empty; the disk tier stays). Only a server mode LMCache of this appliance; False where there is none
+    or supervisord would not do it."""
+    if plan.lmcache_mode != "server" or not plan.lmcache_argv:
+        return False
+    log(f"{why}: restarting the LMCache server, which still maps it (its CPU tier starts empty, the disk tier "
+        "stays)")
+    try:
+        rpc = run.rpc().supervisor
+        rpc.stopProcess("lmcache", True)
+        rpc.startProcess("lmcache", False)
+    except Exception as e:  # noqa: BLE001 - supervisord gone or the program in another state: start as before
+        log(f"could not restart the LMCache server ({type(e).__name__}: {e})")
+        return False
+    return True
+
+
 def vllm(plan: Plan, run: RunDir | None = None) -> int:
+    held = run.root / GPU_HELD if run else None
+    if held and held.exists():
+        held.unlink(missing_ok=True)
+        restart_lmcache_for_gpu(plan, run, "the last vLLM start found the GPU memory still held after "
+                                           f"{GPU_MEMORY_WAIT:g} s")
     if lmcache_wait_url(plan)[0] and not wait_for_lmcache(plan):
         return gave_up(run, "vllm") if run else 1
     argv = server_argv("vllm", plan.vllm_argv)
@@ -286,9 +312,12 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
         cut = shared.index("--")
         target = shared[cut + 1:]
         is_vllm_cli = target[:2] == ["-m", VLLM_CLI_MODULE] or os.path.basename(target[0]) == "vllm"
-        shared[cut:cut] = [*(["--preload", VLLM_CLI_MODULE] if is_vllm_cli else []),
-                           "--gpu-wait", f"{share:g},{tp},{limit:g}"]
-    else:
+        wait = f"{share:g},{tp},{limit:g}" + (f",{held}" if held and plan.lmcache_mode == "server" else "")
+        shared[cut:cut] = [*(["--preload", VLLM_CLI_MODULE] if is_vllm_cli else []), "--gpu-wait", wait]
+    elif not reuse_port.wait_for_gpu_memory(*gpu_wait(plan)) and run \
+            and restart_lmcache_for_gpu(plan, run, "the GPU memory is still held"):
+        if lmcache_wait_url(plan)[0] and not wait_for_lmcache(plan):
+            return gave_up(run, "vllm")
         reuse_port.wait_for_gpu_memory(*gpu_wait(plan))
     _exec(run, "vllm", shared or argv, vllm_environment(plan))
     return 1  # not reached

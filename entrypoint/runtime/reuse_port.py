@@ -33,8 +33,9 @@ import subprocess
 import sys
 import time
 
-USAGE = ("usage: reuse_port.py PORT [--preload MODULE] [--gpu-wait SHARE,TP,SECONDS] -- SCRIPT [ARGS...] | "
-         "-m MODULE [ARGS...]")
+USAGE = ("usage: reuse_port.py PORT [--preload MODULE] [--gpu-wait SHARE,TP,SECONDS[,HELD_FILE]] -- "
+         "SCRIPT [ARGS...] | -m MODULE [ARGS...]")
+HELD_EXIT = 75  # EX_TEMPFAIL: the GPU memory was still held; the launcher's next start frees it (programs.py)
 
 
 def log(text: str) -> None:
@@ -61,20 +62,21 @@ def gpu_memory(tp: int) -> list[tuple[int, float, float]] | None:
     return [(int(i), free, total) for i, free, total in rows[:tp]]
 
 
-def wait_for_gpu_memory(share: float, tp: int, limit: float) -> None:
+def wait_for_gpu_memory(share: float, tp: int, limit: float, quiet_limit: bool = False) -> bool:
     """Wait (at most `limit` s) until the GPUs have `share` of their memory free: after a crash, the dead
     vLLM's KV cache stays mapped in the LMCache server until the server reaps it, and vLLM refuses to start
-    on too little free memory. Without nvidia-smi there is nothing to check."""
+    on too little free memory. Without nvidia-smi there is nothing to check. False: still short."""
     start, said = time.monotonic(), False
     while True:
         short = [g for g in gpu_memory(tp) or [] if g[1] < share * g[2]]
         if not short:
             if said:
                 log(f"GPU memory released after {time.monotonic() - start:.1f} s")
-            return
+            return True
         if time.monotonic() - start >= limit:
-            log(f"GPU memory still short after {limit:g} s; starting vLLM anyway (it will say why)")
-            return
+            if not quiet_limit:
+                log(f"GPU memory still short after {limit:g} s; starting vLLM anyway (it will say why)")
+            return False
         if not said:
             i, free, total = short[0]
             log(f"waiting for GPU memory to be released (GPU {i}: {free / 1024:.1f} of {total / 1024:.1f} GiB "
@@ -118,10 +120,10 @@ def main(argv: list[str]) -> int:
         name, value, options = options[0], options[1:2], options[2:]
         if name == "--preload" and value:
             module = value[0]
-        elif name == "--gpu-wait" and value and len(value[0].split(",")) == 3:
+        elif name == "--gpu-wait" and value and len(value[0].split(",", 3)) in (3, 4):
             try:
-                share, tp, limit = value[0].split(",")
-                wait = (float(share), int(tp), float(limit))
+                share, tp, limit, *held = value[0].split(",", 3)  # the file's path may hold commas
+                wait = (float(share), int(tp), float(limit), held[0] if held else None)
             except ValueError:
                 print(USAGE, file=sys.stderr)
                 return 2
@@ -135,7 +137,15 @@ def main(argv: list[str]) -> int:
     if module:
         preload(module)
     if wait:
-        wait_for_gpu_memory(*wait)
+        share, tp, limit, held = wait
+        if not wait_for_gpu_memory(share, tp, limit, quiet_limit=bool(held)) and held:
+            # Never seen freed within the limit (one H200 run: the LMCache server logged its reap, the memory
+            # stayed mapped). Say so and exit: the launcher's next start restarts the LMCache server first.
+            with open(held, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            log(f"GPU memory still short after {limit:g} s: exiting, so that the next start restarts the LMCache "
+                "server that still maps it")
+            return HELD_EXIT
     if target[0] == "-m":
         sys.argv = [target[1], *target[2:]]  # runpy puts the module's file name into argv[0]
         sys.path[0] = os.getcwd()  # as `python -m` does

@@ -105,3 +105,79 @@ def test_only_vllms_own_cli_is_preloaded(tmp_path, monkeypatch):
         assert argv[1].endswith("reuse_port.py") and "--gpu-wait" in argv[:cut]
         assert ("--preload" in argv[:cut]) == preloaded, argv
         assert argv[cut + 1:][-1] not in ("--preload", "--gpu-wait")
+
+
+def test_memory_never_released_exits_75_and_leaves_the_held_file(tmp_path, monkeypatch):
+    """A run on the H200 saw the LMCache server log its reap and keep the memory mapped: vLLM would only fail.
+    reuse_port.py says so, leaves the file and exits 75, for the launcher's next start to act on."""
+    fake_nvidia_smi(tmp_path, monkeypatch, free_mib=100)
+    (tmp_path / "prog.py").write_text("print('ran')\n")
+    held = tmp_path / "run, dir" / "gpu-memory-held"  # a comma in the path is no separator
+    held.parent.mkdir()
+    out = subprocess.run([sys.executable, str(WRAPPER), "8123", "--gpu-wait", f"0.6,1,1,{held}", "--",
+                          str(tmp_path / "prog.py")], capture_output=True, text=True, timeout=60,
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert out.returncode == reuse_port.HELD_EXIT, out.stdout + out.stderr
+    assert "ran" not in out.stdout and held.exists()
+    assert "GPU memory still short after 1 s: exiting, so that the next start restarts the LMCache server" \
+        in out.stdout
+
+
+class FakeSupervisor:
+    def __init__(self):
+        self.calls = []
+
+    def stopProcess(self, name, wait):  # noqa: N802 - supervisord's XML-RPC names
+        self.calls.append(("stop", name, wait))
+        return True
+
+    def startProcess(self, name, wait):  # noqa: N802
+        self.calls.append(("start", name, wait))
+        return True
+
+
+def launcher(tmp_path, monkeypatch, env: dict):
+    from types import SimpleNamespace
+
+    from entrypoint.config.load import make_plan
+    from entrypoint.runtime.render import RunDir
+    seen, sup = [], FakeSupervisor()
+    monkeypatch.setattr(programs, "_exec", lambda run, name, argv, env: seen.append(argv))
+    monkeypatch.setattr(programs, "wait_for_earlier", lambda name: True)
+    monkeypatch.setattr(programs, "wait_for_ports", lambda ports, shared=False: True)
+    monkeypatch.setattr(programs, "wait_for_lmcache", lambda plan: True)
+    monkeypatch.setattr(RunDir, "rpc", lambda self: SimpleNamespace(supervisor=sup))
+    plan = make_plan(None, [], {"APPLIANCE_RUN_DIR": str(tmp_path / "run"), **env})
+    assert plan.errors == []
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir(parents=True, exist_ok=True)
+    return plan, run, seen, sup
+
+
+def test_the_next_start_restarts_the_lmcache_server_first(tmp_path, monkeypatch, capsys):
+    plan, run, seen, sup = launcher(tmp_path, monkeypatch, {"APPLIANCE_VLLM_COMMAND": "python3 -m vllm.entrypoints.cli.main"})
+    programs.vllm(plan, run)  # no held file: nothing restarted; reuse_port is told where to leave one
+    argv = seen.pop()
+    assert sup.calls == [] and argv[argv.index("--gpu-wait") + 1].endswith(f",{run.root / programs.GPU_HELD}")
+    (run.root / programs.GPU_HELD).write_text("1\n")
+    programs.vllm(plan, run)
+    assert sup.calls == [("stop", "lmcache", True), ("start", "lmcache", False)]
+    assert not (run.root / programs.GPU_HELD).exists() and seen
+    assert "restarting the LMCache server, which still maps it" in capsys.readouterr().out
+
+
+def test_without_a_server_of_its_own_nothing_is_restarted(tmp_path, monkeypatch):
+    plan, run, seen, sup = launcher(tmp_path, monkeypatch, {"APPLIANCE_VLLM_COMMAND": "python3 -m vllm.entrypoints.cli.main",
+                                                            "VLLM_KV_OFFLOADING_BACKEND": "none"})
+    (run.root / programs.GPU_HELD).write_text("1\n")
+    programs.vllm(plan, run)
+    argv = seen.pop()
+    assert sup.calls == [] and argv[argv.index("--gpu-wait") + 1].count(",") == 2  # no held file to leave
+
+
+def test_a_launcher_that_waits_itself_restarts_the_server_then_waits_again(tmp_path, monkeypatch):
+    plan, run, seen, sup = launcher(tmp_path, monkeypatch, {"APPLIANCE_GAP_ANSWER": "false"})
+    waits = []
+    monkeypatch.setattr(reuse_port, "wait_for_gpu_memory", lambda *a, **k: waits.append(a) or len(waits) > 1)
+    programs.vllm(plan, run)
+    assert len(waits) == 2 and sup.calls == [("stop", "lmcache", True), ("start", "lmcache", False)] and seen
