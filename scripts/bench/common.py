@@ -515,6 +515,18 @@ def write_report(results_dir, name: str, summary: dict, markdown: str, chart=Non
     return written
 
 
+def last_runs(rows: list[dict], bench: str) -> dict:
+    """{label: (run summary row, its request rows)} for the last `run` of each label: a bench appends its
+    request rows (`bench`), then one summary row (`bench`_run) per run."""
+    out, reqs = {}, {}
+    for r in rows:
+        if r.get("bench") == bench:
+            reqs.setdefault(r.get("label"), []).append(r)
+        elif r.get("bench") == f"{bench}_run":
+            out[r["label"]] = (r, reqs.pop(r["label"], []))
+    return out
+
+
 def publish_report(results_dir, name: str, summary: dict, markdown: str, chart=None) -> int:
     """write_report, say what was written, and print the tables (a `report` command's last step)."""
     log(f"wrote {write_report(results_dir, name, summary, markdown, chart)}")

@@ -128,17 +128,11 @@ def cmd_run(a) -> int:
 
 def summarize(rows: list[dict]) -> dict:
     """Per label, its last run: the run summary row's numbers, recomputed from that run's request rows."""
-    out, reqs = {}, {}
-    for r in rows:
-        if r.get("bench") == "longdoc":
-            reqs.setdefault(r.get("label"), []).append(r)
-        elif r.get("bench") == "longdoc_run":
-            mine = reqs.pop(r["label"], [])
-            out[r["label"]] = {"params": r.get("params") or {}, "documents_tokens": r.get("documents_tokens"),
-                               **{f"pass{p}": {**pass_stats([x for x in mine if x.get("pass") == p]),
-                                               "wall_s": (r.get(f"pass{p}") or {}).get("wall_s")}
-                                  for p in (1, 2)}}
-    return out
+    return {label: {"params": r.get("params") or {}, "documents_tokens": r.get("documents_tokens"),
+                    **{f"pass{p}": {**pass_stats([x for x in mine if x.get("pass") == p]),
+                                    "wall_s": (r.get(f"pass{p}") or {}).get("wall_s")}
+                       for p in (1, 2)}}
+            for label, (r, mine) in c.last_runs(rows, "longdoc").items()}
 
 
 def evaluate(s: dict, baseline: str, candidate: str, native: str) -> list[dict]:

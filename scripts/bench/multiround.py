@@ -107,7 +107,12 @@ def run_users(a, emit) -> dict:
             if a.think_time:
                 time.sleep(a.think_time)
 
-    threads = [threading.Thread(target=user_loop, args=(u,), daemon=True) for u in range(a.users)]
+    return join_users(a, [(u,) for u in range(a.users)], user_loop, deadline, start, stats)
+
+
+def join_users(a, per_user: list[tuple], user_loop, deadline: float, start: float, stats: dict) -> dict:
+    """One thread per user (user_loop(*args)), all waited for until the deadline plus one request's timeout."""
+    threads = [threading.Thread(target=user_loop, args=args, daemon=True) for args in per_user]
     for t in threads:
         t.start()
     for t in threads:
@@ -160,15 +165,8 @@ def run_rate(a, emit) -> dict:
                     return
             conv.answered(rnd, prompt, res.get("completion_tokens") or 0)
 
-    threads = [threading.Thread(target=user_loop, args=(u, [s for s in plan if s[1] == u]), daemon=True)
-               for u in range(a.users)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(1.0, deadline - time.perf_counter() + a.request_timeout + 5))
-    stats["wall_s"] = time.perf_counter() - start
-    stats["threads_left"] = sum(t.is_alive() for t in threads)
-    return stats
+    return join_users(a, [(u, [s for s in plan if s[1] == u]) for u in range(a.users)], user_loop, deadline,
+                      start, stats)
 
 
 def cmd_run(a) -> int:
@@ -224,21 +222,10 @@ def cmd_run(a) -> int:
 
 # --- report ----------------------------------------------------------------------------------------------
 
-def last_runs(rows: list[dict]) -> dict:
-    """{label: (run summary row, its request rows)} for the last `run` of each label."""
-    out, reqs = {}, {}
-    for r in rows:
-        if r.get("bench") == "multiround":
-            reqs.setdefault(r.get("label"), []).append(r)
-        elif r.get("bench") == "multiround_run":
-            out[r["label"]] = (r, reqs.pop(r["label"], []))
-    return out
-
-
 def summarize(rows: list[dict], from_round: int = 0) -> dict:
     """Per label: TTFT percentiles over its last run's requests, and that run's throughput."""
     out = {}
-    for label, (run, reqs) in last_runs(rows).items():
+    for label, (run, reqs) in c.last_runs(rows, "multiround").items():
         ttft = [r["ttft_s"] for r in reqs if r.get("ok")]
         later = [r["ttft_s"] for r in reqs if r.get("ok") and r.get("round", 0) >= from_round]
         by_round = {}
@@ -304,7 +291,7 @@ def build_report(rows, baseline: str, candidate: str, native: str, from_round: i
 def chart(rows, s: dict, order: list[str]):
     def draw(plt, path):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        runs = last_runs(rows)
+        runs = c.last_runs(rows, "multiround")
         for lab in order:
             ttft = sorted(r["ttft_s"] for r in runs[lab][1] if r.get("ok"))
             if ttft:

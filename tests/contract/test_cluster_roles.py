@@ -20,6 +20,7 @@ import requests
 from entrypoint.config.load import make_plan
 
 from .parsers import connector_extra_config_keys, parse_lmcache_server_argv, parse_serve_argv, registered_kv_connectors
+from .ports import free_ports
 
 MODEL = "facebook/opt-125m"
 DISK = "/tmp/appliance-contract/kv-disk"
@@ -105,22 +106,11 @@ def _non_loopback_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("0.0.0.0", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def test_a_replicas_connector_reaches_a_real_kv_server_on_the_network(tmp_path):
     address = _non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to reach the kv-server on")
-    zmq_port, http_port, metrics_port = _free_ports(3)
+    zmq_port, http_port, metrics_port = free_ports(3, "0.0.0.0")
     # The `lmcache` command next to this Python (a venv), else on PATH (the product image: /usr/local/bin).
     lmcache = shutil.which("lmcache", path=os.pathsep.join([str(Path(sys.executable).parent),
                                                             os.environ.get("PATH", "")]))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ import requests
 
 from entrypoint.config.load import make_plan
 
+from .ports import free_ports
+
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH))
 import cluster
@@ -32,17 +33,6 @@ import cluster
 HELLO = 9906  # LMCache's server benchmark stores (seq, HELLO x num_tokens): helpers._build_token_ids
 TOKENS = 512  # 2 chunks of 256 (+1 token, ignored)
 SHAPE = "(2,64,16,8,128):float16:4"  # a small KV layout: 4 layers, 64 blocks of 16 tokens
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _lmcache() -> str:
@@ -78,7 +68,7 @@ def fleet(tmp_path_factory):
     """The coordinator and two LMCache servers registered with it: (coordinator URL, [(zmq, http port)])."""
     tmp = tmp_path_factory.mktemp("coordinator")
     lmcache = _lmcache()
-    coord_port, *ports = _free_ports(7)
+    coord_port, *ports = free_ports(7)
     coordinator = f"http://127.0.0.1:{coord_port}"
     procs = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LMCACHE_DISABLE_BANNER": "1"}
@@ -224,7 +214,7 @@ def test_the_bench_router_sends_each_prompt_to_the_server_that_holds_it(fleet, r
 
 
 def test_a_coordinator_that_does_not_answer_fails_open(replicas):
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     router = cluster.CoordinatorRouter(f"http://127.0.0.1:{port}", replicas, [1, 2], "m", lookup_model="test-model")
     picks = [router.pick("seq 1") for _ in range(2)]
     assert sorted(i for i, _ in picks) == [0, 1]  # the least loaded, then the other

@@ -14,6 +14,7 @@ import pytest
 from entrypoint.config.load import make_plan
 
 from .parsers import parse_lmcache_server_argv
+from .ports import free_port
 
 
 def _server(lmcache_parser, plan):
@@ -173,14 +174,6 @@ def test_a_bad_module_config_is_a_log_line_not_a_dead_server(lmcache_parser, pre
         assert prewarm.build_server_modules(SimpleNamespace(config=config, server_context=None)) is None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("key_file", ["recorded", "corrupt"])
 def test_the_real_lmcache_server_loads_the_module_reads_the_key_file_and_keeps_it(stack, prewarm_plan, tmp_path,
                                                                                   key_file):
@@ -197,9 +190,9 @@ def test_the_real_lmcache_server_loads_the_module_reads_the_key_file_and_keeps_i
 
     from entrypoint.lmcache_ext import prewarm
 
-    http = _free_port()
-    plan = prewarm_plan(LMCACHE_PREWARM_SIZE="0.1", APPLIANCE_LMCACHE_PORT=str(_free_port()),
-                        APPLIANCE_LMCACHE_HTTP_PORT=str(http), APPLIANCE_LMCACHE_METRICS_PORT=str(_free_port()),
+    http = free_port()
+    plan = prewarm_plan(LMCACHE_PREWARM_SIZE="0.1", APPLIANCE_LMCACHE_PORT=str(free_port()),
+                        APPLIANCE_LMCACHE_HTTP_PORT=str(http), APPLIANCE_LMCACHE_METRICS_PORT=str(free_port()),
                         APPLIANCE_LMCACHE_COMMAND=f"{sys.executable} -m lmcache.cli.main")
     spec = json.loads(plan.lmcache_argv[plan.lmcache_argv.index("--server-module") + 1])
     path = Path(spec["config"]["key_file"])

@@ -19,12 +19,7 @@ from entrypoint.runtime import reuse_port
 from entrypoint.runtime.gap import Gap
 
 from .parsers import parse_lmcache_server_argv, parse_serve_argv
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .ports import free_port
 
 
 @pytest.fixture
