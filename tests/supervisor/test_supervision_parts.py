@@ -106,7 +106,8 @@ def test_watchdog_prunes_the_servers_own_files_only_past_the_hard_bound(tmp_path
     monkeypatch.setattr(watchdog, "say", lambda _name, text: said.append(text))
     dog = SimpleNamespace(plan=SimpleNamespace(disk=SimpleNamespace(max_size_gib=10_000 / (1 << 30),
                                                                     path=str(tmp_path), base=str(tmp_path))),
-                          record=SimpleNamespace(pruned=lambda *a: None), lmcache_since=1_000.0)
+                          record=SimpleNamespace(pruned=lambda *a: None), lmcache_since=1_000.0,
+                          evicting_alone_for=None)
     monkeypatch.setattr(watchdog.preflight, "tier_dirs", lambda disk: [disk.path])
     for i in range(4):  # an earlier server's files: 4,000 bytes
         (tmp_path / f"old{i}").write_bytes(b"x" * 1000)
@@ -126,6 +127,22 @@ def test_watchdog_prunes_the_servers_own_files_only_past_the_hard_bound(tmp_path
     assert "old2" not in left and "old3" not in left and "new0" not in left, left
     assert sum((tmp_path / n).stat().st_size for n in left) <= 9_000
     assert any("files its server still counts were removed" in s for s in said), said
+    # that server's eviction is stalled now: later prunes take the tier to its cap on their own (no 5 % slack)
+    assert dog.evicting_alone_for == 1_000.0
+    for i in range(12, 14):  # 1,000 bytes over the cap of 10,000: under the hard bound, yet pruned
+        (tmp_path / f"new{i}").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / f"new{i}", (2_000 + i, 2_000 + i))
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) > 10_000
+    held, after = watchdog.Watchdog.prune_disk(dog)
+    assert held > 10_000 and after <= 9_000
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) == after
+    # a new LMCache server counts its own files again: back to leaving them to its eviction up to the bound
+    dog.lmcache_since = 3_000.0
+    for i in range(2):
+        (tmp_path / f"next{i}").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / f"next{i}", (3_100 + i, 3_100 + i))
+    watchdog.Watchdog.prune_disk(dog)
+    assert {"next0", "next1"} <= {p.name for p in tmp_path.iterdir()}
     # with no LMCache server of its own running (in-process mode, or between its restarts) anything may go
     dog.lmcache_since = None
     for i in range(3):
