@@ -37,7 +37,8 @@
 # ports (API 8000+N, LMCache 5555+10N / 8080+N / Prometheus 9090+N, metrics 9464+N), run directories and pid file, e.g.
 #   GPU=0 OUT=/tmp/bo/g0 bash scripts/gpu/run-suite.sh multiround & GPU=1 OUT=/tmp/bo/g1 MR_CONFIGS=... bash ... &
 # Multi-round configurations (MR_CONFIGS, default "no-offload lmcache native"; see mr_backend below):
-#   no-offload, lmcache, native, lmcache-inproc (LMCACHE_MODE=in-process), lmcache-mw4 (the LMCache server
+#   no-offload, lmcache, native, lmcache-inproc (LMCACHE_MODE=in-process), lmcache-nonblocking
+#   (LMCACHE_NONBLOCKING_LOOKUP=true), lmcache-mw4 (the LMCache server
 #   with --max-workers 4), lmcache-chunk512 (LMCACHE_CHUNK_SIZE=512); any of them with a suffix -mnbtN adds
 #   VLLM_MAX_NUM_BATCHED_TOKENS=N (vLLM's token budget per scheduler step).
 #
@@ -423,10 +424,13 @@ mr_backend() {  # mr_backend LABEL: the offloading words of a multi-round config
     case $base in
         no-offload) echo VLLM_KV_OFFLOADING_BACKEND=none ;;
         native) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=native VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" ;;
-        lmcache|lmcache-inproc|lmcache-mw4|lmcache-chunk512)
+        lmcache|lmcache-inproc|lmcache-mw4|lmcache-chunk512|lmcache-nonblocking)
             printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB"
             case $base in  # the one change each variant makes to the default LMCache configuration
                 lmcache-inproc) echo LMCACHE_MODE=in-process ;;
+                # the scheduler polls the lookup instead of waiting for it: under multi-user load the LMCache
+                # server answered a partly stored prompt's lookup 14-31 ms late (h200x2-2026-11-29-evening)
+                lmcache-nonblocking) echo LMCACHE_NONBLOCKING_LOOKUP=true ;;
                 lmcache-mw4) echo "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" ;;
                 lmcache-chunk512) echo LMCACHE_CHUNK_SIZE=512 ;;
             esac ;;
