@@ -375,45 +375,42 @@ class Router:
             replica.inflight -= 1
 
     def metrics_text(self) -> str:
+        """Prometheus text: per replica (health, requests, failed connections, in flight), placements."""
         m = self.metrics
         with self.lock:
             replicas = list(self.replicas)
-        out = ["# HELP appliance_router_replica_healthy 1 while the replica answers /health with 200.",
-               "# TYPE appliance_router_replica_healthy gauge"]
-        out += [f'appliance_router_replica_healthy{{replica="{_label(r.url)}"}} {int(r.healthy)}' for r in replicas]
-        out += ["# HELP appliance_router_requests_total Requests sent to each replica.",
-                "# TYPE appliance_router_requests_total counter"]
-        out += [f'appliance_router_requests_total{{replica="{_label(r.url)}"}} {r.requests}' for r in replicas]
-        out += ["# HELP appliance_router_upstream_errors_total Connections to a replica that failed.",
-                "# TYPE appliance_router_upstream_errors_total counter"]
-        out += [f'appliance_router_upstream_errors_total{{replica="{_label(r.url)}"}} {r.errors}' for r in replicas]
-        out += ["# HELP appliance_router_in_flight Requests a replica is answering now.",
-                "# TYPE appliance_router_in_flight gauge"]
-        out += [f'appliance_router_in_flight{{replica="{_label(r.url)}"}} {r.inflight}' for r in replicas]
+        out: list[str] = []
+
+        def family(name: str, kind: str, text: str, samples: list[tuple[str, object]]) -> None:
+            out.extend((f"# HELP {name} {text}", f"# TYPE {name} {kind}"))
+            out.extend(f"{name}{labels} {value}" for labels, value in samples)
+
+        def per_replica(attr: str) -> list[tuple[str, object]]:
+            return [(f'{{replica="{_label(r.url)}"}}', int(getattr(r, attr))) for r in replicas]
+
+        family("appliance_router_replica_healthy", "gauge", "1 while the replica answers /health with 200.",
+               per_replica("healthy"))
+        family("appliance_router_requests_total", "counter", "Requests sent to each replica.",
+               per_replica("requests"))
+        family("appliance_router_upstream_errors_total", "counter", "Connections to a replica that failed.",
+               per_replica("errors"))
+        family("appliance_router_in_flight", "gauge", "Requests a replica is answering now.",
+               per_replica("inflight"))
         with m.lock:
-            out += ["# HELP appliance_router_routing_errors_total Placements that failed (tokenize or coordinator) "
-                    "and fell back to the least loaded replica.", "# TYPE appliance_router_routing_errors_total counter",
-                    f"appliance_router_routing_errors_total {m.routing_errors}",
-                    "# HELP appliance_router_fallbacks_total Requests placed on the least loaded replica, by why.",
-                    "# TYPE appliance_router_fallbacks_total counter"]
-            out += [f'appliance_router_fallbacks_total{{reason="{k}"}} {v}'
-                    for k, v in sorted(({"coordinator": 0, "tokenize": 0, "no_prompt": 0} | m.fallbacks).items())]
-            out += ["# HELP appliance_router_retries_total Requests sent again to another replica after a failed "
-                    "connection.", "# TYPE appliance_router_retries_total counter",
-                    f"appliance_router_retries_total {m.retries}",
-                    "# HELP appliance_router_no_replica_total Requests answered 503: no healthy replica.",
-                    "# TYPE appliance_router_no_replica_total counter",
-                    f"appliance_router_no_replica_total {m.no_replica}",
-                    "# HELP appliance_router_prefix_placements_total Requests placed where the coordinator said "
-                    "a prefix of them is held.", "# TYPE appliance_router_prefix_placements_total counter",
-                    f"appliance_router_prefix_placements_total {m.placed_on_prefix}",
-                    "# HELP appliance_router_routing_seconds Time to place a request (tokenize + lookup).",
-                    "# TYPE appliance_router_routing_seconds histogram"]
-            out += [f'appliance_router_routing_seconds_bucket{{le="{b}"}} {n}'
-                    for b, n in zip(ROUTE_BUCKETS, m.route_buckets)]
-            out += [f'appliance_router_routing_seconds_bucket{{le="+Inf"}} {m.route_count}',
-                    f"appliance_router_routing_seconds_sum {m.route_sum}",
-                    f"appliance_router_routing_seconds_count {m.route_count}"]
+            reasons = {"coordinator": 0, "tokenize": 0, "no_prompt": 0} | m.fallbacks
+            family("appliance_router_routing_errors_total", "counter", "Placements that failed (tokenize or "
+                   "coordinator) and fell back to the least loaded replica.", [("", m.routing_errors)])
+            family("appliance_router_fallbacks_total", "counter", "Requests placed on the least loaded replica, "
+                   "by why.", [(f'{{reason="{k}"}}', v) for k, v in sorted(reasons.items())])
+            family("appliance_router_retries_total", "counter", "Requests sent again to another replica after a "
+                   "failed connection.", [("", m.retries)])
+            family("appliance_router_no_replica_total", "counter", "Requests answered 503: no healthy replica.",
+                   [("", m.no_replica)])
+            family("appliance_router_prefix_placements_total", "counter", "Requests placed where the coordinator "
+                   "said a prefix of them is held.", [("", m.placed_on_prefix)])
+            family("appliance_router_routing_seconds", "histogram", "Time to place a request (tokenize + lookup).",
+                   [(f'_bucket{{le="{b}"}}', n) for b, n in zip(ROUTE_BUCKETS, m.route_buckets)]
+                   + [('_bucket{le="+Inf"}', m.route_count), ("_sum", m.route_sum), ("_count", m.route_count)])
         return "\n".join(out) + "\n"
 
 

@@ -214,7 +214,7 @@ def test_a_replica_that_refuses_connections_costs_one_retry_not_the_request(setu
 
 
 def test_without_the_coordinator_requests_still_succeed(setup):
-    url, a = setup["url"], setup["a"]
+    url = setup["url"]
     fallbacks = metric(url, 'appliance_router_fallbacks_total{reason="coordinator"}')
     proc = setup["fleet"].coordinator_proc
     proc.terminate()
