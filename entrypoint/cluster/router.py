@@ -46,7 +46,7 @@ PROGRAM = "router"
 EXIT_INVALID = 2
 PLACED_PATHS = ("/v1/completions", "/v1/chat/completions")
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "trailers", "transfer-encoding", "upgrade", "host", "content-length"))
+                        "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect"))
 MAX_BODY = 64 * 1024 * 1024  # a request body larger than this is no completion request (413)
 HEALTH_TIMEOUT = 5.0
 ROUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

@@ -75,6 +75,12 @@ def match_instances(instances: Iterable[dict], replicas: Sequence[tuple[frozense
     return out
 
 
+# The fields of a chat request that change its rendered prompt, hence its tokens: vLLM's TokenizeChatRequest
+# takes them as its chat completion request does (tests/contract/test_coordinator_router.py checks both).
+CHAT_RENDER_FIELDS = ("add_generation_prompt", "continue_final_message", "chat_template", "chat_template_kwargs",
+                      "tools", "add_special_tokens", "mm_processor_kwargs", "media_io_kwargs")
+
+
 def tokenize_body(path: str, body: dict) -> dict | None:
     """What vLLM's POST /tokenize takes for a completion or chat request (the same text, so the same tokens
     vLLM will compute KV for), or None when there is nothing to tokenize (no prompt, a batch of prompts)."""
@@ -84,8 +90,7 @@ def tokenize_body(path: str, body: dict) -> dict | None:
         if not isinstance(messages, list) or not messages:
             return None
         out = {"messages": messages}
-        for k in ("add_generation_prompt", "continue_final_message", "chat_template", "chat_template_kwargs",
-                  "tools", "add_special_tokens"):
+        for k in CHAT_RENDER_FIELDS:
             if k in body:  # these change the rendered prompt, hence its tokens
                 out[k] = body[k]
     else:

@@ -257,3 +257,23 @@ def test_the_router_command_serves_and_stops_on_sigterm(tmp_path):
     assert code == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "listening on port" in text and SECRET not in text and "Traceback" not in text
+
+
+def test_what_the_router_tokenizes_is_what_vllms_tokenize_takes():
+    """The bodies `routing.tokenize_body` builds validate as vLLM 0.32.0's own /tokenize request models, and each
+    chat field it copies is one vLLM's chat completion request has (a rename upstream fails here)."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.serve.tokenize.protocol import TokenizeChatRequest, TokenizeCompletionRequest
+
+    from entrypoint.cluster.routing import CHAT_RENDER_FIELDS, tokenize_body
+
+    body = tokenize_body("/v1/completions", {"model": MODEL, "prompt": "seq 1", "add_special_tokens": False,
+                                             "max_tokens": 4, "stream": True})
+    assert TokenizeCompletionRequest.model_validate(body).prompt == "seq 1"
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "seq 1"}], "add_generation_prompt": True,
+            "chat_template_kwargs": {"enable_thinking": False}, "tools": [{"type": "function", "function": {
+                "name": "f", "parameters": {"type": "object", "properties": {}}}}], "max_tokens": 4}
+    request = TokenizeChatRequest.model_validate(tokenize_body("/v1/chat/completions", chat))
+    assert request.chat_template_kwargs == {"enable_thinking": False} and request.tools[0].function.name == "f"
+    assert set(CHAT_RENDER_FIELDS) <= set(TokenizeChatRequest.model_fields)
+    assert set(CHAT_RENDER_FIELDS) <= set(ChatCompletionRequest.model_fields)
