@@ -263,7 +263,10 @@ def test_what_the_router_tokenizes_is_what_vllms_tokenize_takes():
     """The bodies `routing.tokenize_body` builds validate as vLLM 0.32.0's own /tokenize request models, and each
     chat field it copies is one vLLM's chat completion request has (a rename upstream fails here)."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-    from vllm.entrypoints.serve.tokenize.protocol import TokenizeChatRequest, TokenizeCompletionRequest
+    from vllm.entrypoints.serve.tokenize.protocol import (
+        TokenizeChatRequest,
+        TokenizeCompletionRequest,
+    )
 
     from entrypoint.cluster.routing import CHAT_RENDER_FIELDS, tokenize_body
 

@@ -9,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from entrypoint.cluster import routing
-from entrypoint.cluster.routing import choose_replica, held_prefix, match_instances, tokenize_body
+from entrypoint.cluster.routing import (
+    choose_replica,
+    held_prefix,
+    match_instances,
+    tokenize_body,
+)
 
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH))

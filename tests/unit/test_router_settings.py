@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 
 from entrypoint.cluster.router import SETTING_NAMES, Router, RouterConfig, load_config
 from entrypoint.config.load import make_plan
-from entrypoint.config.settings import ValueProblem, parse_http_url, parse_router_replicas
+from entrypoint.config.settings import (
+    ValueProblem,
+    parse_http_url,
+    parse_router_replicas,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "hunter2-Zq"
@@ -73,11 +77,7 @@ def test_a_bad_value_is_an_error_naming_the_variable(name, value, problem):
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(SETTING_NAMES), st.text(max_size=60))
 def test_any_value_is_a_configuration_or_an_error(name, value):
-    env = {**BASE, name: value}
-    try:
-        config, errors = load_config(env)
-    except Exception as e:  # pragma: no cover - the property's failure
-        pytest.fail(f"{name}={value!r} raised {e!r}")
+    config, errors = load_config({**BASE, name: value})  # raises nothing
     assert (config is None) == bool(errors)
     if config is not None:
         assert all(r.url.startswith(("http://", "https://")) and " " not in r.url for r in config.replicas)
@@ -107,7 +107,7 @@ def test_the_appliances_own_check_validates_them_too():
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "VLLM_", "LMCACHE_"))}
     return subprocess.run([sys.executable, "-m", "entrypoint", "router", *args], env={**clean, **env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_the_command_refuses_bad_settings_with_exit_2_and_no_traceback():
