@@ -49,6 +49,7 @@ HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy
                         "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect"))
 MAX_BODY = 64 * 1024 * 1024  # a request body larger than this is no completion request (413)
 HEALTH_TIMEOUT = 5.0
+DRAIN_S = 25.0  # on SIGTERM, requests in flight may finish for this long (Kubernetes waits 30 s by default)
 ROUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SETTING_NAMES = ("APPLIANCE_ROUTER_COORDINATOR_URL", "APPLIANCE_ROUTER_REPLICAS", "APPLIANCE_ROUTER_REPLICA_PORT",
                  "APPLIANCE_ROUTER_PORT", "APPLIANCE_ROUTER_LOOKUP_TIMEOUT", "APPLIANCE_ROUTER_REQUEST_TIMEOUT",
@@ -200,6 +201,7 @@ class Router:
         self.metrics = Metrics()
         self.stop = threading.Event()
         self.refresh_now = threading.Event()
+        self.coordinator_ok: bool | None = None  # logged when it changes, not at every check
         self.log = log or (lambda msg, level="info", event="message", **f: applog.emit(PROGRAM, msg, level, event,
                                                                                         **f))
 
@@ -211,9 +213,14 @@ class Router:
             if status != 200 or not isinstance(data, dict) or not isinstance(data.get("instances"), list):
                 raise Unreachable(f"HTTP {status}")
         except Unreachable as e:
-            self.log(f"coordinator {self.coordinator}: /instances failed ({e}); keeping the last map", "warning",
-                     "coordinator_unreachable")
+            if self.coordinator_ok is not False:
+                self.log(f"coordinator {self.coordinator}: /instances failed ({e}); keeping the last map, placing "
+                         "by load while lookups fail", "warning", "coordinator_unreachable")
+            self.coordinator_ok = False
             return
+        if self.coordinator_ok is False:
+            self.log(f"coordinator {self.coordinator}: answering again", event="coordinator_back")
+        self.coordinator_ok = True
         instances = [i for i in data["instances"] if isinstance(i, dict)]
         if self.discover:
             self._discover(instances)
@@ -254,9 +261,11 @@ class Router:
             self.log(f"replicas from the coordinator: {' '.join(sorted(urls)) or 'none'}", event="replicas")
 
     def check_health(self) -> None:
+        """GET /health of every replica, side by side (one that hangs costs HEALTH_TIMEOUT once, not per replica)."""
         with self.lock:
             replicas = list(self.replicas)
-        for r in replicas:
+
+        def check(r: Replica) -> None:
             try:
                 status, _ = call_json(r.url, "/health", timeout=HEALTH_TIMEOUT)
                 ok = status == 200
@@ -267,6 +276,12 @@ class Router:
                          "replica_health", replica=r.url)
             r.healthy = ok
 
+        threads = [threading.Thread(target=check, args=(r,), daemon=True) for r in replicas]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
     def run_checks(self) -> None:
         """The background loop: the map and the health checks every APPLIANCE_ROUTER_HEALTH_INTERVAL seconds, or
         sooner when a lookup named a server the map does not know (it re-registered under a new id)."""
@@ -275,6 +290,10 @@ class Router:
             self.check_health()
             self.refresh_now.wait(self.config.health_interval)
             self.refresh_now.clear()
+
+    def in_flight(self) -> int:
+        with self.lock:
+            return sum(r.inflight for r in self.replicas)
 
     def healthy_count(self) -> int:
         with self.lock:
@@ -616,5 +635,10 @@ def main(argv: list[str]) -> int:
     done.wait()
     router.stop.set()
     router.refresh_now.set()
-    server.shutdown()
+    server.shutdown()  # no new requests; the ones in flight (streams) may finish
+    server.server_close()
+    deadline = time.monotonic() + DRAIN_S
+    while router.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    router.log(f"stopped ({router.in_flight()} requests cut off)", event="stop")
     return 0

@@ -250,11 +250,27 @@ def test_the_router_command_serves_and_stops_on_sigterm(tmp_path):
         r = complete(f"http://127.0.0.1:{port}", "seq 5")
         assert r.status_code == 200 and r.json()["replica"] == "only"
         assert replica.got[-1][2] == f"Bearer {SECRET}"
+        # SIGTERM with a stream in flight: the router stops accepting, and the stream still ends normally
+        replica.release.clear()
+        with complete(f"http://127.0.0.1:{port}", "seq 6", stream=True) as stream:
+            lines = stream.iter_lines()
+            assert b'"n": 1' in next(line for line in lines if line)
+            proc.send_signal(signal.SIGTERM)
+            while True:  # until the listening socket is closed
+                try:
+                    requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                except requests.ConnectionError:
+                    break
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.1)
+            replica.release.set()
+            assert [line for line in lines if line][-1] == b"data: [DONE]"
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
         replica.shutdown()
     assert code == 0, log.read_text()[-3000:]
+    assert "stopped (0 requests cut off)" in log.read_text()
     text = log.read_text()
     assert "listening on port" in text and SECRET not in text and "Traceback" not in text
 
