@@ -169,3 +169,18 @@ def test_what_is_tokenized_is_what_vllm_renders():
                                                    "add_generation_prompt": True}) == \
         {"model": "m", "messages": msgs, "tools": [], "add_generation_prompt": True}
     assert tokenize_body("/v1/chat/completions", {"model": "m", "messages": "hi"}) is None
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                      max_size=3), max_leaves=10)
+
+
+@given(st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+       st.dictionaries(st.sampled_from(["model", "prompt", "messages", "tools", "add_special_tokens", "x"]),
+                       json_values, max_size=5))
+def test_any_request_body_gives_a_tokenize_body_or_none(path, body):
+    out = tokenize_body(path, body)
+    assert out is None or ("prompt" in out) != ("messages" in out)
+    if out is not None and "prompt" in out:
+        assert isinstance(out["prompt"], str) and out["prompt"]
