@@ -255,7 +255,10 @@ class Router:
             for r in self.replicas:
                 r.lmcache_http_port = urls[r.url][1]
                 r.ips = frozenset({urls[r.url][0]})
-            gone = set(known) - set(urls)
+            # A healthy replica missing from the list stays (placed by load) until its health check fails: a
+            # restarted coordinator lists nobody until the servers' next heartbeat, which must not empty the router.
+            self.replicas += [r for u, r in known.items() if u not in urls and r.healthy]
+            gone = set(known) - {r.url for r in self.replicas}
             added = set(urls) - set(known)
         if gone or added:
             self.log(f"replicas from the coordinator: {' '.join(sorted(urls)) or 'none'}", event="replicas")
@@ -519,8 +522,9 @@ class Handler(BaseHTTPRequestHandler):
                 upstream, resp = self._send(replica, body, headers)
             except (OSError, http.client.HTTPException) as e:
                 router.done(replica)
-                replica.errors += 1
-                replica.healthy = False  # until the next health check says otherwise
+                with router.lock:
+                    replica.errors += 1
+                    replica.healthy = False  # until the next health check says otherwise
                 router.log(f"replica {replica.url}: {e.__class__.__name__}; "
                            f"{'sending to another replica' if attempt == 0 else 'giving up'}", "warning",
                            "upstream_error", replica=replica.url)

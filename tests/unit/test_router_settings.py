@@ -141,4 +141,11 @@ def test_discovered_replicas_follow_the_coordinators_instances():
     assert [r.url for r in router.replicas] == ["http://10.0.0.1:8001", "http://10.0.0.3:8001"]
     assert router.replicas[0] is first and first.healthy and first.requests == 5  # the same replica, kept
     assert not router.replicas[1].healthy  # a new one gets traffic after its first health check
+    # a restarted coordinator lists nobody until the next heartbeats: healthy replicas stay, the others go
+    router.replicas[1].healthy = True
+    router._discover([])
+    assert [r.url for r in router.replicas] == ["http://10.0.0.1:8001", "http://10.0.0.3:8001"]
+    router.replicas[1].healthy = False
+    router._discover([])
+    assert [r.url for r in router.replicas] == ["http://10.0.0.1:8001"]
     assert isinstance(config, RouterConfig)
