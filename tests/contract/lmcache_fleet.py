@@ -60,8 +60,9 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def fleet(tmp: Path):
-    """The coordinator and two LMCache servers registered with it (heartbeat 1 s, events reported)."""
+def fleet(tmp: Path, advertise_ips: tuple[str, str] = ("127.0.0.1", "127.0.0.1")):
+    """The coordinator and two LMCache servers registered with it (heartbeat 1 s, events reported), each
+    registering the address given (all of 127.0.0.0/8 is this host: two addresses stand for two hosts)."""
     exe = lmcache()
     coord_port, *ports = free_ports(7)
     coordinator = f"http://127.0.0.1:{coord_port}"
@@ -83,7 +84,7 @@ def fleet(tmp: Path):
                 "APPLIANCE_LMCACHE_METRICS_PORT": str(metrics_port),
                 # LMCache's own variables: the appliance passes them to its LMCache server's environment
                 "LMCACHE_COORDINATOR_URL": coordinator, "LMCACHE_COORDINATOR_EVENT_REPORTING": "1",
-                "LMCACHE_COORDINATOR_ADVERTISE_IP": "127.0.0.1", "LMCACHE_COORDINATOR_HEARTBEAT_INTERVAL": "1"})
+                "LMCACHE_COORDINATOR_ADVERTISE_IP": advertise_ips[n], "LMCACHE_COORDINATOR_HEARTBEAT_INTERVAL": "1"})
             assert plan.errors == []
             assert plan.lmcache_env["LMCACHE_COORDINATOR_URL"] == coordinator
             assert not any("coordinator" in a for a in plan.lmcache_argv)  # the variables, not flags

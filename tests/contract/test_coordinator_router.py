@@ -83,8 +83,8 @@ class StandIn(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
 
-def stand_in(name: str) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+def stand_in(name: str, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), StandIn)
     server.daemon_threads = True
     server.name, server.up, server.got = name, True, []
     server.release, server.released = threading.Event(), None
@@ -94,14 +94,16 @@ def stand_in(name: str) -> ThreadingHTTPServer:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    with fleet(tmp_path_factory.mktemp("router")) as f:
-        a, b = stand_in("A"), stand_in("B")
-        (_, http_a), (_, http_b) = f.servers
+    # Server B registers from 127.0.0.2, as from another host; replica B listens there.
+    with fleet(tmp_path_factory.mktemp("router"), advertise_ips=("127.0.0.1", "127.0.0.2")) as f:
+        a, b = stand_in("A"), stand_in("B", "127.0.0.2")
+        (_, http_a), _ = f.servers
         lines: list[str] = []
         config = product.RouterConfig(
             coordinator=parse_http_url(f.coordinator),
+            # A by its address and its server's HTTP port (as for replicas sharing one host), B by address alone
             replicas=parse_router_replicas(f"http://127.0.0.1:{a.server_address[1]}={http_a} "
-                                           f"http://127.0.0.1:{b.server_address[1]}={http_b}"),
+                                           f"http://127.0.0.2:{b.server_address[1]}"),
             host="127.0.0.1", port=free_port(), lookup_timeout=5.0, request_timeout=60.0, health_interval=3600.0)
         router = product.Router(config, log=lambda msg, *args, **kw: lines.append(msg))
         server, _ = product.make_server(config, router)
@@ -165,6 +167,39 @@ def test_each_prompt_goes_to_the_replica_whose_server_holds_it(setup):
     assert requests.get(url + "/health", timeout=10).status_code == 200
 
 
+def test_without_a_list_the_replicas_are_the_servers_registered_with_the_coordinator(setup):
+    """Kubernetes' shape (APPLIANCE_ROUTER_REPLICAS empty): each registered server's address and vLLM's port."""
+    for _ in range(20):  # one port free on both addresses
+        port = free_port()
+        c = stand_in("C", "127.0.0.1", port)
+        try:
+            d = stand_in("D", "127.0.0.2", port)
+            break
+        except OSError:
+            c.shutdown()
+            c.server_close()
+    else:
+        pytest.fail("no port free on both 127.0.0.1 and 127.0.0.2")
+    config = product.RouterConfig(coordinator=parse_http_url(setup["fleet"].coordinator), replicas=(),
+                                  replica_port=port, host="127.0.0.1", port=free_port(), lookup_timeout=5.0)
+    router = product.Router(config, log=lambda *a, **k: None)
+    server, _ = product.make_server(config, router)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        router.refresh()
+        router.check_health()
+        assert sorted(r.url for r in router.replicas) == [f"http://127.0.0.1:{port}", f"http://127.0.0.2:{port}"]
+        assert all(r.healthy for r in router.replicas) and len(router.replica_of) == 2
+        url = f"http://127.0.0.1:{config.port}"
+        for _ in range(2):
+            assert complete(url, "seq 21").json()["replica"] == "C"
+            assert complete(url, "seq 22").json()["replica"] == "D"
+    finally:
+        server.shutdown()
+        for s in (c, d):
+            s.shutdown()
+
+
 def test_a_stream_is_relayed_chunk_by_chunk(setup):
     b, url = setup["b"], setup["url"]
     b.release.clear()
@@ -187,7 +222,7 @@ def test_a_replica_that_fails_its_health_check_gets_no_traffic_until_it_recovers
     assert all(complete(url, "seq 22").json()["replica"] == "A" for _ in range(3))
     assert len(b.got) == before
     assert requests.get(url + "/health", timeout=10).status_code == 200  # one replica is enough
-    assert metric(url, f'appliance_router_replica_healthy{{replica="http://127.0.0.1:{b.server_address[1]}"}}') == 0
+    assert metric(url, f'appliance_router_replica_healthy{{replica="http://127.0.0.2:{b.server_address[1]}"}}') == 0
     b.up = True
     router.check_health()
     assert complete(url, "seq 22").json()["replica"] == "B"
