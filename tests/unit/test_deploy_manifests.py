@@ -112,8 +112,15 @@ def component_env() -> dict[str, str]:
 def test_the_component_is_offered_by_the_base_and_replaces_only_vllm_router():
     assert component()["kind"] == "Component"
     assert "#   - coordinator-router" in (K8S / "kustomization.yaml").read_text()
-    deleted = [yaml.safe_load(p["patch"]) for p in component()["patches"]]
-    assert all(d["$patch"] == "delete" for d in deleted)
+    patches = [yaml.safe_load(p["patch"]) for p in component()["patches"]]
+    deleted = [d for d in patches if d.get("$patch") == "delete"]
+    (advertise,) = [d for d in patches if d.get("$patch") != "delete"]
+    # the one other patch: each replica's LMCache server registers its pod IP (its container, by name)
+    assert (advertise["kind"], advertise["metadata"]["name"]) == ("StatefulSet", "replica")
+    (c,) = advertise["spec"]["template"]["spec"]["containers"]
+    assert c["name"] == container("StatefulSet", "replica")["name"]
+    assert c["env"] == [{"name": "LMCACHE_COORDINATOR_ADVERTISE_IP",
+                         "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     # each deletion names a resource the base has (a typo would delete nothing and leave vllm-router running)
     base = {(d["kind"], d["metadata"]["name"]) for d in documents()}
     assert {(d["kind"], d["metadata"]["name"]) for d in deleted} <= base
@@ -128,8 +135,10 @@ def test_the_replicas_register_with_the_coordinator_and_the_router_finds_it(tmp_
     password = tmp_path / "password"
     password.write_text("from-the-secret\n")
     env["LMCACHE_SHARED_PASSWORD_FILE"] = str(password)
-    plan = make_plan(str(K8S / "appliance.env"), [], {**env, **component_env()})
+    pod_ip = {"LMCACHE_COORDINATOR_ADVERTISE_IP": "10.244.1.7"}  # from the downward API (the patch above)
+    plan = make_plan(str(K8S / "appliance.env"), [], {**env, **component_env(), **pod_ip})
     assert plan.errors == []
+    assert plan.lmcache_env["LMCACHE_COORDINATOR_ADVERTISE_IP"] == "10.244.1.7"
     assert plan.lmcache_env["LMCACHE_COORDINATOR_URL"] == component_env()["LMCACHE_COORDINATOR_URL"]
     assert plan.lmcache_env["LMCACHE_COORDINATOR_EVENT_REPORTING"] == "1"
     service = component_doc("Service", "coordinator")
@@ -175,6 +184,10 @@ def test_kustomize_renders_the_base_with_the_component(tmp_path):
     assert {("Deployment", "coordinator"), ("Service", "coordinator"), ("Deployment", "coordinator-router"),
             ("Service", "router"), ("StatefulSet", "replica")} <= names
     assert ("Deployment", "router") not in names and ("ServiceAccount", "router") not in names
+    (replica,) = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "replica"]
+    env = {e["name"]: e for e in replica["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LMCACHE_COORDINATOR_ADVERTISE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert "LMCACHE_SHARED_URL" in env  # merged into the base's env, not replacing it
     (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
     assert cm["data"]["LMCACHE_COORDINATOR_URL"] == "http://coordinator:9300" and "VLLM_MODEL" in cm["data"]
     images = {c["image"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
