@@ -49,6 +49,7 @@ HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy
                         "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect"))
 MAX_BODY = 64 * 1024 * 1024  # a request body larger than this is no completion request (413)
 HEALTH_TIMEOUT = 5.0
+REFRESH_MIN_S = 1.0  # a lookup naming an unknown server re-reads /instances, at most this often
 DRAIN_S = 25.0  # on SIGTERM, requests in flight may finish for this long (Kubernetes waits 30 s by default)
 ROUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SETTING_NAMES = ("APPLIANCE_ROUTER_COORDINATOR_URL", "APPLIANCE_ROUTER_REPLICAS", "APPLIANCE_ROUTER_REPLICA_PORT",
@@ -202,12 +203,14 @@ class Router:
         self.stop = threading.Event()
         self.refresh_now = threading.Event()
         self.coordinator_ok: bool | None = None  # logged when it changes, not at every check
+        self.refreshed_at = 0.0
         self.log = log or (lambda msg, level="info", event="message", **f: applog.emit(PROGRAM, msg, level, event,
                                                                                         **f))
 
     # The map from LMCache servers to replicas, and the health of each replica.
     def refresh(self) -> None:
         """Read the coordinator's /instances: the map instance -> replica (and, discovering, the replicas)."""
+        self.refreshed_at = time.monotonic()
         try:
             status, data = call_json(self.coordinator, "/instances", timeout=max(1.0, self.config.lookup_timeout))
             if status != 200 or not isinstance(data, dict) or not isinstance(data.get("instances"), list):
@@ -353,7 +356,7 @@ class Router:
         info["chunks"] = found.get("chunks")
         with self.lock:
             unknown = any(i != "*" and i not in self.replica_of for i in prefix)
-        if unknown:
+        if unknown and time.monotonic() - self.refreshed_at > REFRESH_MIN_S:
             self.refresh_now.set()
         return prefix, info
 
@@ -460,7 +463,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(200, self.router.metrics_text().encode(), "text/plain; version=0.0.4")
         self._proxy()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = lambda self: self._proxy()
+    def do_POST(self):
+        self._proxy()
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_POST
 
     def _reply(self, status: int, body: bytes, ctype: str = "application/json") -> None:
         self.send_response(status)
