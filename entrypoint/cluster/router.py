@@ -49,6 +49,7 @@ HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy
                         "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect"))
 MAX_BODY = 64 * 1024 * 1024  # a request body larger than this is no completion request (413)
 HEALTH_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0
 REFRESH_MIN_S = 1.0  # a lookup naming an unknown server re-reads /instances, at most this often
 DRAIN_S = 25.0  # on SIGTERM, requests in flight may finish for this long (Kubernetes waits 30 s by default)
 ROUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -154,6 +155,15 @@ class Replica:
 
 class NoReplica(RuntimeError):
     pass
+
+
+class UpstreamError(RuntimeError):
+    """A replica failed before its answer began: it refused or timed out the connection (`connected` false: it is
+    taken out until its health check passes), or it took the request and closed or timed out without a status."""
+
+    def __init__(self, connected: bool, message: str):
+        super().__init__(message)
+        self.connected = connected
 
 
 class Metrics:
@@ -515,29 +525,30 @@ class Handler(BaseHTTPRequestHandler):
         t = time.perf_counter()
         prefix, info = router.locate(path, body, headers)
         tried: list[Replica] = []
-        for attempt in range(2):  # a connection that fails goes once to another replica
+        for attempt in range(2):  # a replica that fails before answering: once more on another one
             try:
                 replica, held = router.pick(prefix, tuple(tried))
             except NoReplica:
+                if tried:
+                    return self._error(502, "the replica did not answer")
                 with router.metrics.lock:
                     router.metrics.no_replica += 1
                 return self._error(503, "no healthy replica")
             if attempt == 0 and path in PLACED_PATHS:
                 router.metrics.routed(time.perf_counter() - t, held, info["fallback"])
+            elif attempt:
+                with router.metrics.lock:
+                    router.metrics.retries += 1
             try:
                 upstream, resp = self._send(replica, body, headers)
-            except (OSError, http.client.HTTPException) as e:
+            except UpstreamError as e:
                 router.done(replica)
                 with router.lock:
                     replica.errors += 1
-                    replica.healthy = False  # until the next health check says otherwise
-                router.log(f"replica {replica.url}: {e.__class__.__name__}; "
-                           f"{'sending to another replica' if attempt == 0 else 'giving up'}", "warning",
-                           "upstream_error", replica=replica.url)
+                    if not e.connected:  # nobody there: no traffic until a health check says otherwise
+                        replica.healthy = False
+                router.log(f"replica {replica.url}: {e}", "warning", "upstream_error", replica=replica.url)
                 tried.append(replica)
-                if attempt == 0:
-                    with router.metrics.lock:
-                        router.metrics.retries += 1
                 continue
             try:
                 self._relay(resp)
@@ -548,12 +559,21 @@ class Handler(BaseHTTPRequestHandler):
         self._error(502, "the replicas did not answer")
 
     def _send(self, replica: Replica, body: bytes, headers: dict):
+        """(connection, response headers read) or UpstreamError: nothing has gone back to the client yet."""
         scheme, host, port = replica.parts
-        conn = _connection(scheme, host, port, self.router.config.request_timeout)
+        conn = _connection(scheme, host, port, CONNECT_TIMEOUT)
+        connected = False
         try:
+            conn.connect()  # a pod that is gone may not even refuse: CONNECT_TIMEOUT, not the request's
+            connected = True
+            conn.sock.settimeout(self.router.config.request_timeout)
             conn.request(self.command, self.path, body if (body or self.command in ("POST", "PUT", "PATCH")) else None,
                          {**headers, "X-Forwarded-For": self.client_address[0]})
             return conn, conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise UpstreamError(connected, f"{'no answer' if connected else 'no connection'} "
+                                           f"({e.__class__.__name__})") from None
         except BaseException:
             conn.close()
             raise
