@@ -5,6 +5,8 @@
     serve  [--env-file F] [OVERRIDES]                       validate, preflight, start supervisord
     status [--format json|text]                             what runs, restarts and why, each KV tier's fill and hits
     healthcheck                                             exit 0 only when the appliance is ready
+    router [--env-file F] [--check]                         the coordinator router in front of replicas
+                                                            (APPLIANCE_ROUTER_*; docs/SCALE-OUT.md)
 
 OVERRIDES are `vllm serve`-style flags that override the environment: `--max-model-len 4096`,
 `--kv-offloading-backend lmcache`, `--lmcache-chunk-size 512`, a model id first, raw arguments after `--`.
@@ -22,7 +24,7 @@ import sys
 from .config.load import make_plan
 from .config.plan import Plan
 
-COMMANDS = ("config", "check", "serve", "status", "healthcheck")
+COMMANDS = ("config", "check", "serve", "status", "healthcheck", "router")
 EXIT_INVALID = 2
 
 
@@ -127,6 +129,9 @@ def _main(argv: list[str] | None) -> int:
     if command == "healthcheck":
         from .runtime.healthcheck import main as healthcheck_main
         return healthcheck_main(rest)
+    if command == "router":
+        from .cluster.router import main as router_main
+        return router_main(rest)
     opts, overrides = _parser(command).parse_known_args(rest)
     plan = make_plan(opts.env_file, overrides)
     for w in plan.warnings:

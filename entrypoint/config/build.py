@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -73,7 +74,8 @@ class Builder:
         return self.raw.cli_flags.get(name, name)
 
     def bad_value(self, name: str, raw: str, problem: str) -> None:
-        shown = REDACTED if is_secret_name(name) else _shorten(raw)
+        # A URL's user:password@ is refused (LMCACHE_SHARED_URL, APPLIANCE_ROUTER_*) and never echoed with it.
+        shown = REDACTED if is_secret_name(name) else re.sub(r"(?<=://)\S*@", "***@", _shorten(raw))
         example = BY_NAME[name].example if name in BY_NAME else None
         fix = f", e.g. {self.label(name)}={example}" if example and "e.g." not in problem else ""
         self.error(f"{self.label(name)}={shown!r}: {problem}{fix}")

@@ -305,8 +305,9 @@ SETTINGS: tuple[Setting, ...] = (
        target="compose.cluster.yaml vllm-router --worker-urls"),
     _s("APPLIANCE_ROUTER_POLICY", "str", "The router's policy: cache_aware (default), round_robin, power_of_two, "
        "consistent_hash, ... (vllm-router --policy).", group="Compose", target="vllm-router --policy"),
-    _s("APPLIANCE_ROUTER_HEALTH_INTERVAL", "str", "Seconds between the router's health checks of each replica "
-       "(default 10).", group="Compose", target="vllm-router --health-check-interval-secs"),
+    _s("APPLIANCE_ROUTER_HEALTH_INTERVAL", "seconds", "Seconds between the router's health checks of each replica: "
+       "vllm-router's in compose.cluster.yaml, and the coordinator router's (`router`).", default=10, minimum=1,
+       group="Compose", target="vllm-router --health-check-interval-secs; router health checks"),
     _s("APPLIANCE_ROUTER_IMAGE", "str", "The router's image (docker/router/Dockerfile).", group="Compose",
        target="compose.cluster.yaml router image"),
     _s("APPLIANCE_STORE_IMAGE", "str", "The shared store's image (default valkey/valkey:8.1; any Redis >= 6 "
@@ -316,6 +317,30 @@ SETTINGS: tuple[Setting, ...] = (
        target="valkey-server --maxmemory (allkeys-lru)"),
     _s("APPLIANCE_LMCACHE_WAIT", "seconds", "How long vLLM waits for the LMCache server to be healthy.",
        default=300, group="Appliance", minimum=1, target="vllm program start"),
+    # --- The coordinator router (`python -m entrypoint router`; docs/SCALE-OUT.md "The coordinator router") ----
+    _s("APPLIANCE_ROUTER_COORDINATOR_URL", "http_url", "LMCache's coordinator (`lmcache coordinator`) the router "
+       "asks where each prompt's KV cache is: http://host:port, no credentials. Required by `router`; the replicas' "
+       "LMCache servers register with the same coordinator (LMCACHE_COORDINATOR_URL, "
+       "LMCACHE_COORDINATOR_EVENT_REPORTING=1).", group="Router", target="router: POST /directory/lookup",
+       example="http://coordinator:9300"),
+    _s("APPLIANCE_ROUTER_REPLICAS", "router_replicas", "The vLLM replicas the router sends to, space-separated "
+       "http://host:port URLs. Each is matched to the LMCache server that registered with the coordinator from "
+       "the same IP address; where several servers share an address (one host), append that server's HTTP port "
+       "(APPLIANCE_LMCACHE_HTTP_PORT of the replica): http://host:8000=8081. Empty (default): every server "
+       "registered with the coordinator is a replica at http://its-ip:APPLIANCE_ROUTER_REPLICA_PORT (Kubernetes: "
+       "the pod IPs).", group="Router", target="router replicas",
+       example="http://replica-0:8000 http://replica-1:8000"),
+    _s("APPLIANCE_ROUTER_REPLICA_PORT", "port", "vLLM's port on the replicas the router finds through the "
+       "coordinator (APPLIANCE_ROUTER_REPLICAS empty).", default=8000, group="Router", target="router replicas"),
+    _s("APPLIANCE_ROUTER_PORT", "port", "Port the router listens on (all interfaces): the OpenAI-compatible API, "
+       "/health and /metrics.", default=8000, group="Router", target="router listen port"),
+    _s("APPLIANCE_ROUTER_LOOKUP_TIMEOUT", "duration", "Seconds the router waits for a replica's /tokenize and for "
+       "the coordinator's lookup, each, before it places the request on the least loaded replica instead (fail "
+       "open, counted in /metrics).", default=0.5, group="Router", target="router placement",
+       example="0.5"),
+    _s("APPLIANCE_ROUTER_REQUEST_TIMEOUT", "seconds", "Seconds the router waits for a replica's next bytes "
+       "(the first token, or the next streamed chunk) before it gives up on the request.", default=600,
+       minimum=1, group="Router", target="router upstream timeout"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -529,6 +554,16 @@ def parse_value(setting: Setting, raw: str, tool_parsers: list[str] | None = Non
         return parse_store_url(raw)
     elif kind == "mp_server":
         return parse_mp_server(raw)
+    elif kind == "http_url":
+        return parse_http_url(raw).url
+    elif kind == "router_replicas":  # normalized text (plans hold plain values); the router parses it again
+        return " ".join(r.url + (f"={r.lmcache_http_port}" if r.lmcache_http_port else "")
+                        for r in parse_router_replicas(raw))
+    elif kind == "duration":
+        value = _number(raw, float, "a number of seconds, e.g. 0.5")
+        if not 0 < value <= MAX_SECONDS:
+            raise ValueProblem(f"must be a number of seconds in (0, {MAX_SECONDS}], e.g. 0.5")
+        return value
     elif kind == "store_user":
         text = raw.strip()
         if not re.fullmatch(r"[A-Za-z0-9._@:+=-]{1,256}", text):
@@ -662,3 +697,86 @@ def parse_mp_server(raw: str) -> MPServer:
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueProblem("has an invalid port: must be 1-65535, e.g. kv-server:5555")
     return MPServer(host.lower(), int(port_text))
+
+
+# --- The coordinator router's addresses (APPLIANCE_ROUTER_*) ----------------------------------------------
+@dataclass(frozen=True)
+class HTTPURL:
+    """An http(s)://host:port the router talks to (no credentials, path, query: it would print them or drop them)."""
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @property
+    def bare_host(self) -> str:
+        return self.host.strip("[]")
+
+
+def parse_http_url(raw: str) -> HTTPURL:
+    text = raw.strip()
+    if has_control(text) or any(c.isspace() for c in text):
+        raise ValueProblem("must be http://host:port without spaces or control characters")
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https"):
+        raise ValueProblem("must be an http:// URL: http://host:port")
+    if "@" in rest:
+        raise ValueProblem("holds credentials (user@ or user:password@), which the router would have to print "
+                           "or log; reach the service without them (a private network, a NetworkPolicy)")
+    if "?" in rest or "#" in rest:
+        raise ValueProblem("takes no query or fragment: http://host:port")
+    hostport, _, path = rest.partition("/")
+    if path:
+        raise ValueProblem("takes no path: http://host:port")
+    m = re.fullmatch(r"(?P<host>\[[^\]]*\]|[^:]*)(?::(?P<port>[^:]*))?", hostport)
+    if not m or not m.group("host"):
+        raise ValueProblem("has no host: http://host:port")
+    host, port_text = m.group("host"), m.group("port")
+    if not _HOST.fullmatch(host):
+        raise ValueProblem(f"has an invalid host {host[:80]!r}: a DNS name, an IPv4 address or [IPv6]")
+    if port_text is None:
+        port = 443 if scheme == "https" else 80
+    elif not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueProblem("has an invalid port: must be 1-65535, e.g. http://replica-0:8000")
+    else:
+        port = int(port_text)
+    return HTTPURL(scheme, host.lower(), port)
+
+
+@dataclass(frozen=True)
+class RouterReplica:
+    """One entry of APPLIANCE_ROUTER_REPLICAS: a vLLM replica, and (optionally) the HTTP port its LMCache server
+    registered with the coordinator, for when several servers share one IP address."""
+    url: str
+    host: str  # bare (an IPv6 address without brackets), for name resolution
+    lmcache_http_port: int | None = None
+
+
+MAX_ROUTER_REPLICAS = 256
+
+
+def parse_router_replicas(raw: str) -> tuple[RouterReplica, ...]:
+    entries = raw.split()
+    if len(entries) > MAX_ROUTER_REPLICAS:
+        raise ValueProblem(f"lists {len(entries)} replicas; at most {MAX_ROUTER_REPLICAS}")
+    out: list[RouterReplica] = []
+    for n, entry in enumerate(entries, 1):
+        url_text, eq, port_text = entry.partition("=")
+        try:
+            url = parse_http_url(url_text)
+        except ValueProblem as e:
+            raise ValueProblem(f"replica {n}: {e}") from None
+        port = None
+        if eq:
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise ValueProblem(f"replica {n}: the LMCache HTTP port after '=' must be 1-65535, e.g. "
+                                   "http://replica-0:8000=8081")
+            port = int(port_text)
+        if any(r.url == url.url for r in out):
+            raise ValueProblem(f"replica {n}: {url.url} is listed twice")
+        out.append(RouterReplica(url.url, url.bare_host, port))
+    return tuple(out)

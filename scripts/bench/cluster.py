@@ -42,6 +42,9 @@ from pathlib import Path
 
 import common as c
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root (bench scripts run without PYTHONPATH)
+from entrypoint.cluster.routing import choose_replica, held_prefix
+
 CHUNK_TOKENS = 256  # LMCache's chunk size in the appliance (LMCACHE_CHUNK_SIZE default): one object per chunk
 READER_PHASES = ("reader_recompute", "writer_cold", "reader_hit", "reader_gpu_hit", "reader_after_reset")
 # The issue's targets
@@ -411,52 +414,9 @@ def words(seed, n: int, salt: str) -> str:
 
 
 # --- placement by LMCache's coordinator: a router in the bench client ------------------------------------
-# LMCache 0.5.6's coordinator (`lmcache coordinator`) keeps a key directory fed by its servers' cache events
-# (`--coordinator-url` + `--coordinator-event-reporting`, or LMCACHE_COORDINATOR_URL / _EVENT_REPORTING): each
-# object key -> its placements (instance_id, tier l1/l2, backend, shared). POST /directory/lookup resolves a
-# request's token ids to those placements with the fleet's chunk size and hash. No router asks it (vllm-router
-# 0.1.17 has no such policy), so this one does, per request: the request's tokens (the replica's /tokenize),
-# the lookup, then the replica whose LMCache server holds the longest prefix (docs/SCALE-OUT.md).
-
-def held_prefix(results: list[dict]) -> dict[str, int]:
-    """From a /directory/lookup answer: per instance_id, how many leading chunks of the request it holds.
-    The answer lists the request's keys in chunk order (one per chunk and object group); a chunk counts for an
-    instance when any of its keys has a placement there. A placement on a shared backend (a store every
-    server reads alike) counts for every instance; "*" is the prefix held by shared placements alone."""
-    order: dict = {}
-    held: list[set] = []
-    for r in results:
-        h = (r.get("key") or {}).get("chunk_hash_hex")
-        if h not in order:
-            order[h] = len(held)
-            held.append(set())
-        for p in r.get("placements") or []:
-            held[order[h]].add("*" if p.get("shared") else p.get("instance_id"))
-    out = {}
-    for inst in set().union(set(), *held):
-        n = 0
-        for s in held:
-            if inst not in s and "*" not in s:
-                break
-            n += 1
-        out[inst] = n
-    out.setdefault("*", 0)
-    return out
-
-
-def choose_replica(prefix: dict[str, int], replica_of: dict[str, int], inflight: list[int], turn: int) -> tuple[int, int]:
-    """(replica, chunks it holds): the longest held prefix wins; among equals the fewest requests in flight,
-    then the turn (round robin). Instances that are not one of the replicas' servers are ignored."""
-    best = [prefix.get("*", 0)] * len(inflight)
-    for inst, n in prefix.items():
-        i = replica_of.get(inst)
-        if i is not None:
-            best[i] = max(best[i], n)
-    top = max(best)
-    tied = [i for i, n in enumerate(best) if n == top]
-    least = min(inflight[i] for i in tied)
-    tied = [i for i in tied if inflight[i] == least]
-    return tied[turn % len(tied)], top
+# LMCache's coordinator: the placement logic is the product's (entrypoint/cluster/routing.py, the appliance's
+# router, `python -m entrypoint router`); this client-side router applies it per prompt, with the routing time
+# counted in each TTFT (docs/SCALE-OUT.md "LMCache's coordinator").
 
 
 class CoordinatorRouter:

@@ -10,9 +10,6 @@ vLLM's /tokenize (the one part of a replica the router asks) is a small HTTP sta
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -22,98 +19,25 @@ from pathlib import Path
 import pytest
 import requests
 
-from entrypoint.config.load import make_plan
-
+from .lmcache_fleet import HELLO, TOKENS, tokens_of
+from .lmcache_fleet import fleet as start_fleet
+from .lmcache_fleet import store as _store_kv
 from .ports import free_ports
 
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH))
 import cluster
 
-HELLO = 9906  # LMCache's server benchmark stores (seq, HELLO x num_tokens): helpers._build_token_ids
-TOKENS = 512  # 2 chunks of 256 (+1 token, ignored)
-SHAPE = "(2,64,16,8,128):float16:4"  # a small KV layout: 4 layers, 64 blocks of 16 tokens
-
-
-def _lmcache() -> str:
-    exe = shutil.which("lmcache", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    assert exe, "LMCache's `lmcache` command is not installed next to this Python or on PATH"
-    return exe
-
-
-def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"{url} did not answer: " + log.read_text()[-3000:]
-        time.sleep(0.5)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    """The coordinator and two LMCache servers registered with it: (coordinator URL, [(zmq, http port)])."""
-    tmp = tmp_path_factory.mktemp("coordinator")
-    lmcache = _lmcache()
-    coord_port, *ports = free_ports(7)
-    coordinator = f"http://127.0.0.1:{coord_port}"
-    procs = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LMCACHE_DISABLE_BANNER": "1"}
-    try:
-        log = tmp / "coordinator.log"
-        with log.open("wb") as out:
-            procs.append(subprocess.Popen([lmcache, "coordinator", "--host", "127.0.0.1", "--port", str(coord_port),
-                                           "--disable-metrics"], stdout=out, stderr=subprocess.STDOUT, env=env))
-        _wait(coordinator + "/instances", procs[0], log)
-        servers = []
-        for n in range(2):
-            zmq_port, http_port, metrics_port = ports[3 * n:3 * n + 3]
-            plan = make_plan(None, [], {
-                "VLLM_MODEL": "facebook/opt-125m", "VLLM_KV_OFFLOADING_BACKEND": "lmcache",
-                "VLLM_KV_OFFLOADING_SIZE": "0.25", "APPLIANCE_LMCACHE_COMMAND": lmcache,
-                "APPLIANCE_LMCACHE_PORT": str(zmq_port), "APPLIANCE_LMCACHE_HTTP_PORT": str(http_port),
-                "APPLIANCE_LMCACHE_METRICS_PORT": str(metrics_port),
-                # LMCache's own variables: the appliance passes them to its LMCache server's environment
-                "LMCACHE_COORDINATOR_URL": coordinator, "LMCACHE_COORDINATOR_EVENT_REPORTING": "1",
-                "LMCACHE_COORDINATOR_ADVERTISE_IP": "127.0.0.1", "LMCACHE_COORDINATOR_HEARTBEAT_INTERVAL": "1"})
-            assert plan.errors == []
-            assert plan.lmcache_env["LMCACHE_COORDINATOR_URL"] == coordinator
-            assert not any("coordinator" in a for a in plan.lmcache_argv)  # the variables, not flags
-            log = tmp / f"server-{n}.log"
-            with log.open("wb") as out:
-                procs.append(subprocess.Popen(plan.lmcache_argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
-                                              env={**env, **plan.lmcache_env}))
-            servers.append((zmq_port, http_port, procs[-1], log))
-        for _, http_port, proc, log in servers:
-            _wait(f"http://127.0.0.1:{http_port}/healthcheck", proc, log)
-        yield coordinator, [(z, h) for z, h, _, _ in servers], tmp
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
+    """The coordinator and two LMCache servers registered with it: (coordinator URL, [(zmq, http port)], tmp)."""
+    with start_fleet(tmp_path_factory.mktemp("coordinator")) as f:
+        yield f.coordinator, f.servers, f.tmp
 
 
 def _store(zmq_port: int, http_port: int, seq: int, tmp: Path) -> None:
-    """KV for the tokens (seq, HELLO x TOKENS), stored into one server by LMCache's own benchmark client."""
-    out = subprocess.run([_lmcache(), "bench", "server", "--mode", "cpu", "--transfer-mode", "lmcache_driven",
-                          "--rpc-url", f"tcp://127.0.0.1:{zmq_port}", "--url", f"http://127.0.0.1:{http_port}",
-                          "--kvcache-shape-spec", SHAPE, "--num-tokens", str(TOKENS), "--start", str(seq),
-                          "--end", str(seq + 1), "--interval", "0", "-q"],
-                         check=False, capture_output=True, text=True, timeout=180,
-                         env={**os.environ, "LMCACHE_DISABLE_BANNER": "1"})
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    _store_kv(zmq_port, http_port, seq)
 
 
 class _Tokenize(BaseHTTPRequestHandler):
@@ -121,8 +45,8 @@ class _Tokenize(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        seq = int(body["prompt"].split()[1])
-        data = json.dumps({"tokens": [seq] + [HELLO] * TOKENS, "count": TOKENS + 1}).encode()
+        tokens = tokens_of(body["prompt"])
+        data = json.dumps({"tokens": tokens, "count": len(tokens)}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

@@ -92,6 +92,11 @@ def kind_values(setting) -> st.SearchStrategy[str]:
                                           "-kv:1", "--port", "[::1]:5555", "ipc:///tmp/x", "grpc://kv:1", "a:b:c",
                                           ":5555", "kv server:1", "kv-server:5555/", "u@kv:1", "kv:99999"]),
                          st.from_regex(r"\A(tcp://)?[-a-z0-9.]{0,12}(:[0-9-]{0,6})?\Z"), hostile)
+    if k in ("http_url", "router_replicas"):  # the router's URLs: the forms they take, the near misses
+        return st.one_of(st.sampled_from(["http://coordinator:9300", "HTTPS://[fd00::1]:443", "http://r:8000=8081",
+                                          "http://a:1 http://a:1", "http://r:8000=0", "coordinator:9300",
+                                          "http://c:9300/api", "http://c:99999", "--port", "http://-c:1"]),
+                         st.from_regex(r"\A(https?://)?[-a-z0-9.]{0,10}(:[0-9]{0,6})?(=[0-9a-z]{0,6})?\Z"), hostile)
     return hostile
 
 
@@ -117,11 +122,14 @@ def plant(secret: str, where: str) -> dict[str, str]:
         "lmcache_json": {"LMCACHE_SERVER_EXTRA_ARGS":
                          f"--l2-adapter '{{\"type\":\"resp\",\"password\":\"{secret}\"}}'"},
         "lmcache_unbalanced": {"LMCACHE_SERVER_EXTRA_ARGS": f"--l2-adapter '{{\"password\":\"{secret}\"}}"},
+        # a password in a URL is refused, and never echoed in the refusal
+        "router_url": {"APPLIANCE_ROUTER_COORDINATOR_URL": f"http://admin:{secret}@coordinator:9300"},
+        "router_replicas": {"APPLIANCE_ROUTER_REPLICAS": f"http://r0:8000 http://u:{secret}@r1:8000=8081"},
     }[where]
 
 
 PLACES = ["api_key", "hf_token", "vllm_hf_token", "pattern", "aws", "resp", "extra_one", "extra_two", "extra_eq",
-          "extra_abbrev", "extra_unbalanced", "lmcache_json", "lmcache_unbalanced"]
+          "extra_abbrev", "extra_unbalanced", "lmcache_json", "lmcache_unbalanced", "router_url", "router_replicas"]
 
 
 @st.composite

@@ -35,7 +35,9 @@ EG = ", e.g. LMCACHE_SHARED_URL=redis://kv-store:6379"
 ])
 def test_bad_urls_are_refused_with_the_fix(plan_for, value, problem):
     plan = plan_for({**BASE, "LMCACHE_SHARED_URL": value})
-    assert plan.errors == [f"LMCACHE_SHARED_URL={value!r}: {problem}"]
+    shown = value.replace("user:pw@", "***@")  # the refused credentials are not echoed either
+    assert plan.errors == [f"LMCACHE_SHARED_URL={shown!r}: {problem}"]
+    assert ":pw@" not in plan.errors[0]
     assert plan.lmcache_argv is None or all(value not in a for a in plan.lmcache_argv)
 
 
