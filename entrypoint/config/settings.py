@@ -602,8 +602,17 @@ _HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(
                    r"[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]{2,45}\]")
 
 
+class _HostPort:
+    host: str
+
+    @property
+    def bare_host(self) -> str:
+        """The host as a socket or LMCache wants it (an IPv6 address without its brackets)."""
+        return self.host.strip("[]")
+
+
 @dataclass(frozen=True)
-class StoreURL:
+class StoreURL(_HostPort):
     """LMCACHE_SHARED_URL parsed: what LMCache's RESP client can reach (plain TCP, database 0)."""
     host: str
     port: int
@@ -611,11 +620,6 @@ class StoreURL:
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}"
-
-    @property
-    def bare_host(self) -> str:
-        """The host as a socket or LMCache wants it (an IPv6 address without its brackets)."""
-        return self.host.strip("[]")
 
 
 def parse_store_url(raw: str) -> StoreURL:
@@ -701,7 +705,7 @@ def parse_mp_server(raw: str) -> MPServer:
 
 # --- The coordinator router's addresses (APPLIANCE_ROUTER_*) ----------------------------------------------
 @dataclass(frozen=True)
-class HTTPURL:
+class HTTPURL(_HostPort):
     """An http(s)://host:port the router talks to (no credentials, path, query: it would print them or drop them)."""
     scheme: str
     host: str
@@ -710,10 +714,6 @@ class HTTPURL:
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
-
-    @property
-    def bare_host(self) -> str:
-        return self.host.strip("[]")
 
 
 def parse_http_url(raw: str) -> HTTPURL:

@@ -19,6 +19,7 @@ import requests
 
 from entrypoint.config.load import make_plan
 
+from .lmcache_fleet import stop
 from .parsers import connector_extra_config_keys, parse_lmcache_server_argv, parse_serve_argv, registered_kv_connectors
 from .ports import free_ports
 
@@ -151,9 +152,4 @@ def test_a_replicas_connector_reaches_a_real_kv_server_on_the_network(tmp_path):
             client.close()
             context.term()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
