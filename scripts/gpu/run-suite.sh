@@ -716,6 +716,29 @@ cl_router() {  # cl_router POLICY URL...: vllm-router on CL_PORT+100 (restarted 
     return 1
 }
 
+cl_product_router() {  # cl_product_router COORD URL=LMCACHE_HTTP_PORT...: the appliance's coordinator router on
+    # CL_PORT+100 (`python -m entrypoint router`, docs/SCALE-OUT.md), in place of vllm-router
+    local coord=$1; shift
+    cl_stop router
+    mkdir -p "$LOGS/router"
+    (
+        for v in $(compgen -e); do case $v in VLLM_*|LMCACHE_*|APPLIANCE_*) unset "$v" ;; esac; done
+        cd "$ROOT" && APPLIANCE_ROUTER_COORDINATOR_URL=$coord APPLIANCE_ROUTER_REPLICAS="$*" \
+            APPLIANCE_ROUTER_PORT=$((CL_PORT + 100)) APPLIANCE_ROUTER_HEALTH_INTERVAL=2 \
+            PYTHONPATH="${SITE:+$SITE:}$ROOT" exec setsid "$PY" -m entrypoint router
+    ) >> "$LOGS/router/router-product.log" 2>&1 &
+    CL_PID[router]=$!
+    for _ in $(seq 60); do
+        "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$((CL_PORT + 100))/health', timeout=2)" 2>/dev/null && return 0
+        kill -0 "${CL_PID[router]}" 2>/dev/null || break
+        sleep 0.5
+    done
+    fail "coord: the appliance's router did not get ready"
+    tail -n 20 "$LOGS/router/router-product.log" | sed 's/^/    router: /'
+    cl_stop router
+    return 1
+}
+
 suite_cluster() {
     REPORTS+=(startup.py cluster.py)
     trap 'cl_cleanup; on_exit' EXIT  # the replicas, C, the router and the store go before the tables
@@ -886,8 +909,9 @@ suite_loadfaults() {  # issue 14: the five faults under closed-loop load, one ap
 # `lmcache coordinator` started here and report their cache events to it (LMCache's own LMCACHE_COORDINATOR_*
 # variables; the appliance passes them to its LMCache server). The `cluster` suite's multi-user workload, three
 # ways: routed in the bench client by the coordinator (each prompt to the replica whose server holds its longest
-# prefix: cluster.py route --coordinator), vllm-router cache_aware, round robin. ~230 s: both start together
-# (~90 s), then 3 x (CO_ROUTE_S + ~10 s). Needs the router wheel in $CL_KIT (cl_install). Knobs: CO_*.
+# prefix: cluster.py route --coordinator), the same placement in the appliance's own router (`python -m
+# entrypoint router`, the product), vllm-router cache_aware, round robin. ~280 s: both start together (~90 s),
+# then 4 x (CO_ROUTE_S + ~10 s). Needs the router wheel in $CL_KIT (cl_install). Knobs: CO_*.
 CO_UTIL=${CO_UTIL:-0.4}                               # each vLLM's share of the one GPU
 CO_KV_BYTES=${CO_KV_BYTES:-8589934592}                # each vLLM's GPU KV cache (8 GiB: ~65k tokens of the 8B shape)
 CO_CPU_GIB=${CO_CPU_GIB:-24}                          # each LMCache server's CPU tier (no eviction over the 3 runs)
@@ -940,7 +964,8 @@ suite_coord() {
     wait "$wb" || ok=0
     if [ "$ok" = 1 ]; then
         local run label pol
-        for run in "coord-2x-coordinator|coordinator" "coord-2x-cache_aware|cache_aware" "coord-2x-round_robin|round_robin"; do
+        for run in "coord-2x-coordinator|coordinator" "coord-2x-router|router" "coord-2x-cache_aware|cache_aware" \
+                   "coord-2x-round_robin|round_robin"; do
             IFS='|' read -r label pol <<< "$run"
             need $((CO_ROUTE_S + 15)) "coord $label" || continue
             if [ "$pol" = coordinator ]; then
@@ -949,6 +974,14 @@ suite_coord() {
                     --lmcache-http-ports "$((8080 + CO_PORT_SHIFT)),$((8081 + CO_PORT_SHIFT))" --model "$SERVED" \
                     --max-seconds "$CO_ROUTE_S" --request-timeout 60 --salt "route-$label-$(date +%s)" \
                     --results "$RES" $CO_ROUTE_ARGS || fail "coord $label"
+            elif [ "$pol" = router ]; then  # the same placement, in the appliance's own router (the product)
+                cl_product_router "$coord" "$A=$((8080 + CO_PORT_SHIFT))" "$B=$((8081 + CO_PORT_SHIFT))" || continue
+                # shellcheck disable=SC2086
+                bench cluster.py route --label "$label" --policy coordinator-router --base-url "$R" --replicas "$A,$B" \
+                    --model "$SERVED" --max-seconds "$CO_ROUTE_S" --request-timeout 60 \
+                    --salt "route-$label-$(date +%s)" --results "$RES" $CO_ROUTE_ARGS || fail "coord $label"
+                curl -sf "$R/metrics" | grep -E '^appliance_router_(fallbacks|prefix_placements|requests)' | sed 's/^/    router: /'
+                cl_stop router
             else
                 cl_router "$pol" "$A" "$B" || continue
                 # shellcheck disable=SC2086
