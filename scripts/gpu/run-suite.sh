@@ -705,13 +705,17 @@ cl_router() {  # cl_router POLICY URL...: vllm-router on CL_PORT+100 (restarted 
             --prometheus-host 127.0.0.1 --prometheus-port $((29000 + CL_PORT % 1000 + 100)) --log-level warning
     ) >> "$LOGS/router/router-$policy-$#.log" 2>&1 &
     CL_PID[router]=$!
+    cl_router_ready /readiness "$LOGS/router/router-$policy-$#.log" "cluster: the router ($policy, $# workers)"
+}
+
+cl_router_ready() {  # cl_router_ready PATH LOG WHAT: until CL_PORT+100 answers PATH, else the log's tail and stop
     for _ in $(seq 60); do
-        "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$((CL_PORT + 100))/readiness', timeout=2)" 2>/dev/null && return 0
+        "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$((CL_PORT + 100))$1', timeout=2)" 2>/dev/null && return 0
         kill -0 "${CL_PID[router]}" 2>/dev/null || break
         sleep 0.5
     done
-    fail "cluster: the router ($policy, $# workers) did not get ready"
-    tail -n 20 "$LOGS/router/router-$policy-$#.log" | sed 's/^/    router: /'
+    fail "$3 did not get ready"
+    tail -n 20 "$2" | sed 's/^/    router: /'
     cl_stop router
     return 1
 }
@@ -728,15 +732,7 @@ cl_product_router() {  # cl_product_router COORD URL=LMCACHE_HTTP_PORT...: the a
             PYTHONPATH="${SITE:+$SITE:}$ROOT" exec setsid "$PY" -m entrypoint router
     ) >> "$LOGS/router/router-product.log" 2>&1 &
     CL_PID[router]=$!
-    for _ in $(seq 60); do
-        "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$((CL_PORT + 100))/health', timeout=2)" 2>/dev/null && return 0
-        kill -0 "${CL_PID[router]}" 2>/dev/null || break
-        sleep 0.5
-    done
-    fail "coord: the appliance's router did not get ready"
-    tail -n 20 "$LOGS/router/router-product.log" | sed 's/^/    router: /'
-    cl_stop router
-    return 1
+    cl_router_ready /health "$LOGS/router/router-product.log" "coord: the appliance's router"
 }
 
 suite_cluster() {
