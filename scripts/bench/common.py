@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -215,6 +216,110 @@ def stream_completion(base: str, model: str, prompt: list[int], max_tokens: int,
     if out["latency_s"] is None:
         out["latency_s"] = time.perf_counter() - t
     return out
+
+
+# vLLM's own clocks of a request (its Prometheus histograms), to split a TTFT measured one request at a time into
+# where it went: engine_ttft_s (arrival in vLLM's frontend -> first token; the client's TTFT minus it is HTTP and
+# request parsing), queue_s (waiting to be scheduled: with LMCache's blocking lookup this holds the lookup),
+# prefill_s (scheduled -> first token: the KV load and the forward pass) and lookup_s (the LMCache connector's
+# lookup as vLLM's scheduler timed it; absent without LMCache's server mode).
+ENGINE_CLOCKS = {"engine_ttft_s": "vllm:time_to_first_token_seconds",
+                 "queue_s": "vllm:request_queue_time_seconds",
+                 "prefill_s": "vllm:request_prefill_time_seconds",
+                 "lookup_s": "vllm:lmcache_mp_lookup_duration_seconds"}
+# `name{labels} value`: the label block may hold quoted strings with braces in them. A regex, not
+# prometheus_client, because these scripts are standard library only (see the module's docstring).
+_SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?\s+(\S+)')
+
+
+def histogram_totals(text: str, families) -> dict:
+    """{family: [sum, count]} of Prometheus histograms, added up over their label sets."""
+    out = {f: [0.0, 0.0] for f in families}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        name, value = m.group(1), m.group(2)
+        for f in families:
+            if name in (f + "_sum", f + "_count"):
+                try:
+                    out[f][name.endswith("_count")] += float(value)
+                except ValueError:
+                    pass
+    return out
+
+
+def engine_clocks(base: str, timeout: float = 10.0) -> dict | None:
+    """ENGINE_CLOCKS' totals from vLLM's /metrics now, or None when it cannot be read."""
+    try:
+        with _request(base.rstrip("/") + "/metrics", timeout=timeout) as r:
+            text = r.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    return histogram_totals(text, ENGINE_CLOCKS.values())
+
+
+def clock_split(before: dict | None, after: dict | None) -> dict:
+    """What the requests between two engine_clocks() readings spent, per ENGINE_CLOCKS key: the value itself
+    for one request, the mean for several (`engine_requests` says how many; `lookups` counts the lookups)."""
+    if not before or not after:
+        return {}
+    n = after[ENGINE_CLOCKS["engine_ttft_s"]][1] - before[ENGINE_CLOCKS["engine_ttft_s"]][1]
+    out: dict = {"engine_requests": int(n)}
+    for key, fam in ENGINE_CLOCKS.items():
+        total, count = (after[fam][0] - before[fam][0]), (after[fam][1] - before[fam][1])
+        if key == "lookup_s":
+            out["lookups"] = int(count)
+        if count > 0:
+            out[key] = total / count
+    return out
+
+
+def with_clocks(base: str, fn, settle_s: float = 3.0) -> dict:
+    """fn()'s result (a request's dict) plus clock_split of it: vLLM records a request's queue and prefill times
+    when it finishes, which can be a moment after the client has its answer, so the second reading waits (up to
+    `settle_s`) until the request shows. Meant for one request at a time; fields are absent where /metrics fails."""
+    before = engine_clocks(base)
+    res = fn()
+    if before is None or not res.get("ok"):
+        return res
+    queue = ENGINE_CLOCKS["queue_s"]
+    deadline = time.perf_counter() + settle_s
+    after = engine_clocks(base)
+    while after is not None and after[queue][1] <= before[queue][1] and time.perf_counter() < deadline:
+        time.sleep(0.02)
+        after = engine_clocks(base)
+    split = clock_split(before, after)
+    if split and res.get("ttft_s") is not None and split.get("engine_ttft_s") is not None \
+            and split["engine_requests"] == 1:
+        split["frontend_s"] = res["ttft_s"] - split["engine_ttft_s"]
+    return {**res, **split}
+
+
+CLOCK_COLUMNS = ("ttft_s", "frontend_s", "queue_s", "lookup_s", "prefill_s")
+
+
+def clock_medians(rows: list[dict], group) -> dict:
+    """{group(row): {column: median}} over successful rows that carry vLLM's clocks (with_clocks)."""
+    groups: dict = {}
+    for r in rows:
+        if r.get("ok") and r.get("engine_ttft_s") is not None:
+            groups.setdefault(group(r), []).append(r)
+    return {g: {k: median([r[k] for r in rs if r.get(k) is not None]) for k in CLOCK_COLUMNS} | {"n": len(rs)}
+            for g, rs in groups.items()}
+
+
+def clock_markdown(medians: dict, head: list[str]) -> list[str]:
+    """The table of clock_medians (its group keys as the first columns), with the reading of each column."""
+    if not medians:
+        return []
+    rows = [[*map(str, g), m["n"], *[m[k] for k in CLOCK_COLUMNS]] for g, m in sorted(medians.items(), key=str)]
+    return ["", "### Where the time went: vLLM's own clocks, median seconds per request", "",
+            "TTFT as the client saw it = frontend (HTTP, request parsing: the client's TTFT minus vLLM's) + queue "
+            "(arrival -> scheduled; with LMCache's blocking lookup the lookup waits here) + prefill (scheduled -> "
+            "first token: the KV load and the forward pass); lookup: LMCache's lookup as vLLM's scheduler timed "
+            "it (part of the queue).", "",
+            markdown_table([*head, "n", "TTFT", "frontend", "queue", "lookup", "prefill"], rows)]
 
 
 def reset_prefix_cache(base: str, tries: int = 3) -> None:

@@ -193,7 +193,10 @@ def cmd_run(a) -> int:
             c.log(f"{a.label} u{row['user']:>2} r{row['round']}: ttft {row['ttft_s']:.3f} s, "
                   f"{row['prompt_tokens']} prompt tok")
 
+    before = None if a.no_clocks else c.engine_clocks(a.base_url)
     stats = run_rate(a, emit) if a.rate else run_users(a, emit)
+    time.sleep(0.5 if before else 0)  # vLLM records the last requests' times as they finish
+    clocks = c.clock_split(before, c.engine_clocks(a.base_url) if before else None)
     ok = [r for r in rows if r["ok"]]
     prompt_tok = sum(r.get("prompt_tokens") or r["prompt_len"] for r in ok)
     out_tok = sum(r.get("completion_tokens") or 0 for r in ok)
@@ -207,7 +210,10 @@ def cmd_run(a) -> int:
                "output_tokens_per_s": out_tok / stats["wall_s"] if stats["wall_s"] else None,
                "requests_per_s": len(ok) / stats["wall_s"] if stats["wall_s"] else None,
                "ttft_p50_s": c.percentile([r["ttft_s"] for r in ok], 50),
-               "ttft_p90_s": c.percentile([r["ttft_s"] for r in ok], 90)}
+               "ttft_p90_s": c.percentile([r["ttft_s"] for r in ok], 90),
+               # vLLM's clocks over the run, means per request (common.ENGINE_CLOCKS): with requests in flight
+               # together only the means can be told apart, not each request's
+               "clocks_mean_s": clocks}
     c.append_rows(a.results, [summary])
     c.log(f"{a.label}: {len(ok)} ok / {stats['failed']} failed in {stats['wall_s']:.1f} s; "
           f"p50 {c.fmt(summary['ttft_p50_s'])} s, p90 {c.fmt(summary['ttft_p90_s'])} s, "
@@ -240,7 +246,8 @@ def summarize(rows: list[dict], from_round: int = 0) -> dict:
                       "requests_per_s": run.get("requests_per_s"), "wall_s": run.get("wall_s"),
                       "scheduled": run.get("scheduled"), "late": run.get("late"),
                       "working_set_tokens": run.get("working_set_tokens"), "params": run.get("params"),
-                      "p50_by_round_s": {k: c.median(v) for k, v in sorted(by_round.items())}}
+                      "p50_by_round_s": {k: c.median(v) for k, v in sorted(by_round.items())},
+                      "clocks_mean_s": run.get("clocks_mean_s") or {}}
     return out
 
 
@@ -280,6 +287,17 @@ def build_report(rows, baseline: str, candidate: str, native: str, from_round: i
     md += ["", "### p50 TTFT by round, seconds", ""]
     md.append(c.markdown_table(["config", *[f"r{r}" for r in rounds]],
                                [[lab, *[s[lab]["p50_by_round_s"].get(r) for r in rounds]] for lab in order]))
+    if any(s[lab]["clocks_mean_s"] for lab in order):
+        md += ["", "### Where the time went: vLLM's own clocks over the run, mean seconds per request", "",
+               "engine TTFT: arrival in vLLM -> first token; queue: arrival -> scheduled (with LMCache's blocking "
+               "lookup the lookup waits here, and the other requests with it); lookup: LMCache's lookup as vLLM's "
+               "scheduler timed it; prefill: scheduled -> first token (KV load, forward passes, other requests' "
+               "steps).", ""]
+        md.append(c.markdown_table(
+            ["config", "requests", "mean TTFT", "engine TTFT", "queue", "lookups", "lookup", "prefill"],
+            [[lab, str(k.get("engine_requests")), s[lab]["mean_s"], k.get("engine_ttft_s"), k.get("queue_s"),
+              str(k.get("lookups", "-")), k.get("lookup_s"), k.get("prefill_s")]
+             for lab, k in ((lab, s[lab]["clocks_mean_s"]) for lab in order) if k]))
     targets = evaluate(s, baseline, candidate, native)
     ws = next(iter(s.values())).get("working_set_tokens")
     kv = any_params.get("gpu_kv_tokens")
@@ -347,6 +365,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ready-timeout", type=float, default=300)
     run.add_argument("--stop-on-error", action="store_true", help="a user stops at its first failed request")
     run.add_argument("--no-warmup", action="store_true")
+    run.add_argument("--no-clocks", action="store_true", help="do not read vLLM's /metrics before and after the run")
     run.add_argument("--results", required=True)
     rep = sub.add_parser("report")
     rep.add_argument("--results", required=True)

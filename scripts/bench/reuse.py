@@ -65,11 +65,21 @@ def seeds_of(a) -> list[int]:
     return _ints(a.seed_list) if a.seed_list else list(range(a.seeds))
 
 
+def ttft(a, prompt: list[int]) -> dict:
+    """One measured request, with vLLM's own clocks of it (common.with_clocks) unless --no-clocks."""
+    def go():
+        return c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)
+    return go() if a.no_clocks else c.with_clocks(a.base_url, go)
+
+
+SPLIT_KEYS = ("frontend_s", *c.ENGINE_CLOCKS, "lookups", "engine_requests")
+
+
 def _row(a, phase, tokens, seed, res, **extra) -> dict:
     """Build, log and append one result row at once (a run cut short keeps what it measured)."""
     row = {"bench": "reuse", "label": a.label, "phase": phase, "tokens": tokens, "seed": seed,
            "ttft_s": res.get("ttft_s"), "prompt_tokens": res.get("prompt_tokens"), "ok": res.get("ok"),
-           "error": res.get("error"), **extra}
+           "error": res.get("error"), **{k: res[k] for k in SPLIT_KEYS if k in res}, **extra}
     status = f"{row['ttft_s']:.3f} s" if row["ok"] else f"FAILED ({row['error']})"
     if row["ok"] and row["prompt_tokens"] not in (None, tokens):
         c.log(f"warning: sent {tokens} tokens, server counted {row['prompt_tokens']}")
@@ -84,12 +94,12 @@ def warmup(a, tag: str, retrieve: bool = False) -> list[dict]:
     rows, lengths = [], _ints(a.warmup_tokens)
     for n in lengths:
         prompt = c.token_prompt(f"{tag}-{time.time_ns()}", n, "warmup")
-        rows.append(_row(a, "warmup", n, -1, c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
+        rows.append(_row(a, "warmup", n, -1, ttft(a, prompt)))
     if retrieve and lengths:
         c.reset_prefix_cache(a.base_url)
         time.sleep(a.settle)
         rows.append(_row(a, "warmup_hit", lengths[-1], -1,
-                         c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
+                         ttft(a, prompt)))
     return rows
 
 
@@ -99,16 +109,16 @@ def cmd_run(a) -> int:
     for n in _ints(a.tokens):
         for seed in seeds_of(a):
             prompt = c.token_prompt(seed, n, a.salt)
-            rows.append(_row(a, "cold", n, seed, c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
-            rows.append(_row(a, "gpu_hit", n, seed, c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
+            rows.append(_row(a, "cold", n, seed, ttft(a, prompt)))
+            rows.append(_row(a, "gpu_hit", n, seed, ttft(a, prompt)))
             if a.hit_after_settle:
                 time.sleep(a.settle)
                 rows.append(_row(a, "gpu_hit_settled", n, seed,
-                                 c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
+                                 ttft(a, prompt)))
             c.reset_prefix_cache(a.base_url)
             time.sleep(a.settle)  # let an offload tier finish storing what the cold request computed
             rows.append(_row(a, "after_reset", n, seed,
-                             c.completion_ttft(a.base_url, a.model, prompt, a.request_timeout)))
+                             ttft(a, prompt)))
     return _exit_status(rows)
 
 
@@ -119,7 +129,7 @@ def cmd_churn(a) -> int:
     for p in range(1, a.passes + 1):
         for i in range(a.prompts):
             c.reset_prefix_cache(a.base_url)
-            res = c.completion_ttft(a.base_url, a.model, c.token_prompt(1000 + i, n, a.salt), a.request_timeout)
+            res = ttft(a, c.token_prompt(1000 + i, n, a.salt))
             rows.append(_row(a, f"churn_pass{p}", n, i, res))
             time.sleep(a.settle)  # the store of a cold pass finishes before the next prompt
     return _exit_status(rows)
@@ -195,7 +205,7 @@ def cmd_again(a) -> int:
         rows += warmup(a, a.phase, retrieve=True)
     for n in _ints(a.tokens):
         for seed in seeds_of(a):
-            res = c.completion_ttft(a.base_url, a.model, c.token_prompt(seed, n, a.salt), a.request_timeout)
+            res = ttft(a, c.token_prompt(seed, n, a.salt))
             rows.append(_row(a, a.phase, n, seed, res, **mark))
     if a.restored_rounds > 1:
         rows += restored_rounds(a, mark)
@@ -208,13 +218,13 @@ def restored_rounds(a, mark: dict | None = None) -> list[dict]:
     for r in range(2, a.restored_rounds + 1):
         for n in _ints(a.tokens):
             for seed in seeds_of(a):
-                res = c.completion_ttft(a.base_url, a.model, c.token_prompt(seed, n, a.salt), a.request_timeout)
+                res = ttft(a, c.token_prompt(seed, n, a.salt))
                 rows.append(_row(a, "restored_gpu_hit", n, seed, res, round=r, **mark))
     c.reset_prefix_cache(a.base_url)
     time.sleep(a.settle)
     for n in _ints(a.tokens):
         for seed in seeds_of(a):
-            res = c.completion_ttft(a.base_url, a.model, c.token_prompt(seed, n, a.salt), a.request_timeout)
+            res = ttft(a, c.token_prompt(seed, n, a.salt))
             rows.append(_row(a, "restored_after_reset", n, seed, res, **mark))
     return rows
 
@@ -425,12 +435,17 @@ def build_report(rows: list[dict], baseline: str, kv_bpt: int | None, gbps: floa
         md.append(c.markdown_table(["config", "tokens", *[f"pass {p}" for p in passes]],
                                    [[lab, str(n), *[d.get(p) for p in passes]]
                                     for lab, by_n in sorted(churn.items()) for n, d in sorted(by_n.items())]))
+    clocks = c.clock_medians([r for r in rows if r.get("bench") == "reuse"],
+                             lambda r: (r["label"], r["tokens"], r["phase"] + (" (page cache dropped)"
+                                                                               if r.get("page_cache") == "cold" else "")))
+    md += c.clock_markdown(clocks, ["config", "tokens", "phase"])
     targets = evaluate(med, baseline, candidates, kv_bpt, gbps, target_tokens)
     md += ["", f"### Targets (issues 5 and 12; baseline {baseline}, {target_tokens} tokens)", "", c.targets_markdown(targets)]
     summary = {"baseline": baseline, "median_ttft_s": med, "churn_mean_ttft_s": churn, "count": s["count"],
                "cold_page_cache_median_ttft_s": s["cold_page_cache"],
                "restart_to_ready_s": s["restart_to_ready_s"], "kv_bytes_per_token": kv_bpt,
-               "h2d_gb_per_s": gbps, "h2d": h2d, "targets": targets}
+               "h2d_gb_per_s": gbps, "h2d": h2d, "targets": targets,
+               "clocks_median_s": {" / ".join(map(str, g)): m for g, m in clocks.items()}}
     return summary, "\n".join(md)
 
 
@@ -481,6 +496,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--request-timeout", type=float, default=300)
         p.add_argument("--ready-timeout", type=float, default=300)
         p.add_argument("--no-warmup", action="store_true")
+        p.add_argument("--no-clocks", action="store_true",
+                       help="do not read vLLM's /metrics around each request (its clocks split the TTFT)")
         p.add_argument("--warmup-tokens", default="1024,8192",
                        help="lengths of the fresh warm-up prompts (8192: one full prefill chunk)")
         p.add_argument("--settle", type=float, default=1.0,

@@ -5,8 +5,10 @@ Accepts the argv the appliance generates (`serve MODEL --host H --port P [--serv
 [--shutdown-timeout S] ...`, everything else ignored) and serves /health, /version (the VLLM_VERSION of the
 image's versions.env), /v1/models, /v1/completions (1 token, or `"stub_seconds": s` in the body for a long
 request that generates a token every STUB_TOKEN_INTERVAL s) and /metrics with vLLM's names
-(vllm:num_requests_running, vllm:num_requests_waiting, vllm:prompt_tokens_total, vllm:generation_tokens_total;
-and stub_metrics_scrapes_total). /v1/* need `Authorization: Bearer $VLLM_API_KEY` when VLLM_API_KEY is set, like vLLM.
+(vllm:num_requests_running, vllm:num_requests_waiting, vllm:prompt_tokens_total, vllm:generation_tokens_total,
+the _sum and _count of vllm:time_to_first_token_seconds, vllm:request_queue_time_seconds and
+vllm:request_prefill_time_seconds, queue and prefill recorded when a request finishes as vLLM does; and
+stub_metrics_scrapes_total). /v1/* need `Authorization: Bearer $VLLM_API_KEY` when VLLM_API_KEY is set, like vLLM.
 
 Switches (environment, read at start):
   STUB_START_DELAY=s       seconds of "model load" before the port opens
@@ -49,6 +51,9 @@ def say(msg: str) -> None:
     print(f"stub-vllm[{os.getpid()}]: {msg}", flush=True)
 
 
+CLOCKS = ("vllm:time_to_first_token_seconds", "vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds")
+
+
 class Engine:
     """Request accounting and the counters /metrics shows."""
 
@@ -61,14 +66,23 @@ class Engine:
         self.frozen = threading.Event()
         self.scrapes = 0  # GET /metrics answered (the watchdog's busy probes)
         self.inflight = 0  # POSTs being handled (until the answer is sent), for the graceful drain
+        # histogram name -> [sum, count] (only what the bench scripts read of vLLM's histograms)
+        self.clocks = {name: [0.0, 0] for name in CLOCKS}
+
+    def clock(self, name: str, seconds: float) -> None:
+        with self.lock:
+            self.clocks[name][0] += seconds
+            self.clocks[name][1] += 1
 
     def complete(self, prompt: str, seconds: float) -> int:
+        arrived = time.monotonic()
         with self.lock:
             self.waiting += 1
             while self.max_concurrency and self.running >= self.max_concurrency:
                 self.lock.wait()
             self.waiting -= 1
             self.running += 1
+        scheduled = first = time.monotonic()
         try:
             self.block_if_hung()
             with self.lock:
@@ -79,10 +93,15 @@ class Engine:
                 with self.lock:
                     self.generation_tokens += 1
                 tokens += 1
+                if tokens == 1:
+                    first = time.monotonic()
+                    self.clock("vllm:time_to_first_token_seconds", first - arrived)
                 if time.monotonic() >= deadline:
                     return tokens
                 time.sleep(self.token_interval)
         finally:
+            self.clock("vllm:request_queue_time_seconds", scheduled - arrived)
+            self.clock("vllm:request_prefill_time_seconds", first - scheduled)
             with self.lock:
                 self.running -= 1
                 self.lock.notify_all()
@@ -158,6 +177,9 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
                         f"vllm:generation_tokens_total{labels} {engine.generation_tokens}.0",
                         f"stub_metrics_scrapes_total {engine.scrapes}.0",
                     ]
+                    for name, (total, count) in engine.clocks.items():
+                        lines += [f"# TYPE {name} histogram", f"{name}_sum{labels} {total}",
+                                  f"{name}_count{labels} {count}.0"]
                 self.send_text(200, "\n".join(lines) + "\n")
             elif self.path == "/v1/models":
                 if self.authorized():

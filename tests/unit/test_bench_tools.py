@@ -350,6 +350,7 @@ def test_multiround_labels_become_the_documented_settings():
         "VLLM_KV_OFFLOADING_BACKEND=lmcache", "VLLM_KV_OFFLOADING_SIZE=20", "LMCACHE_MODE=in-process",
         "VLLM_MAX_NUM_BATCHED_TOKENS=2048"]
     assert "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" in suite_function("mr_backend", "mr_backend lmcache-mw4")
+    assert "LMCACHE_SERVER_EXTRA_ARGS=--max-cpu-workers 4" in suite_function("mr_backend", "mr_backend lmcache-cpuw4")
     assert "LMCACHE_CHUNK_SIZE=512" in suite_function("mr_backend", "mr_backend lmcache-chunk512")
     assert "LMCACHE_NONBLOCKING_LOOKUP=true" in suite_function("mr_backend", "mr_backend lmcache-nonblocking")
     assert suite_function("mr_backend", "mr_backend lmcache-typo") == ["exit 1"]
@@ -370,3 +371,49 @@ def test_sse_chunks_marks_a_complete_stream_and_not_a_cut_one():
     complete = list(common.sse_chunks(lines))
     assert complete[:-1] == [{"choices": [{"text": "a"}]}] and complete[-1] is common.STREAM_DONE
     assert common.STREAM_DONE not in list(common.sse_chunks(lines[:3]))  # the server went away mid-answer
+
+
+def test_histogram_totals_add_up_label_sets_and_skip_buckets_and_comments():
+    text = "\n".join([
+        "# HELP vllm:request_queue_time_seconds queue",
+        "# TYPE vllm:request_queue_time_seconds histogram",
+        'vllm:request_queue_time_seconds_bucket{engine="0",le="0.1",model_name="m"} 2.0',
+        'vllm:request_queue_time_seconds_sum{engine="0",model_name="m"} 0.25',
+        'vllm:request_queue_time_seconds_count{engine="0",model_name="m"} 2.0',
+        'vllm:request_queue_time_seconds_sum{engine="1",model_name="a } b"} 0.5',  # a brace inside a label value
+        'vllm:request_queue_time_seconds_count{engine="1",model_name="a } b"} 1.0',
+        "vllm:time_to_first_token_seconds_sum 1e-1",
+        "vllm:time_to_first_token_seconds_count 1",
+        "vllm:request_queue_time_seconds_created 1700000000.0",
+        "garbage line",
+    ])
+    totals = common.histogram_totals(text, common.ENGINE_CLOCKS.values())
+    assert totals["vllm:request_queue_time_seconds"] == [0.75, 3.0]
+    assert totals["vllm:time_to_first_token_seconds"] == [0.1, 1.0]
+    assert totals["vllm:lmcache_mp_lookup_duration_seconds"] == [0.0, 0.0]
+
+
+def test_clock_split_of_one_request_and_of_several():
+    fam = common.ENGINE_CLOCKS
+    before = {f: [0.0, 0.0] for f in fam.values()}
+    one = {**before, fam["engine_ttft_s"]: [0.1, 1.0], fam["queue_s"]: [0.02, 1.0], fam["prefill_s"]: [0.07, 1.0],
+           fam["lookup_s"]: [0.015, 1.0]}
+    split = common.clock_split(before, one)
+    assert split == {"engine_requests": 1, "engine_ttft_s": 0.1, "queue_s": 0.02, "prefill_s": 0.07,
+                     "lookup_s": 0.015, "lookups": 1}
+    three = {**one, fam["engine_ttft_s"]: [0.4, 4.0], fam["queue_s"]: [0.32, 4.0]}
+    split = common.clock_split(one, three)
+    assert split["engine_requests"] == 3 and abs(split["queue_s"] - 0.1) < 1e-9
+    assert "prefill_s" not in split and split["lookups"] == 0  # nothing new recorded: no mean to give
+    assert common.clock_split(None, one) == {} and common.clock_split(one, None) == {}
+
+
+def test_clock_medians_group_the_rows_that_carry_clocks():
+    rows = [{"ok": True, "label": "a", "ttft_s": t, "engine_ttft_s": t - 0.01, "frontend_s": 0.01, "queue_s": q,
+             "prefill_s": t - 0.01 - q} for t, q in ((0.1, 0.01), (0.2, 0.03), (0.3, 0.02))]
+    rows += [{"ok": True, "label": "a", "ttft_s": 9.0}, {"ok": False, "label": "a", "engine_ttft_s": 9.0}]
+    med = common.clock_medians(rows, lambda r: (r["label"],))
+    assert med[("a",)]["n"] == 3 and med[("a",)]["ttft_s"] == 0.2 and med[("a",)]["queue_s"] == 0.02
+    assert med[("a",)]["lookup_s"] is None
+    assert "| a " in "\n".join(common.clock_markdown(med, ["config"]))
+    assert common.clock_markdown({}, ["config"]) == []

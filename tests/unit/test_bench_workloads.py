@@ -319,7 +319,7 @@ def free_port() -> int:
 
 def serve_stub(tmp_path):
     port = free_port()
-    env = {**os.environ, "STUB_STREAM": "1", "STUB_TOKEN_INTERVAL": "0.001"}
+    env = {**os.environ, "STUB_STREAM": "1", "STUB_TOKEN_INTERVAL": "0.001", "VLLM_SERVER_DEV_MODE": "1"}
     server = subprocess.Popen([sys.executable, str(REPO / "tests" / "stubs" / "vllm_stub.py"), "serve", "stub/model",
                                "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "llama8b"],
                               env=env, stdout=(tmp_path / "stub.log").open("w"), stderr=subprocess.STDOUT)
@@ -352,12 +352,48 @@ def test_both_workloads_run_end_to_end_against_the_streaming_stub(tmp_path):
         stop(server)
     rows = common.load_rows(res)
     docs = [r for r in rows if r["bench"] == "longdoc"]
-    assert len(docs) == 2 * 3 * 2 and all(r["ok"] for r in docs)
+    assert len(docs) == 2 * 3 * 3 and all(r["ok"] for r in docs)  # pass 1, pass 2, and the GPU hit after each
+    assert [r["pass"] for r in docs if r["label"] == "lmcache"] == [1, 1, 1, 2, 3, 2, 3, 2, 3]
+    assert [r["doc"] for r in docs if r["label"] == "lmcache" and r["pass"] > 1] == [0, 0, 1, 1, 2, 2]
     assert {r["prompt_tokens"] for r in docs} == {510}  # what the server counted = what was sent
     assert all(r["completion_tokens"] == 8 for r in docs)
+    # vLLM's clocks of each request (the stub records them as vLLM does): one request each, and the client's
+    # TTFT is the engine's plus a frontend share that cannot be negative
+    assert all(r["engine_requests"] == 1 and r["frontend_s"] >= 0 for r in docs)
+    assert all(r["queue_s"] >= 0 and r["prefill_s"] >= 0 and "lookup_s" not in r for r in docs)
     mr = [r for r in rows if r["bench"] == "multiround"]
     assert len(mr) == 2 * 6 and all(r["ok"] for r in mr)
     assert sorted({r["prompt_tokens"] for r in mr}) == [80, 95]  # 20 + 50 + 10, then + 5 + 10
+    runs = [r for r in rows if r["bench"] == "multiround_run"]
+    assert [r["clocks_mean_s"]["engine_requests"] for r in runs] == [6, 6]  # the warm-up is before the first read
     assert longdoc.main(["report", "--results", str(res)]) == 0
     assert multiround.main(["report", "--results", str(res)]) == 0
     assert json.loads((res / "multiround.json").read_text())["labels"]["lmcache"]["requests"] == 6
+    report = json.loads((res / "longdoc.json").read_text())
+    assert report["labels"]["lmcache"]["pass3"]["requests"] == 3
+    assert report["clocks_median_s"]["lmcache / GPU hit"]["n"] == 3
+    md = (res / "longdoc.md").read_text()
+    assert "GPU hit mean" in md and "Where the time went" in md
+    assert "Where the time went" in (res / "multiround.md").read_text()
+
+
+def test_reuse_run_splits_each_ttft_with_vllms_clocks_and_reports_them(tmp_path):
+    server, port = serve_stub(tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    res = tmp_path / "results"
+    try:
+        common.wait_ready(base, "llama8b", timeout=30)
+        assert reuse.main(["run", "--label", "lmcache", "--base-url", base, "--results", str(res), "--tokens", "300",
+                           "--seeds", "2", "--warmup-tokens", "32", "--settle", "0"]) == 0
+        assert reuse.main(["run", "--label", "no-offload", "--base-url", base, "--results", str(res),
+                           "--tokens", "300", "--seeds", "1", "--no-warmup", "--no-clocks", "--settle", "0"]) == 0
+    finally:
+        stop(server)
+    rows = [r for r in common.load_rows(res) if r["bench"] == "reuse"]
+    timed = [r for r in rows if r["label"] == "lmcache"]
+    assert len(timed) == 1 + 2 * 3 and all(r["engine_requests"] == 1 for r in timed)
+    assert all(r["frontend_s"] >= 0 and r["ttft_s"] >= r["engine_ttft_s"] for r in timed)
+    assert not any("engine_ttft_s" in r for r in rows if r["label"] == "no-offload")  # --no-clocks
+    assert reuse.main(["report", "--results", str(res)]) == 0
+    clocks = json.loads((res / "reuse.json").read_text())["clocks_median_s"]
+    assert clocks["lmcache / 300 / after_reset"]["n"] == 2 and not any(k.startswith("no-offload") for k in clocks)
