@@ -35,6 +35,7 @@ LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's K
 # under load. It stays at 5 s, the interval every GPU run so far used, until the load-and-fault suite
 # (scripts/gpu/run-suite.sh loadfaults) has measured 2 s under load.
 LMCACHE_HEARTBEAT_S = 5  # LMCACHE_HEARTBEAT_INTERVAL's default (settings.py)
+MAX_LOOKUP_WORKERS = 64  # LMCACHE_LOOKUP_WORKERS: a bound that catches a typo (4000) before LMCache starts the threads
 # Bound on one synchronous message to the server while its pings still answer (lookup acknowledgements,
 # prefetch status, KV registration, clear): LMCache's default is 300 s (ExtraConfigDefault.mq_timeout), for
 # which a request whose lookup is lost would wait in the queue. The launcher starts vLLM only once the
@@ -267,6 +268,9 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             # Its exporter, read (and re-exposed with the appliance's own) by the `metrics` program.
             "--prometheus-port", str(metrics_port)]
     argv += server_flag_settings(b)
+    if int(v.get("LMCACHE_LOOKUP_WORKERS") or 1) > MAX_LOOKUP_WORKERS:
+        b.bad_value("LMCACHE_LOOKUP_WORKERS", str(v["LMCACHE_LOOKUP_WORKERS"]),
+                    f"at most {MAX_LOOKUP_WORKERS} (threads of one pool; more only contend for the same locks)")
     if p.disk:
         # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity, and
         # with an `eviction` block LMCache's L2EvictionController (storage_controllers/eviction_controller.py)

@@ -39,7 +39,7 @@
 # Multi-round configurations (MR_CONFIGS, default "no-offload lmcache native"; see mr_backend below):
 #   no-offload, lmcache, native, lmcache-inproc (LMCACHE_MODE=in-process), lmcache-nonblocking
 #   (LMCACHE_NONBLOCKING_LOOKUP=true), lmcache-mw4 (the LMCache server
-#   with --max-workers 4), lmcache-cpuw4 (--max-cpu-workers 4: its LOOKUP pool only), lmcache-chunk512 (LMCACHE_CHUNK_SIZE=512); any of them with a suffix -mnbtN adds
+#   with --max-workers 4), lmcache-cpuw1 / -cpuw4 (LMCACHE_LOOKUP_WORKERS=1 / 4), lmcache-chunk512 (LMCACHE_CHUNK_SIZE=512); any of them with a suffix -mnbtN adds
 #   VLLM_MAX_NUM_BATCHED_TOKENS=N (vLLM's token budget per scheduler step).
 #
 # Output: $OUT/results/ (results.jsonl, <bench>.md/.json/.png), $OUT/logs/<label>/ (serve output, the run
@@ -424,7 +424,7 @@ mr_backend() {  # mr_backend LABEL: the offloading words of a multi-round config
     case $base in
         no-offload) echo VLLM_KV_OFFLOADING_BACKEND=none ;;
         native) printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=native VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB" ;;
-        lmcache|lmcache-inproc|lmcache-mw4|lmcache-cpuw4|lmcache-chunk512|lmcache-nonblocking)
+        lmcache|lmcache-inproc|lmcache-mw4|lmcache-cpuw1|lmcache-cpuw4|lmcache-chunk512|lmcache-nonblocking)
             printf '%s\n' VLLM_KV_OFFLOADING_BACKEND=lmcache VLLM_KV_OFFLOADING_SIZE="$CPU_TIER_GIB"
             case $base in  # the one change each variant makes to the default LMCache configuration
                 lmcache-inproc) echo LMCACHE_MODE=in-process ;;
@@ -432,9 +432,10 @@ mr_backend() {  # mr_backend LABEL: the offloading words of a multi-round config
                 # server answered a partly stored prompt's lookup 14-31 ms late (h200x2-2026-11-29-evening)
                 lmcache-nonblocking) echo LMCACHE_NONBLOCKING_LOOKUP=true ;;
                 lmcache-mw4) echo "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" ;;
-                # the LOOKUP pool alone (one thread by default; STORE/RETRIEVE keep theirs): does the late
-                # lookup answer wait for that thread, or for the stores?
-                lmcache-cpuw4) echo "LMCACHE_SERVER_EXTRA_ARGS=--max-cpu-workers 4" ;;
+                # the LMCache server's LOOKUP pool (STORE/RETRIEVE keep their thread): 4 threads is the
+                # appliance's default since 11-29 (late lookups under multi-user load), 1 is LMCache's own
+                lmcache-cpuw1) echo LMCACHE_LOOKUP_WORKERS=1 ;;
+                lmcache-cpuw4) echo LMCACHE_LOOKUP_WORKERS=4 ;;
                 lmcache-chunk512) echo LMCACHE_CHUNK_SIZE=512 ;;
             esac ;;
         *) return 1 ;;

@@ -350,7 +350,7 @@ def test_multiround_labels_become_the_documented_settings():
         "VLLM_KV_OFFLOADING_BACKEND=lmcache", "VLLM_KV_OFFLOADING_SIZE=20", "LMCACHE_MODE=in-process",
         "VLLM_MAX_NUM_BATCHED_TOKENS=2048"]
     assert "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" in suite_function("mr_backend", "mr_backend lmcache-mw4")
-    assert "LMCACHE_SERVER_EXTRA_ARGS=--max-cpu-workers 4" in suite_function("mr_backend", "mr_backend lmcache-cpuw4")
+    assert "LMCACHE_LOOKUP_WORKERS=1" in suite_function("mr_backend", "mr_backend lmcache-cpuw1")
     assert "LMCACHE_CHUNK_SIZE=512" in suite_function("mr_backend", "mr_backend lmcache-chunk512")
     assert "LMCACHE_NONBLOCKING_LOOKUP=true" in suite_function("mr_backend", "mr_backend lmcache-nonblocking")
     assert suite_function("mr_backend", "mr_backend lmcache-typo") == ["exit 1"]

@@ -163,3 +163,20 @@ def test_committed_lmcache_schemas_list_the_adapter_types_the_plan_writes():
     for path in sorted(SCHEMA_DIR.glob("lmcache-*.json")):
         types = json.loads(path.read_text())["l2_adapter_types"]
         assert {"fs_native", "resp"} <= set(types), (path.name, types)
+
+
+def test_lookup_workers_default_bound_and_extra_args(on_stack):
+    plan = on_stack(new_schema(), SERVER)
+    assert plan.errors == [] and flag_value(plan.lmcache_argv, "--max-cpu-workers") == "4"
+    assert flag_value(on_stack(schema_of(**OLD), SERVER).lmcache_argv, "--max-cpu-workers") == "4"
+    one = on_stack(new_schema(), {**SERVER, "LMCACHE_LOOKUP_WORKERS": "1"})
+    assert one.errors == [] and flag_value(one.lmcache_argv, "--max-cpu-workers") == "1"
+    assert on_stack(new_schema(), {**SERVER, "LMCACHE_LOOKUP_WORKERS": "65"}).errors == [
+        "LMCACHE_LOOKUP_WORKERS='65': at most 64 (threads of one pool; more only contend for the same locks), "
+        "e.g. LMCACHE_LOOKUP_WORKERS=4"]
+    extra = on_stack(new_schema(), {**SERVER, "LMCACHE_SERVER_EXTRA_ARGS": "--max-cpu-workers=2"})
+    assert extra.errors == ["LMCACHE_SERVER_EXTRA_ARGS: --max-cpu-workers is set by the appliance; use "
+                            "LMCACHE_LOOKUP_WORKERS"]
+    # --max-workers sizes both pools; the lookup pool keeps LMCACHE_LOOKUP_WORKERS (LMCache: the per-pool flag wins)
+    both = on_stack(new_schema(), {**SERVER, "LMCACHE_SERVER_EXTRA_ARGS": "--max-workers 2"})
+    assert both.errors == [] and flag_value(both.lmcache_argv, "--max-cpu-workers") == "4"
