@@ -178,11 +178,11 @@ SETTINGS: tuple[Setting, ...] = (
        connector_key="nonblocking_lookup_status",
        target="kv_connector_extra_config lmcache.mp.nonblocking_lookup_status"),
     _s("LMCACHE_LOOKUP_WORKERS", "int", "Threads of the LMCache server's pool for lookups and the other "
-       "requests that do not move KV (its `--max-cpu-workers`; stores and loads keep their own thread). LMCache's "
-       "own default is 1: under many users a lookup then waits behind the others, and vLLM's scheduler with it "
-       "(the lookup is blocking, LMCACHE_NONBLOCKING_LOOKUP). At most 64. Measured on an H200, multi-round QA at "
-       "a fixed rate (10 users, histories past 16k tokens): p50 TTFT 0.203 s with 4 vs 0.258 s with 1 (docs/"
-       "BENCHMARKS.md).", default=4, group="LMCache", minimum=1, server_flag="--max-cpu-workers",
+       "requests that do not move KV (its `--max-cpu-workers`; stores and loads keep their own thread). 1 is "
+       "LMCache's own default, written out so that a release that changes it changes nothing here. At most 64. "
+       "Measured on H200s, multi-round QA at a fixed rate (10 users, histories past 16k tokens), p50 TTFT with 4 "
+       "vs 1 in three pairs: 0.203 vs 0.258 s, 0.330 vs 0.285 s, 0.288 vs 0.292 s: no steady gain, so the default "
+       "stays (docs/BENCHMARKS.md).", default=1, group="LMCache", minimum=1, server_flag="--max-cpu-workers",
        target="lmcache server --max-cpu-workers", example="4"),
     _s("LMCACHE_HEARTBEAT_INTERVAL", "seconds", "Seconds between vLLM's pings of the LMCache server. An "
        "unanswered ping puts vLLM's connector in its degraded mode: lookups miss and loads fail over to "

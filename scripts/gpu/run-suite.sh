@@ -432,8 +432,8 @@ mr_backend() {  # mr_backend LABEL: the offloading words of a multi-round config
                 # server answered a partly stored prompt's lookup 14-31 ms late (h200x2-2026-11-29-evening)
                 lmcache-nonblocking) echo LMCACHE_NONBLOCKING_LOOKUP=true ;;
                 lmcache-mw4) echo "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" ;;
-                # the LMCache server's LOOKUP pool (STORE/RETRIEVE keep their thread): 4 threads is the
-                # appliance's default since 11-29 (late lookups under multi-user load), 1 is LMCache's own
+                # the LMCache server's LOOKUP pool (STORE/RETRIEVE keep their thread): 1 is LMCache's and the
+                # appliance's default; 4 was tried for the late lookups under multi-user load (no steady gain)
                 lmcache-cpuw1) echo LMCACHE_LOOKUP_WORKERS=1 ;;
                 lmcache-cpuw4) echo LMCACHE_LOOKUP_WORKERS=4 ;;
                 lmcache-chunk512) echo LMCACHE_CHUNK_SIZE=512 ;;

@@ -167,10 +167,10 @@ def test_committed_lmcache_schemas_list_the_adapter_types_the_plan_writes():
 
 def test_lookup_workers_default_bound_and_extra_args(on_stack):
     plan = on_stack(new_schema(), SERVER)
-    assert plan.errors == [] and flag_value(plan.lmcache_argv, "--max-cpu-workers") == "4"
-    assert flag_value(on_stack(schema_of(**OLD), SERVER).lmcache_argv, "--max-cpu-workers") == "4"
-    one = on_stack(new_schema(), {**SERVER, "LMCACHE_LOOKUP_WORKERS": "1"})
-    assert one.errors == [] and flag_value(one.lmcache_argv, "--max-cpu-workers") == "1"
+    assert plan.errors == [] and flag_value(plan.lmcache_argv, "--max-cpu-workers") == "1"  # LMCache's own, explicit
+    assert flag_value(on_stack(schema_of(**OLD), SERVER).lmcache_argv, "--max-cpu-workers") == "1"
+    four = on_stack(new_schema(), {**SERVER, "LMCACHE_LOOKUP_WORKERS": "4"})
+    assert four.errors == [] and flag_value(four.lmcache_argv, "--max-cpu-workers") == "4"
     assert on_stack(new_schema(), {**SERVER, "LMCACHE_LOOKUP_WORKERS": "65"}).errors == [
         "LMCACHE_LOOKUP_WORKERS='65': at most 64 (threads of one pool; more only contend for the same locks), "
         "e.g. LMCACHE_LOOKUP_WORKERS=4"]
@@ -179,4 +179,4 @@ def test_lookup_workers_default_bound_and_extra_args(on_stack):
                             "LMCACHE_LOOKUP_WORKERS"]
     # --max-workers sizes both pools; the lookup pool keeps LMCACHE_LOOKUP_WORKERS (LMCache: the per-pool flag wins)
     both = on_stack(new_schema(), {**SERVER, "LMCACHE_SERVER_EXTRA_ARGS": "--max-workers 2"})
-    assert both.errors == [] and flag_value(both.lmcache_argv, "--max-cpu-workers") == "4"
+    assert both.errors == [] and flag_value(both.lmcache_argv, "--max-cpu-workers") == "1"
