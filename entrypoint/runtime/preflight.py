@@ -68,8 +68,9 @@ def tier_dirs(disk: DiskTier) -> list[str]:
     return dirs
 
 
-def prune(path: str | Path | list, max_bytes: float, written_before: float | None = None) -> tuple[int, int, int]:
-    """Over the cap, remove least recently used files down to PRUNE_TO of it, across all the directories
+def prune(path: str | Path | list, max_bytes: float, written_before: float | None = None,
+          to: float = PRUNE_TO) -> tuple[int, int, int]:
+    """Over the cap, remove least recently used files down to `to` (a share) of it, across all the directories
     given (tier_dirs). Returns (files removed, bytes removed, bytes held before).
     written_before (epoch s): only files last written before it may go; the running LMCache server counts the
     files it wrote itself, and one removed under it is never uncounted (below), so those are left to its own
@@ -80,7 +81,7 @@ def prune(path: str | Path | list, max_bytes: float, written_before: float | Non
     if total <= max_bytes:
         return 0, 0, total
     for _, size, name, written in sorted(files):
-        if total - freed <= PRUNE_TO * max_bytes:
+        if total - freed <= to * max_bytes:
             break
         if written_before is not None and written >= written_before:
             continue

@@ -49,6 +49,11 @@ STORE_TIMEOUT_S = 5.0  # a store probe must not hold up the probes of vLLM and L
 HARD_OVER = 1.05  # issue 14: the disk tier may exceed its cap by at most 5 %
 DEFAULT_PRUNE_S = 5.0  # APPLIANCE_DISK_PRUNE_INTERVAL of a plan written before the setting existed
 MIN_PRUNE_S = 0.5  # the shortest wait between prunes: each one stats every file of the tier
+# Where a prune takes the tier once the watchdog is its only evictor (LMCache's eviction stalled): lower than
+# preflight.PRUNE_TO, because nothing else frees space until the next prune. Measured on an H200 under load
+# (docs/benchmarks/h200x2-2026-11-29-night): pruned to 0.9 of a 3 GiB cap, the tier was back at 3.0-4.0 GiB by
+# every next prune (+32 % at its peak, the size of its 4 GiB tmpfs); 0.7 leaves 0.35 of the cap to refill.
+ALONE_PRUNE_TO = 0.7
 BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 # Counters that grow while the engine works: tokens in and out, and tokens per engine step (this one grows
 # during a long chunked prefill too, before the request's first output token).
@@ -335,25 +340,27 @@ class Watchdog:
         same least recently used keys every second, its usage only grows: measured under load on the H200,
         docs/RESILIENCE.md). So files written since the server started are left to LMCache, and pruned only
         when the tier is over HARD_OVER of its cap all the same (its eviction did not keep up). From then on
-        that server's eviction is stalled, so every later prune takes the tier to its cap on its own."""
+        that server's eviction is stalled, so every later prune takes the tier under its cap on its own, and
+        further under it (ALONE_PRUNE_TO) since nothing frees space between prunes."""
         disk = self.plan.disk
         cap, dirs, since = disk.max_size_gib * preflight.GIB, preflight.tier_dirs(disk), self.lmcache_since
         alone = since is not None and getattr(self, "evicting_alone_for", None) == since
-        removed, freed, held = preflight.prune(dirs, cap, written_before=None if alone else since)
+        removed, freed, held = preflight.prune(dirs, cap, written_before=None if alone else since,
+                                               to=ALONE_PRUNE_TO if alone else preflight.PRUNE_TO)
         if removed:
             self.record.pruned(removed, freed)
             say(NAME, preflight.prune_note(disk, removed, freed, held))
         if alone or since is None or held - freed <= HARD_OVER * cap:
             return held, held - freed
         before = held
-        removed, freed, held = preflight.prune(dirs, cap)
+        removed, freed, held = preflight.prune(dirs, cap, to=ALONE_PRUNE_TO)
         if removed:
             self.record.pruned(removed, freed)
             self.evicting_alone_for = since
             say(NAME, preflight.prune_note(disk, removed, freed, held)
                 + f"; LMCache's own eviction did not hold it under {HARD_OVER:g}x the cap, so files its server"
                   " still counts were removed too (its eviction stalls until it restarts: the watchdog prunes"
-                  " the tier to its cap alone from now on, docs/RESILIENCE.md)")
+                  f" the tier alone from now on, to {ALONE_PRUNE_TO:g} of its cap, docs/RESILIENCE.md)")
         return before, held - freed
 
     def prune_loop(self, stop: threading.Event) -> None:
