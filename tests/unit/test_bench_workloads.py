@@ -334,22 +334,27 @@ def stop(server):
         server.kill()
 
 
-def test_both_workloads_run_end_to_end_against_the_streaming_stub(tmp_path):
+@pytest.fixture
+def stub_base(tmp_path):
+    """The stub vLLM (streaming, with vLLM's clocks in /metrics) running and ready: its base URL."""
     server, port = serve_stub(tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    res = tmp_path / "results"
     try:
-        common.wait_ready(base, "llama8b", timeout=30)
-        for label in ("no-offload", "lmcache"):
-            assert longdoc.main(["run", "--label", label, "--base-url", base, "--results", str(res), "--docs", "3",
-                                 "--doc-tokens", "500", "--question-tokens", "10", "--settle", "0",
-                                 "--warmup-tokens", "32", "--gpu-kv-tokens", "1000"]) == 0
-            assert multiround.main(["run", "--label", label, "--base-url", base, "--results", str(res),
-                                    "--users", "3", "--rounds", "2", "--rate", "20", "--max-seconds", "5",
-                                    "--system-tokens", "20", "--history-tokens", "50", "--user-tokens", "10",
-                                    "--answer-tokens", "5", "--no-warmup"]) == 0
+        common.wait_ready(f"http://127.0.0.1:{port}", "llama8b", timeout=30)
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop(server)
+
+
+def test_both_workloads_run_end_to_end_against_the_streaming_stub(tmp_path, stub_base):
+    base, res = stub_base, tmp_path / "results"
+    for label in ("no-offload", "lmcache"):
+        assert longdoc.main(["run", "--label", label, "--base-url", base, "--results", str(res), "--docs", "3",
+                             "--doc-tokens", "500", "--question-tokens", "10", "--settle", "0",
+                             "--warmup-tokens", "32", "--gpu-kv-tokens", "1000"]) == 0
+        assert multiround.main(["run", "--label", label, "--base-url", base, "--results", str(res),
+                                "--users", "3", "--rounds", "2", "--rate", "20", "--max-seconds", "5",
+                                "--system-tokens", "20", "--history-tokens", "50", "--user-tokens", "10",
+                                "--answer-tokens", "5", "--no-warmup"]) == 0
     rows = common.load_rows(res)
     docs = [r for r in rows if r["bench"] == "longdoc"]
     assert len(docs) == 2 * 3 * 3 and all(r["ok"] for r in docs)  # pass 1, pass 2, and the GPU hit after each
@@ -377,18 +382,12 @@ def test_both_workloads_run_end_to_end_against_the_streaming_stub(tmp_path):
     assert "Where the time went" in (res / "multiround.md").read_text()
 
 
-def test_reuse_run_splits_each_ttft_with_vllms_clocks_and_reports_them(tmp_path):
-    server, port = serve_stub(tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    res = tmp_path / "results"
-    try:
-        common.wait_ready(base, "llama8b", timeout=30)
-        assert reuse.main(["run", "--label", "lmcache", "--base-url", base, "--results", str(res), "--tokens", "300",
-                           "--seeds", "2", "--warmup-tokens", "32", "--settle", "0"]) == 0
-        assert reuse.main(["run", "--label", "no-offload", "--base-url", base, "--results", str(res),
-                           "--tokens", "300", "--seeds", "1", "--no-warmup", "--no-clocks", "--settle", "0"]) == 0
-    finally:
-        stop(server)
+def test_reuse_run_splits_each_ttft_with_vllms_clocks_and_reports_them(tmp_path, stub_base):
+    base, res = stub_base, tmp_path / "results"
+    assert reuse.main(["run", "--label", "lmcache", "--base-url", base, "--results", str(res), "--tokens", "300",
+                       "--seeds", "2", "--warmup-tokens", "32", "--settle", "0"]) == 0
+    assert reuse.main(["run", "--label", "no-offload", "--base-url", base, "--results", str(res),
+                       "--tokens", "300", "--seeds", "1", "--no-warmup", "--no-clocks", "--settle", "0"]) == 0
     rows = [r for r in common.load_rows(res) if r["bench"] == "reuse"]
     timed = [r for r in rows if r["label"] == "lmcache"]
     assert len(timed) == 1 + 2 * 3 and all(r["engine_requests"] == 1 for r in timed)
