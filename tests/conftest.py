@@ -5,6 +5,8 @@ import pytest
 
 # Tests import the entrypoint package from the checkout (no install step needed).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# ...and this folder's shared helpers (ports.py) for every suite.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from entrypoint.config import resources  # noqa: E402
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from .conftest import ROOT, _failed, wait_until
+from ports import free_port
 
 CLUSTER = ROOT / "compose.cluster.yaml"
 CLUSTER_TEST = ROOT / "docker" / "compose.cluster.test.yaml"
@@ -24,10 +24,6 @@ STORE_IMAGE = os.environ.get("APPLIANCE_TEST_STORE_IMAGE", "llm-appliance-store:
 ROUTER_IMAGE = os.environ.get("APPLIANCE_TEST_ROUTER_IMAGE", "llm-appliance-router:test")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:
@@ -96,7 +92,7 @@ def cluster(request, image, docker_client, compose_binary):
     project = f"appliance-cluster-{uuid.uuid4().hex[:8]}"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
            "APPLIANCE_TEST_IMAGE": image, "APPLIANCE_TEST_STORE_IMAGE": STORE_IMAGE,
-           "APPLIANCE_TEST_ROUTER_IMAGE": ROUTER_IMAGE, "APPLIANCE_HOST_PORT": str(_free_port()),
+           "APPLIANCE_TEST_ROUTER_IMAGE": ROUTER_IMAGE, "APPLIANCE_HOST_PORT": str(free_port()),
            "APPLIANCE_ROUTER_POLICY": "round_robin", "APPLIANCE_ROUTER_HEALTH_INTERVAL": "1",
            "APPLIANCE_STORE_MAXMEMORY": "64mb", "COMPOSE_PROFILES": "store"}
     c = Cluster(compose_binary, project, env)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import urllib.request
 import uuid
@@ -13,12 +12,9 @@ import requests
 
 from .conftest import ROOT, problem_lines, wait_until
 from .test_static_checks import COMPOSE, COMPOSE_TEST
+from ports import free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _models(port: int) -> list[str]:
@@ -31,10 +27,10 @@ def _models(port: int) -> list[str]:
 def project_env(image, monkeypatch):
     """A unique project name and a free host port, through the variables compose reads."""
     project = f"appliance-test-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", project)
     monkeypatch.setenv("APPLIANCE_HOST_PORT", str(port))
-    monkeypatch.setenv("APPLIANCE_METRICS_HOST_PORT", str(_free_port()))  # 9464 may be taken on a test host
+    monkeypatch.setenv("APPLIANCE_METRICS_HOST_PORT", str(free_port()))  # 9464 may be taken on a test host
     monkeypatch.setenv("APPLIANCE_TEST_IMAGE", image)
     return project, port
 

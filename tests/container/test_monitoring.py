@@ -5,21 +5,17 @@ PromQL over what it ingested must give the values the stubs and supervision prod
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 
 import requests
 
 from .conftest import VLLM_PROCESS, missing, wait_until
+from ports import free_port
 
 CONTROL = {"STUB_CONTROL_DIR": "/tmp"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_prometheus_ingests_both_endpoints_and_sees_a_restart(appliance, tmp_path):
@@ -39,7 +35,7 @@ scrape_configs:
   - job_name: appliance
     static_configs: [{{targets: ["{ip}:9464"]}}]
 """)
-    port = _free_port()
+    port = free_port()
     prom = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)

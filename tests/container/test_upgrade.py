@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -24,6 +23,7 @@ from entrypoint.config.schema import pinned_versions
 
 from .conftest import BUILD_SCRIPT, ROOT, problem_lines, wait_until
 from .test_static_checks import COMPOSE
+from ports import free_port
 
 COMPOSE_UPGRADE = ROOT / "tests" / "container" / "compose.upgrade.yaml"
 # The stack before the upgrade: its schema is committed (entrypoint/config/schema), as a rollback needs.
@@ -54,10 +54,6 @@ def old_image(image) -> str:
     return OLD_TAG
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Project:
@@ -66,8 +62,8 @@ class Project:
     def __init__(self, compose_binary, directory, docker_client):
         self.dir, self.docker = directory, docker_client
         self.name = f"appliance-drill-{uuid.uuid4().hex[:8]}"
-        self.port = _free_port()
-        self.metrics_port = _free_port()
+        self.port = free_port()
+        self.metrics_port = free_port()
         self.base = [str(compose_binary), "--project-directory", str(directory), "-f", str(COMPOSE),
                      "-f", str(COMPOSE_UPGRADE)]
 

@@ -16,7 +16,7 @@ import requests
 
 from entrypoint.config.load import make_plan
 
-from .ports import free_ports
+from ports import free_ports
 
 HELLO = 9906  # LMCache's server benchmark stores (seq, HELLO x num_tokens): helpers._build_token_ids
 TOKENS = 512  # 2 chunks of 256 (+1 token, ignored)

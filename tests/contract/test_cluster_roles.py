@@ -21,7 +21,7 @@ from entrypoint.config.load import make_plan
 
 from .lmcache_fleet import stop
 from .parsers import connector_extra_config_keys, parse_lmcache_server_argv, parse_serve_argv, registered_kv_connectors
-from .ports import free_ports
+from ports import free_ports
 
 MODEL = "facebook/opt-125m"
 DISK = "/tmp/appliance-contract/kv-disk"

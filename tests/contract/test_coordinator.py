@@ -22,7 +22,7 @@ import requests
 from .lmcache_fleet import HELLO, TOKENS, tokens_of
 from .lmcache_fleet import fleet as start_fleet
 from .lmcache_fleet import store as _store_kv
-from .ports import free_ports
+from ports import free_ports
 
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH))

@@ -24,7 +24,7 @@ from entrypoint.cluster import router as product
 from entrypoint.config.settings import parse_http_url, parse_router_replicas
 
 from .lmcache_fleet import TOKENS, fleet, store, tokens_of
-from .ports import free_port
+from ports import free_port
 
 MODEL = "served-name"  # the name clients send; the keys carry vLLM's model ("root" in /v1/models)
 KEY_MODEL = "test-model"  # the name LMCache's benchmark client stores under

@@ -14,7 +14,7 @@ import pytest
 from entrypoint.config.load import make_plan
 
 from .parsers import parse_lmcache_server_argv
-from .ports import free_port
+from ports import free_port
 
 
 def _server(lmcache_parser, plan):

@@ -19,7 +19,7 @@ from entrypoint.runtime import reuse_port
 from entrypoint.runtime.gap import Gap
 
 from .parsers import parse_lmcache_server_argv, parse_serve_argv
-from .ports import free_port
+from ports import free_port
 
 
 @pytest.fixture

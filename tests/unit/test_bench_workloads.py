@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import longdoc  # noqa: E402
 import multiround  # noqa: E402
 import reuse  # noqa: E402
 import startup  # noqa: E402
+from ports import free_port  # noqa: E402
 
 
 def args(**kw):
@@ -311,10 +311,6 @@ def test_workloads_configurations_share_the_gpu_cap_and_size_the_cpu_tier_for_th
 
 # --- end to end against the stub vLLM (streaming), as the suite runs them on the GPU ------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_stub(tmp_path):

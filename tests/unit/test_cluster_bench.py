@@ -2,7 +2,6 @@
 bandwidth, the report and its verdicts; its RESP client against a real redis-server where one is installed."""
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH))
 import cluster
+from ports import free_port  # noqa: E402
 
 KV_8B = 131072  # bytes of KV per token, Llama-3-8B shape, bf16
 OBJ = 256 * KV_8B  # one LMCache object: a chunk of 256 tokens
@@ -146,10 +146,6 @@ def test_report_command_writes_the_files(tmp_path):
 
 # --- the RESP client against a real Redis ----------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

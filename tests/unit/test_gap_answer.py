@@ -19,15 +19,12 @@ import requests
 from entrypoint.runtime import gap as gapmod
 from entrypoint.runtime.gap import Gap, listeners
 from entrypoint.runtime.programs import port_free, shared_port_argv
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WRAPPER = str(REPO / "entrypoint" / "runtime" / "reuse_port.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def until(predicate, timeout: float = 5.0):

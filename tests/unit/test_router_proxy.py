@@ -19,15 +19,12 @@ import requests
 
 from entrypoint.cluster import router as product
 from entrypoint.config.settings import parse_http_url, parse_router_replicas
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-stub-key-Zq"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

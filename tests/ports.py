@@ -1,4 +1,5 @@
-"""Free TCP ports for the real servers the contract tests start (held together, so the n ports differ)."""
+"""Free TCP ports for the servers the tests start (held together, so the n ports differ). Every suite imports
+it as `ports` (tests/conftest.py puts this folder on the import path)."""
 from __future__ import annotations
 
 import socket
