@@ -59,6 +59,12 @@ def format_text(plan: Plan) -> str:
         gib = plan.appliance.get("prewarm_gib") or 0
         lines += [f"  Pre-warm at start: {f'up to {gib:g} GiB of the hottest chunks, disk -> CPU tier' if gib else ''}"
                   f"{' (' if gib else ''}{plan.appliance['prewarm_note']}{')' if gib else ''}"]
+    if plan.kv_identity:
+        lines += ["", f"KV identity: {plan.kv_identity} (stored KV is reused only by a start with the same identity; "
+                  "docs/UPGRADING.md)"]
+        parts = d["kv_identity_inputs"].get("parts", {})
+        width = max((len(k) for k in parts), default=0)
+        lines += [f"  {k.ljust(width)}  {v}" for k, v in parts.items()]
     lines += ["", "Values (source):"]
     width = max((len(k) for k in d["values"]), default=0)
     for name in sorted(d["values"]):

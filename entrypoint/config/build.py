@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from . import kv_tiers, models, resources, roles
+from . import kv_identity, kv_tiers, models, resources, roles
 from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
 from .plan import Plan
 from .schema import Schema
@@ -24,6 +24,7 @@ from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, VLLM_SECRET
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+TENANT_MIDDLEWARE = "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware"
 
 
 def _suggest(name: str, candidates) -> str:
@@ -64,6 +65,8 @@ class Builder:
         self.cpu: float | None = None  # CPU tier size (GiB), set by kv_tiers.kv_offloading
         self.cpu_source = self.disk_source = ""  # where the tier sizes come from (a variable, or auto's reading)
         self.prewarm: tuple[float, str] | None = None  # (GiB pre-warmed, why/how), set by kv_tiers.prewarm_module
+        self.kv_identity: kv_identity.KvIdentity | None = None  # set by identity(), read by the KV tiers
+        self.vllm_flags: dict[str, str] = {}  # every flag vLLM will be given -> its last value (identity())
 
     # -- helpers ---------------------------------------------------------------------------------------
     def error(self, msg: str) -> None:
@@ -231,6 +234,22 @@ class Builder:
         if "VLLM_HF_TOKEN" in self.generic_flags:
             p.warnings.append("VLLM_HF_TOKEN puts the token on vLLM's command line; prefer HF_TOKEN")
 
+    def identity(self) -> None:
+        """The KV identity (kv_identity.py) of everything vLLM will be given: the planned flags, VLLM_EXTRA_ARGS and
+        the arguments after `--` (their problems are reported by extra_args; here they are only read)."""
+        p, v = self.plan, self.values
+        try:
+            extra = split_args(str(v.get("VLLM_EXTRA_ARGS", "")))
+        except ValueProblem:
+            extra = []
+        argv = p.vllm_argv[p.vllm_argv.index("serve") + 2:] + extra + list(self.raw.extra_args)
+        self.vllm_flags = kv_identity.flag_values(argv, self.schema.serve_flags)
+        self.kv_identity = kv_identity.compute(
+            p.model, self.vllm_flags, {**self.environ, **self.raw.passthrough},
+            self.schema.vllm_version, self.schema.lmcache_version, int(v.get("LMCACHE_CHUNK_SIZE", 256)))
+        p.kv_identity = self.kv_identity.digest
+        p.kv_identity_inputs = {"parts": self.kv_identity.parts, "files": self.kv_identity.files}
+
     def flag(self, name: str, flag: str, value) -> list[str]:
         self.flag_setters[flag] = name
         try:
@@ -276,12 +295,25 @@ class Builder:
         p = self.plan
         if p.role == "kv-server":
             return  # no API here (kv_tiers.kv_server_role warns about the LMCache server's open ports instead)
-        keyed = self.raw.values.get("VLLM_API_KEY") or any(
-            resolve_flag(a, self.schema.serve_flags) == "--api-key" for a in p.vllm_argv)
-        if not keyed and p.api_host not in LOOPBACK_HOSTS:
+        if not self.api_keyed() and p.api_host not in LOOPBACK_HOSTS:
             p.warnings.append(f"no API key is set and the API listens on {p.api_host}:{p.api_port}: anyone who "
                               "reaches that port can use the model. Set VLLM_API_KEY (or VLLM_API_KEY_FILE), or "
                               "VLLM_HOST=127.0.0.1 to listen on loopback only")
+
+    def api_keyed(self) -> bool:
+        return bool(self.raw.values.get("VLLM_API_KEY")) or any(
+            resolve_flag(a, self.schema.serve_flags) == "--api-key" for a in self.plan.vllm_argv)
+
+    def tenant_isolation(self) -> None:
+        """APPLIANCE_TENANT_ISOLATION: vLLM's API server salts each request's cache by its API key
+        (vllm_ext/tenant_salt.py), which partitions vLLM's prefix cache and every LMCache tier alike."""
+        if not self.values.get("APPLIANCE_TENANT_ISOLATION") or self.plan.role == "kv-server":
+            return
+        if not self.api_keyed():
+            self.error("APPLIANCE_TENANT_ISOLATION=true needs API keys (each key is a tenant): set VLLM_API_KEY, or "
+                       "several keys with `--api-key k1 k2` in VLLM_EXTRA_ARGS")
+            return
+        self.plan.vllm_argv += ["--middleware", TENANT_MIDDLEWARE]
 
     def environment(self) -> None:
         """vLLM's environment: its own variables pass through, ours are removed (VLLM_PORT above all)."""
@@ -352,9 +384,11 @@ class Builder:
             if any(n not in self.values for n in ("VLLM_MODEL", "VLLM_PORT", "APPLIANCE_VLLM_COMMAND")):
                 return self.plan  # a required value did not parse; its error is recorded
             self.vllm_command()
+            self.identity()
             kv_tiers.kv_offloading(self)
             self.extra_args()
             self.api_exposure()
+            self.tenant_isolation()
             self.environment()
             roles.kv_server_role(self)
             self.record()

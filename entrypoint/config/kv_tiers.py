@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"
 LMCACHE_CONNECTOR_IN_PROCESS = "LMCacheConnectorV1"
+CONNECTOR_MODULE = "entrypoint.lmcache_ext.connector"
+IDENTITY_CONFIG_KEY = "appliance.kv_identity"  # kv_connector_extra_config key the connector reads
 LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's KV registration is dropped
 # vLLM -> LMCache server pings (LMCache wants the reap timeout >= 3x this). They also decide how soon vLLM
 # stops waiting on a dead server: each ping waits `interval` for its answer (HeartbeatThread._execute,
@@ -50,8 +52,8 @@ KV_LOAD_FAILURE_POLICY = "recompute"
 # namespace. The old one is left alone (a rollback finds it again) and counts against the cap
 # (runtime/preflight.tier_dirs), so that the volume never holds more than LMCACHE_MAX_LOCAL_DISK_SIZE.
 NAMESPACE_MARK = "__lmcache-"
-OTHER_NAMESPACES = ("kept, not read (another model, chunk size, TP size or LMCache version: the on-disk format "
-                    "is not shown to be the same across LMCache versions); they count against "
+OTHER_NAMESPACES = ("kept, not read (another KV identity: other weights, KV-affecting settings, vLLM or LMCache "
+                    "version, chunk size; `config` shows this one's inputs); they count against "
                     "LMCACHE_MAX_LOCAL_DISK_SIZE, least recently used files pruned first (docs/UPGRADING.md)")
 # LMCache's RESP client reads the store's credentials from these when its config leaves them empty
 # (resp_l2_adapter.py, redis_adapter.py): the password never has to be on a command line or in a file.
@@ -82,13 +84,11 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", model.replace("/", "--"))
 
 
-def disk_namespace(model: str, revision: str | None, dtype: str, chunk_size: int, tp: int,
-                   lmcache_version: str) -> str:
-    """Everything that decides whether stored KV can be reused goes into the directory name, so that a
-    change of model, revision, dtype, chunk size, TP size or LMCache version never reads another's cache."""
-    rev = re.sub(r"[^A-Za-z0-9._-]", "_", revision or "default")
-    return (f"{model_slug(model)}__rev-{rev}__dtype-{dtype}__chunk-{chunk_size}__tp-{tp}"
-            f"{NAMESPACE_MARK}{lmcache_version}")
+def disk_namespace(model: str, identity: str, lmcache_version: str) -> str:
+    """The disk tier's directory for one KV identity (kv_identity.py: weights, KV-affecting flags, versions,
+    chunk size), so that a change of any of them never reads another's files, and the model and LMCache
+    version stay readable in the name."""
+    return f"{model_slug(model)}__kv-{identity}{NAMESPACE_MARK}{lmcache_version}"
 
 
 def kv_offloading(b: Builder) -> None:
@@ -129,6 +129,7 @@ def kv_offloading(b: Builder) -> None:
     if mode == "server":
         lmcache_server(b, cpu, chunk)
     else:
+        in_process_identity(b)
         lmcache_in_process(b, cpu, chunk, tp)
     p.lmcache_env = dict(b.lmcache_env)
     shared_store_credentials(b)
@@ -166,8 +167,7 @@ def shared_store_credentials(b: Builder) -> None:
 def disk_tier(b: Builder, choice: DiskChoice, chunk: int, tp: int) -> None:
     v, p = b.values, b.plan
     base = choice.path or DEFAULT_DISK_TIER_PATH
-    revision = b.generic_flags.get("VLLM_REVISION", (None, None))[1]
-    ns = disk_namespace(p.model, revision, str(v.get("VLLM_DTYPE", "auto")), chunk, tp, b.schema.lmcache_version)
+    ns = disk_namespace(p.model, p.kv_identity, b.schema.lmcache_version)
     path = f"{base.rstrip('/')}/{ns}"
     size = v["LMCACHE_MAX_LOCAL_DISK_SIZE"]
     if size == AUTO:
@@ -366,8 +366,12 @@ def mp_transfer_config(b: Builder, host: str, port: int) -> str:
                 f"reaps a vLLM it has not heard from for {LMCACHE_REAP_S} s)")
     extra_config = {"lmcache.mp.host": f"tcp://{host}", "lmcache.mp.port": port,
                     "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S,
-                    "lmcache.mp.mq_timeout": LMCACHE_MQ_TIMEOUT_S, **connector_key_settings(b)}
-    transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_role": "kv_both",
+                    "lmcache.mp.mq_timeout": LMCACHE_MQ_TIMEOUT_S, **connector_key_settings(b),
+                    IDENTITY_CONFIG_KEY: b.plan.kv_identity}
+    # The appliance's subclass of LMCache's connector (same class name, so that vLLM treats it as LMCache's):
+    # it folds the KV identity and the request's LoRA adapter into every chunk key (lmcache_ext/connector.py).
+    transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_connector_module_path": CONNECTOR_MODULE,
+                "kv_role": "kv_both",
                 "kv_load_failure_policy": KV_LOAD_FAILURE_POLICY, "kv_connector_extra_config": extra_config}
     return json.dumps(transfer, separators=(",", ":"))
 
@@ -455,6 +459,22 @@ def server_mode_only(b: Builder) -> None:
             b.error(f"{s.name}: applies in server mode only (LMCACHE_MODE=server)")
 
 
+def in_process_identity(b: Builder) -> None:
+    """In-process LMCache (LMCacheConnectorV1) keys a chunk by model name and tokens only, and the appliance's
+    connector (KV identity and adapter in every key) is the server-mode one. Its CPU tier lives and dies with
+    one vLLM process (one identity) and its disk tier is per-identity and not reused after a restart, so what
+    could mix KV of different weights or adapters is refused: LoRA adapters and a store shared with others."""
+    if b.vllm_flags.get("--enable-lora") == "true":
+        b.error("VLLM_ENABLE_LORA with LMCACHE_MODE=in-process: in-process LMCache keys KV by model and tokens "
+                "only, so KV computed under one LoRA adapter would be loaded for another or for the base model. "
+                "Use LMCACHE_MODE=server (the appliance keys each adapter apart there) or "
+                "VLLM_KV_OFFLOADING_BACKEND=native")
+    if b.plan.shared_store:
+        b.error("LMCACHE_SHARED_URL with LMCACHE_MODE=in-process: in-process LMCache keys the shared store by "
+                "model name and tokens only, so a replica with other weights under the same name would load this "
+                "one's KV (and the reverse). Use LMCACHE_MODE=server, where every key carries the KV identity")
+
+
 def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
     v, p = b.values, b.plan
     if "LMCACHE_SERVER_EXTRA_ARGS" in v:
@@ -482,8 +502,6 @@ def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
         p.warnings.append("LMCACHE_MODE=in-process keeps its disk-tier index in memory: after a restart the "
                           "files on disk are not reused. LMCACHE_MODE=server reuses them.")
     config.update(b.lmcache_keys)
-    if p.shared_store:
-        shared_in_process(b, config)
     run_dir = str(v["APPLIANCE_RUN_DIR"])
     p.lmcache_config = config
     p.lmcache_config_file = f"{run_dir.rstrip('/')}/lmcache.yaml"
@@ -492,22 +510,3 @@ def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
     transfer = {"kv_connector": LMCACHE_CONNECTOR_IN_PROCESS, "kv_role": "kv_both",
                 "kv_load_failure_policy": KV_LOAD_FAILURE_POLICY}
     p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
-
-
-def shared_in_process(b: Builder, config: dict[str, object]) -> None:
-    """In-process LMCache's equivalent of the resp adapter: its remote backend at resp://host:port (the same
-    native RESP client). It has no capacity of its own, and takes no `shared` flag (there is no coordinator)."""
-    store = b.plan.shared_store
-    if "LMCACHE_SHARED_MAX_SIZE" in b.user_given:
-        b.error("LMCACHE_SHARED_MAX_SIZE: applies in server mode only (LMCACHE_MODE=server); in-process, cap "
-                "the store with its own maxmemory")
-    if "remote_url" in b.lmcache_keys:
-        b.error("LMCACHE_REMOTE_URL and LMCACHE_SHARED_URL are both set: they name the same remote tier; set "
-                "only LMCACHE_SHARED_URL")
-    host = f"[{store['host']}]" if ":" in store["host"] else store["host"]
-    config["remote_url"] = f"resp://{host}:{store['port']}"
-    config.setdefault("remote_serde", "naive")
-    if store["username"]:
-        extra = dict(config.get("extra_config") or {})
-        extra["username"] = store["username"]
-        config["extra_config"] = extra

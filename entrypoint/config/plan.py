@@ -6,9 +6,19 @@ back. It is built by `build.py` from the settings; this module only defines it a
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 from .secrets import mask_text, redact_argv, redact_env, redact_json, redact_value
+
+
+def _redacted_json_text(value: str) -> str:
+    if value[:1] in ("{", "["):
+        try:
+            return json.dumps(redact_json(json.loads(value)), sort_keys=True, separators=(",", ":"))
+        except (ValueError, RecursionError):
+            pass
+    return value
 
 
 @dataclass
@@ -38,6 +48,9 @@ class Plan:
     # LMCACHE_SERVER (a replica): the LMCache server vLLM uses, {url, host, port, health_url}; none started here.
     lmcache_server: dict | None = None
     model: str = ""
+    # The KV identity (kv_identity.py): its digest, and what went into it ({parts, files}).
+    kv_identity: str = ""
+    kv_identity_inputs: dict = field(default_factory=dict)
     served_model_name: str = ""
     api_host: str = "0.0.0.0"
     api_port: int = 8000
@@ -73,6 +86,8 @@ class Plan:
                         "disk": dataclasses.asdict(self.disk) if self.disk else None,
                         "shared_store": self.shared_store, "server": self.lmcache_server},
             "role": self.role,
+            "kv_identity": self.kv_identity,
+            "kv_identity_inputs": self._identity_inputs(redact),
             "model": self.model, "served_model_name": self.served_model_name,
             "api": {"host": self.api_host, "port": self.api_port},
             "appliance": self.appliance,
@@ -80,6 +95,14 @@ class Plan:
             "sources": self.sources, "warnings": [text(w) for w in self.warnings],
             "errors": [text(e) for e in self.errors],
         }
+
+    def _identity_inputs(self, redact: bool) -> dict:
+        """A KV-affecting flag can carry a credential (--model-loader-extra-config's storage keys): shown
+        redacted like every JSON argument; the digest was taken of the real value."""
+        if not redact or not self.kv_identity_inputs:
+            return self.kv_identity_inputs
+        parts = {k: self.mask(_redacted_json_text(v)) for k, v in self.kv_identity_inputs.get("parts", {}).items()}
+        return {**self.kv_identity_inputs, "parts": parts}
 
     def mask(self, text: str) -> str:
         """Free text (a message, a printed plan) with every secret value of this plan hidden."""
@@ -95,7 +118,8 @@ class Plan:
                    lmcache_env=d["lmcache"]["env"], lmcache_health_url=d["lmcache"]["health_url"],
                    disk=DiskTier(**disk) if disk else None, shared_store=d["lmcache"].get("shared_store"),
                    role=d.get("role", "all"), lmcache_server=d["lmcache"].get("server"),
-                   model=d["model"],
+                   model=d["model"], kv_identity=d.get("kv_identity", ""),
+                   kv_identity_inputs=d.get("kv_identity_inputs") or {},
                    served_model_name=d["served_model_name"], api_host=d["api"]["host"], api_port=d["api"]["port"],
                    appliance=d["appliance"], values=d["values"], sources=d["sources"],
                    warnings=d["warnings"], errors=d["errors"])

@@ -45,6 +45,10 @@ class Setting:
     # setting an older LMCache does not have is an error naming its version, not a flag it rejects.
     server_flag: str | None = None
     connector_key: str | None = None
+    # Part of the KV identity (kv_identity.py): a change of this value changes the KV a prompt produces, so KV
+    # stored under the old value is never reused. Settings that are `vllm serve` flags are classified by flag
+    # in KV_FLAGS / KV_NEUTRAL_FLAGS below instead.
+    kv: bool = False
 
     @property
     def cli_flag(self) -> str:
@@ -64,7 +68,7 @@ def _s(*args, **kwargs) -> Setting:
 SETTINGS: tuple[Setting, ...] = (
     # --- vLLM: the seed's variables -------------------------------------------------------------------
     _s("VLLM_MODEL", "model", "Model to serve: a Hugging Face id or a path inside the container.",
-       default="Qwen/Qwen3-0.6B", target="vllm serve <model> (positional)", example="Qwen/Qwen3-0.6B"),
+       default="Qwen/Qwen3-0.6B", target="vllm serve <model> (positional)", example="Qwen/Qwen3-0.6B", kv=True),
     _s("VLLM_HOST", "str", "Address the OpenAI-compatible API listens on.", default="0.0.0.0", flag="--host"),
     _s("VLLM_PORT", "port", "Port of the OpenAI-compatible API. (vLLM itself reads VLLM_PORT as an internal "
        "port; the appliance translates it to --port and removes it from vLLM's environment.)",
@@ -113,6 +117,14 @@ SETTINGS: tuple[Setting, ...] = (
        "`config` shows the chosen size and where it came from.", group="KV offloading",
        registry_key="kv_offloading_size", target="lmcache server --l1-size-gb / --kv-offloading-size",
        example="5.0"),
+    _s("APPLIANCE_TENANT_ISOLATION", "bool", "Keep tenants' KV caches apart: each API key is a tenant, and every "
+       "generation request gets a cache salt derived from the key it was sent with, so a prompt is a cache hit "
+       "(GPU prefix cache and every offloaded tier) only for requests sent with the same key, and no tenant can "
+       "tell from time-to-first-token whether another sent a prompt. Costs the sharing of common prefixes (a "
+       "system prompt) across tenants: each tenant computes and stores its own copy. Needs an API key "
+       "(VLLM_API_KEY, or several keys with `--api-key k1 k2` in VLLM_EXTRA_ARGS). Off by default.",
+       default=False, group="KV offloading",
+       target="vllm serve --middleware entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware", example="true"),
     # --- LMCache -------------------------------------------------------------------------------------
     _s("LMCACHE_MODE", "choice", "`server`: a supervised LMCache server holds the tiers, so they survive a "
        "vLLM restart (default). `in-process`: LMCache runs inside each vLLM worker: the fastest hit for one long "
@@ -134,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
        "plus what the tier already holds.", default=50.0, group="LMCache",
        target="fs_native max_capacity_gb + LRU eviction / max_local_disk_size", example="50.0"),
     _s("LMCACHE_CHUNK_SIZE", "int", "Tokens per KV chunk LMCache stores and looks up.", default=256,
-       group="LMCache", minimum=1, target="lmcache server --chunk-size / chunk_size"),
+       group="LMCache", minimum=1, target="lmcache server --chunk-size / chunk_size", kv=True),
     _s("LMCACHE_EVICTION_POLICY", "str", "Eviction policy of the LMCache server's CPU tier: one of the installed "
        "LMCache's `--eviction-policy` choices (LMCache 0.5.6: LRU, ARC, IsolatedLRU, noop; ARC is new in 0.5.6). "
        "LRU is what was measured (docs/BENCHMARKS.md).", default="LRU", group="LMCache",
@@ -192,10 +204,11 @@ SETTINGS: tuple[Setting, ...] = (
     # --- Shared KV tier (scale out: replicas on several hosts share one store; docs/SCALE-OUT.md) ----------
     _s("LMCACHE_SHARED_URL", "store_url", "A Redis/Valkey server every replica shares as an extra KV tier: "
        "`redis://host:port` (port default 6379). Server mode: an extra `--l2-adapter` of LMCache's `resp` type "
-       "with `\"shared\": true`; in-process mode: LMCache's `remote_url` (resp://). LMCache's RESP client has "
+       "with `\"shared\": true` (server mode only: in-process LMCache's keys would not carry the KV identity). "
+       "LMCache's RESP client has "
        "no TLS (no rediss://) and no database index: keep the store on a private network. The appliance starts "
        "and serves without the store (a warning, appliance_shared_store_up 0) and uses it when it answers.",
-       group="Shared KV tier", target="lmcache server --l2-adapter {\"type\":\"resp\",...} / remote_url",
+       group="Shared KV tier", target="lmcache server --l2-adapter {\"type\":\"resp\",...}",
        example="redis://kv-store:6379"),
     _s("LMCACHE_SHARED_USERNAME", "store_user", "Redis ACL user for LMCACHE_SHARED_URL (empty: the default "
        "user).", group="Shared KV tier", target="resp adapter username"),
@@ -399,6 +412,132 @@ LMCACHE_OWNED_FLAGS = {
     "--worker-reap-timeout-seconds": "the launcher's wait for GPU memory after a vLLM crash is sized from it",
     "--prometheus-port": "use APPLIANCE_LMCACHE_METRICS_PORT (the appliance's metrics endpoint reads it there)",
 }
+
+# The KV identity (kv_identity.py, docs/UPGRADING.md "What invalidates the KV cache"): every `vllm serve` flag
+# of the pinned vLLM is in exactly one of these two (tests/contract/test_kv_identity_flags.py), so that a flag
+# a new vLLM adds is classified once, here. A flag in KV_FLAGS changes the KV a prompt produces (or its layout),
+# so its value is part of the identity and a change of it never reuses stored KV; when unsure, a flag goes here
+# (a needless miss costs a recompute, a wrong hit a wrong answer). A flag in KV_NEUTRAL_FLAGS changes serving,
+# scheduling, sampling, logging or numerics at the level of bf16 noise only (kernels, compilation, batching),
+# so editing it keeps the cache. Per-request inputs are keyed per request (LoRA adapters, cache_salt).
+KV_FLAGS = {
+    "--revision": "which weights are loaded",
+    "--code-revision": "which modeling code runs (remote code)",
+    "--trust-remote-code": "the repository's own modeling code instead of vLLM's",
+    "--model-impl": "which implementation of the model runs",
+    "--model-class-overrides": "which model class runs",
+    "--hf-config-path": "the model config the layers are built from",
+    "--hf-overrides": "model config overrides (rope scaling, layer counts, ...)",
+    "--config-format": "how the model config is read",
+    "--convert": "the model is converted to another task",
+    "--runner": "which runner (and so which model head and layers) runs",
+    "--load-format": "how the weights are loaded (dummy weights are random)",
+    "--model-loader-extra-config": "options of the weight loader",
+    "--dtype": "the precision of weights and activations",
+    "--quantization": "quantized weights compute other KV",
+    "--quantization-config": "quantized weights compute other KV",
+    "--kv-cache-dtype": "the KV cache's own precision",
+    "--kv-cache-dtype-skip-layers": "the KV cache's own precision, per layer",
+    "--tensor-parallel-size": "how the KV is sharded over GPUs",
+    "--pipeline-parallel-size": "how the layers are split over GPUs",
+    "--decode-context-parallel-size": "how the KV is laid out over GPUs",
+    "--prefill-context-parallel-size": "how the KV is laid out over GPUs",
+    "--dcp-kv-cache-interleave-size": "how the KV is laid out over GPUs",
+    "--cp-kv-cache-interleave-size": "how the KV is laid out over GPUs",
+    "--block-size": "the KV cache's block layout",
+    "--disable-sliding-window": "which tokens each layer attends to",
+    "--kv-sharing-fast-prefill": "which layers compute their own KV",
+    "--swa-bounded-replay": "sliding-window KV replay",
+    "--mamba-cache-dtype": "the precision of the stored state",
+    "--mamba-ssm-cache-dtype": "the precision of the stored state",
+    "--mamba-cache-mode": "what state is stored",
+    "--mamba-block-size": "the state's block layout",
+    "--mamba-backend": "how the state is computed",
+    "--mamba-ssu-algorithm": "how the state is computed",
+    "--enable-mamba-cache-stochastic-rounding": "the stored state's rounding",
+    "--mamba-cache-philox-rounds": "the stored state's rounding",
+    "--use-replayssm": "how the state is stored",
+    "--replayssm-buffer-len": "how the state is stored",
+    "--mm-encoder-attn-dtype": "the precision of multimodal embeddings in the prompt",
+    "--mm-encoder-fp8-scale-path": "the precision of multimodal embeddings in the prompt",
+    "--mm-processor-kwargs": "how images and audio become prompt embeddings",
+    "--worker-cls": "custom worker code",
+    "--worker-extension-cls": "custom worker code",
+    "--additional-config": "platform-specific model options",
+    "--engram-config": "model-specific options",
+    "--diffusion-config": "model-specific options",
+    "--enable-hc-sp": "model-specific options",
+}
+KV_NEUTRAL_FLAGS = frozenset({
+    "--aggregate-engine-logging", "--all2all-backend", "--allow-credentials", "--allow-deprecated-quantization",
+    "--allowed-headers", "--allowed-local-media-path", "--allowed-media-domains", "--allowed-methods",
+    "--allowed-origins", "--anthropic-disabled-thinking-effort", "--api-key", "--api-server-count",
+    "--async-scheduling", "--attention-backend", "--attention-config", "--aux-output-config", "--chat-template",
+    "--chat-template-content-format", "--cohere-format", "--cohere-is-reasoning-model", "--collect-detailed-traces",
+    "--compilation-config", "--config", "--cpu-distributed-timeout-seconds", "--cpu-offload-gb",
+    "--cpu-offload-params", "--cudagraph-capture-sizes", "--cudagraph-metrics", "--custom-histogram-buckets",
+    "--data-parallel-address", "--data-parallel-backend", "--data-parallel-external-lb", "--data-parallel-hybrid-lb",
+    "--data-parallel-multi-port-external-lb", "--data-parallel-rank", "--data-parallel-rpc-port",
+    "--data-parallel-size", "--data-parallel-size-local", "--data-parallel-start-rank",
+    "--data-parallel-supervisor-port", "--dbo-decode-token-threshold", "--dbo-prefill-token-threshold",
+    "--dcp-comm-backend", "--dcp-q-replicate", "--default-chat-template-kwargs", "--default-mm-loras",
+    "--device-ids", "--disable-access-log-for-endpoints", "--disable-cascade-attn", "--disable-chunked-mm-input",
+    "--disable-custom-all-reduce", "--disable-fastapi-docs", "--disable-hybrid-kv-cache-manager",
+    "--disable-log-stats", "--disable-nccl-for-dp-synchronization", "--disable-uvicorn-access-log",
+    "--distributed-executor-backend", "--distributed-timeout-seconds", "--download-dir",
+    "--dp-supervisor-probe-failure-threshold", "--dp-supervisor-probe-interval-s", "--dp-supervisor-probe-timeout-s",
+    "--dp-sync-interval", "--ec-manager-config", "--ec-transfer-config", "--elastic-ep-max-dp-size",
+    "--enable-auto-tool-choice", "--enable-batch-sharded-sampling", "--enable-chunked-prefill",
+    "--enable-cumem-allocator", "--enable-dbo", "--enable-elastic-ep", "--enable-ep-weight-filter", "--enable-eplb",
+    "--enable-expert-parallel", "--enable-fault-tolerance", "--enable-flash-late-interaction",
+    "--enable-flashinfer-autotune", "--enable-force-include-usage", "--enable-layerwise-nvtx-tracing",
+    "--enable-log-deltas", "--enable-log-outputs", "--enable-log-requests", "--enable-logging-iteration-details",
+    "--enable-lora", "--enable-mamba-shared-prefix-checkpoint", "--enable-mfu-metrics",
+    "--enable-mixed-moe-lora-format", "--enable-mm-embeds", "--enable-moe-shared-loras",
+    "--enable-nccl-comm-suspend", "--enable-offline-docs", "--enable-per-request-metrics", "--enable-prefix-caching",
+    "--enable-prompt-embeds", "--enable-prompt-tokens-details", "--enable-request-id-headers",
+    "--enable-return-routed-experts", "--enable-scale-out", "--enable-server-load-tracking",
+    "--enable-shm-tensor-arena", "--enable-sleep-mode", "--enable-ssl-refresh", "--enable-tokenizer-info-endpoint",
+    "--enable-tower-connector-lora", "--enable-trace-replay", "--enforce-eager", "--eplb-config",
+    "--exclude-tools-when-tool-choice-none", "--expert-placement-strategy", "--fail-on-environ-validation",
+    "--fault-tolerance-config", "--fingerprint-mode", "--fingerprint-value", "--fully-sharded-loras",
+    "--gdn-prefill-backend", "--generation-config", "--gpu-memory-utilization", "--grpc", "--grpc-port",
+    "--h11-max-header-count", "--h11-max-incomplete-event-size", "--headless", "--hf-token", "--host",
+    "--ignore-patterns", "--interleave-mm-strings", "--io-processor-plugin", "--ir-op-priority",
+    "--jit-monitor-mode", "--jit-monitor-verbose", "--kda-decode-backend", "--kda-prefill-backend",
+    "--kernel-config", "--kv-cache-memory-bytes", "--kv-cache-metrics", "--kv-cache-metrics-sample",
+    "--kv-events-config", "--kv-offloading-backend", "--kv-offloading-size", "--kv-transfer-config",
+    "--language-model-only", "--limit-mm-per-prompt", "--linear-backend", "--log-config-file", "--log-error-stack",
+    "--log-level", "--logging-config", "--logits-processors", "--logprobs-mode", "--long-prefill-token-threshold",
+    "--long-prefill-token-threshold-adaptive", "--lora-dtype", "--lora-modules", "--lora-target-modules",
+    "--master-addr", "--master-port", "--max-cpu-loras", "--max-cudagraph-capture-size", "--max-log-len",
+    "--max-logprobs", "--max-lora-cls-labels", "--max-lora-rank", "--max-loras", "--max-model-len",
+    "--max-num-active-seqs", "--max-num-batched-tokens", "--max-num-queued-reqs", "--max-num-queued-tokens",
+    "--max-num-scheduled-tokens", "--max-num-seqs", "--max-parallel-loading-workers", "--media-io-kwargs",
+    "--middleware", "--mm-device-do-normalize", "--mm-encoder-attn-backend", "--mm-encoder-fp8-scale-save-margin",
+    "--mm-encoder-fp8-scale-save-path", "--mm-encoder-only", "--mm-encoder-tp-mode", "--mm-hasher-algorithm",
+    "--mm-ipc-gpu-memory-gb", "--mm-processor-cache-gb", "--mm-processor-cache-type", "--mm-processor-device",
+    "--mm-shm-cache-max-object-size-mb", "--mm-tensor-ipc", "--moe-backend", "--nnodes", "--node-rank",
+    "--num-gpu-blocks-override", "--numa-bind", "--numa-bind-cpus", "--numa-bind-nodes", "--offload-backend",
+    "--offload-group-size", "--offload-num-in-group", "--offload-params", "--offload-prefetch-step",
+    "--optimization-level", "--otlp-traces-endpoint", "--override-generation-config",
+    "--per-request-spec-decode-metrics", "--performance-mode", "--pooler-config", "--port",
+    "--prefill-schedule-interval", "--prefix-cache-retention-interval", "--prefix-caching-hash-algo",
+    "--prefix-match-unit", "--profiler-config", "--pt-load-map-location", "--ray-workers-use-nsight",
+    "--reasoning-config", "--reasoning-parser", "--reasoning-parser-plugin", "--renderer-num-workers",
+    "--response-role", "--return-sampling-mask", "--return-tokens-as-token-ids", "--root-path",
+    "--safetensors-load-strategy", "--safetensors-prefetch-block-size", "--safetensors-prefetch-num-threads",
+    "--scheduler-cls", "--scheduler-reserve-full-isl", "--scheduling-policy", "--seed", "--served-model-name",
+    "--show-hidden-metrics-for-version", "--shutdown-timeout", "--skip-mm-profiling", "--skip-tokenizer-init",
+    "--sleep-mode-offload-cudagraph", "--sleep-preserve-parameter-names", "--sparse-indexer-topk-backend",
+    "--spec-method", "--spec-model", "--spec-tokens", "--specialize-active-lora", "--speculative-config",
+    "--sse-keep-alive-interval", "--ssl-ca-certs", "--ssl-cert-reqs", "--ssl-certfile", "--ssl-ciphers",
+    "--ssl-keyfile", "--stream-interval", "--structured-outputs-config", "--tokenizer", "--tokenizer-mode",
+    "--tokenizer-revision", "--tokens-only", "--tool-call-parser", "--tool-parser-plugin", "--tool-server",
+    "--tool-strict-level", "--trust-request-chat-template", "--trust-request-mm-kwargs", "--ubatch-size", "--uds",
+    "--use-fp64-gumbel", "--use-tqdm-on-load", "--uvicorn-log-level", "--video-pruning-method",
+    "--video-pruning-rate", "--watermark", "--watermark-config", "--weight-transfer-config",
+})
 
 MAX_VALUE_BYTES = 131072  # Linux MAX_ARG_STRLEN: execve refuses a longer single argument or variable
 MAX_SECONDS = 7 * 86400  # longer waits overflow select() timeouts and mean "never" anyway

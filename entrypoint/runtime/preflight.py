@@ -13,6 +13,7 @@ LMCache version's files stay, unread, and being the least recently used they are
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from ..config import resources
+from ..config import kv_identity, resources
 from ..config.kv_tiers import NAMESPACE_MARK, cpu_tier_problem
 from ..config.plan import DiskTier, Plan
 from . import store
@@ -148,6 +149,41 @@ def check_disk_tier(disk: DiskTier, found: Findings) -> None:
                             "or give the volume more space")
 
 
+def note_kv_identity(plan: Plan, found: Findings) -> None:
+    """Records this start's KV identity next to its disk tier, and says once when the volume holds KV of another
+    identity (another model, weights changed in place, a KV-affecting setting, an upgrade), with what changed:
+    that KV is never read (its namespace differs) and goes first under the cap (prune). The record is the
+    redacted one `config` shows: no secret lands on the volume."""
+    disk, identity = plan.disk, plan.kv_identity
+    if disk is None or not identity or not os.path.isdir(disk.path):
+        return
+    inputs = plan.to_dict()["kv_identity_inputs"]
+    mine = kv_identity.KvIdentity(identity, inputs.get("parts", {}), inputs.get("files", {}))
+    others = []
+    for directory in tier_dirs(disk)[1:]:
+        manifest = Path(directory) / kv_identity.MANIFEST_FILE
+        try:
+            with open(manifest, "rb") as f:
+                recorded = json.loads(f.read(kv_identity.MAX_CONFIG_BYTES))
+            when = manifest.stat().st_mtime
+        except (OSError, ValueError):
+            recorded, when = {}, os.stat(directory).st_mtime if os.path.exists(directory) else 0
+        others.append((when, Path(directory).name, recorded if isinstance(recorded, dict) else {}))
+    if others:
+        _, name, recorded = max(others)
+        more = f" (and {len(others) - 1} older)" if len(others) > 1 else ""
+        found.notes.append(f"the disk tier holds KV of another identity, {name}{more}: not read by this start "
+                           f"({kv_identity.changed(recorded, mine)}); its files, least recently used, go first when the tier "
+                           "is over LMCACHE_MAX_LOCAL_DISK_SIZE")
+    target = Path(disk.path) / kv_identity.MANIFEST_FILE
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(mine.manifest(), indent=1, sort_keys=True))
+        os.replace(tmp, target)
+    except OSError as e:
+        found.warnings.append(f"disk tier {disk.path}: cannot record its KV identity ({e.strerror})")
+
+
 # -- memory limits ----------------------------------------------------------------------------------------
 def check_memlock(cpu_gib: float | None, found: Findings) -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
@@ -270,6 +306,7 @@ def check(plan: Plan, environ: Mapping[str, str] | None = None) -> Findings:
     check_run_dir(RunDir.of(plan), found)
     if plan.disk:
         check_disk_tier(plan.disk, found)
+        note_kv_identity(plan, found)
     cpu = plan.appliance.get("cpu_tier_gib")
     parallel = (int(plan.values.get("VLLM_TENSOR_PARALLEL_SIZE") or 1)
                 * int(plan.values.get("VLLM_PIPELINE_PARALLEL_SIZE") or 1))

@@ -186,12 +186,6 @@ CASES = [
         "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "5",
         "LMCACHE_SHARED_URL": "redis://10.0.0.7"}, mode="server",
          lmcache={"l1_gib": 5, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None}),
-    Case("in-process-shared-store", {
-        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "LMCACHE_MODE": "in-process",
-        "LMCACHE_MAX_LOCAL_CPU_SIZE": "3", "LMCACHE_SHARED_URL": "redis://kv-store:6379",
-        "LMCACHE_SHARED_USERNAME": "replica"}, mode="in-process",
-         lmcache={"chunk": 256, "local_cpu": True, "cpu_per_worker": 3.0, "disk_per_worker": None,
-                  "keys": {"remote_url": "resp://kv-store:6379", "extra_config": {"username": "replica"}}}),
     Case("seed-migration-cpu-offload-gb", {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_CPU_OFFLOAD_GB": "4"},
          vllm={"cpu_offload_gb": 4.0, "kv_transfer_config": None}),
 ]

@@ -1,6 +1,5 @@
-"""The shared KV tier (LMCACHE_SHARED_*) as the installed LMCache reads it: the resp adapter's config class, and
-the connector LMCache's in-process engine would create for the remote_url, with the password only in the
-environment. The plan matrix (cases.py) checks the rest of the argv around it."""
+"""The shared KV tier (LMCACHE_SHARED_*) as the installed LMCache reads it: the resp adapter's config class, with
+the password only in the environment (server mode; in-process mode refuses a shared store). The plan matrix (cases.py) checks the rest of the argv around it."""
 from __future__ import annotations
 
 import json
@@ -76,16 +75,3 @@ def test_url_forms_reach_lmcache_as_host_and_port(lmcache_parser, url, host, por
     assert _resp_adapters(plan) == [{"type": "resp", "host": host, "port": port, "shared": True}]
 
 
-def test_in_process_remote_url_is_what_lmcaches_resp_connector_parses(tmp_path, monkeypatch):
-    from lmcache.v1.storage_backend.connector import parse_remote_url
-    from lmcache.v1.storage_backend.connector.redis_adapter import RESPConnectorAdapter
-
-    plan = make_plan(None, [], {**BASE, "LMCACHE_MODE": "in-process", "LMCACHE_SHARED_URL": "redis://[fd00::7]:7000",
-                                "LMCACHE_SHARED_PASSWORD": PASSWORD})
-    assert plan.errors == []
-    url = plan.lmcache_config["remote_url"]
-    assert RESPConnectorAdapter().can_parse(url)
-    parsed = parse_remote_url(url)
-    assert (parsed.host, parsed.port) == ("fd00::7", 7000)
-    assert plan.vllm_env["LMCACHE_RESP_PASSWORD"] == PASSWORD  # in-process, LMCache runs inside vLLM
-    assert PASSWORD not in json.dumps(plan.lmcache_config)

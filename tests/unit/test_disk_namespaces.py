@@ -12,7 +12,7 @@ GIB = 1 << 30
 
 
 def namespace(version: str) -> str:
-    return disk_namespace("org/m", None, "auto", 256, 1, version)
+    return disk_namespace("org/m", "0123456789abcdef", version)
 
 
 def fill(directory, n: int, size: int, mtime: float) -> list:

@@ -73,14 +73,14 @@ def test_without_lmcache_offloading(plan_for):
                            "VLLM_KV_OFFLOADING_BACKEND=lmcache (it is native); set it, or remove them"]
 
 
-def test_in_process_refuses_what_it_has_no_equivalent_for(plan_for):
-    plan = plan_for({**BASE, **URL, "LMCACHE_MODE": "in-process", "LMCACHE_SHARED_MAX_SIZE": "4",
-                     "LMCACHE_REMOTE_URL": "lm://elsewhere:65432"})
+def test_in_process_refuses_a_shared_store(plan_for):
+    """In-process LMCache keys the store by model name and tokens only: another replica's weights under the
+    same name would be loaded (the server mode's keys carry the KV identity)."""
+    plan = plan_for({**BASE, **URL, "LMCACHE_MODE": "in-process"})
     assert plan.errors == [
-        "LMCACHE_SHARED_MAX_SIZE: applies in server mode only (LMCACHE_MODE=server); in-process, cap the store "
-        "with its own maxmemory",
-        "LMCACHE_REMOTE_URL and LMCACHE_SHARED_URL are both set: they name the same remote tier; set only "
-        "LMCACHE_SHARED_URL"]
+        "LMCACHE_SHARED_URL with LMCACHE_MODE=in-process: in-process LMCache keys the shared store by model name "
+        "and tokens only, so a replica with other weights under the same name would load this one's KV (and the "
+        "reverse). Use LMCACHE_MODE=server, where every key carries the KV identity"]
 
 
 def test_password_file_is_read_and_never_shown(plan_for, tmp_path):
