@@ -178,6 +178,8 @@ def changed(old: Mapping, new: KvIdentity) -> str:
     """Why a manifest written by an earlier start differs from this identity, for the one log line at start:
     "weights changed: model.safetensors size/mtime", "vllm --quantization: none -> fp8"."""
     old_parts, old_files = old.get("parts") or {}, old.get("files") or {}
+    if not old_parts:  # a namespace of an appliance older than the KV identity, or an unreadable manifest
+        return "its inputs are not recorded: written before the appliance recorded them"
     reasons = []
     files = [f for f in sorted(set(old_files) | set(new.files)) if old_files.get(f) != new.files.get(f)]
     if files:
@@ -189,4 +191,4 @@ def changed(old: Mapping, new: KvIdentity) -> str:
     for key in sorted(set(old_parts) | set(new.parts)):
         if key != "weights" and old_parts.get(key) != new.parts.get(key):
             reasons.append(f"{key}: {old_parts.get(key, 'not set')} -> {new.parts.get(key, 'not set')}")
-    return "; ".join(reasons) or "its inputs are not recorded"
+    return "; ".join(reasons) or "the same inputs, another digest"
