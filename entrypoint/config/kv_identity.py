@@ -14,10 +14,12 @@ the hub cache resolves the revision to.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -31,7 +33,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".ms
 # JSON files of a model directory that do not change the KV of given token ids (tokenizer, sampling defaults).
 NEUTRAL_JSON = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                           "added_tokens.json", "generation_config.json", "chat_template.json"})
-MAX_MODEL_FILES = 20000  # a model directory with more files is not a model directory; stop listing there
+MAX_MODEL_FILES = 20000  # entries walked at most: a model directory has tens, not thousands
 MAX_CONFIG_BYTES = 4 << 20  # config.json is read whole only up to this size
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -99,15 +101,23 @@ def weights_fingerprint(model: str, revision: str | None, env: Mapping[str, str]
                         download_dir: str | None) -> tuple[str, dict[str, str]]:
     """(what `config` shows, the per-file details that make the digest)."""
     path = Path(model)
-    if model.startswith(("/", ".")) or path.exists():
+    if model.startswith(("/", ".")) or _exists(path):
         return local_weights(path)
     return hub_weights(model, revision, env, download_dir), {}
 
 
+def _exists(path: Path, test=os.path.exists) -> bool:
+    """An operator's path that the OS cannot even look up (too long, a NUL byte) does not exist."""
+    try:
+        return test(path)
+    except (OSError, ValueError):
+        return False
+
+
 def local_weights(path: Path) -> tuple[str, dict[str, str]]:
-    if path.is_file():  # a single GGUF file
+    if _exists(path, os.path.isfile):  # a single GGUF file
         return f"local file, {_stat_text(path)}", {path.name: _stat_text(path)}
-    if not path.is_dir():
+    if not _exists(path, os.path.isdir):
         return f"local path {path} not found (vLLM will fail to load it)", {}
     files: dict[str, str] = {}
     for relative in _model_files(path):
@@ -122,31 +132,44 @@ def local_weights(path: Path) -> tuple[str, dict[str, str]]:
 
 
 def _model_files(root: Path) -> Iterable[str]:
+    """The weight and config files under a model directory. The walk stops after MAX_MODEL_FILES entries of
+    any kind, so that a path like `/` costs a bounded time (and is no model vLLM could load anyway)."""
     seen = 0
     for directory, subdirs, names in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        seen += len(names) + len(subdirs)
+        if seen > MAX_MODEL_FILES:
+            return
         for name in sorted(names):
             if name.endswith(WEIGHT_SUFFIXES) or (name.endswith(".json") and name not in NEUTRAL_JSON):
-                seen += 1
-                if seen > MAX_MODEL_FILES:
-                    return
                 yield os.path.relpath(os.path.join(directory, name), root)
 
 
 def _stat_text(path: Path) -> str:
     try:
         st = path.stat()
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
+    except (OSError, ValueError) as e:
+        return f"0 bytes, unreadable ({getattr(e, 'strerror', None) or e})"
     return f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file (or a link to one), never blocking: a FIFO or a device named
+    like a config file is refused (OSError), not read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def _config_hash(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read(MAX_CONFIG_BYTES)).hexdigest()[:DIGEST_CHARS]
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
+        return hashlib.sha256(read_small(path, MAX_CONFIG_BYTES)).hexdigest()[:DIGEST_CHARS]
+    except (OSError, ValueError) as e:
+        return f"unreadable ({getattr(e, 'strerror', None) or e})"
 
 
 def hub_cache_dir(env: Mapping[str, str], download_dir: str | None) -> Path:
@@ -168,8 +191,8 @@ def hub_weights(model: str, revision: str | None, env: Mapping[str, str], downlo
     ref = revision or "main"
     ref_file = hub_cache_dir(env, download_dir) / ("models--" + model.replace("/", "--")) / "refs" / ref
     try:
-        commit = ref_file.read_text(errors="replace")[:100].strip()
-    except OSError:
+        commit = read_small(ref_file, 100).decode(errors="replace").strip()
+    except (OSError, ValueError):
         return f"hub revision {ref}, not in the hub cache yet (the commit is read from it once downloaded)"
     return f"hub commit {commit} ({ref})" if COMMIT.match(commit) else f"hub revision {ref} (unreadable ref)"
 

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"
 LMCACHE_CONNECTOR_IN_PROCESS = "LMCacheConnectorV1"
 CONNECTOR_MODULE = "entrypoint.lmcache_ext.connector"
-IDENTITY_CONFIG_KEY = "appliance.kv_identity"  # kv_connector_extra_config key the connector reads
+IDENTITY_CONFIG_KEY = "appliance.kv_identity"  # kv_connector_extra_config keys the connector reads
+SKIP_LOOKUP_CONFIG_KEY = "appliance.skip_useless_lookup"
+APPLIANCE_CONNECTOR_SETTINGS = ("LMCACHE_SKIP_USELESS_LOOKUP",)  # read by the appliance's connector: server mode
 LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's KV registration is dropped
 # vLLM -> LMCache server pings (LMCache wants the reap timeout >= 3x this). They also decide how soon vLLM
 # stops waiting on a dead server: each ping waits `interval` for its answer (HeartbeatThread._execute,
@@ -367,7 +369,8 @@ def mp_transfer_config(b: Builder, host: str, port: int) -> str:
     extra_config = {"lmcache.mp.host": f"tcp://{host}", "lmcache.mp.port": port,
                     "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S,
                     "lmcache.mp.mq_timeout": LMCACHE_MQ_TIMEOUT_S, **connector_key_settings(b),
-                    IDENTITY_CONFIG_KEY: b.plan.kv_identity}
+                    IDENTITY_CONFIG_KEY: b.plan.kv_identity,
+                    SKIP_LOOKUP_CONFIG_KEY: bool(b.values.get("LMCACHE_SKIP_USELESS_LOOKUP"))}
     # The appliance's subclass of LMCache's connector (same class name, so that vLLM treats it as LMCache's):
     # it folds the KV identity and the request's LoRA adapter into every chunk key (lmcache_ext/connector.py).
     transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_connector_module_path": CONNECTOR_MODULE,
@@ -455,7 +458,7 @@ def connector_key_settings(b: Builder) -> dict[str, object]:
 
 def server_mode_only(b: Builder) -> None:
     for s in SETTINGS:
-        if (s.server_flag or s.connector_key) and s.name in b.user_given:
+        if (s.server_flag or s.connector_key or s.name in APPLIANCE_CONNECTOR_SETTINGS) and s.name in b.user_given:
             b.error(f"{s.name}: applies in server mode only (LMCACHE_MODE=server)")
 
 

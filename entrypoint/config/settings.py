@@ -189,6 +189,12 @@ SETTINGS: tuple[Setting, ...] = (
        "LMCache that lacks the key (0.5.3 always waits).", default=False, group="LMCache",
        connector_key="nonblocking_lookup_status",
        target="kv_connector_extra_config lmcache.mp.nonblocking_lookup_status"),
+    _s("LMCACHE_SKIP_USELESS_LOOKUP", "bool", "Skip vLLM's lookup round trip to the LMCache server when its answer "
+       "cannot add anything: a prompt shorter than one LMCache chunk (LMCACHE_CHUNK_SIZE), or one whose every full "
+       "chunk vLLM already holds on the GPU. LMCache stores and loads whole chunks only, so such a lookup always "
+       "finds nothing to load, yet the scheduler waits for it. Server mode (the appliance's connector, "
+       "entrypoint/lmcache_ext/connector.py); measurements in docs/BENCHMARKS.md.", default=False,
+       group="LMCache", target="kv_connector_extra_config appliance.skip_useless_lookup"),
     _s("LMCACHE_LOOKUP_WORKERS", "int", "Threads of the LMCache server's pool for lookups and the other "
        "requests that do not move KV (its `--max-cpu-workers`; stores and loads keep their own thread). 1 is "
        "LMCache's own default, written out so that a release that changes it changes nothing here. At most 64. "

@@ -90,10 +90,10 @@ def unknown_lmcache_keys(config: dict) -> list[str]:
 
 
 def connector_extra_config_keys() -> set[str]:
-    """Every `lmcache.mp.*` key the MP connector reads: the literal ones from the sources of both
+    """Every key the MP connector reads: the literal `lmcache.mp.*` ones from the sources of both
     implementations that vLLM may load (LMCache's own, preferred when importable, and vLLM's builtin
-    fallback; read as text: importing them needs CUDA), and the ones LMCache's adapter resolves through
-    its ExtraConfigDefault enum (importable on a CPU)."""
+    fallback; read as text: importing them needs CUDA), the ones LMCache's adapter resolves through
+    its ExtraConfigDefault enum (importable on a CPU), and the `appliance.*` ones of the appliance's subclass."""
     from lmcache.integration.vllm import vllm_multi_process_adapter as adapter
 
     keys: set[str] = set()
@@ -105,7 +105,14 @@ def connector_extra_config_keys() -> set[str]:
         keys |= set(re.findall(r"get_from_extra_config\(\s*\"(lmcache\.mp\.[a-z_]+)\"", source))
     assert keys, "found no lmcache.mp.* keys read by the MP connector: the pattern above is out of date"
     keys |= {adapter._EXTRA_CONFIG_KEY_PREFIX + member.name for member in adapter.ExtraConfigDefault}
-    return keys
+    # The appliance's subclass (vLLM loads it from the plan's kv_connector_module_path) reads its own keys,
+    # named by constants of config/kv_tiers.py.
+    from entrypoint.config import kv_tiers
+
+    source = Path(find_spec("entrypoint.lmcache_ext.connector").origin).read_text()
+    names = re.findall(r"get_from_extra_config\(\s*([A-Z_]+)", source)
+    assert names, "found no keys read by the appliance's connector: the pattern above is out of date"
+    return keys | {getattr(kv_tiers, name) for name in names}
 
 
 def registered_kv_connectors() -> set[str]:

@@ -146,3 +146,56 @@ def test_lmcache_accepts_the_salts(stack, salt):
 
     (key,) = _object_keys(salt)[:1]
     assert isinstance(key, ObjectKey) and key.cache_salt == salt
+
+
+class _Adapter:
+    """LMCache's scheduler adapter as the connector uses it, recording the lookups it would send."""
+    lmcache_tokens_per_chunk = 256
+
+    def __init__(self):
+        self.lookups = []
+
+    def maybe_submit_lookup_request(self, request_id, **_):
+        self.lookups.append(request_id)
+
+    def check_lookup_result(self, request_id):
+        return 0  # the server found nothing
+
+
+def _scheduler_connector(skip: bool):
+    from lmcache.integration.vllm.lmcache_mp_connector import LMCacheMPConnectorStats
+
+    from entrypoint.lmcache_ext.connector import LMCacheMPConnector
+
+    connector = object.__new__(LMCacheMPConnector)
+    connector.request_trackers, connector.lazy_offload, connector._kv_identity = {}, False, "0123456789abcdef"
+    connector._skip_useless_lookup, connector.lookups_skipped = skip, 0
+    connector._hit_alignment_tokens, connector._reserve_last_token_for_lookup = 16, False
+    connector._connector_stats, connector.scheduler_adapter = LMCacheMPConnectorStats(), _Adapter()
+    return connector
+
+
+# (prompt tokens, tokens vLLM holds on the GPU, whether the LMCache server is asked)
+LOOKUPS = [(100, 0, False),     # shorter than one chunk: never a hit
+           (255, 0, False),
+           (256, 0, True),      # one full chunk
+           (600, 0, True),
+           (600, 256, True),    # the second chunk could come from LMCache
+           (600, 512, False),   # vLLM holds both full chunks: nothing to load
+           (600, 599, False),   # a full-prompt GPU hit
+           (520, 500, True)]    # 500 rounds down to 496 (blocks of 16): chunk 2 is not all on the GPU
+
+
+@pytest.mark.parametrize("tokens,gpu_hit,asked", LOOKUPS)
+def test_no_lookup_when_it_cannot_help(stack, tokens, gpu_hit, asked):
+    from vllm import SamplingParams
+    from vllm.v1.request import Request
+
+    for skip in (True, False):
+        connector = _scheduler_connector(skip)
+        request = Request("r", list(range(tokens)), SamplingParams(max_tokens=1), None)
+        assert connector.get_num_new_matched_tokens(request, gpu_hit) == (0, False)
+        tracker = connector.request_trackers["r"]
+        assert connector.scheduler_adapter.lookups == (["r"] if asked or not skip else [])
+        assert connector.lookups_skipped == (0 if asked or not skip else 1)
+        assert tracker.num_vllm_hit_tokens == gpu_hit // 16 * 16  # what LMCache's own path records
