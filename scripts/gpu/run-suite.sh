@@ -14,7 +14,7 @@
 #                                              SIGTERM during a long request
 #   bash scripts/gpu/run-suite.sh options      one appliance per OPT_CONFIGS entry (no-offload, lmcache, and
 #                                              lmcache-<change>[-<change>]: blocking, eager, retain, arc,
-#                                              prewarm, noprewarm): reuse at
+#                                              prewarm, noprewarm, skip, noskip): reuse at
 #                                              16k and 128 tokens; OPT_RESTART ones restarted (disk tier, rounds)
 #   bash scripts/gpu/run-suite.sh tp           tensor parallel 2 (a 2-GPU host): LMCache server mode (reuse at
 #                                              16k, vLLM killed, the appliance restarted: disk tier), then
@@ -319,6 +319,8 @@ opt_words() {  # opt_words LABEL: the appliance words of an options configuratio
             arc) echo LMCACHE_EVICTION_POLICY=ARC ;;
             prewarm) echo LMCACHE_PREWARM_SIZE=auto ;;   # hot-prefix pre-warming (the default since 11-29) on
             noprewarm) echo LMCACHE_PREWARM_SIZE=0 ;;    # and off: the disk tier as it is without it
+            skip) echo LMCACHE_SKIP_USELESS_LOOKUP=true ;;  # no lookup when it cannot help (the connector)
+            noskip) echo LMCACHE_SKIP_USELESS_LOOKUP=false ;;
             *) return 1 ;;
         esac
     done
