@@ -138,8 +138,8 @@ SETTINGS: tuple[Setting, ...] = (
        "as VLLM_KV_OFFLOADING_SIZE).", group="LMCache", target="lmcache server --l1-size-gb / max_local_cpu_size",
        example="5.0"),
     _s("LMCACHE_LOCAL_DISK", "disk", "Disk tier: a path, a file:// URL, or `true` for the image's volume "
-       f"({DEFAULT_DISK_TIER_PATH}); `false` or empty for none. A subdirectory per model/dtype/chunk size/"
-       "TP size/LMCache version keeps caches of different models apart.", group="LMCache",
+       f"({DEFAULT_DISK_TIER_PATH}); `false` or empty for none. A subdirectory per KV identity (weights, "
+       "KV-affecting settings, vLLM and LMCache versions; `config` shows it) keeps caches that must not mix apart.", group="LMCache",
        target="lmcache server --l2-adapter fs_native / local_disk", example="true"),
     _s("LMCACHE_MAX_LOCAL_DISK_SIZE", "gib_auto", "Cap of the disk tier in GiB, for all GPUs together; the tier "
        "never grows past it (LMCache's L2 eviction, plus a prune at start). `auto`: 80% of the volume's free space "
