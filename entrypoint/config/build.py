@@ -11,20 +11,22 @@ import dataclasses
 import difflib
 import math
 import re
-from pathlib import Path
 from typing import Mapping
 
 from . import kv_identity, kv_tiers, models, resources, roles
+from .files import SECRET_FILE_LIMIT, FileProblem, read_bounded
 from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
 from .plan import Plan
 from .schema import Schema
-from .secrets import REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values
+from .secrets import (REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values,
+                      url_passwords)
 from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, VLLM_SECRETS, DiskChoice, StoreURL, ValueProblem,
                        MPServer, load_json, parse_bool, parse_value)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 TENANT_MIDDLEWARE = "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware"
+MIN_COPIED_SECRET = 6  # a shorter secret inside another value is as likely a coincidence ("sk" in "disk")
 
 
 def _suggest(name: str, candidates) -> str:
@@ -101,24 +103,54 @@ class Builder:
                 self.error(f"{var} and {file_var} are both set: set only one of them")
             elif path:
                 try:
-                    secret = Path(path).read_text(encoding="utf-8").strip()
-                except OSError as e:
-                    self.error(f"{file_var}={path!r}: cannot read the file ({e.strerror}); mount it or fix the path")
+                    secret = read_bounded(path, SECRET_FILE_LIMIT).decode("utf-8").strip()
+                except FileProblem as e:
+                    self.error(f"{file_var}={path!r}: {e}")
                 except UnicodeDecodeError:
                     self.error(f"{file_var}={path!r}: the file is not UTF-8 text; write the secret as plain text")
                 else:
-                    if secret:
-                        self.raw.values[var] = secret
-                        self.raw.sources[var] = self.raw.sources[file_var]
-                    else:  # an empty key would start vLLM with no authentication at all
+                    if not secret:  # an empty key would start vLLM with no authentication at all
                         self.error(f"{file_var}={path!r}: the file is empty (or only white space); put the "
                                    f"secret in it, or unset {file_var}")
+                    elif _unprintable(secret):
+                        self.error(f"{file_var}={path!r}: the file holds {_unprintable(secret)}; a secret is one "
+                                   "line of printable text (not shown)")
+                    else:
+                        self.raw.values[var] = secret
+                        self.raw.sources[var] = self.raw.sources[file_var]
+            elif direct and _unprintable(direct.strip()):
+                self.error(f"{var} holds {_unprintable(direct.strip())}; a secret is one line of printable text "
+                           "(not shown)")
             self.raw.values.pop(file_var, None)
+
+    def secret_copies(self) -> None:
+        """A secret copied into another value (`VLLM_SERVED_MODEL_NAME=${VLLM_API_KEY}` in an .env, which compose
+        and python-dotenv expand) would travel wherever that value goes: a command line, a metrics label, a log.
+        Refused, naming both variables and neither value."""
+        secrets = {n: v.strip() for values in (self.raw.values, self.raw.passthrough, self.environ)
+                   for n, v in values.items() if is_secret_name(n) and len(v.strip()) >= MIN_COPIED_SECRET}
+        for values in (self.raw.values, self.raw.passthrough):
+            for name, value in sorted(values.items()):
+                if is_secret_name(name) or name in FILE_SECRETS.values():
+                    continue
+                allowed = set(raw_secret_values(value)) if name.endswith("EXTRA_ARGS") else set()
+                for secret_name, secret in sorted(secrets.items()):
+                    if secret in value and secret not in allowed:
+                        self.error(f"{name} contains the value of {secret_name} (a ${{{secret_name}}} in the .env?): "
+                                   "a secret must not travel in another variable, where it would be printed; "
+                                   f"remove it from {name}")
+                        break
 
     def classify(self) -> None:
         """Every VLLM_/LMCACHE_/APPLIANCE_ name is an appliance setting, a vLLM flag, a variable vLLM or
         LMCache reads itself, or a mistake."""
         flags = self.schema.flag_by_env_name
+        for name, (plain, where) in sorted(self.raw.near_misses.items()):
+            candidates = self.known_names()
+            right = plain if plain in candidates else (difflib.get_close_matches(plain, candidates, n=1) or [None])[0]
+            fix = f"write it as {right}" if right else "write the name in capitals and plain Latin letters"
+            self.error(f"{name!r} (in the {where}): not read, although it looks like an appliance setting: names "
+                       f"are exact, in capitals and plain Latin letters; {fix}")
         for name in sorted(self.raw.values):
             if name in BY_NAME or name in FILE_SECRETS.values():
                 continue
@@ -149,9 +181,12 @@ class Builder:
             else:
                 self.unknown(name)
 
+    def known_names(self) -> set[str]:
+        return (set(BY_NAME) | set(FILE_SECRETS.values()) | set(self.schema.flag_by_env_name)
+                | self.schema.vllm_env_vars | {f"LMCACHE_{k.upper()}" for k in self.schema.lmcache_keys})
+
     def unknown(self, name: str) -> None:
-        candidates = (set(BY_NAME) | set(self.schema.flag_by_env_name) | self.schema.vllm_env_vars
-                      | {f"LMCACHE_{k.upper()}" for k in self.schema.lmcache_keys})
+        candidates = self.known_names() - set(FILE_SECRETS.values())
         if name in self.raw.cli_flags:
             flag = self.raw.cli_flags[name]
             cli_candidates = {s.cli_flag for s in SETTINGS} | set(self.schema.serve_flags)
@@ -341,6 +376,9 @@ class Builder:
         found.update(secret_argv_values(self.plan.vllm_argv))
         found.update(secret_argv_values(self.plan.lmcache_argv or []))
         found.update(self.swallowed)
+        for values in (self.raw.values, self.raw.passthrough, self.environ):
+            found.update(p for v in values.values() for p in url_passwords(v))
+        found.update(p for a in [*self.plan.vllm_argv, *(self.plan.lmcache_argv or [])] for p in url_passwords(a))
 
     def record(self) -> None:
         p = self.plan
@@ -378,6 +416,7 @@ class Builder:
         try:
             self.swallowed_secrets()
             self.secrets_from_files()
+            self.secret_copies()
             self.apply_registry()
             self.classify()
             self.resolve_settings()
@@ -395,6 +434,17 @@ class Builder:
         finally:
             self.collect_secrets()
         return self.plan
+
+
+def _unprintable(secret: str) -> str | None:
+    """What makes a secret unusable where it goes: an HTTP header (the API key clients and the health probes
+    send) and a log line (where it is masked line by line) hold no line break or control character."""
+    lines = secret.count("\n") + 1
+    if lines > 1:
+        return f"{lines} lines"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in secret):
+        return "a control character"
+    return None
 
 
 def _shorten(text: str, limit: int = 200) -> str:

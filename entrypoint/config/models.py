@@ -8,7 +8,8 @@ rebuilding the image with APPLIANCE_MODEL_REGISTRY_FILE (a JSON file of the same
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from .files import REGISTRY_FILE_LIMIT, read_bounded
 
 MODEL_REGISTRY: dict[str, dict[str, object]] = {
     # The seed's entry (cmw-vllm): long context with LMCache offloading.
@@ -79,7 +80,7 @@ def load_registry(extra_file: str | None) -> dict[str, dict[str, object]]:
     """The built-in registry, with the entries of an operator's JSON file merged over it."""
     registry = {model: dict(entry) for model, entry in MODEL_REGISTRY.items()}
     if extra_file:
-        data = json.loads(Path(extra_file).read_text())
+        data = json.loads(read_bounded(extra_file, REGISTRY_FILE_LIMIT))
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise ValueError('must be a JSON object of model id -> object, e.g. {"org/model": {"max_model_len": 8192}}')
         for model, entry in data.items():

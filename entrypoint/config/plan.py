@@ -21,6 +21,16 @@ def _redacted_json_text(value: str) -> str:
     return value
 
 
+def _mask_leaves(node, mask):
+    if isinstance(node, str):
+        return mask(node)
+    if isinstance(node, dict):
+        return {k: _mask_leaves(v, mask) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask_leaves(v, mask) for v in node]
+    return node
+
+
 @dataclass
 class DiskTier:
     base: str  # the volume or path the operator chose
@@ -75,7 +85,7 @@ class Plan:
         hide = redact_env if redact else dict
         hide_argv = redact_argv if redact else list
         text = self.mask if redact else (lambda t: t)
-        return {
+        shown = {
             "vllm": {"argv": hide_argv(self.vllm_argv), "env": hide(self.vllm_env),
                      "env_removed": sorted(self.vllm_env_removed)},
             "lmcache": {"mode": self.lmcache_mode,
@@ -95,6 +105,9 @@ class Plan:
             "sources": self.sources, "warnings": [text(w) for w in self.warnings],
             "errors": [text(e) for e in self.errors],
         }
+        # Redacted by position above; then every known secret value masked wherever else it stands (a secret
+        # copied into another value, a URL's password): nothing printed or written shows one.
+        return _mask_leaves(shown, self.mask) if redact else shown
 
     def _identity_inputs(self, redact: bool) -> dict:
         """A KV-affecting flag can carry a credential (--model-loader-extra-config's storage keys): shown

@@ -7,7 +7,9 @@
   (AWS_SECRET_ACCESS_KEY, LMCACHE_RESP_PASSWORD, ...);
 - every value of a secret flag (`--api-key k1 k2` takes several; `--api-key=k`, `--api_key`, and the
   abbreviations argparse accepts, `--api-k`), also inside `*_EXTRA_ARGS` text that cannot be shell-split;
-- a value under a credential-like key of a JSON argument (`{"password": ...}` in an `--l2-adapter`).
+- a value under a credential-like key of a JSON argument (`{"password": ...}` in an `--l2-adapter`);
+- the password of any URL-shaped text (`scheme://user:password@host`), in any variable, argument or message
+  (proxies, tracing endpoints, remote caches, extra arguments), wherever it stands.
 
 Structured values are redacted by position (`redact_*`); free text (messages) additionally has every known
 secret value masked (`mask_text`), so that a message quoting an argument cannot reveal one.
@@ -29,6 +31,17 @@ _SECRET_NAME = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|PASSWORD|PASSWD|PASS|PRIV
 _SECRET_KEY = re.compile(r"(^|[_.-])(token|api[_-]?key|password|passwd|secret|private[_-]?key|credentials?)$"
                          r"|secret", re.IGNORECASE)
 MIN_MASKED = 4  # shorter "secrets" are not masked inside free text (they would blank out ordinary words)
+# user:password@ in a URL (RFC 3986 userinfo): the password is what goes, the scheme, user and host stay.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:)(?P<password>[^/@\s]+)(?=@)")
+
+
+def url_passwords(text: str) -> list[str]:
+    """The passwords of the URLs in `text` (for masking them wherever they are echoed)."""
+    return [m.group("password") for m in _URL_PASSWORD.finditer(text) if m.group("password") != REDACTED]
+
+
+def redact_urls(text: str) -> str:
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
 
 
 def is_secret_name(name: str) -> bool:
@@ -83,7 +96,7 @@ def redact_argv(argv: list[str]) -> list[str]:
             out.append(REDACTED)
         else:
             in_secret = False
-            out.append(_redact_json_text(arg))
+            out.append(redact_urls(_redact_json_text(arg)))
     return out
 
 
@@ -126,6 +139,7 @@ def environment_secrets(environ: Mapping[str, str], argv_secrets: Mapping[str, M
     """Every secret value a process of the appliance may meet: credential-named variables, and the hidden
     arguments `serve` handed over ({program: {index: argument}})."""
     found = [v for k, v in environ.items() if is_secret_name(k) and v]
+    found += [p for v in environ.values() for p in url_passwords(v)]
     for hidden in argv_secrets.values():
         for arg in hidden.values():
             found += secret_leaves(arg)
@@ -167,16 +181,16 @@ def raw_secret_values(text: str) -> list[str]:
 
 
 def redact_env(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: (REDACTED if is_secret_name(k) else v) for k, v in env.items()}
+    return {k: (REDACTED if is_secret_name(k) else redact_urls(v)) for k, v in env.items()}
 
 
 def redact_value(name: str, value):
     if is_secret_name(name):
         return REDACTED
     if name.endswith("EXTRA_ARGS") and isinstance(value, str):  # may hold `--api-key ...`
-        return redact_args_text(value)
+        return redact_urls(redact_args_text(value))
     if isinstance(value, str):
-        return _redact_json_text(value)
+        return redact_urls(_redact_json_text(value))
     return value
 
 
@@ -184,4 +198,4 @@ def mask_text(text: str, secrets: Iterable[str]) -> str:
     """Free text with every known secret value replaced (longest first, so a prefix never leaves a tail)."""
     for value in sorted({s for s in secrets if s and len(s.strip()) >= MIN_MASKED}, key=len, reverse=True):
         text = text.replace(value, REDACTED)
-    return text
+    return redact_urls(text)

@@ -9,10 +9,12 @@ import io
 import os
 import re
 import shlex
+import unicodedata
 from dataclasses import dataclass, field
 
 from dotenv.parser import parse_stream
 
+from .files import ENV_FILE_LIMIT, FileProblem, read_bounded
 from .secrets import secret_flag
 from .settings import FILE_SECRETS, MAX_VALUE_BYTES, PREFIXES
 
@@ -33,10 +35,32 @@ class RawInputs:
     extra_args: list[str] = field(default_factory=list)  # after `--` on the command line
     errors: list[str] = field(default_factory=list)
     cli_flags: dict[str, str] = field(default_factory=dict)  # name -> the flag the user typed, for messages
+    # Names that are ours but for letter case or look-alike characters (`vllm_model`, a Cyrillic М in VLLM_):
+    # name -> (its plain spelling, where it came from). Never used: each is an error that names the right one.
+    near_misses: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def is_ours(name: str) -> bool:
     return name.startswith(PREFIXES) or name in FILE_SECRETS or name in FILE_SECRETS.values()
+
+
+# Letters that look like Latin capitals in the fonts operators read .env files in (Cyrillic, Greek), and
+# characters that vanish or pass for `_` on screen. NFKC already folds full-width forms (Ｖ -> V).
+_LOOKALIKES = str.maketrans({**dict(zip("АВЕКМНОРСТХІЈЅԚԜаеорсухіјѕԁһӏ", "ABEKMHOPCTXIJSQWaeopcyxijsdhl")),
+                             **dict(zip("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧοιν", "ABEZHIKMNOPTYXoiv")),
+                             "-": "_", "\u2010": "_", "\u2011": "_", "\u2012": "_", "\u2013": "_", "\u2212": "_",
+                             "\u200b": None, "\u200c": None, "\u200d": None, "\u2060": None, "\ufeff": None})
+
+
+def plain_name(name: str) -> str:
+    """The name as the operator meant it: look-alike characters replaced, in capitals."""
+    return unicodedata.normalize("NFKC", name).translate(_LOOKALIKES).upper()
+
+
+def near_miss(name: str) -> str | None:
+    """The plain spelling of a name that is ours but for case or look-alike characters, else None."""
+    plain = plain_name(name)
+    return plain if plain != name and is_ours(plain) else None
 
 
 _CREDENTIAL_WORD = re.compile(r"KEY|TOKEN|PASS|SECRET|CREDENTIAL")
@@ -87,9 +111,8 @@ def read_env_file(path: str, environ: dict[str, str] | None = None) -> tuple[dic
     """(values, problems) of an env file, read as docker compose reads it: UTF-8, `NAME=value` lines,
     quotes, `export`, comments, and $VAR / ${VAR} expansion from earlier lines, then the environment.
     python-dotenv parses each line; a line it cannot read is a problem with its number (it only logs those).
-    Raises OSError for a file that cannot be opened."""
-    with open(path, "rb") as stream:
-        data = stream.read()
+    Raises FileProblem for a file that cannot be used (files.read_bounded)."""
+    data = read_bounded(path, ENV_FILE_LIMIT)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -146,16 +169,20 @@ def collect(environ: dict[str, str], env_file: str | None = None, overrides: lis
     if env_file:
         try:
             file_values, problems = read_env_file(env_file, environ)
-        except OSError as e:
-            problems, file_values = [f"--env-file {env_file}: cannot read it ({e.strerror}); check the path"], {}
+        except FileProblem as e:
+            problems, file_values = [f"--env-file {env_file}: {e}"], {}
         raw.errors += problems
         for name, value in file_values.items():
-            if is_ours(name):
+            if near_miss(name):
+                raw.near_misses[name] = (near_miss(name), ENV_FILE)
+            elif is_ours(name):
                 raw.values[name], raw.sources[name] = value, ENV_FILE
             elif name not in environ:
                 raw.passthrough[name] = value
     for name, value in environ.items():
-        if is_ours(name):
+        if near_miss(name):
+            raw.near_misses[name] = (near_miss(name), ENVIRONMENT)
+        elif is_ours(name):
             raw.values[name], raw.sources[name] = value, ENVIRONMENT
     if overrides:
         parse_overrides(overrides, raw, flag_kind or (lambda name: False))

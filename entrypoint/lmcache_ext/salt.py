@@ -28,7 +28,7 @@ def adapter_fingerprint(lora_request) -> str:
     for file in ADAPTER_FILES:
         try:
             st = os.stat(os.path.join(path, file))
-        except OSError:
+        except (OSError, ValueError):  # missing, or a path the OS cannot look up: the name and path still count
             continue
         files.append(f"{file}:{st.st_size}:{st.st_mtime_ns}")
     return "\0".join([name, path, *files])

@@ -65,8 +65,8 @@ def server_environment(plan: Plan, extra: dict[str, str], environ=None) -> dict[
     for name in plan.vllm_env_removed:
         env.pop(name, None)
     for name, value in extra.items():
-        if value == REDACTED and is_secret_name(name):
-            continue  # keep the real value from the environment (not on disk)
+        if REDACTED in value and name in env:
+            continue  # redacted in the plan file (a secret, a URL's password): `serve` put the real value here
         env[name] = value
     return env
 
@@ -97,9 +97,10 @@ def server_argv(name: str, argv: list[str], environ=None) -> list[str]:
 
 def secret_argv_values(plan: Plan) -> str:
     """For `serve`: {program: {index: value}} for every argv position the plan file redacts."""
-    out = {}
-    for name, argv in (("vllm", plan.vllm_argv), ("lmcache", plan.lmcache_argv or [])):
-        hidden = {str(i): real for i, (real, shown) in enumerate(zip(argv, redact_argv(argv))) if real != shown}
+    out, written = {}, plan.to_dict()  # what the plan file holds, redacted and masked
+    for name, argv, shown_argv in (("vllm", plan.vllm_argv, written["vllm"]["argv"]),
+                                   ("lmcache", plan.lmcache_argv or [], written["lmcache"]["argv"] or [])):
+        hidden = {str(i): real for i, (real, shown) in enumerate(zip(argv, shown_argv)) if real != shown}
         if hidden:
             out[name] = hidden
     return json.dumps(out)

@@ -30,7 +30,6 @@ from ..config.plan import Plan
 from .gap import GAP_OFF, GAP_STATE
 from .programs import SECRET_ARGV_VAR, processes_of, secret_argv_values
 from .render import START_RETRIES, RunDir, render
-from ..config.secrets import is_secret_name
 
 EXIT_FATAL = 1
 EXIT_PREFLIGHT = 3
@@ -79,9 +78,10 @@ def write_run_dir(plan: Plan, run: RunDir) -> None:
 def export_secrets(plan: Plan) -> None:
     """Secret values never go to disk: they travel in the environment, which supervisord passes on. Those
     read from *_FILE or an env file are put there now; the programs take them back (programs.py)."""
-    for env in (plan.vllm_env, plan.lmcache_env):
+    shown = plan.to_dict()
+    for env, shown_env in ((plan.vllm_env, shown["vllm"]["env"]), (plan.lmcache_env, shown["lmcache"]["env"])):
         for name, value in env.items():
-            if is_secret_name(name) and value:  # the plan file has "***" there
+            if value and shown_env.get(name) != value:  # the plan file has "***" in it (a secret, a URL password)
                 os.environ[name] = value
     hidden = secret_argv_values(plan)
     if hidden != "{}":

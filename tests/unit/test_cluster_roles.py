@@ -119,7 +119,8 @@ def test_the_servers_settings_are_accepted_and_left_to_the_server_in_a_replica(p
     assert transfer["kv_connector_extra_config"] == {
         "lmcache.mp.host": "tcp://kv-server", "lmcache.mp.port": 5555, "lmcache.mp.heartbeat_interval": 5,
         "lmcache.mp.mq_timeout": 30.0, "lmcache.mp.nonblocking_lookup_status": False,  # the connector's own
-        "appliance.kv_identity": plan.kv_identity}  # and the replica's KV identity, in every chunk key
+        "appliance.kv_identity": plan.kv_identity,  # and the replica's KV identity, in every chunk key
+        "appliance.skip_useless_lookup": False}
     assert "pw-77" not in str(plan.to_dict()) + str(plan.vllm_env)
 
 

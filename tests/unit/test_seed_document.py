@@ -84,7 +84,8 @@ def test_example2_multi_round(plan_for):
                                                             "lmcache.mp.heartbeat_interval": 5,
                                                             "lmcache.mp.mq_timeout": 30.0,
                                                             "lmcache.mp.nonblocking_lookup_status": False,
-                                                            "appliance.kv_identity": plan.kv_identity}
+                                                            "appliance.kv_identity": plan.kv_identity,
+                                                            "appliance.skip_useless_lookup": False}
     # a load from a dead LMCache server is recomputed, not an error (docs/RESILIENCE.md)
     assert kv_transfer(plan)["kv_load_failure_policy"] == "recompute"
     # a dead vLLM's GPU memory is released by the server after 30 s (LMCache's default is 120 s)

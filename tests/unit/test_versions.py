@@ -94,7 +94,8 @@ def test_measured_defaults_where_the_installed_lmcache_has_them(on_stack):
     assert plan.errors == []
     extra = kv_transfer(plan)["kv_connector_extra_config"]
     assert set(extra) == {"lmcache.mp.host", "lmcache.mp.port", "lmcache.mp.heartbeat_interval",
-                          "lmcache.mp.mq_timeout", "lmcache.mp.nonblocking_lookup_status", "appliance.kv_identity"}
+                          "lmcache.mp.mq_timeout", "lmcache.mp.nonblocking_lookup_status", "appliance.kv_identity",
+                          "appliance.skip_useless_lookup"}
     assert extra["lmcache.mp.nonblocking_lookup_status"] is False
     assert flag_value(plan.lmcache_argv, "--l2-prefetch-policy") == "retain"
     old = on_stack(schema_of(**OLD), SERVER)
