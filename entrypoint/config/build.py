@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 from typing import Mapping
 
@@ -20,8 +21,8 @@ from .plan import Plan
 from .schema import Schema
 from .secrets import (REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values,
                       url_passwords)
-from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, SETTINGS, VLLM_SECRETS, DiskChoice, StoreURL, ValueProblem,
-                       MPServer, load_json, parse_bool, parse_value)
+from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, REFUSED_FLAGS, SETTINGS, VLLM_SECRETS, DiskChoice,
+                       MPServer, StoreURL, ValueProblem, load_json, owned_flag_problem, parse_bool, parse_value)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -157,8 +158,8 @@ class Builder:
             value = self.raw.values[name]
             if name.startswith("VLLM_") and name in flags:
                 flag = flags[name]
-                if flag in OWNED_FLAGS:
-                    self.error(f"{self.label(name)}: {flag} is set by the appliance; {OWNED_FLAGS[flag]}")
+                if owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS):
+                    self.error(f"{self.label(name)}: {flag} {owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS)}")
                 elif value.strip() != "":
                     try:
                         self.generic_flags[name] = (flag, parse_flag_value(self.schema.serve_flags[flag], value))
@@ -310,8 +311,9 @@ class Builder:
                 if flag == AMBIGUOUS:
                     self.error(f"{label}: {shown} is an abbreviation of several vllm serve flags; write the flag "
                                "in full")
-                elif flag in OWNED_FLAGS:
-                    self.error(f"{label}: {_as_typed(shown, flag)} is set by the appliance; {OWNED_FLAGS[flag]}")
+                elif owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS):
+                    self.error(f"{label}: {_as_typed(shown, flag)} "
+                               f"{owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS)}")
                 elif flag in self.flag_setters:
                     setter = self.flag_setters[flag]
                     where = " (from the model registry)" if self.raw.sources.get(setter) == REGISTRY else ""
@@ -349,6 +351,23 @@ class Builder:
                        "several keys with `--api-key k1 k2` in VLLM_EXTRA_ARGS")
             return
         self.plan.vllm_argv += ["--middleware", TENANT_MIDDLEWARE]
+
+    def launch_limits(self) -> None:
+        """What execve would refuse when the launcher starts a server: a command line and environment past the
+        kernel's ARG_MAX together (each value alone is bounded in sources.value_problem)."""
+        p = self.plan
+        limit = _arg_max()
+        base = {k: v for k, v in self.environ.items() if k not in p.vllm_env_removed}
+        for program, argv, env in (("vLLM", p.vllm_argv, {**base, **p.vllm_env}),
+                                   ("the LMCache server", p.lmcache_argv or [], {**base, **p.lmcache_env})):
+            if not argv:
+                continue
+            size = (sum(len(a.encode("utf-8", "surrogateescape")) + 1 + 8 for a in argv)
+                    + sum(len(f"{k}={v}".encode("utf-8", "surrogateescape")) + 1 + 8 for k, v in env.items()))
+            if size > limit:
+                self.error(f"the command line and environment of {program} add up to {size} bytes, more than the "
+                           f"{limit} the kernel accepts for a new process (ARG_MAX); shorten the longest values "
+                           "(VLLM_EXTRA_ARGS, JSON settings, variables passed through)")
 
     def environment(self) -> None:
         """vLLM's environment: its own variables pass through, ours are removed (VLLM_PORT above all)."""
@@ -430,10 +449,18 @@ class Builder:
             self.tenant_isolation()
             self.environment()
             roles.kv_server_role(self)
+            self.launch_limits()
             self.record()
         finally:
             self.collect_secrets()
         return self.plan
+
+
+def _arg_max() -> int:
+    try:
+        return int(os.sysconf("SC_ARG_MAX"))
+    except (ValueError, OSError, AttributeError):
+        return 2 << 20  # Linux's usual value (a quarter of an 8 MiB stack)
 
 
 def _unprintable(secret: str) -> str | None:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from . import resources, roles
 from .flags import number_text, resolve_flag
 from .plan import DiskTier
-from .settings import AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, SETTINGS, DiskChoice, StoreURL
+from .settings import (AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS, SETTINGS, DiskChoice,
+                       StoreURL, owned_flag_problem)
 from .sources import REGISTRY
 
 if TYPE_CHECKING:
@@ -302,8 +303,9 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
         elif flag == "ambiguous":
             b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {shown} is an abbreviation of several lmcache server flags; "
                     "write the flag in full")
-        elif flag in LMCACHE_OWNED_FLAGS:
-            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} is set by the appliance; {LMCACHE_OWNED_FLAGS[flag]}")
+        elif owned_flag_problem(flag, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS):
+            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} "
+                    f"{owned_flag_problem(flag, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS)}")
         elif flag in planned and flag not in ("--l2-adapter", "--server-module"):  # these add: several allowed
             b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} is set by the appliance (vLLM's LMCache server would "
                     "see both values)")

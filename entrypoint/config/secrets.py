@@ -104,7 +104,9 @@ def secret_argv_values(argv: list[str]) -> list[str]:
     """The secret values `redact_argv` hides in `argv`."""
     values = []
     for real, shown in zip(argv, redact_argv(argv)):
-        if real != shown:
+        if real != shown and redact_urls(real) == shown:  # only a URL's password hidden: that is the secret
+            values += url_passwords(real)
+        elif real != shown:
             values.append(real.split("=", 1)[1] if secret_flag(real) and "=" in real else real)
     return values
 

@@ -384,6 +384,8 @@ VLLM_SECRETS = ("VLLM_API_KEY", "HF_TOKEN")  # the secrets vLLM itself reads (pa
 # through the --kv-transfer-config the appliance writes) and what the appliance sizes. Given by any route
 # (VLLM_<FLAG>, VLLM_EXTRA_ARGS, arguments after `--`), each is an error that names the variable to use.
 # The command-line overrides after `serve` (`--port 9000`) are those variables, so they are followed instead.
+_TLS = ("the appliance's health checks speak plain HTTP to vLLM; terminate TLS in front of the appliance (a "
+        "reverse proxy)")
 OWNED_FLAGS = {
     "--host": "use VLLM_HOST",
     "--port": "use VLLM_PORT",
@@ -391,16 +393,29 @@ OWNED_FLAGS = {
     "--served-model-name": "use VLLM_SERVED_MODEL_NAME (the health checks ask for the first name)",
     "--uds": "the appliance's health checks reach vLLM over TCP; use VLLM_HOST and VLLM_PORT",
     "--headless": "it starts no API server for the appliance to serve and supervise",
-    "--ssl-certfile": "the appliance's health checks speak plain HTTP to vLLM; terminate TLS in front of the "
-                      "appliance (a reverse proxy)",
-    "--ssl-keyfile": "the appliance's health checks speak plain HTTP to vLLM; terminate TLS in front of the "
-                     "appliance (a reverse proxy)",
+    "--ssl-certfile": _TLS,
+    "--ssl-keyfile": _TLS,
     "--config": "the appliance must see every setting: give the file's values as VLLM_<FLAG> variables",
     "--kv-transfer-config": "the appliance writes it from VLLM_KV_OFFLOADING_BACKEND; set "
                             "VLLM_KV_OFFLOADING_BACKEND=none to pass your own",
     "--kv-offloading-backend": "use VLLM_KV_OFFLOADING_BACKEND",
     "--kv-offloading-size": "use VLLM_KV_OFFLOADING_SIZE",
     "--shutdown-timeout": "use APPLIANCE_SHUTDOWN_TIMEOUT, which also sizes supervisord's stop wait",
+}
+# Flags that open listeners the appliance does not own (it would neither supervise nor protect them), or switch
+# the API port's protocol away from what its probes and clients speak: refused, by any route, with the reason.
+REFUSED_FLAGS = {
+    "--ssl-ca-certs": _TLS, "--ssl-cert-reqs": _TLS, "--ssl-ciphers": _TLS, "--enable-ssl-refresh": _TLS,
+    "--grpc": "the API port serves HTTP (the OpenAI-compatible API, which the health checks probe); a gRPC server "
+              "there is not what the appliance supervises",
+    "--grpc-port": "it opens a second listener (gRPC) that the appliance neither supervises nor protects",
+    "--kv-events-config": "it opens a ZMQ publisher port that the appliance neither supervises nor protects",
+    **dict.fromkeys(("--data-parallel-address", "--data-parallel-rpc-port", "--data-parallel-supervisor-port",
+                     "--data-parallel-external-lb", "--data-parallel-hybrid-lb",
+                     "--data-parallel-multi-port-external-lb", "--nnodes", "--node-rank", "--master-addr",
+                     "--master-port"),
+                    "multi-node and external-load-balancer data parallelism open listeners the appliance does not "
+                    "own; one appliance serves the GPUs of one host (more: docs/SCALE-OUT.md)"),
 }
 # The same for `lmcache server` (LMCACHE_SERVER_EXTRA_ARGS). Any other flag the plan already passes it is
 # refused too (never two values on one command line).
@@ -418,6 +433,20 @@ LMCACHE_OWNED_FLAGS = {
     "--worker-reap-timeout-seconds": "the launcher's wait for GPU memory after a vLLM crash is sized from it",
     "--prometheus-port": "use APPLIANCE_LMCACHE_METRICS_PORT (the appliance's metrics endpoint reads it there)",
 }
+LMCACHE_REFUSED_FLAGS = {
+    "--p2p-listen-url": "it opens a peer-to-peer listener that the appliance neither supervises nor protects",
+    "--transport": "vLLM's connector reaches the server over the transport the appliance plans (ZMQ on "
+                   "APPLIANCE_LMCACHE_PORT)",
+}
+
+
+def owned_flag_problem(flag: str, owned: dict[str, str], refused: dict[str, str]) -> str | None:
+    """Why an operator may not pass `flag` (OWNED_FLAGS / REFUSED_FLAGS, or LMCache's), or None."""
+    if flag in owned:
+        return f"is set by the appliance; {owned[flag]}"
+    if flag in refused:
+        return f"is not allowed: {refused[flag]}"
+    return None
 
 # The KV identity (kv_identity.py, docs/UPGRADING.md "What invalidates the KV cache"): every `vllm serve` flag
 # of the pinned vLLM is in exactly one of these two (tests/contract/test_kv_identity_flags.py), so that a flag

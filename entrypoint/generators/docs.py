@@ -116,15 +116,18 @@ def render_doc() -> str:
         out.append(f"| `{model}` | " + ", ".join(f"{k}={models.registry_value_text(v)}" for k, v in entry.items()) + " |")
     out += ["", f"## Any `vllm serve` flag ({len(schema.serve_flags)} in vLLM {schema.vllm_version})", "",
             "Booleans take true/false/1/0/yes/no/on/off (`false` writes `--no-<flag>`); lists are shell-split. "
-            "Flags marked *appliance* are set by the appliance and rejected here.", "",
+            "Flags marked *appliance* are set by the appliance and rejected here; flags marked *refused* open "
+            "listeners the appliance does not own, or change the API port's protocol, and are rejected by any "
+            "route (README \"Security model\").", "",
             "| Variable | Flag | Type |", "|---|---|---|"]
-    from ..config.settings import OWNED_FLAGS
+    from ..config.settings import OWNED_FLAGS, REFUSED_FLAGS
     for flag, spec in schema.serve_flags.items():
         kind = spec["kind"] + (": " + ", ".join(spec["choices"]) if spec["choices"] else "")
         if spec["nargs"] in ("+", "*"):
             kind += " (list)"
         name = schema.env_name_of_flag(flag)
-        note = " *appliance*" if flag in OWNED_FLAGS else (" *setting above*" if name in BY_NAME else "")
+        note = (" *appliance*" if flag in OWNED_FLAGS else " *refused*" if flag in REFUSED_FLAGS
+                else " *setting above*" if name in BY_NAME else "")
         out.append(f"| `{name}` | `{flag}` | {_cell(kind)}{note} |")
     out += ["", f"## Variables vLLM reads itself (passed through unchanged; {len(schema.vllm_env_vars)})", "",
             ", ".join(f"`{n}`" for n in sorted(schema.vllm_env_vars) if n not in BY_NAME), "",
