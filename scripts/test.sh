@@ -28,6 +28,7 @@ export HADOLINT DOCKER_COMPOSE SYFT ACTIONLINT SHELLCHECK ZIZMOR
 if [ "${APPLIANCE_TEST_DOCKER:-1}" != 0 ]; then
     bash scripts/ci/start-docker.sh
     bash scripts/ci/install-prometheus.sh  # the monitoring test's Prometheus server (Debian's package)
+    bash scripts/ci/install-registry.sh  # a local registry: compose pulls a release by its tag (Debian's package)
     bash docker/build-local-base.sh
     bash docker/build-image.sh test
     bash docker/build-cluster-images.sh test  # compose.cluster.yaml's router and Redis store, on the same base
