@@ -18,11 +18,10 @@ import requests
 
 from entrypoint.version import release_tags, version
 
-from .conftest import OLD_PINS, ROOT, missing, wait_until
-from .test_static_checks import COMPOSE
+from .conftest import OLD_PINS, missing, wait_until
+from .test_static_checks import COMPOSE, COMPOSE_RELEASE
 from ports import free_port
 
-COMPOSE_RELEASE = ROOT / "tests" / "container" / "compose.release.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import re
 import subprocess
 
 from entrypoint.config.schema import pinned_versions
+from entrypoint.version import release_tags, version
 
 from .conftest import ROOT
 
@@ -13,6 +14,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
 COMPOSE_TEST = ROOT / "docker" / "compose.test.yaml"
 WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
+COMPOSE_RELEASE = ROOT / "tests" / "container" / "compose.release.yaml"
 
 
 def run(*cmd, env=None) -> subprocess.CompletedProcess:
@@ -80,6 +82,20 @@ def test_compose_test_override_drops_gpu_and_memlock_and_swaps_the_image(compose
     assert svc["image"] == "llm-appliance:test"
     assert svc["pull_policy"] == "never"
     assert svc["ipc"] == "host" and svc["restart"] == "unless-stopped"  # the rest is the product's
+
+
+def test_compose_runs_the_release_and_builds_it_as_that_version(compose_binary):
+    """As compose reads it: the published image of this version by default, built from this checkout's
+    Dockerfile where it cannot be pulled. The release tests' override keeps both and builds the stub stage."""
+    image = re.search(r'^image = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    svc = _config(compose_binary, COMPOSE)
+    assert svc["image"] == f"{image}:{release_tags()[0]}"
+    assert (svc["build"]["context"], svc["build"]["args"]) == (str(ROOT), {"IMAGE_VERSION": version()})
+    svc = _config(compose_binary, COMPOSE, COMPOSE_RELEASE)
+    assert svc["image"] == f"{image}:{release_tags()[0]}" and "pull_policy" not in svc
+    assert svc["build"] == {"context": str(ROOT), "dockerfile": "Dockerfile", "target": "test",
+                            "args": {"IMAGE_VERSION": version(), "BASE_IMAGE": "appliance-local-base:bookworm"}}
+    assert "deploy" not in svc and "ulimits" not in svc
 
 
 def _seconds(duration: str) -> float:
