@@ -115,12 +115,15 @@ RUN pins=$(python3 -c 'import entrypoint, pathlib; print(pathlib.Path(entrypoint
        done \
     && python3 -m entrypoint check
 # Per-build labels come last in each final stage: a new revision must not invalidate the layers above.
+# docker/build-image.sh passes pyproject.toml's version and Source URL, the commit and the date.
 ARG IMAGE_VERSION=dev
 ARG IMAGE_REVISION=""
 ARG IMAGE_CREATED=""
+ARG IMAGE_SOURCE=""
 LABEL org.opencontainers.image.version="$IMAGE_VERSION" \
       org.opencontainers.image.revision="$IMAGE_REVISION" \
       org.opencontainers.image.created="$IMAGE_CREATED" \
+      org.opencontainers.image.source="$IMAGE_SOURCE" \
       appliance.version="$IMAGE_VERSION" \
       appliance.variant="test: stub vLLM and LMCache servers, not for serving"
 
@@ -163,12 +166,14 @@ RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheel
 RUN python3 -m entrypoint.generators.check_ops \
     && python3 -m entrypoint.generators.schema \
     && python3 -m entrypoint check
-# Set by the build (docker/build-image.sh passes git describe, the commit and the date).
+# Set by the build, as in the test stage (docker/build-image.sh; `docker compose build` leaves them "dev").
 ARG IMAGE_VERSION=dev
 ARG IMAGE_REVISION=""
 ARG IMAGE_CREATED=""
+ARG IMAGE_SOURCE=""
 LABEL org.opencontainers.image.version="$IMAGE_VERSION" \
       org.opencontainers.image.revision="$IMAGE_REVISION" \
       org.opencontainers.image.created="$IMAGE_CREATED" \
+      org.opencontainers.image.source="$IMAGE_SOURCE" \
       appliance.version="$IMAGE_VERSION" \
       appliance.variant="product"

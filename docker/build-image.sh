@@ -75,7 +75,12 @@ else
     build=(env DOCKER_BUILDKIT=0 docker build)
 fi
 
-version=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo dev)
+# The labels: the one version of package and image and its Source URL (pyproject.toml), the commit, the date.
+# The revision is not among the inputs: an image reused at a later commit keeps the commit it was built at
+# (scripts/release.py rebuilds the labels when that is not HEAD).
+version=$(PYTHONPATH="$ROOT" python3 -m entrypoint.version)
+source_url=$(python3 -c 'import re, sys; print(re.search(r"^Source = \"(.+)\"$", open(sys.argv[1]).read(), re.M).group(1))' \
+    "$ROOT/pyproject.toml")
 revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo "")
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
@@ -87,6 +92,7 @@ if ! "${build[@]}" \
         --build-arg IMAGE_VERSION="$version" \
         --build-arg IMAGE_REVISION="$revision" \
         --build-arg IMAGE_CREATED="$created" \
+        --build-arg IMAGE_SOURCE="$source_url" \
         --build-arg STACK_PINS="${STACK_PINS:-}" \
         --label appliance.build.inputs="$inputs" \
         --target "$TARGET" -t "$TAG" "$ROOT" >"$log" 2>&1; then

@@ -5,6 +5,7 @@
     serve  [--env-file F] [OVERRIDES]                       validate, preflight, start supervisord
     status [--format json|text]                             what runs, restarts and why, each KV tier's fill and hits
     healthcheck                                             exit 0 only when the appliance is ready
+    --version                                               the appliance's version and the vLLM/LMCache it ships
     router [--env-file F] [--check]                         the coordinator router in front of replicas
                                                             (APPLIANCE_ROUTER_*; docs/SCALE-OUT.md)
 
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):  # before the rule below, which would take it for a serve flag
+        from .version import describe
+        print(describe())
+        return 0
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]
     command, rest = argv[0], argv[1:]

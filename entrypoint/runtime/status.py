@@ -17,6 +17,7 @@ from pathlib import Path
 from . import snapshot
 from .render import RunDir, read_plan
 from ..config.settings import DEFAULT_RUN_DIR
+from ..version import version
 
 EXIT_DOWN = 1
 EXIT_NOT_STARTED = 3
@@ -47,6 +48,7 @@ def text(d: dict) -> str:
     lines = [f"Appliance: {d['model']} (served as {d['served_model_name']}), KV offloading {d['kv_offloading']}"
              if d.get("role", "all") == "all" else
              f"Appliance: the LMCache server only (APPLIANCE_ROLE={d['role']}), for {d['model']}"]
+    lines[0] += f"; llm-appliance {d['version']}"
     if not d["supervisor_up"]:
         lines.append("supervisord: not answering (stopped, or still starting)")
     lines.append("")
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot read {run.plan}: {e}", file=sys.stderr)
         return EXIT_NOT_STARTED
     snap = snapshot.take(plan, run)
-    d = {"model": plan.model, "served_model_name": plan.served_model_name,
+    d = {"version": version(), "model": plan.model, "served_model_name": plan.served_model_name,
          "kv_offloading": plan.lmcache_mode or "off",
          "shared_store_url": (plan.shared_store or {}).get("url"), "role": plan.role,
          "lmcache_server_url": (plan.lmcache_server or {}).get("url"), **snap.to_dict()}

@@ -136,6 +136,24 @@ def product_image(docker_client) -> str:
     return tag
 
 
+# The stack before the upgrade: its schema is committed (entrypoint/config/schema), as a rollback needs. The
+# upgrade drill (test_upgrade.py) and the pull of a release by its tag (test_compose_release.py) run it.
+OLD_PINS = {"VLLM_VERSION": "0.26.0", "LMCACHE_VERSION": "0.5.3", "TORCH_VERSION": "2.11.0"}
+OLD_TAG = "llm-appliance:drill-old"
+
+
+@pytest.fixture(scope="session")
+def old_image(image) -> str:
+    """The test image built with the previous pins (docker/build-image.sh test, STACK_PINS)."""
+    pins = " ".join(f"{k}={v}" for k, v in OLD_PINS.items())
+    result = subprocess.run([str(BUILD_SCRIPT), "test", OLD_TAG], capture_output=True, text=True,
+                            env={**os.environ, "STACK_PINS": pins})
+    sys.stderr.write(result.stderr)
+    if result.returncode != 0:
+        pytest.fail(f"{BUILD_SCRIPT.name} with STACK_PINS={pins!r} failed:\n{result.stderr[-4000:]}", pytrace=False)
+    return OLD_TAG
+
+
 def _venv_tool(env_name: str, relative: str) -> Path | None:
     """A tool from install-lint-tools.sh: $HADOLINT / $DOCKER_COMPOSE, else the venv running pytest."""
     if os.environ.get(env_name):
@@ -150,6 +168,16 @@ def hadolint() -> Path:
     if not path:
         missing("hadolint not found: run scripts/ci/install-lint-tools.sh VENV and run pytest from VENV")
     return path
+
+
+@pytest.fixture(scope="session")
+def workflow_linters() -> dict[str, Path]:
+    """actionlint (which runs shellcheck on each `run:` script) and zizmor: scripts/ci/install-release-tools.sh."""
+    tools = {name: _venv_tool(name.upper(), f"bin/{name}") for name in ("actionlint", "shellcheck", "zizmor")}
+    absent = sorted(name for name, path in tools.items() if not path)
+    if absent:
+        missing(f"{', '.join(absent)} not found: run scripts/ci/install-release-tools.sh VENV")
+    return tools
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,29 @@
 """Prometheus itself (Debian's package, run by this test) scrapes a running test container: vLLM's endpoint on
 the API port and the appliance's on APPLIANCE_METRICS_PORT (the LMCache stub's families and the appliance's).
-PromQL over what it ingested must give the values the stubs and supervision produced, after a forced restart too.
+PromQL over what it ingested must give the values the stubs and supervision produced, after a forced restart too,
+and every query of the Grafana dashboard must give data (or wait for its metric's first event).
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import time
 
 import requests
 
-from .conftest import VLLM_PROCESS, missing, wait_until
+from .conftest import ROOT, VLLM_PROCESS, missing, wait_until
 from ports import free_port
 
 CONTROL = {"STUB_CONTROL_DIR": "/tmp"}
+
+
+def dashboard_check():
+    spec = importlib.util.spec_from_file_location("check_dashboard",
+                                                  ROOT / "scripts" / "observability" / "check_dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 
@@ -72,6 +82,14 @@ scrape_configs:
         assert value('sum(appliance_restarts_total{reason=~"unhealthy|dependency"})') == 0
         time.sleep(2)  # two more scrapes: the count stays 1 (a counter, not an event per scrape)
         assert value('appliance_restarts_total{program="vllm",reason="exited"}') == 1
+
+        # Every panel of the dashboard, its query run by this Prometheus: data, or "not yet" for a metric that
+        # has no series before its first event (scripts/observability/check_dashboard.py prometheus).
+        rows = dashboard_check().query_panels(f"http://127.0.0.1:{port}", f"http://{ip}:8000", f"http://{ip}:9464")
+        table = "\n".join(f"{r['result']}: {r['panel']}: {r['expr']}" for r in rows)
+        assert all(r["result"] == "data" or r["result"].startswith("not yet: ") for r in rows), table
+        assert sum(r["result"] == "data" for r in rows) >= len(rows) - 2, table
+        print(table)
     finally:
         prom.terminate()
         prom.wait(10)

@@ -1,4 +1,4 @@
-"""Static checks of the Dockerfile and the compose files: no daemon needed."""
+"""Static checks of the Dockerfile, the compose files and the publishing workflow: no daemon needed."""
 from __future__ import annotations
 
 import json
@@ -6,12 +6,15 @@ import re
 import subprocess
 
 from entrypoint.config.schema import pinned_versions
+from entrypoint.version import release_tags, version
 
 from .conftest import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
 COMPOSE_TEST = ROOT / "docker" / "compose.test.yaml"
+WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
+COMPOSE_RELEASE = ROOT / "tests" / "container" / "compose.release.yaml"
 
 
 def run(*cmd, env=None) -> subprocess.CompletedProcess:
@@ -81,6 +84,47 @@ def test_compose_test_override_drops_gpu_and_memlock_and_swaps_the_image(compose
     assert svc["ipc"] == "host" and svc["restart"] == "unless-stopped"  # the rest is the product's
 
 
+def test_compose_runs_the_release_and_builds_it_as_that_version(compose_binary):
+    """As compose reads it: the published image of this version by default, built from this checkout's
+    Dockerfile where it cannot be pulled. The release tests' override keeps both and builds the stub stage."""
+    image = re.search(r'^image = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    svc = _config(compose_binary, COMPOSE)
+    assert svc["image"] == f"{image}:{release_tags()[0]}"
+    assert (svc["build"]["context"], svc["build"]["args"]) == (str(ROOT), {"IMAGE_VERSION": version()})
+    svc = _config(compose_binary, COMPOSE, COMPOSE_RELEASE)
+    assert svc["image"] == f"{image}:{release_tags()[0]}" and "pull_policy" not in svc
+    assert svc["build"] == {"context": str(ROOT), "dockerfile": "Dockerfile", "target": "test",
+                            "args": {"IMAGE_VERSION": version(), "BASE_IMAGE": "appliance-local-base:bookworm"}}
+    assert "deploy" not in svc and "ulimits" not in svc
+
+
 def _seconds(duration: str) -> float:
     units = {"h": 3600, "m": 60, "s": 1}
     return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)([hms])", duration))
+
+
+def lint_workflow(tools: dict, path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """actionlint with shellcheck, and zizmor offline (its online audits ask GitHub's API)."""
+    return (run(tools["actionlint"], "-no-color", "-shellcheck", tools["shellcheck"], path),
+            run(tools["zizmor"], "--offline", "--no-progress", path))
+
+
+def test_the_publishing_workflow_passes_actionlint_and_zizmor(workflow_linters):
+    actionlint, zizmor = lint_workflow(workflow_linters, WORKFLOW)
+    assert actionlint.returncode == 0, actionlint.stdout + actionlint.stderr
+    assert zizmor.returncode == 0, zizmor.stdout + zizmor.stderr
+
+
+def test_the_workflow_lint_catches_an_injection_and_an_unquoted_variable(workflow_linters, tmp_path):
+    """The lint can fail: a step that pastes a commit message into its script, and one unquoted variable."""
+    bad = tmp_path / ".github" / "workflows" / "release.yml"
+    bad.parent.mkdir(parents=True)
+    text = WORKFLOW.read_text()
+    step = "      - name: The tag names pyproject.toml's version\n"
+    assert step in text
+    bad.write_text(text.replace(step, "      - run: echo ${{ github.event.head_commit.message }}\n"
+                                      "      - run: ls $HOME\n" + step))
+    actionlint, zizmor = lint_workflow(workflow_linters, bad)
+    assert actionlint.returncode != 0 and "head_commit.message" in actionlint.stdout
+    assert "SC2086" in actionlint.stdout  # shellcheck ran on the run: scripts
+    assert zizmor.returncode != 0 and "template-injection" in zizmor.stdout

@@ -13,22 +13,16 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import urllib.request
 import uuid
 
-import pytest
-
 from entrypoint.config.schema import pinned_versions
 
-from .conftest import BUILD_SCRIPT, ROOT, problem_lines, wait_until
+from .conftest import OLD_PINS, ROOT, problem_lines, wait_until
 from .test_static_checks import COMPOSE
 from ports import free_port
 
 COMPOSE_UPGRADE = ROOT / "tests" / "container" / "compose.upgrade.yaml"
-# The stack before the upgrade: its schema is committed (entrypoint/config/schema), as a rollback needs.
-OLD_PINS = {"VLLM_VERSION": "0.26.0", "LMCACHE_VERSION": "0.5.3", "TORCH_VERSION": "2.11.0"}
-OLD_TAG = "llm-appliance:drill-old"
 MIB = 1 << 20
 CAP_GIB = 0.01  # ~10.7 MB: a few MiB files show the cap at work
 CAP = int(CAP_GIB * (1 << 30))
@@ -40,20 +34,6 @@ VLLM_KV_OFFLOADING_SIZE=1
 LMCACHE_LOCAL_DISK=true
 LMCACHE_MAX_LOCAL_DISK_SIZE={CAP_GIB}
 """
-
-
-@pytest.fixture(scope="session")
-def old_image(image) -> str:
-    """The test image built with the previous pins (docker/build-image.sh test, STACK_PINS)."""
-    pins = " ".join(f"{k}={v}" for k, v in OLD_PINS.items())
-    result = subprocess.run([str(BUILD_SCRIPT), "test", OLD_TAG], capture_output=True, text=True,
-                            env={**os.environ, "STACK_PINS": pins})
-    sys.stderr.write(result.stderr)
-    if result.returncode != 0:
-        pytest.fail(f"{BUILD_SCRIPT.name} with STACK_PINS={pins!r} failed:\n{result.stderr[-4000:]}", pytrace=False)
-    return OLD_TAG
-
-
 
 
 class Project:

@@ -6,9 +6,10 @@ Accepts the argv the appliance generates (`serve MODEL --host H --port P [--serv
 image's versions.env), /v1/models, /v1/completions (1 token, or `"stub_seconds": s` in the body for a long
 request that generates a token every STUB_TOKEN_INTERVAL s) and /metrics with vLLM's names
 (vllm:num_requests_running, vllm:num_requests_waiting, vllm:prompt_tokens_total, vllm:generation_tokens_total,
-the _sum and _count of vllm:time_to_first_token_seconds, vllm:request_queue_time_seconds and
-vllm:request_prefill_time_seconds, queue and prefill recorded when a request finishes as vLLM does; and
-stub_metrics_scrapes_total). /v1/* need `Authorization: Bearer $VLLM_API_KEY` when VLLM_API_KEY is set, like vLLM.
+the _bucket, _sum and _count of vllm:time_to_first_token_seconds, vllm:request_queue_time_seconds and
+vllm:request_prefill_time_seconds, queue and prefill recorded when a request finishes as vLLM does;
+vllm:prefix_cache_queries_total and vllm:external_prefix_cache_queries_total counting prompt tokens, and their
+_hits_total, 0: the stub caches nothing; and stub_metrics_scrapes_total). /v1/* need `Authorization: Bearer $VLLM_API_KEY` when VLLM_API_KEY is set, like vLLM.
 
 Switches (environment, read at start):
   STUB_START_DELAY=s       seconds of "model load" before the port opens
@@ -52,6 +53,7 @@ def say(msg: str) -> None:
 
 
 CLOCKS = ("vllm:time_to_first_token_seconds", "vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds")
+BUCKETS = (0.01, 0.1, 1.0, 10.0)  # upper bounds of the clocks' histogram buckets (and +Inf), seconds
 
 
 class Engine:
@@ -66,13 +68,15 @@ class Engine:
         self.frozen = threading.Event()
         self.scrapes = 0  # GET /metrics answered (the watchdog's busy probes)
         self.inflight = 0  # POSTs being handled (until the answer is sent), for the graceful drain
-        # histogram name -> [sum, count] (only what the bench scripts read of vLLM's histograms)
-        self.clocks = {name: [0.0, 0] for name in CLOCKS}
+        # histogram name -> [sum, count, count per bucket of BUCKETS] (the dashboard's quantiles read the buckets)
+        self.clocks = {name: [0.0, 0, [0] * len(BUCKETS)] for name in CLOCKS}
 
     def clock(self, name: str, seconds: float) -> None:
         with self.lock:
             self.clocks[name][0] += seconds
             self.clocks[name][1] += 1
+            for i, bound in enumerate(BUCKETS):
+                self.clocks[name][2][i] += seconds <= bound
 
     def complete(self, prompt: str, seconds: float) -> int:
         arrived = time.monotonic()
@@ -177,9 +181,16 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
                         f"vllm:generation_tokens_total{labels} {engine.generation_tokens}.0",
                         f"stub_metrics_scrapes_total {engine.scrapes}.0",
                     ]
-                    for name, (total, count) in engine.clocks.items():
-                        lines += [f"# TYPE {name} histogram", f"{name}_sum{labels} {total}",
-                                  f"{name}_count{labels} {count}.0"]
+                    for kind in ("prefix_cache", "external_prefix_cache"):  # queried tokens, none a hit
+                        lines += [f"# TYPE vllm:{kind}_queries_total counter",
+                                  f"vllm:{kind}_queries_total{labels} {engine.prompt_tokens}.0",
+                                  f"# TYPE vllm:{kind}_hits_total counter", f"vllm:{kind}_hits_total{labels} 0.0"]
+                    for name, (total, count, buckets) in engine.clocks.items():
+                        lines += [f"# TYPE {name} histogram"]
+                        lines += [f'{name}_bucket{{engine="0",model_name="{model}",le="{bound}"}} {n}.0'
+                                  for bound, n in zip(BUCKETS, buckets)]
+                        lines += [f'{name}_bucket{{engine="0",model_name="{model}",le="+Inf"}} {count}.0',
+                                  f"{name}_sum{labels} {total}", f"{name}_count{labels} {count}.0"]
                 self.send_text(200, "\n".join(lines) + "\n")
             elif self.path == "/v1/models":
                 if self.authorized():

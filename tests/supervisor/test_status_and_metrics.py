@@ -12,6 +12,7 @@ import requests
 
 from appliance_harness import REPO, alive, wait_until
 from entrypoint.runtime.snapshot import parse_metrics
+from entrypoint.version import version
 
 GIB = 1024 ** 3
 
@@ -57,6 +58,7 @@ def test_metrics_and_status_before_and_after_a_crash(appliance, tmp_path, timing
     assert tiers["cpu"]["hit_rate"] == 0.5 and tiers["disk"]["hit_rate"] == 0.25  # 2048, 1024 of 4096
     assert tiers["disk"]["path"].startswith(str(tmp_path / "kv") + "/stub--model__")
     assert d["restarts"] == {} and d["last_restart"] is None
+    assert d["version"] == version() != "unknown"  # pyproject.toml's, as on the image's label
 
     a.trigger("vllm-crash")
     wait_until(lambda: not alive(old), 10, "the stub to crash")
@@ -73,6 +75,7 @@ def test_metrics_and_status_before_and_after_a_crash(appliance, tmp_path, timing
     assert out.returncode == 0
     assert re.search(r"^  vllm +RUNNING +\d+ +\S+ +1$", out.stdout, re.M), out.stdout
     assert "last restart: vllm (exited)" in out.stdout
+    assert out.stdout.splitlines()[0].endswith(f"; llm-appliance {version()}")
     assert a.terminate() == 0
 
 
