@@ -327,3 +327,38 @@ def test_subprocess_output(env, command):
     check_output(out.returncode, out.stdout, out.stderr, planted)
     if command[-1] == "json":
         jsonschema.validate(json.loads(out.stdout), CONTRACT)
+
+
+# -- near-miss names (hardening round 2): any spelling of a setting that differs by case or look-alikes ------
+LOOKALIKES = {"A": "\u0410", "E": "\u0415", "M": "\u041c", "O": "\u041e", "P": "\u0420", "T": "\u0422",
+              "C": "\u0421", "H": "\u041d", "K": "\u039a", "_": "-"}
+
+
+def near_spelling(name: str, flips: list[bool], swaps: list[bool]) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if swaps[i % len(swaps)] and ch in LOOKALIKES:
+            ch = LOOKALIKES[ch]
+        elif flips[i % len(flips)]:
+            ch = ch.lower()
+        out.append(ch)
+    return "".join(out)
+
+
+@FUZZ
+@given(st.sampled_from(sorted(s.name for s in SETTINGS)), st.lists(st.booleans(), min_size=1, max_size=8),
+       st.lists(st.booleans(), min_size=1, max_size=8), st.booleans())
+def test_a_near_miss_spelling_is_an_error_naming_the_setting(name, flips, swaps, in_file):
+    spelled = near_spelling(name, flips, swaps)
+    env, env_file = ({}, None) if in_file else ({spelled: "1"}, None)
+    with tempfile.TemporaryDirectory() as d:
+        if in_file:
+            env_file = os.path.join(d, ".env")
+            Path(env_file).write_text(f"{spelled}=1\n", encoding="utf-8")
+        from entrypoint.config.load import make_plan
+        plan = make_plan(env_file, [], environ=env)
+    if spelled == name:
+        return
+    where = "env file" if in_file else "environment"
+    assert (f"{spelled!r} (in the {where}): not read, although it looks like an appliance setting: names are exact, "
+            f"in capitals and plain Latin letters; write it as {name}") in plan.errors
