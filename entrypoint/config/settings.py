@@ -154,9 +154,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("LMCACHE_L2_PREFETCH_POLICY", "str", "How the LMCache server treats chunks it reads from the disk tier "
        "into the CPU tier: `retain` keeps them there (a prefix restored from disk is a CPU-tier or GPU hit from "
        "then on), `default` (LMCache's own default) holds them only for the request, so every later request "
-       "reads the disk again even when vLLM has the prefix on the GPU. Measured on an H200, 16k tokens, after a "
-       "restart: later requests 0.083 s with retain vs 0.218 s (GPU hit before the restart: 0.080 s); no cost "
-       "measured with a working set 3x the CPU tier (docs/BENCHMARKS.md). Any of the installed LMCache's "
+       "reads the disk again even when vLLM has the prefix on the GPU (`retain` measured faster after a restart, "
+       "and no slower with a working set larger than the CPU tier: docs/BENCHMARKS.md). Any of the installed "
+       "LMCache's "
        "`--l2-prefetch-policy` choices.", default="retain", group="LMCache",
        server_flag="--l2-prefetch-policy", target="lmcache server --l2-prefetch-policy", example="retain"),
     _s("LMCACHE_PREWARM_SIZE", "gib_auto_off", "Hot prefixes pre-warmed (LMCache >= 0.5.6, server mode with a disk "
@@ -167,8 +167,8 @@ SETTINGS: tuple[Setting, ...] = (
        "This bounds how much it loads, in GiB for all GPUs together; `0` turns it off. `auto` (the default): half "
        "the CPU tier: the hottest prefixes come back, and the other half stays free for what the first requests "
        "store, so that loading never evicts on its own; the load reads at most that much from the disk, in the "
-       "background. `config` shows the size. Measured on H200s (16k tokens): the first request after a full "
-       "restart 0.128-0.163 s with it, 0.232-0.277 s without (docs/BENCHMARKS.md). Ignored (with a note) in "
+       "background. `config` shows the size (the first request after a full restart, with and without it: "
+       "docs/BENCHMARKS.md). Ignored (with a note) in "
        "in-process or native mode, on a replica, without a disk tier or on an LMCache without server modules; "
        "set there explicitly, it is an error.",
        default="auto", group="LMCache", example="auto",
@@ -179,13 +179,12 @@ SETTINGS: tuple[Setting, ...] = (
        group="LMCache", minimum=1,
        target="lmcache server --server-module entrypoint.lmcache_ext.prewarm (record_interval_s)"),
     _s("LMCACHE_EAGER_PREFETCH", "bool", "LMCache >= 0.5.6: start the LMCache lookup when a request is queued, "
-       "not when it is scheduled. Unset: LMCache's own default (off); measured on an H200 (16k tokens): no gain "
-       "on a GPU or CPU-tier hit, alone or with the blocking lookup (docs/BENCHMARKS.md).", group="LMCache",
+       "not when it is scheduled. Unset: LMCache's own default (off; measured: no gain, docs/BENCHMARKS.md).",
+       group="LMCache",
        connector_key="eager_prefetch", target="kv_connector_extra_config lmcache.mp.eager_prefetch"),
     _s("LMCACHE_NONBLOCKING_LOOKUP", "bool", "LMCache >= 0.5.5: poll the LMCache server's lookup answers "
        "without blocking vLLM's scheduler thread (`true`, LMCache's own default) or wait for them in the step "
-       "(`false`). Measured on an H200, 16k tokens: `false` makes a GPU prefix hit 0.063 s instead of 0.080 s "
-       "(no offload: 0.055 s) and a CPU-tier hit 0.099 s instead of 0.130 s (docs/BENCHMARKS.md). Not set on an "
+       "(`false`, measured faster for GPU and CPU-tier hits: docs/BENCHMARKS.md). Not set on an "
        "LMCache that lacks the key (0.5.3 always waits).", default=False, group="LMCache",
        connector_key="nonblocking_lookup_status",
        target="kv_connector_extra_config lmcache.mp.nonblocking_lookup_status"),
@@ -198,9 +197,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("LMCACHE_LOOKUP_WORKERS", "int", "Threads of the LMCache server's pool for lookups and the other "
        "requests that do not move KV (its `--max-cpu-workers`; stores and loads keep their own thread). 1 is "
        "LMCache's own default, written out so that a release that changes it changes nothing here. At most 64. "
-       "Measured on H200s, multi-round QA at a fixed rate (10 users, histories past 16k tokens), p50 TTFT with 4 "
-       "vs 1 in three pairs: 0.203 vs 0.258 s, 0.330 vs 0.285 s, 0.288 vs 0.292 s: no steady gain, so the default "
-       "stays (docs/BENCHMARKS.md).", default=1, group="LMCache", minimum=1, server_flag="--max-cpu-workers",
+       "Measured: no steady gain from more threads, so LMCache's default stays (docs/BENCHMARKS.md).", default=1,
+       group="LMCache", minimum=1, server_flag="--max-cpu-workers",
        target="lmcache server --max-cpu-workers", example="4"),
     _s("LMCACHE_HEARTBEAT_INTERVAL", "seconds", "Seconds between vLLM's pings of the LMCache server. An "
        "unanswered ping puts vLLM's connector in its degraded mode: lookups miss and loads fail over to "
@@ -295,13 +293,12 @@ SETTINGS: tuple[Setting, ...] = (
        default=3, group="Appliance", minimum=1, target="watchdog restart threshold"),
     _s("APPLIANCE_SHUTDOWN_TIMEOUT", "seconds", "Seconds vLLM may take to finish in-flight requests on stop.",
        default=30, group="Appliance", minimum=0, target="vllm serve --shutdown-timeout; supervisord stopwaitsecs"),
-    # --- Resilience (issue 14): the answer while vLLM is down, and the disk tier's backstop prune.
+    # --- Resilience: the answer while vLLM is down, and the disk tier's backstop prune.
     _s("APPLIANCE_GAP_ANSWER", "bool", "While vLLM is not serving (starting, restarting after a crash, draining "
        "at stop), answer its port with HTTP 503 and a Retry-After header instead of refusing connections. The "
        "`gap` program shares the port with vLLM through SO_REUSEPORT and lets go of it as soon as vLLM listens, "
-       "so it is never in the path of a request vLLM serves (docs/RESILIENCE.md). Measured on an H200 under load "
-       "(16 clients, vLLM SIGKILLed): 1,394 answers of 503 and 16 refused connections (those of the kill's "
-       "instant) instead of about 1,400 refusals; no cost measured on the normal path.", default=True,
+       "so it is never in the path of a request vLLM serves (how it measured under load: docs/RESILIENCE.md).",
+       default=True,
        group="Appliance", target="gap program; vLLM's API socket with SO_REUSEPORT"),
     _s("APPLIANCE_GAP_RETRY_AFTER", "seconds", "Seconds the 503 answer asks clients to wait before they try "
        "again (its Retry-After header).", default=5, group="Appliance", minimum=1, target="gap program"),

@@ -46,12 +46,12 @@ from .render import RunDir, read_plan
 
 NAME = "watchdog"
 STORE_TIMEOUT_S = 5.0  # a store probe must not hold up the probes of vLLM and LMCache
-HARD_OVER = 1.05  # issue 14: the disk tier may exceed its cap by at most 5 %
+HARD_OVER = 1.05  # the disk tier may exceed its cap by at most 5 %
 DEFAULT_PRUNE_S = 5.0  # APPLIANCE_DISK_PRUNE_INTERVAL of a plan written before the setting existed
 MIN_PRUNE_S = 0.5  # the shortest wait between prunes: each one stats every file of the tier
 # Where a prune takes the tier once the watchdog is its only evictor (LMCache's eviction stalled): lower than
 # preflight.PRUNE_TO, because nothing else frees space until the next prune. Measured on an H200 under load
-# (docs/benchmarks/h200x2-2026-11-29-night): pruned to 0.9 of a 3 GiB cap, the tier was back at 3.0-4.0 GiB by
+# (docs/benchmarks/h200x2-2026-11-29-night/README.md): pruned to 0.9 of a 3 GiB cap, the tier was back at 3.0-4.0 GiB by
 # every next prune (+32 % at its peak, the size of its 4 GiB tmpfs); 0.7 leaves 0.35 of the cap to refill.
 ALONE_PRUNE_TO = 0.7
 BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
