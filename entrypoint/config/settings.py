@@ -659,100 +659,124 @@ def split_names(raw: str) -> list[str]:
 
 
 def parse_value(setting: Setting, raw: str, tool_parsers: list[str] | None = None):
-    """Turn the raw text of a variable into its typed value, or raise ValueProblem."""
-    kind = setting.kind
-    if kind in ("str", "args"):
-        return raw
-    if kind == "model":
-        text = raw.strip()
-        if text.startswith("-"):
-            raise ValueProblem("a model id or path cannot start with '-' (vLLM would read it as an option)")
-        if has_control(text):
-            raise ValueProblem("contains a control character (a line break?); a model id or path cannot")
-        return text
-    if kind == "names":
-        names = split_names(raw)
-        bad = [n for n in names if n.startswith("-")]
-        if bad:
-            raise ValueProblem(f"the name {bad[0]!r} starts with '-' (vLLM would read it as an option)")
-        if has_control(raw.strip()):
-            raise ValueProblem("contains a control character; names are separated by spaces")
-        return " ".join(names)
-    if kind == "path":
-        text = raw.strip()
-        if not text.startswith("/") or has_control(text):
-            raise ValueProblem("must be an absolute path without control characters, e.g. /run/appliance")
-        if re.search(r"\s[;#]", text):
-            raise ValueProblem("cannot hold a space followed by ';' or '#' (supervisord reads the rest as a "
-                               "comment)")
-        return text.rstrip("/") or "/"
-    if kind == "human_int_or_auto":
-        value = _human_int(raw.strip(), allow_auto=True)
-        if value == -1:
-            return -1
-        if value < 1:
-            raise ValueProblem("must be at least 1, or auto")
-        return value
-    if kind == "bool":
-        return parse_bool(raw)
-    if kind in ("int", "seconds"):
-        value = _number(raw, int, "a whole number")
-        if kind == "seconds" and value > MAX_SECONDS:
-            raise ValueProblem(f"must be at most {MAX_SECONDS} (a week)")
-    elif kind == "port":
-        value = _number(raw, int, "a port number (1-65535)")
-        if not 1 <= value <= 65535:
-            raise ValueProblem("must be a port number (1-65535)")
-        return value
-    elif kind in ("gib", "gib_auto", "gib_auto_off"):
-        if kind != "gib" and raw.strip().lower() == AUTO:
-            return AUTO
-        what = ("a size in GiB greater than 0, e.g. 5.0" if kind != "gib_auto_off" else
-                "a size in GiB, e.g. 5.0, or 0 for off") + (", or auto" if kind != "gib" else "")
-        value = _number(raw, float, what)
-        if value < 0 or (value == 0 and kind != "gib_auto_off"):
-            raise ValueProblem(f"must be {what}")
-        return value + 0.0  # -0.0 is 0
-    elif kind == "fraction":
-        value = _number(raw, float, "a number in (0, 1], e.g. 0.9")
-        if not 0 < value <= 1:
-            raise ValueProblem("must be a number in (0, 1], e.g. 0.9")
-        return value
-    elif kind == "choice":
-        for choice in setting.choices:
-            if raw.strip().lower() == choice.lower():
-                return choice
-        raise ValueProblem("must be one of: " + ", ".join(setting.choices))
-    elif kind == "tool_parser":
-        if tool_parsers and raw not in tool_parsers:
-            raise ValueProblem("is not a tool-call parser of the installed vLLM; valid: " + ", ".join(tool_parsers))
-        return raw
-    elif kind == "disk":
-        return parse_disk(raw)
-    elif kind == "store_url":
-        return parse_store_url(raw)
-    elif kind == "mp_server":
-        return parse_mp_server(raw)
-    elif kind == "http_url":
-        return parse_http_url(raw).url
-    elif kind == "router_replicas":  # normalized text (plans hold plain values); the router parses it again
-        return " ".join(r.url + (f"={r.lmcache_http_port}" if r.lmcache_http_port else "")
-                        for r in parse_router_replicas(raw))
-    elif kind == "duration":
-        value = _number(raw, float, "a number of seconds, e.g. 0.5")
-        if not 0 < value <= MAX_SECONDS:
-            raise ValueProblem(f"must be a number of seconds in (0, {MAX_SECONDS}], e.g. 0.5")
-        return value
-    elif kind == "store_user":
-        text = raw.strip()
-        if not re.fullmatch(r"[A-Za-z0-9._@:+=-]{1,256}", text):
-            raise ValueProblem("must be a Redis user name: 1-256 letters, digits or ._@:+=- (no spaces)")
-        return text
-    else:  # pragma: no cover - a typo in the table above
-        raise AssertionError(f"unknown kind {kind} for {setting.name}")
+    """Turn the raw text of a variable into its typed value, or raise ValueProblem (one parser per kind)."""
+    return PARSERS[setting.kind](setting, raw, tool_parsers or [])
+
+
+def _model(setting: Setting, raw: str, _tp) -> str:
+    text = raw.strip()
+    if text.startswith("-"):
+        raise ValueProblem("a model id or path cannot start with '-' (vLLM would read it as an option)")
+    if has_control(text):
+        raise ValueProblem("contains a control character (a line break?); a model id or path cannot")
+    return text
+
+
+def _names(setting: Setting, raw: str, _tp) -> str:
+    names = split_names(raw)
+    bad = [n for n in names if n.startswith("-")]
+    if bad:
+        raise ValueProblem(f"the name {bad[0]!r} starts with '-' (vLLM would read it as an option)")
+    if has_control(raw.strip()):
+        raise ValueProblem("contains a control character; names are separated by spaces")
+    return " ".join(names)
+
+
+def _path(setting: Setting, raw: str, _tp) -> str:
+    text = raw.strip()
+    if not text.startswith("/") or has_control(text):
+        raise ValueProblem("must be an absolute path without control characters, e.g. /run/appliance")
+    if re.search(r"\s[;#]", text):
+        raise ValueProblem("cannot hold a space followed by ';' or '#' (supervisord reads the rest as a comment)")
+    return text.rstrip("/") or "/"
+
+
+def _human_int_or_auto(setting: Setting, raw: str, _tp) -> int:
+    value = _human_int(raw.strip(), allow_auto=True)
+    if value != -1 and value < 1:
+        raise ValueProblem("must be at least 1, or auto")
+    return value
+
+
+def _whole(setting: Setting, raw: str, _tp) -> int:
+    value = _number(raw, int, "a whole number")
+    if setting.kind == "seconds" and value > MAX_SECONDS:
+        raise ValueProblem(f"must be at most {MAX_SECONDS} (a week)")
     if setting.minimum is not None and value < setting.minimum:
         raise ValueProblem(f"must be at least {setting.minimum:g}")
     return value
+
+
+def _port(setting: Setting, raw: str, _tp) -> int:
+    value = _number(raw, int, "a port number (1-65535)")
+    if not 1 <= value <= 65535:
+        raise ValueProblem("must be a port number (1-65535)")
+    return value
+
+
+def _gib(setting: Setting, raw: str, _tp):
+    kind = setting.kind  # gib, gib_auto (also `auto`), gib_auto_off (also `auto`, and 0 for off)
+    if kind != "gib" and raw.strip().lower() == AUTO:
+        return AUTO
+    what = ("a size in GiB greater than 0, e.g. 5.0" if kind != "gib_auto_off" else
+            "a size in GiB, e.g. 5.0, or 0 for off") + (", or auto" if kind != "gib" else "")
+    value = _number(raw, float, what)
+    if value < 0 or (value == 0 and kind != "gib_auto_off"):
+        raise ValueProblem(f"must be {what}")
+    return value + 0.0  # -0.0 is 0
+
+
+def _fraction(setting: Setting, raw: str, _tp) -> float:
+    value = _number(raw, float, "a number in (0, 1], e.g. 0.9")
+    if not 0 < value <= 1:
+        raise ValueProblem("must be a number in (0, 1], e.g. 0.9")
+    return value
+
+
+def _choice(setting: Setting, raw: str, _tp) -> str:
+    for choice in setting.choices:
+        if raw.strip().lower() == choice.lower():
+            return choice
+    raise ValueProblem("must be one of: " + ", ".join(setting.choices))
+
+
+def _tool_parser(setting: Setting, raw: str, tool_parsers: list[str]) -> str:
+    if tool_parsers and raw not in tool_parsers:
+        raise ValueProblem("is not a tool-call parser of the installed vLLM; valid: " + ", ".join(tool_parsers))
+    return raw
+
+
+def _router_replicas(setting: Setting, raw: str, _tp) -> str:
+    # normalized text (plans hold plain values); the router parses it again
+    return " ".join(r.url + (f"={r.lmcache_http_port}" if r.lmcache_http_port else "")
+                    for r in parse_router_replicas(raw))
+
+
+def _duration(setting: Setting, raw: str, _tp) -> float:
+    value = _number(raw, float, "a number of seconds, e.g. 0.5")
+    if not 0 < value <= MAX_SECONDS:
+        raise ValueProblem(f"must be a number of seconds in (0, {MAX_SECONDS}], e.g. 0.5")
+    return value
+
+
+def _store_user(setting: Setting, raw: str, _tp) -> str:
+    text = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._@:+=-]{1,256}", text):
+        raise ValueProblem("must be a Redis user name: 1-256 letters, digits or ._@:+=- (no spaces)")
+    return text
+
+
+# One parser per kind of value (Setting.kind): each takes (setting, raw text, the installed tool parsers).
+PARSERS = {
+    "str": lambda s, raw, tp: raw, "args": lambda s, raw, tp: raw,
+    "model": _model, "names": _names, "path": _path, "human_int_or_auto": _human_int_or_auto,
+    "bool": lambda s, raw, tp: parse_bool(raw), "int": _whole, "seconds": _whole, "port": _port,
+    "gib": _gib, "gib_auto": _gib, "gib_auto_off": _gib, "fraction": _fraction, "choice": _choice,
+    "tool_parser": _tool_parser, "disk": lambda s, raw, tp: parse_disk(raw),
+    "store_url": lambda s, raw, tp: parse_store_url(raw), "mp_server": lambda s, raw, tp: parse_mp_server(raw),
+    "http_url": lambda s, raw, tp: parse_http_url(raw).url, "router_replicas": _router_replicas,
+    "duration": _duration, "store_user": _store_user,
+}
 
 
 @dataclass(frozen=True)

@@ -213,3 +213,9 @@ def test_settings_table_is_consistent():
             assert s.choices
     assert BY_NAME["VLLM_DTYPE"].choices == tuple(flags["--dtype"]["choices"][i] for i in range(6)) or \
         set(BY_NAME["VLLM_DTYPE"].choices) == set(flags["--dtype"]["choices"])
+
+
+def test_every_kind_of_setting_has_its_parser():
+    from entrypoint.config.settings import PARSERS, SETTINGS
+
+    assert sorted({s.kind for s in SETTINGS} - set(PARSERS)) == []
