@@ -43,6 +43,9 @@ HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy
                         "te", "trailer", "transfer-encoding", "upgrade"))
 FRAMING = frozenset(("host", "content-length", "expect"))
 REASON_MAX = 120
+# Connections waiting to be accepted (the kernel caps it at net.core.somaxconn). Not the connection limit: a burst
+# of new connections must reach the limit's bookkeeping, which frees room for them, instead of waiting in SYN retries.
+BACKLOG = min(1024, socket.SOMAXCONN)
 
 Log = Callable[..., None]  # log(message, level="info", event="message", **fields), as applog.emit's tail
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -131,7 +134,7 @@ def parser_reason(exc: BaseException | None, message: str | None) -> str:
 
 def strict(request: web.BaseRequest) -> Refused | None:
     """What the parser accepts and RFC 9112 does not, or this server does not serve."""
-    if request.version not in (HttpVersion10, HttpVersion11):
+    if request.protocol.unsupported_version:
         return Refused(505, "HTTP version not supported: HTTP/1.0 and HTTP/1.1 only")
     if request.version == HttpVersion10 and "Transfer-Encoding" in request.headers:
         return Refused(400, "malformed request: Transfer-Encoding in an HTTP/1.0 request")
@@ -153,6 +156,7 @@ class Connection(RequestHandler):
         self.busy = 0  # requests being handled (0 or 1: one at a time per connection)
         self.idle_since = time.monotonic()
         self.refused = False  # over the connection limit with nobody idle: its request gets 503
+        self.unsupported_version = False  # the request being handled said HTTP/2.0 (llhttp takes it): 505
 
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -184,6 +188,16 @@ class _Manager(web.Server):
     def __call__(self) -> Connection:
         return Connection(self, loop=self._loop, **self._kwargs)
 
+    def _make_request(self, message, payload, protocol, writer, task) -> web.BaseRequest:
+        # Called as each request's turn comes (one at a time per connection). A version other than 1.x is noted
+        # on the connection and the request answered (505) in HTTP/1.1: aiohttp answers in the request's version.
+        unsupported = message.version not in (HttpVersion10, HttpVersion11)
+        if isinstance(protocol, Connection):
+            protocol.unsupported_version = unsupported
+        if unsupported:
+            message = message._replace(version=HttpVersion11, should_close=True)
+        return super()._make_request(message, payload, protocol, writer, task)
+
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
         if len(self._connections) <= self.owner.limits.max_connections:
@@ -210,7 +224,7 @@ class Server:
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.sock.bind((host, port))
-            self.sock.listen(min(limits.max_connections, socket.SOMAXCONN))
+            self.sock.listen(BACKLOG)
         except OSError:
             self.sock.close()
             raise
@@ -267,7 +281,7 @@ class Server:
                                  lingering_time=lim.lingering_s, auto_decompress=False)
         runner = web.ServerRunner(self._manager, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.SockSite(runner, self.sock, backlog=min(lim.max_connections, socket.SOMAXCONN))
+        site = web.SockSite(runner, self.sock, backlog=BACKLOG)
         await site.start()
         self._started.set()
         try:
