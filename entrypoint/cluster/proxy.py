@@ -54,8 +54,8 @@ def forward_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
 class Proxy:
     """The request handler of the router's server (one per router)."""
 
-    def __init__(self, router, limits: Limits):
-        self.router, self.limits = router, limits
+    def __init__(self, router):
+        self.router = router
         self.placement = ThreadPoolExecutor(PLACEMENT_THREADS, thread_name_prefix="router-placement")
         self.session: aiohttp.ClientSession | None = None
         self.server: Server | None = None  # set by `make_server`; its refusals are counted in /metrics
@@ -82,7 +82,7 @@ class Proxy:
 
     async def proxy(self, request: web.BaseRequest) -> web.StreamResponse:
         router = self.router
-        body = await read_body(request, self.limits)
+        body = await read_body(request)
         headers = forward_headers(request)
         path = target(request)
         placed_path = path.split("?", 1)[0]
@@ -167,7 +167,7 @@ class Proxy:
 
 def make(router, limits: Limits, host: str, port: int, log) -> Server:
     """The router's server, listening (OSError: the port is taken); `serve_forever` or `start_thread` runs it."""
-    proxy = Proxy(router, limits)
+    proxy = Proxy(router)
     server = Server(proxy, host, port, limits, log, error_type=ERROR_TYPE, on_stop=proxy.close)
     proxy.server = server
     return server

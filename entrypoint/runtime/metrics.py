@@ -162,7 +162,7 @@ def make_handler(registry: CollectorRegistry):
             raise Refused(404, "not found: the metrics are at /metrics")
         if request.method not in ("GET", "HEAD"):
             raise Refused(405, "method not allowed: GET /metrics")
-        await read_body(request, LIMITS)  # a body is never needed, but it is read within the limits
+        await read_body(request)  # a body is never needed, but it is read within the limits
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         output = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
         return web.Response(body=output, headers={"Content-Type": content_type})

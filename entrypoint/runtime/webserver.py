@@ -59,7 +59,9 @@ class Limits:
     max_body: int = 64 * 1024 * 1024
     max_field: int = 8190  # bytes of the request line, and of each header line (aiohttp's default)
     max_headers: int = 100
-    lingering_s: float = 2.0  # after an early answer (413, 408), how long the rest of a body is read and dropped
+    # After an early answer (413, 408), how long the rest of the body is read and dropped, so that the client
+    # reads the answer before the connection closes (at most read_timeout: no longer than a client may take).
+    lingering_s: float = 2.0
 
 
 class Refused(Exception):
@@ -92,8 +94,9 @@ def target(request: web.BaseRequest) -> str:
     return raw if raw.startswith("/") else request.rel_url.raw_path_qs
 
 
-async def read_body(request: web.BaseRequest, limits: Limits) -> bytes:
-    """The whole request body, within limits.max_body (else Refused 413) and limits.read_timeout (408)."""
+async def read_body(request: web.BaseRequest) -> bytes:
+    """The whole request body, within the server's max_body (else Refused 413) and read_timeout (408)."""
+    limits = request.protocol.owner.limits
     if request.content_length is not None and request.content_length > limits.max_body:
         raise Refused(413, f"request body larger than {limits.max_body} bytes")
 
@@ -278,7 +281,7 @@ class Server:
         self._manager = _Manager(self._handle, self, handler_cancellation=True, loop=loop, access_log=None,
                                  keepalive_timeout=lim.idle_timeout, max_line_size=lim.max_field,
                                  max_field_size=lim.max_field, max_headers=lim.max_headers,
-                                 lingering_time=lim.lingering_s, auto_decompress=False)
+                                 lingering_time=min(lim.lingering_s, lim.read_timeout), auto_decompress=False)
         runner = web.ServerRunner(self._manager, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         site = web.SockSite(runner, self.sock, backlog=BACKLOG)

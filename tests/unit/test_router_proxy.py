@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import time
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import pytest
 import requests
 
 from entrypoint.cluster import router as product
-from entrypoint.config.settings import parse_http_url, parse_router_replicas
 from ports import free_port
 from raw_http import exchange, reset, status_of
+from router_stands import echo_server, serve_router, url_of, wait_until_idle
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-stub-key-Zq"
@@ -53,23 +52,14 @@ def stub(tmp_path):
 
 @pytest.fixture
 def start_router():
-    """start_router(*replica_urls, **RouterConfig fields) -> (router, port, log lines): a router serving in this
-    process, no coordinator (every placement falls back to load), first health check done."""
+    """start_router(*replica_urls, **RouterConfig fields) -> (router, port, log lines): router_stands.serve_router,
+    stopped after the test."""
     servers = []
 
     def start(*urls: str, **overrides):
-        config = product.RouterConfig(**{
-            "coordinator": parse_http_url(f"http://127.0.0.1:{free_port()}"),
-            "replicas": parse_router_replicas(" ".join(urls)), "host": "127.0.0.1", "port": free_port(),
-            "lookup_timeout": 0.5, "request_timeout": 30, "health_interval": 3600, **overrides})
-        lines: list[str] = []
-        router = product.Router(config, log=lambda msg, *a, **k: lines.append(msg))
-        server, _ = product.make_server(config, router)
-        server.start_thread("test-router")
+        router, server, port, lines = serve_router(*urls, **overrides)
         servers.append(server)
-        router.refresh()
-        router.check_health()
-        return router, config.port, lines
+        return router, port, lines
 
     yield start
     for server in servers:
@@ -99,7 +89,8 @@ def test_a_stream_ended_by_closing_reaches_the_client_whole_and_the_key_passes(r
     # no /tokenize on the stub, no coordinator: placed by load, and counted so
     text = requests.get(url + "/metrics", timeout=10).text
     assert 'appliance_router_fallbacks_total{reason="tokenize"} 2' in text
-    assert router.in_flight() == 0 and not any(KEY in line for line in lines)
+    wait_until_idle(router)
+    assert not any(KEY in line for line in lines)
 
 
 def test_http_1_0_clients_get_the_stream_until_the_connection_closes(routed):
@@ -179,48 +170,10 @@ def test_a_replica_that_dies_mid_answer_cuts_that_answer_only(routed):
 
 
 # -- the hardening: framing, limits, timeouts, forwarding, placement turns -----------------------------------
-class Echo(BaseHTTPRequestHandler):
-    """A replica that records what reaches it and answers with its name; no /tokenize (placement by load). Its
-    answers carry hop-by-hop fields of their own, which the router must not pass back."""
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def _answer(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        if self.path == "/health":
-            data = b"{}"
-        elif self.path == "/tokenize":
-            return self._send(404, b"{}")
-        else:
-            self.server.got.append((self.command, self.path, dict(self.headers.items()), body))
-            data = json.dumps({"replica": self.server.name}).encode()
-        self._send(200, data)
-
-    def _send(self, status: int, data: bytes):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "X-Upstream-Hop")
-        self.send_header("X-Upstream-Hop", "1")
-        self.send_header("Keep-Alive", "timeout=5")
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = _answer
-
-
 @pytest.fixture(scope="module")
 def echo_servers():
-    servers = []
-    for name in ("A", "B"):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-        server.daemon_threads, server.name, server.got = True, name, []
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-    yield [f"http://127.0.0.1:{s.server_address[1]}" for s in servers], servers
+    servers = [echo_server("A"), echo_server("B")]
+    yield [url_of(s) for s in servers], servers
     for server in servers:
         server.shutdown()
         server.server_close()
@@ -236,13 +189,6 @@ def echoes(echo_servers):
 
 def completion(prompt: str = "hi") -> bytes:
     return json.dumps({"model": "m", "prompt": prompt}).encode()
-
-
-def wait_until_idle(router) -> None:
-    deadline = time.monotonic() + 30
-    while router.in_flight():
-        assert time.monotonic() < deadline, "a request stayed in flight"
-        time.sleep(0.05)
 
 
 def test_two_replicas_take_turns_when_placement_falls_back(echoes, start_router):
@@ -272,7 +218,7 @@ def test_forwarding_and_hop_by_hop_fields_are_the_routers_own(echoes, start_rout
         assert name not in got, name
     # the replica's own hop-by-hop fields stay on its hop too
     assert "X-Upstream-Hop" not in r.headers and "Keep-Alive" not in r.headers
-    assert router.in_flight() == 0
+    wait_until_idle(router)
 
 
 FRAMING = {  # RFC 9112 says to refuse each of these (or this server serves no such thing)
