@@ -335,3 +335,23 @@ def test_a_client_that_resets_mid_stream_is_no_traceback(routed, capfd):
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and KEY not in out + err
     assert not any("Traceback" in line or KEY in line for line in lines)
+
+
+def test_expect_100_continue_gets_the_go_ahead_and_other_expectations_417(echoes, start_router):
+    """curl sends `Expect: 100-continue` for a body over 1 KiB and waits a second for the go-ahead."""
+    urls, (a, _) = echoes
+    router, port, _ = start_router(urls[0], max_body=1024 * 1024)
+    body = completion("x" * 2000)
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: router\r\nConnection: close\r\nContent-Length: %d\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head % len(body) + b"Expect: 100-continue\r\n\r\n")
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert status_of(out) == 200 and a.got[-1][3] == body
+    # too large: refused at once, without the go-ahead; an expectation nobody knows: 417
+    assert status_of(exchange(port, head % (2 * 1024 * 1024) + b"Expect: 100-continue\r\n\r\n")) == 413
+    assert status_of(exchange(port, head % len(body) + b"Expect: coffee\r\n\r\n" + body)) == 417
+    assert len(a.got) == 1 and router.in_flight() == 0
