@@ -75,7 +75,10 @@ class Proxy:
             ok = self.router.healthy_count() > 0
             return web.Response(status=200 if ok else 503, text="ok\n" if ok else "no healthy replica\n")
         if request.method == "GET" and request.raw_path == "/metrics":
-            refused = dict(self.server.refused) if self.server else {}
+            refused = {}
+            if self.server is not None:
+                with self.server.refused_lock:
+                    refused = dict(self.server.refused)
             return web.Response(body=self.router.metrics_text(refused),
                                 headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         return await self.proxy(request)

@@ -44,7 +44,7 @@ from ..config.settings import (
 )
 from ..config.sources import collect
 from ..runtime import applog
-from ..runtime.webserver import Limits
+from ..runtime.webserver import Limits, Server
 from . import proxy
 from .routing import PLACED_PATHS, NoReplica, choose_replica, held_prefix, match_instances, tokenize_body
 
@@ -421,6 +421,15 @@ class Router:
         return generate_latest(registry)
 
 
+# The per-replica families: name, type, help, the Replica attribute they show.
+PER_REPLICA = (
+    ("appliance_router_replica_healthy", GaugeMetricFamily, "1 while the replica answers /health with 200.", "healthy"),
+    ("appliance_router_requests", CounterMetricFamily, "Requests sent to each replica.", "requests"),
+    ("appliance_router_upstream_errors", CounterMetricFamily, "Connections to a replica that failed.", "errors"),
+    ("appliance_router_in_flight", GaugeMetricFamily, "Requests a replica is answering now.", "inflight"),
+)
+
+
 class _Families:
     """The router's metric families, read at each scrape (a prometheus_client collector)."""
 
@@ -430,15 +439,11 @@ class _Families:
     def collect(self):
         r, m = self.router, self.router.metrics
         with r.lock:
-            replicas = [(x.url, x.healthy, x.requests, x.errors, x.inflight) for x in r.replicas]
-        for i, (name, kind, text) in enumerate((
-                ("appliance_router_replica_healthy", GaugeMetricFamily, "1 while the replica answers /health with 200."),
-                ("appliance_router_requests", CounterMetricFamily, "Requests sent to each replica."),
-                ("appliance_router_upstream_errors", CounterMetricFamily, "Connections to a replica that failed."),
-                ("appliance_router_in_flight", GaugeMetricFamily, "Requests a replica is answering now.")), start=1):
+            rows = [(x.url, {attr: float(getattr(x, attr)) for *_, attr in PER_REPLICA}) for x in r.replicas]
+        for name, kind, text, attr in PER_REPLICA:
             family = kind(name, text, labels=["replica"])
-            for row in replicas:
-                family.add_metric([row[0]], float(row[i]))
+            for url, values in rows:
+                family.add_metric([url], values[attr])
             yield family
         with m.lock:
             reasons = {"coordinator": 0, "tokenize": 0, "no_prompt": 0} | m.fallbacks
