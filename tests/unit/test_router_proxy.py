@@ -1,8 +1,11 @@
-"""The coordinator router's HTTP side (entrypoint/cluster/router.py) in front of tests/stubs/vllm_stub.py (the
-stand-in vLLM of the supervisor tests: no /tokenize, so every placement falls back to load) with no coordinator
-at all: the request framing it accepts and refuses, streams from a server that ends its body by closing, the
-API key passed through, and requests cut off by either side leave nothing in flight. The placement by the real
-coordinator: tests/contract/test_coordinator_router.py."""
+"""The coordinator router's HTTP side (entrypoint/cluster/proxy.py on runtime/webserver.py) in front of
+tests/stubs/vllm_stub.py (the stand-in vLLM of the supervisor tests: no /tokenize, so every placement falls back
+to load) or of recording replicas (tests/router_stands.py), with no coordinator at all: the request framing it
+accepts and refuses (RFC 9112), its body, connection and time limits, streams from a server that ends its body by
+closing, the API key passed through, forwarding and hop-by-hop fields, round robin between two replicas, and
+requests cut off by either side leave nothing in flight and no traceback. The placement by the real
+coordinator: tests/contract/test_coordinator_router.py; generated hostile requests:
+tests/property/test_hostile_http.py."""
 from __future__ import annotations
 
 import json
@@ -99,7 +102,8 @@ def test_http_1_0_clients_get_the_stream_until_the_connection_closes(routed):
     out = exchange(port, b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nAuthorization: Bearer "
               + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     head, _, rest = out.partition(b"\r\n\r\n")
-    # answered in the client's version (aiohttp's choice; RFC 9110 allows either), never chunked
+    # answered in the client's version (aiohttp's way; RFC 9110 2.5 would rather say 1.1, which 1.0 clients read as
+    # well), never chunked
     assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
     assert rest.endswith(b"data: [DONE]\n\n")
 
