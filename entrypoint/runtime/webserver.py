@@ -8,7 +8,7 @@ non-digit lengths, signed or oversized chunk sizes, a Transfer-Encoding that doe
 line folding, whitespace before a header's colon, control characters in values, a missing or second Host in
 HTTP/1.1. Each is answered 400 and the connection closed. On top of it this module:
 - refuses what the parser lets by: versions other than HTTP/1.0 and 1.1 (505), Transfer-Encoding in an HTTP/1.0
-  request (RFC 9112 6.1: faulty framing, 400), CONNECT (405), a target that is not a path (400);
+  request (RFC 9112 6.1: faulty framing, 400), CONNECT and TRACE (405), a target that is not a path (400);
 - bounds what a client may hold: request line and each header (max_field), the number of headers, the body
   (`read_body`: 413 past max_body), the connections (max_connections: the one idle the longest makes room for
   a new one; when every connection is busy the new one is answered 503);
@@ -155,8 +155,8 @@ def strict(request: web.BaseRequest) -> Refused | None:
         return Refused(505, "HTTP version not supported: HTTP/1.0 and HTTP/1.1 only")
     if request.version == HttpVersion10 and "Transfer-Encoding" in request.headers:
         return Refused(400, "malformed request: Transfer-Encoding in an HTTP/1.0 request")
-    if request.method == "CONNECT":
-        return Refused(405, "CONNECT is not served here")
+    if request.method in ("CONNECT", "TRACE"):  # no tunnels; no echo of a request's headers (credentials) back
+        return Refused(405, f"{request.method} is not served here")
     raw = request.raw_path
     if not raw.startswith("/") and not raw.lower().startswith(("http://", "https://")):  # `*`, authority-form
         return Refused(400, "malformed request: the target must be a path")

@@ -263,10 +263,11 @@ def test_framing_rfc_9112_refuses_is_refused_and_never_forwarded(echoes, start_r
     (b"GET /v1/models HTTP/2.0\r\nHost: router\r\n\r\n", 505),
     (b"GET /v1/models HTTP/1.1\r\n\r\n", 400),  # no Host
     (b"CONNECT replica:8000 HTTP/1.1\r\nHost: replica:8000\r\n\r\n", 405),
+    (b"TRACE /v1/models HTTP/1.1\r\nHost: router\r\nAuthorization: Bearer k\r\n\r\n", 405),
     (b"OPTIONS * HTTP/1.1\r\nHost: router\r\n\r\n", 400),
     (b"GET /v1/mod\xc3\xa9ls HTTP/1.1\r\nHost: router\r\n\r\n", 400),  # not ASCII: once stuck in flight
     (b"GET /v1/models HTTP/1.1\nHost: router\n\n", 400),  # bare LF
-], ids=["TE in HTTP/1.0", "HTTP/2.0", "no Host", "CONNECT", "asterisk", "non-ASCII target", "bare LF"])
+], ids=["TE in HTTP/1.0", "HTTP/2.0", "no Host", "CONNECT", "TRACE", "asterisk", "non-ASCII target", "bare LF"])
 def test_requests_the_router_does_not_serve_get_a_clean_answer_and_nothing_stays_in_flight(
         echoes, start_router, request_line, status):
     urls, (a, _) = echoes
