@@ -10,8 +10,10 @@ replica's /tokenize), POST /directory/lookup on the coordinator, `routing.choose
 
 Fail open: a coordinator or tokenizer that errs or is slower than APPLIANCE_ROUTER_LOOKUP_TIMEOUT only costs
 the placement (least loaded instead, counted in /metrics). A replica that refuses the connection is marked down
-and the request goes once to another one (only before any byte went back to the client). Standard library only:
-the router runs from the appliance image as its own container (deploy/kubernetes/coordinator-router/).
+and the request goes once to another one (only before any byte went back to the client). The HTTP side is
+proxy.py on aiohttp (runtime/webserver.py: strict framing, body and header limits, a connection limit and the
+client timeout); the router runs from the appliance image as its own container
+(deploy/kubernetes/coordinator-router/), which ships aiohttp with vLLM.
 
 Configured by the environment only (APPLIANCE_ROUTER_*, entrypoint/config/settings.py); request headers
 (Authorization among them) are forwarded and never logged."""
@@ -26,8 +28,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..config.settings import (
     BY_NAME,
@@ -40,22 +44,21 @@ from ..config.settings import (
 )
 from ..config.sources import collect
 from ..runtime import applog
-from .routing import choose_replica, held_prefix, match_instances, tokenize_body
+from ..runtime.webserver import Limits, Server
+from . import proxy
+from .routing import PLACED_PATHS, NoReplica, choose_replica, held_prefix, match_instances, tokenize_body
 
 PROGRAM = "router"
 EXIT_INVALID = 2
-PLACED_PATHS = ("/v1/completions", "/v1/chat/completions")
-HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect"))
 MAX_BODY = 64 * 1024 * 1024  # a request body larger than this is no completion request (413)
 HEALTH_TIMEOUT = 5.0
-CONNECT_TIMEOUT = 5.0
 REFRESH_MIN_S = 1.0  # a lookup naming an unknown server re-reads /instances, at most this often
 DRAIN_S = 25.0  # on SIGTERM, requests in flight may finish for this long (Kubernetes waits 30 s by default)
 ROUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SETTING_NAMES = ("APPLIANCE_ROUTER_COORDINATOR_URL", "APPLIANCE_ROUTER_REPLICAS", "APPLIANCE_ROUTER_REPLICA_PORT",
                  "APPLIANCE_ROUTER_PORT", "APPLIANCE_ROUTER_LOOKUP_TIMEOUT", "APPLIANCE_ROUTER_REQUEST_TIMEOUT",
-                 "APPLIANCE_ROUTER_HEALTH_INTERVAL", "VLLM_TENSOR_PARALLEL_SIZE")
+                 "APPLIANCE_ROUTER_HEALTH_INTERVAL", "APPLIANCE_ROUTER_MAX_CONNECTIONS",
+                 "APPLIANCE_ROUTER_CLIENT_TIMEOUT", "VLLM_TENSOR_PARALLEL_SIZE")
 
 
 # -- configuration -----------------------------------------------------------------------------------------
@@ -70,6 +73,9 @@ class RouterConfig:
     request_timeout: float = 600.0
     health_interval: float = 10.0
     world_size: int = 1  # LMCache's keys carry the tensor-parallel rank: the lookup needs the replicas' TP size
+    max_connections: int = 1024
+    client_timeout: float = 30.0  # idle connection / request head, and request body, each
+    max_body: int = MAX_BODY
 
 
 def load_config(environ: dict[str, str], env_file: str | None = None) -> tuple[RouterConfig | None, list[str]]:
@@ -101,6 +107,8 @@ def load_config(environ: dict[str, str], env_file: str | None = None) -> tuple[R
         lookup_timeout=float(values["APPLIANCE_ROUTER_LOOKUP_TIMEOUT"]),
         request_timeout=float(values["APPLIANCE_ROUTER_REQUEST_TIMEOUT"]),
         health_interval=float(values["APPLIANCE_ROUTER_HEALTH_INTERVAL"]),
+        max_connections=int(values["APPLIANCE_ROUTER_MAX_CONNECTIONS"]),
+        client_timeout=float(values["APPLIANCE_ROUTER_CLIENT_TIMEOUT"]),
         world_size=int(values["VLLM_TENSOR_PARALLEL_SIZE"])), []
 
 
@@ -153,19 +161,6 @@ class Replica:
         return u.scheme, u.hostname, u.port or (443 if u.scheme == "https" else 80)
 
 
-class NoReplica(RuntimeError):
-    pass
-
-
-class UpstreamError(RuntimeError):
-    """A replica failed before its answer began: it refused or timed out the connection (`connected` false: it is
-    taken out until its health check passes), or it took the request and closed or timed out without a status."""
-
-    def __init__(self, connected: bool, message: str):
-        super().__init__(message)
-        self.connected = connected
-
-
 class Metrics:
     def __init__(self):
         self.lock = threading.Lock()
@@ -193,10 +188,6 @@ class Metrics:
                     self.routing_errors += 1
 
 
-def _label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 class Router:
     """Replicas, their health, the instance -> replica map, and the placement of one request."""
 
@@ -208,7 +199,11 @@ class Router:
         self.replicas: list[Replica] = [Replica(r.url, r.lmcache_http_port) for r in config.replicas]
         self.replica_of: dict[str, Replica] = {}
         self.lookup_models: dict[str, str] = {}
+        # Round-robin turns: the placement's, for replicas tied on prefix and load, and the tokenizer's, which
+        # replica tokenizes. Apart, so that a request's tokenizing does not move the placement's turn (sharing
+        # one counter, every request moved it twice: with two replicas, ties all went to the same one).
         self.turn = 0
+        self.tokenizer_turn = 0
         self.metrics = Metrics()
         self.stop = threading.Event()
         self.refresh_now = threading.Event()
@@ -331,8 +326,8 @@ class Router:
             return {}, info
         with self.lock:
             healthy = [r for r in self.replicas if r.healthy]
-            self.turn += 1
-            turn = self.turn
+            self.tokenizer_turn += 1
+            turn = self.tokenizer_turn
         if not healthy:
             return {}, info
         auth = {k: v for k, v in headers.items() if k.lower() == "authorization"}
@@ -409,44 +404,73 @@ class Router:
         with self.lock:
             replica.inflight -= 1
 
-    def metrics_text(self) -> str:
-        """Prometheus text: per replica (health, requests, failed connections, in flight), placements."""
-        m = self.metrics
+    def failed(self, replica: Replica, connected: bool, message: str) -> None:
+        """A replica that failed before its answer began; one that did not even take the connection gets no traffic
+        until a health check says otherwise."""
         with self.lock:
-            replicas = list(self.replicas)
-        out: list[str] = []
+            replica.errors += 1
+            if not connected:
+                replica.healthy = False
+        self.log(f"replica {replica.url}: {message}", "warning", "upstream_error", replica=replica.url)
 
-        def family(name: str, kind: str, text: str, samples: list[tuple[str, object]]) -> None:
-            out.extend((f"# HELP {name} {text}", f"# TYPE {name} {kind}"))
-            out.extend(f"{name}{labels} {value}" for labels, value in samples)
+    def metrics_text(self, refused: dict[int, int] | None = None) -> bytes:
+        """Prometheus text (prometheus_client's exposition): per replica (health, requests, failed connections, in
+        flight), placements, and the requests refused before placement by status code (`refused`)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(self, refused or {}))
+        return generate_latest(registry)
 
-        def per_replica(attr: str) -> list[tuple[str, object]]:
-            return [(f'{{replica="{_label(r.url)}"}}', int(getattr(r, attr))) for r in replicas]
 
-        family("appliance_router_replica_healthy", "gauge", "1 while the replica answers /health with 200.",
-               per_replica("healthy"))
-        family("appliance_router_requests_total", "counter", "Requests sent to each replica.",
-               per_replica("requests"))
-        family("appliance_router_upstream_errors_total", "counter", "Connections to a replica that failed.",
-               per_replica("errors"))
-        family("appliance_router_in_flight", "gauge", "Requests a replica is answering now.",
-               per_replica("inflight"))
+# The per-replica families: name, type, help, the Replica attribute they show.
+PER_REPLICA = (
+    ("appliance_router_replica_healthy", GaugeMetricFamily, "1 while the replica answers /health with 200.", "healthy"),
+    ("appliance_router_requests", CounterMetricFamily, "Requests sent to each replica.", "requests"),
+    ("appliance_router_upstream_errors", CounterMetricFamily, "Connections to a replica that failed.", "errors"),
+    ("appliance_router_in_flight", GaugeMetricFamily, "Requests a replica is answering now.", "inflight"),
+)
+
+
+class _Families:
+    """The router's metric families, read at each scrape (a prometheus_client collector)."""
+
+    def __init__(self, router: Router, refused: dict[int, int]):
+        self.router, self.refused = router, refused
+
+    def collect(self):
+        r, m = self.router, self.router.metrics
+        with r.lock:
+            rows = [(x.url, {attr: float(getattr(x, attr)) for *_, attr in PER_REPLICA}) for x in r.replicas]
+        for name, kind, text, attr in PER_REPLICA:
+            family = kind(name, text, labels=["replica"])
+            for url, values in rows:
+                family.add_metric([url], values[attr])
+            yield family
         with m.lock:
             reasons = {"coordinator": 0, "tokenize": 0, "no_prompt": 0} | m.fallbacks
-            family("appliance_router_routing_errors_total", "counter", "Placements that failed (tokenize or "
-                   "coordinator) and fell back to the least loaded replica.", [("", m.routing_errors)])
-            family("appliance_router_fallbacks_total", "counter", "Requests placed on the least loaded replica, "
-                   "by why.", [(f'{{reason="{k}"}}', v) for k, v in sorted(reasons.items())])
-            family("appliance_router_retries_total", "counter", "Requests sent again to another replica after a "
-                   "failed connection.", [("", m.retries)])
-            family("appliance_router_no_replica_total", "counter", "Requests answered 503: no healthy replica.",
-                   [("", m.no_replica)])
-            family("appliance_router_prefix_placements_total", "counter", "Requests placed where the coordinator "
-                   "said a prefix of them is held.", [("", m.placed_on_prefix)])
-            family("appliance_router_routing_seconds", "histogram", "Time to place a request (tokenize + lookup).",
-                   [(f'_bucket{{le="{b}"}}', n) for b, n in zip(ROUTE_BUCKETS, m.route_buckets)]
-                   + [('_bucket{le="+Inf"}', m.route_count), ("_sum", m.route_sum), ("_count", m.route_count)])
-        return "\n".join(out) + "\n"
+            fallbacks = CounterMetricFamily("appliance_router_fallbacks", "Requests placed on the least loaded "
+                                            "replica, by why.", labels=["reason"])
+            for reason, n in sorted(reasons.items()):
+                fallbacks.add_metric([reason], float(n))
+            yield fallbacks
+            yield CounterMetricFamily("appliance_router_routing_errors", "Placements that failed (tokenize or "
+                                      "coordinator) and fell back to the least loaded replica.",
+                                      value=float(m.routing_errors))
+            yield CounterMetricFamily("appliance_router_retries", "Requests sent again to another replica after a "
+                                      "failed connection.", value=float(m.retries))
+            yield CounterMetricFamily("appliance_router_no_replica", "Requests answered 503: no healthy replica.",
+                                      value=float(m.no_replica))
+            yield CounterMetricFamily("appliance_router_prefix_placements", "Requests placed where the coordinator "
+                                      "said a prefix of them is held.", value=float(m.placed_on_prefix))
+            yield HistogramMetricFamily(
+                "appliance_router_routing_seconds", "Time to place a request (tokenize + lookup).",
+                buckets=[(str(b), float(n)) for b, n in zip(ROUTE_BUCKETS, m.route_buckets)]
+                + [("+Inf", float(m.route_count))], sum_value=m.route_sum)
+        refused = CounterMetricFamily("appliance_router_refused", "Requests answered before placement: malformed "
+                                      "(400), too slow (408), too large (413), over the connection limit (503), "
+                                      "..., by status code.", labels=["code"])
+        for code, n in sorted(self.refused.items()):
+            refused.add_metric([str(code)], float(n))
+        yield refused
 
 
 def _resolve(host: str) -> frozenset:
@@ -456,181 +480,25 @@ def _resolve(host: str) -> frozenset:
         return frozenset()
 
 
-# -- the proxy -----------------------------------------------------------------------------------------------
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "appliance-router"
-    router: Router  # set on the subclass `serve` makes
-
-    def log_message(self, *args):  # no access log: the request line and headers may carry what is not ours
-        pass
-
-    def do_GET(self):
-        if self.path == "/health":
-            ok = self.router.healthy_count() > 0
-            return self._reply(200 if ok else 503, b"ok\n" if ok else b"no healthy replica\n", "text/plain")
-        if self.path == "/metrics":
-            return self._reply(200, self.router.metrics_text().encode(), "text/plain; version=0.0.4")
-        self._proxy()
-
-    def do_POST(self):
-        self._proxy()
-
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_POST
-
-    def _reply(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _error(self, status: int, message: str) -> None:
-        body = json.dumps({"error": {"message": message, "type": "router_error", "code": status}}).encode()
-        self._reply(status, body)
-
-    def _body(self) -> bytes | None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts, size = [], 0
-            while True:
-                line = self.rfile.readline(1024)
-                n = int(line.split(b";")[0].strip() or b"0", 16)
-                if n == 0:
-                    while self.rfile.readline(1024).strip():
-                        pass  # trailers
-                    return b"".join(parts)
-                size += n
-                if size > MAX_BODY:
-                    return None
-                parts.append(self.rfile.read(n))
-                self.rfile.readline(8)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length < 0 or length > MAX_BODY:
-            return None
-        return self.rfile.read(length) if length else b""
-
-    def _proxy(self) -> None:
-        try:
-            body = self._body()
-        except ValueError:
-            self.close_connection = True
-            return self._error(400, "malformed request body framing")
-        if body is None:
-            self.close_connection = True
-            return self._error(413, f"request body larger than {MAX_BODY} bytes")
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-        path = self.path.split("?", 1)[0]
-        router = self.router
-        t = time.perf_counter()
-        prefix, info = router.locate(path, body, headers)
-        tried: list[Replica] = []
-        for attempt in range(2):  # a replica that fails before answering: once more on another one
-            try:
-                replica, held = router.pick(prefix, tuple(tried))
-            except NoReplica:
-                if tried:
-                    return self._error(502, "the replica did not answer")
-                with router.metrics.lock:
-                    router.metrics.no_replica += 1
-                return self._error(503, "no healthy replica")
-            if attempt == 0 and path in PLACED_PATHS:
-                router.metrics.routed(time.perf_counter() - t, held, info["fallback"])
-            elif attempt:
-                with router.metrics.lock:
-                    router.metrics.retries += 1
-            try:
-                upstream, resp = self._send(replica, body, headers)
-            except UpstreamError as e:
-                router.done(replica)
-                with router.lock:
-                    replica.errors += 1
-                    if not e.connected:  # nobody there: no traffic until a health check says otherwise
-                        replica.healthy = False
-                router.log(f"replica {replica.url}: {e}", "warning", "upstream_error", replica=replica.url)
-                tried.append(replica)
-                continue
-            try:
-                self._relay(resp)
-            finally:
-                upstream.close()
-                router.done(replica)
-            return
-        self._error(502, "the replicas did not answer")
-
-    def _send(self, replica: Replica, body: bytes, headers: dict):
-        """(connection, response headers read) or UpstreamError: nothing has gone back to the client yet."""
-        scheme, host, port = replica.parts
-        conn = _connection(scheme, host, port, CONNECT_TIMEOUT)
-        connected = False
-        try:
-            conn.connect()  # a pod that is gone may not even refuse: CONNECT_TIMEOUT, not the request's
-            connected = True
-            conn.sock.settimeout(self.router.config.request_timeout)
-            conn.request(self.command, self.path, body if (body or self.command in ("POST", "PUT", "PATCH")) else None,
-                         {**headers, "X-Forwarded-For": self.client_address[0]})
-            return conn, conn.getresponse()
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise UpstreamError(connected, f"{'no answer' if connected else 'no connection'} "
-                                           f"({e.__class__.__name__})") from None
-        except BaseException:
-            conn.close()
-            raise
-
-    def _relay(self, resp: http.client.HTTPResponse) -> None:
-        """The replica's answer as it comes: status and headers, then the body chunk by chunk (SSE streams too)."""
-        self.send_response_only(resp.status, resp.reason)
-        for k, v in resp.getheaders():
-            if k.lower() not in HOP_BY_HOP:
-                self.send_header(k, v)
-        bodyless = self.command == "HEAD" or resp.status in (204, 304) or resp.status < 200
-        length = resp.getheader("Content-Length")
-        chunked = not bodyless and length is None
-        if bodyless:
-            if length is not None:
-                self.send_header("Content-Length", length)
-        elif length is not None:
-            self.send_header("Content-Length", length)
-        elif self.request_version == "HTTP/1.1":
-            self.send_header("Transfer-Encoding", "chunked")
-        else:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-            chunked = False
-        self.end_headers()
-        if bodyless:
-            return
-        try:
-            while True:
-                data = resp.read1(65536)
-                if not data:
-                    break
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
-                self.wfile.flush()
-            if chunked:
-                self.wfile.write(b"0\r\n\r\n")
-        except (OSError, http.client.HTTPException):
-            # The client left, or the replica broke off mid-answer: nothing more can be said on this connection.
-            self.close_connection = True
+# -- the server ----------------------------------------------------------------------------------------------
+def limits(config: RouterConfig) -> Limits:
+    return Limits(max_connections=config.max_connections, idle_timeout=config.client_timeout,
+                  read_timeout=config.client_timeout, max_body=config.max_body)
 
 
-def make_server(config: RouterConfig, router: Router | None = None) -> tuple[ThreadingHTTPServer, Router]:
+def make_server(config: RouterConfig, router: Router | None = None) -> tuple[Server, Router]:
+    """The router's server, listening on config.port (OSError: taken); its `serve_forever` serves."""
     router = router or Router(config)
-    handler = type("RouterHandler", (Handler,), {"router": router})
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    server_cls = type("RouterServer", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True,
-                                                               "allow_reuse_address": True})
-    return server_cls((config.host, config.port), handler), router
+    return proxy.make(router, limits(config), config.host, config.port, router.log), router
 
 
-def start(config: RouterConfig) -> tuple[ThreadingHTTPServer, Router]:
-    """The router serving in background threads (tests, `main`): first map and health check done."""
+def start(config: RouterConfig) -> tuple[Server, Router]:
+    """The router serving in background threads (`main`): first map and health check done."""
     server, router = make_server(config)
     router.refresh()
     router.check_health()
     threading.Thread(target=router.run_checks, name="router-checks", daemon=True).start()
-    threading.Thread(target=server.serve_forever, name="router-http", daemon=True).start()
+    server.start_thread("router-http")
     return server, router
 
 
@@ -665,10 +533,7 @@ def main(argv: list[str]) -> int:
     done.wait()
     router.stop.set()
     router.refresh_now.set()
-    server.shutdown()  # no new requests; the ones in flight (streams) may finish
+    cut_off = server.shutdown(DRAIN_S)  # no new requests; the ones in flight (streams) may finish
     server.server_close()
-    deadline = time.monotonic() + DRAIN_S
-    while router.in_flight() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    router.log(f"stopped ({router.in_flight()} requests cut off)", event="stop")
+    router.log(f"stopped ({cut_off} requests cut off)", event="stop")
     return 0

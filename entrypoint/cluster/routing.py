@@ -11,6 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+# The requests placed by where their prompt's KV cache is; every other one goes to the least loaded replica.
+PLACED_PATHS = ("/v1/completions", "/v1/chat/completions")
+
+
+class NoReplica(RuntimeError):
+    """No healthy replica may take the request."""
+
 
 def held_prefix(results: list[dict]) -> dict[str, int]:
     """From a /directory/lookup answer: per instance_id, how many leading chunks of the request it holds.

@@ -364,6 +364,12 @@ SETTINGS: tuple[Setting, ...] = (
     _s("APPLIANCE_ROUTER_REQUEST_TIMEOUT", "seconds", "Seconds the router waits for a replica's next bytes "
        "(the first token, or the next streamed chunk) before it gives up on the request.", default=600,
        minimum=1, group="Router", target="router upstream timeout"),
+    _s("APPLIANCE_ROUTER_MAX_CONNECTIONS", "int", "Client connections the router holds at once. At the limit, a "
+       "new connection closes the one idle the longest; when none is idle, its request is answered 503.",
+       default=1024, minimum=1, group="Router", target="router connection limit"),
+    _s("APPLIANCE_ROUTER_CLIENT_TIMEOUT", "seconds", "Seconds the router waits on a client: for a request's "
+       "headers (from the connection, or the previous answer: an idle connection is closed) and, again, for its "
+       "body (408).", default=30, minimum=1, group="Router", target="router client timeouts"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -15,20 +15,22 @@ be a secret, and nothing unbounded.
 """
 from __future__ import annotations
 
+import asyncio
 import json
-import signal
 import sys
 import time
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import applog, snapshot, state
 from .gap import GAP_STATE
 from .render import RunDir, read_plan
+from .webserver import Limits, Refused, Server, read_body, run_until_signalled
 from ..config.plan import Plan
 
 NAME = "metrics"
@@ -146,9 +148,29 @@ def versions() -> dict[str, str]:
     return out
 
 
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, fmt, *args):  # one line per scrape would drown the container's output
-        pass
+# Scrapers are few and ask for nothing but GET /metrics: small limits (webserver.py) so that no client can hold
+# the endpoint (a connection that sends nothing is closed after idle_timeout, and never holds up a scrape).
+LIMITS = Limits(max_connections=64, idle_timeout=15.0, read_timeout=10.0, max_body=64 * 1024)
+
+
+def make_handler(registry: CollectorRegistry):
+    """GET (or HEAD) /metrics: prometheus_client's exposition of `registry`, in the format the scraper accepts
+    (Prometheus text or OpenMetrics). The collectors do blocking I/O (the LMCache server's exporter, supervisord):
+    in a thread, so that the server keeps answering meanwhile."""
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/metrics":
+            raise Refused(404, "not found: the metrics are at /metrics")
+        if request.method not in ("GET", "HEAD"):
+            raise Refused(405, "method not allowed: GET /metrics")
+        await read_body(request)  # a body is never needed, but it is read within the limits
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        output = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+        return web.Response(body=output, headers={"Content-Type": content_type})
+    return handle
+
+
+def log(message: str, level: str = "info", event: str = "message", **fields) -> None:
+    applog.emit(NAME, message, level=level, event=event, stream=sys.stdout, text_prefix="", **fields)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,30 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     port = int(plan.appliance["APPLIANCE_METRICS_PORT"])
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ApplianceCollector(plan, run, versions()))
-    app = make_wsgi_app(registry)
     while True:  # a port taken by something else: say so and wait for it, never a restart loop
         try:
-            server = make_server("0.0.0.0", port, app, handler_class=QuietHandler)
+            server = Server(make_handler(registry), "0.0.0.0", port, LIMITS, log, error_type="metrics_error")
             break
         except OSError as e:
-            applog.emit(NAME, f"cannot listen on :{port} ({e.strerror}); trying again every {BIND_RETRY_S:g} s "
-                        "(APPLIANCE_METRICS_PORT)", level="error", event="bind_failed", stream=sys.stdout,
-                        text_prefix="", port=port)
+            log(f"cannot listen on :{port} ({e.strerror}); trying again every {BIND_RETRY_S:g} s "
+                "(APPLIANCE_METRICS_PORT)", level="error", event="bind_failed", port=port)
             time.sleep(BIND_RETRY_S)
-    applog.emit(NAME, f"serving the LMCache server's and the appliance's metrics on :{port}/metrics",
-                event="listening", stream=sys.stdout, text_prefix="", port=port)
+    log(f"serving the LMCache server's and the appliance's metrics on :{port}/metrics", event="listening",
+        port=port)
     started = time.monotonic()
-
-    def stop(_signum, _frame):
-        raise KeyboardInterrupt  # out of serve_forever, to a clean exit 0 (supervisord's stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    run_until_signalled(server)  # SIGTERM (supervisord's stop) or SIGINT: a clean exit 0
     server.server_close()
-    applog.emit(NAME, f"stopped after {time.monotonic() - started:.0f} s", event="stopped", stream=sys.stdout,
-                text_prefix="")
+    log(f"stopped after {time.monotonic() - started:.0f} s", event="stopped")
     return 0
 
 

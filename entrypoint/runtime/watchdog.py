@@ -43,6 +43,7 @@ from .gap import HEADER as GAP_HEADER
 from .healthcheck import api_base, api_headers
 from ..config.plan import Plan
 from .render import RunDir, read_plan
+from .snapshot import parse_metrics  # prometheus_client's parser, each sample name summed over its label sets
 
 NAME = "watchdog"
 STORE_TIMEOUT_S = 5.0  # a store probe must not hold up the probes of vLLM and LMCache
@@ -59,20 +60,6 @@ BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 # during a long chunked prefill too, before the request's first output token).
 PROGRESS_COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:iteration_tokens_total_sum",
                      "vllm:iteration_tokens_total_count")
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text format, each metric summed over its label sets."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        try:
-            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-        except (IndexError, ValueError):
-            continue
-    return out
 
 
 @dataclass

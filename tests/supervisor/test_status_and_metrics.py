@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,12 @@ def test_metrics_and_status_before_and_after_a_crash(appliance, tmp_path, timing
     # the LMCache server's own families, through the one endpoint
     assert m["lmcache_mp_lookup_hit_l1_tokens_total"] == 2048 and m["lmcache_mp_lookup_requested_tokens_total"] == 4096
     assert m.get("appliance_restarts_total", 0.0) == 0.0
+    # a client that connects and sends nothing holds up no scrape (wsgiref served one connection at a time), and
+    # nothing but GET /metrics is served
+    with socket.create_connection(("127.0.0.1", int(a.env["APPLIANCE_METRICS_PORT"])), timeout=10):
+        assert scrape(a)[1]["lmcache_mp_lookup_requested_tokens_total"] == 4096
+        r = requests.post(f"http://127.0.0.1:{a.env['APPLIANCE_METRICS_PORT']}/metrics", timeout=5)
+        assert r.status_code == 405 and r.json()["error"]["type"] == "metrics_error"
 
     started = time.monotonic()
     out = status(a, "--format", "json")
@@ -80,7 +87,6 @@ def test_metrics_and_status_before_and_after_a_crash(appliance, tmp_path, timing
 
 
 def test_a_taken_metrics_port_is_reported_and_waited_for(appliance):
-    import socket
     blocker = socket.create_server(("0.0.0.0", 0))
     a = appliance(APPLIANCE_METRICS_PORT=blocker.getsockname()[1])
     try:
