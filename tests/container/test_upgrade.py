@@ -97,6 +97,12 @@ def namespace_of(plan: dict) -> str:
     return plan["lmcache"]["disk"]["path"]
 
 
+def chunks_in(files: dict, ns: str) -> dict:
+    """The KV files of one namespace: not the appliance's own small records next to them (the dot files: the
+    KV identity's manifest, the pre-warm key list)."""
+    return {f: s for f, s in files.items() if f.startswith(ns + "/") and not f.rsplit("/", 1)[1].startswith(".")}
+
+
 def test_upgrade_and_rollback_through_compose(image, old_image, compose_binary, docker_client, tmp_path):
     new_pins = pinned_versions()
     assert (new_pins["VLLM_VERSION"], new_pins["LMCACHE_VERSION"]) != (OLD_PINS["VLLM_VERSION"],
@@ -112,7 +118,7 @@ def test_upgrade_and_rollback_through_compose(image, old_image, compose_binary, 
         old_ns = namespace_of(old_plan)
         assert old_ns.startswith(KV_BASE + "/") and old_ns.endswith(f"__lmcache-{OLD_PINS['LMCACHE_VERSION']}")
         p.write(old_ns, [f"old-{i}" for i in range(4)])
-        old_files = {f: s for f, s in p.files().items() if f.startswith(old_ns + "/")}
+        old_files = chunks_in(p.files(), old_ns)
         assert len(old_files) == 4
         volumes = p.volumes()
         assert set(volumes) == {KV_BASE, "/var/lib/appliance/hf-cache"}
@@ -131,9 +137,13 @@ def test_upgrade_and_rollback_through_compose(image, old_image, compose_binary, 
         assert "kept, not read" in others and "count against LMCACHE_MAX_LOCAL_DISK_SIZE" in others
         text = p.sh("python3 -m entrypoint config")
         assert f"Other namespaces in {KV_BASE}: kept, not read" in text
+        # The start said once that the volume holds another KV identity's cache, and why (the versions).
+        log = p.container().logs().decode(errors="replace")
+        assert log.count("the disk tier holds KV of another identity") == 1
+        assert f"lmcache: {OLD_PINS['LMCACHE_VERSION']} -> {new_pins['LMCACHE_VERSION']}" in log
         # Left alone: the old version's files are still there, unchanged.
         files = p.files()
-        assert {f: s for f, s in files.items() if f.startswith(old_ns + "/")} == old_files
+        assert chunks_in(files, old_ns) == old_files
         lmcache_argv = new_plan["lmcache"]["argv"]
         assert any(new_ns in a for a in lmcache_argv) and not any(old_ns in a for a in lmcache_argv)
 
@@ -144,7 +154,7 @@ def test_upgrade_and_rollback_through_compose(image, old_image, compose_binary, 
         wait_until(lambda: sum(p.files().values()) <= CAP, 30, what="the disk tier to be pruned to its cap")
         files = p.files()
         assert all(f"{new_ns}/new-{i}" in files for i in range(7)), sorted(files)
-        left_old = sorted(f for f in files if f.startswith(old_ns + "/"))
+        left_old = sorted(chunks_in(files, old_ns))
         assert len(left_old) < 4 and left_old == sorted(old_files)[4 - len(left_old):]  # oldest removed first
         assert problem_lines(p.container().logs().decode(errors="replace")) == []
 
