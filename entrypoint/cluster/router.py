@@ -45,6 +45,9 @@ from ..config.settings import (
 from ..config.sources import collect
 from ..runtime import applog
 from ..runtime.webserver import Limits, Server
+from ..lmcache_ext.salt import request_salt
+from ..vllm_ext.identity import PATH as IDENTITY_PATH
+from ..vllm_ext.tenant_salt import bearer_token, tenant_salt
 from . import proxy
 from .routing import PLACED_PATHS, NoReplica, choose_replica, held_prefix, match_instances, tokenize_body
 
@@ -53,6 +56,7 @@ EXIT_INVALID = 2
 MAX_BODY = 64 * 1024 * 1024  # a request body larger than this is no completion request (413)
 HEALTH_TIMEOUT = 5.0
 REFRESH_MIN_S = 1.0  # a lookup naming an unknown server re-reads /instances, at most this often
+IDENTITY_TTL_S = 60.0  # a replica's KV identity is asked again after this long (it changes only at a restart)
 DRAIN_S = 25.0  # on SIGTERM, requests in flight may finish for this long (Kubernetes waits 30 s by default)
 ROUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SETTING_NAMES = ("APPLIANCE_ROUTER_COORDINATOR_URL", "APPLIANCE_ROUTER_REPLICAS", "APPLIANCE_ROUTER_REPLICA_PORT",
@@ -199,6 +203,7 @@ class Router:
         self.replicas: list[Replica] = [Replica(r.url, r.lmcache_http_port) for r in config.replicas]
         self.replica_of: dict[str, Replica] = {}
         self.lookup_models: dict[str, str] = {}
+        self.identities: dict[str, tuple[float, dict]] = {}  # replica URL -> (read at, its KV identity answer)
         # Round-robin turns: the placement's, for replicas tied on prefix and load, and the tokenizer's, which
         # replica tokenizes. Apart, so that a request's tokenizing does not move the placement's turn (sharing
         # one counter, every request moved it twice: with two replicas, ties all went to the same one).
@@ -349,9 +354,11 @@ class Router:
             info["fallback"] = "tokenize"
             return {}, info
         model = self.lookup_model(tokenizer, request.get("model"), auth)
+        salt = self.lookup_salt(tokenizer, request, auth)
         try:
             status, found = call_json(self.coordinator, "/directory/lookup", {
-                "token_ids": tokens, "model_name": model, "world_size": self.config.world_size}, timeout=timeout)
+                "token_ids": tokens, "model_name": model, "world_size": self.config.world_size,
+                "cache_salt": salt}, timeout=timeout)
             if status != 200 or not isinstance(found, dict):
                 raise Unreachable(f"HTTP {status}")
             prefix = held_prefix([r for r in found.get("results") or [] if isinstance(r, dict)])
@@ -364,6 +371,37 @@ class Router:
         if unknown and time.monotonic() - self.refreshed_at > REFRESH_MIN_S:
             self.refresh_now.set()
         return prefix, info
+
+    def lookup_salt(self, replica: Replica, request: dict, auth: dict) -> str:
+        """The cache salt the replica's connector gives this request's chunks (lmcache_ext/salt.py): its KV
+        identity, the tenant's salt when it keeps tenants apart, the request's own. A replica that announces no
+        identity (not the appliance's vLLM) keys by LMCache's plain salt. A LoRA adapter's requests are keyed by
+        its files too, which the router cannot see: they find no holder and go to the least loaded replica."""
+        info = self.identity_of(replica)
+        own = request.get("cache_salt") if isinstance(request.get("cache_salt"), str) else None
+        if not info.get("kv_identity"):
+            return own or ""
+        if info.get("tenant_isolation"):
+            token = bearer_token([(k.lower().encode(), v.encode("latin-1", "replace")) for k, v in auth.items()])
+            own = tenant_salt(token, own) if token else own
+        return request_salt(info["kv_identity"], None, own)
+
+    def identity_of(self, replica: Replica) -> dict:
+        """GET /appliance/kv-identity of a replica (vllm_ext/identity.py), kept IDENTITY_TTL_S: a replica restarted
+        with other weights announces its new identity within that."""
+        now = time.monotonic()
+        with self.lock:
+            cached = self.identities.get(replica.url)
+        if cached and now - cached[0] < IDENTITY_TTL_S:
+            return cached[1]
+        try:
+            status, data = call_json(replica.url, IDENTITY_PATH, timeout=self.config.lookup_timeout)
+            info = data if status == 200 and isinstance(data, dict) and isinstance(data.get("kv_identity"), str) else {}
+        except Unreachable:
+            info = {}
+        with self.lock:
+            self.identities[replica.url] = (now, info)
+        return info
 
     def lookup_model(self, replica: Replica, served: object, auth: dict) -> str:
         """The model name in LMCache's keys: vLLM's model (`root` in its /v1/models), not the served name."""

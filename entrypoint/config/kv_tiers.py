@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"
 LMCACHE_CONNECTOR_IN_PROCESS = "LMCacheConnectorV1"
 CONNECTOR_MODULE = "entrypoint.lmcache_ext.connector"
+IDENTITY_MIDDLEWARE = "entrypoint.vllm_ext.identity.KvIdentityMiddleware"
 IDENTITY_CONFIG_KEY = "appliance.kv_identity"  # kv_connector_extra_config keys the connector reads
 SKIP_LOOKUP_CONFIG_KEY = "appliance.skip_useless_lookup"
 APPLIANCE_CONNECTOR_SETTINGS = ("LMCACHE_SKIP_USELESS_LOOKUP",)  # read by the appliance's connector: server mode
@@ -313,6 +314,7 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
     p.lmcache_argv = argv
     p.lmcache_health_url = f"http://127.0.0.1:{http_port}/healthcheck"
     p.vllm_argv += ["--kv-transfer-config", mp_transfer_config(b, "127.0.0.1", port)]
+    announce_identity(b)
     ports = {"VLLM_PORT": p.api_port, "APPLIANCE_LMCACHE_PORT": port, "APPLIANCE_LMCACHE_HTTP_PORT": http_port,
              "APPLIANCE_LMCACHE_METRICS_PORT": metrics_port, "APPLIANCE_METRICS_PORT": int(v["APPLIANCE_METRICS_PORT"])}
     if p.role == "kv-server":
@@ -359,6 +361,15 @@ def prewarm_module(b: Builder, cpu: float) -> list[str]:
             "config": {"key_file": key_file, "max_bytes": max(int(gib * resources.GIB), 1),
                        "record_interval_s": int(v["LMCACHE_PREWARM_RECORD_INTERVAL"])}}
     return ["--server-module", json.dumps(spec, separators=(",", ":"))]
+
+
+def announce_identity(b: Builder) -> None:
+    """vLLM answers GET /appliance/kv-identity (vllm_ext/identity.py): the coordinator router salts its lookups the
+    way this replica's connector salts its chunks."""
+    b.plan.vllm_argv += ["--middleware", IDENTITY_MIDDLEWARE]
+    b.plan.vllm_env["APPLIANCE_KV_IDENTITY"] = b.plan.kv_identity
+    if b.values.get("APPLIANCE_TENANT_ISOLATION"):
+        b.plan.vllm_env["APPLIANCE_TENANT_SALT"] = "1"
 
 
 def mp_transfer_config(b: Builder, host: str, port: int) -> str:

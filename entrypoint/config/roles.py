@@ -67,6 +67,7 @@ def external_server(b: Builder) -> None:
     p.lmcache_server = {"url": f"tcp://{server.host}:{port}", "host": server.host, "port": port,
                         "health_url": f"http://{server.host}:{http_port}/healthcheck"}
     p.vllm_argv += ["--kv-transfer-config", kv_tiers.mp_transfer_config(b, server.host, port)]
+    kv_tiers.announce_identity(b)
 
 
 def kv_server_role(b: Builder) -> None:

@@ -2,6 +2,6 @@
 (`lmcache server --server-module ...`: prewarm.py) and vLLM's LMCache connector with the KV identity in every
 chunk key (connector.py, salt.py).
 
-Everything here runs inside those processes, so it may import LMCache and vLLM; nothing else in `entrypoint`
-imports it (config/ names it by module path only).
+prewarm.py and connector.py run inside those processes and may import LMCache and vLLM; config/ names them by
+module path only. salt.py is pure (the coordinator router derives the same salts from it).
 """

@@ -1,5 +1,6 @@
-"""Code the appliance loads into vLLM's API server (`vllm serve --middleware ...`): tenant_salt.py.
+"""Code the appliance loads into vLLM's API server (`vllm serve --middleware ...`): tenant_salt.py (tenants'
+caches kept apart), identity.py (GET /appliance/kv-identity for the coordinator router).
 
-It runs inside vLLM, so it may import what vLLM's server is built on (Starlette's ASGI types); nothing else in
-`entrypoint` imports it (config/ names it by module path only).
+Pure ASGI middleware with no import beyond the standard library: config/ names them by module path, and the
+coordinator router uses their salt and path definitions.
 """

@@ -23,7 +23,7 @@ def test_config_json_output_contract():
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["vllm"]["argv"][:2] == ["vllm", "serve"]
-    assert data["vllm"]["env"] == {"VLLM_API_KEY": "***"}
+    assert data["vllm"]["env"] == {"VLLM_API_KEY": "***", "APPLIANCE_KV_IDENTITY": data["kv_identity"]}
     assert data["vllm"]["env_removed"] == ["VLLM_KV_OFFLOADING_BACKEND"]
     assert data["lmcache"]["mode"] == "server"
     assert data["lmcache"]["argv"][:2] == ["lmcache", "server"]

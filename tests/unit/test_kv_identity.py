@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import kv_transfer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entrypoint.config import kv_identity
 from entrypoint.config.kv_identity import MANIFEST_FILE, changed
 from entrypoint.runtime.preflight import Findings, check_disk_tier, note_kv_identity
-
-from conftest import kv_transfer
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"VLLM_MODEL": "org/m", "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "4"}
@@ -232,9 +231,13 @@ def test_tenant_isolation_needs_a_key_and_adds_the_middleware(plan_for):
     for env in ({"VLLM_API_KEY": "k"}, {"VLLM_EXTRA_ARGS": "--api-key k1 k2"}):
         plan = plan_for({**BASE, "APPLIANCE_TENANT_ISOLATION": "true", **env})
         assert plan.errors == []
-        i = plan.vllm_argv.index("--middleware")
-        assert plan.vllm_argv[i + 1] == "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware"
-    assert "--middleware" not in plan_for({**BASE, "VLLM_API_KEY": "k"}).vllm_argv  # off by default
+        middleware = [plan.vllm_argv[i + 1] for i, a in enumerate(plan.vllm_argv) if a == "--middleware"]
+        assert middleware == ["entrypoint.vllm_ext.identity.KvIdentityMiddleware",
+                              "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware"]
+        assert plan.vllm_env["APPLIANCE_TENANT_SALT"] == "1"  # announced to the coordinator router
+    plain = plan_for({**BASE, "VLLM_API_KEY": "k"})  # off by default
+    assert "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware" not in plain.vllm_argv
+    assert "APPLIANCE_TENANT_SALT" not in plain.vllm_env
 
 
 @pytest.mark.parametrize("raw", ["-x", "'true'", "yes please", "tru\udcff"])

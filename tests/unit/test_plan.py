@@ -48,7 +48,8 @@ def test_empty_values_mean_unset(plan_for):
 
 def test_vllm_own_variables_pass_through(plan_for):
     plan = plan_for({"VLLM_LOGGING_LEVEL": "DEBUG", "VLLM_ENGINE_READY_TIMEOUT_S": "1200"})
-    assert plan.vllm_env == {"VLLM_LOGGING_LEVEL": "DEBUG", "VLLM_ENGINE_READY_TIMEOUT_S": "1200"}
+    assert plan.vllm_env == {"VLLM_LOGGING_LEVEL": "DEBUG", "VLLM_ENGINE_READY_TIMEOUT_S": "1200",
+                             "APPLIANCE_KV_IDENTITY": plan.kv_identity}  # for GET /appliance/kv-identity
     assert plan.vllm_env_removed == []
     assert plan.sources["VLLM_LOGGING_LEVEL"] == "environment"
 
