@@ -430,6 +430,8 @@ def accept_queued(sock: socket.socket) -> list[socket.socket]:
             conn, _ = sock.accept()
         except (BlockingIOError, InterruptedError):
             return conns
+        except ConnectionAbortedError:  # that client reset its connection while it waited: the next one
+            continue
         except OSError:  # out of file descriptors and the like: those left are reset with the socket
             return conns
         conns.append(conn)
