@@ -53,12 +53,14 @@ GAP_STATE = "gap.json"  # in the run directory: {"holding", "answered", "since"}
 STATE_EVERY_S = 1.0  # while answering, the count is written at most this often
 HOLDING_POLL_S = 0.05  # while answering: how soon vLLM's listener is seen (the overlap above)
 RELEASED_POLL_S = 0.1  # while vLLM serves: how soon its death is seen (one sock_diag query)
+READ_TIMEOUT_S = 5.0  # a client that has not sent a whole request head within this is dropped
 # The answer is the same for everyone and takes no time, so a connection is busy only for an instant: the limit
 # bounds what idle or slow clients hold (the idlest one makes room for a new one), well below the usual 1024 open
-# files. A client that has not sent a whole request head idle_timeout after it connected is dropped. No body is
-# ever read (see Gap.answer), so max_body is 0 (read_body would refuse any): after the answer, aiohttp reads and
-# drops what body comes for up to lingering_s (within read_timeout), keeping none of it.
-LIMITS = Limits(max_connections=512, idle_timeout=5.0, read_timeout=5.0, max_body=0, lingering_s=2.0)
+# files. idle_timeout bounds the head (from the connection: its bytes do not renew it). No body is ever read (see
+# Gap.answer), so max_body is 0 (read_body would refuse any): after the answer, aiohttp reads and drops what body
+# comes for up to lingering_s (within read_timeout), keeping none of it.
+LIMITS = Limits(max_connections=512, idle_timeout=READ_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, max_body=0,
+                lingering_s=2.0)
 STOP_DRAIN_S = 1.0  # at a stop, answers being written may finish within this
 ERROR_TYPE = "gap_error"  # `error.type` of the server's own refusals (malformed requests, too many connections)
 LISTEN_STATE = "0A"  # TCP_LISTEN in /proc/net/tcp
