@@ -118,7 +118,7 @@ def test_a_body_is_not_waited_for_and_its_rest_is_dropped_for_a_clean_close(gap)
         answer = s.recv(65536)
         assert status_of(answer) == 503 and b"100 Continue" not in answer
         s.sendall(b"x" * 1_000_000)
-        assert read_to_end(s) == b""
+        assert s.recv(100) == b""  # the end (a reset would raise here)
     big = requests.post(f"http://127.0.0.1:{stand.port}/v1/completions", json={"prompt": "x" * 2_000_000}, timeout=10)
     assert big.status_code == 503 and big.headers[gapmod.HEADER] == "1"
 
