@@ -21,24 +21,31 @@ with the net.ipv4.tcp_migrate_req sysctl).
 Where vLLM cannot be started through reuse_port.py (APPLIANCE_VLLM_COMMAND is not a Python program), the
 launcher writes GAP_OFF (its pid) before it starts vLLM; this program then lets go of the port until that
 process is gone, so vLLM can bind it: the 503 answer covers the launcher's waits but not the model load.
+
+Its port is vLLM's public API port, so what arrives there is hostile input: the answers are served by
+runtime/webserver.py (aiohttp: strict framing, a connection limit, head and body timeouts, header limits, no
+traceback in the log) on one event loop in a thread of its own, which is handed the socket while this program
+holds the port (Server.serve_socket) and closes it on release (Server.close_socket: what is queued is answered
+first). Connections accepted before a release are answered after it too. The main thread only watches the port.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
-import selectors
 import signal
 import socket
 import struct
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from aiohttp import web
 
 from . import applog
 from .render import RunDir, read_plan
+from .webserver import BACKLOG, Limits, Server, error_response
 
 NAME = "gap"
 GAP_OFF = "gap.off"  # in the run directory: "<pid>" of a vLLM that must bind the port alone
@@ -46,8 +53,16 @@ GAP_STATE = "gap.json"  # in the run directory: {"holding", "answered", "since"}
 STATE_EVERY_S = 1.0  # while answering, the count is written at most this often
 HOLDING_POLL_S = 0.05  # while answering: how soon vLLM's listener is seen (the overlap above)
 RELEASED_POLL_S = 0.1  # while vLLM serves: how soon its death is seen (one sock_diag query)
-READ_TIMEOUT_S = 5.0  # a client that sends no complete request within this is dropped
-MAX_BODY = 16 << 20  # request bodies are read (and dropped) up to this, so that the close is clean
+READ_TIMEOUT_S = 5.0  # a client that has not sent a whole request head within this is dropped
+# The answer is the same for everyone and takes no time, so a connection is busy only for an instant: the limit
+# bounds what idle or slow clients hold (the idlest one makes room for a new one), well below the usual 1024 open
+# files. idle_timeout bounds the head (from the connection: its bytes do not renew it). No body is ever read (see
+# Gap.answer), so max_body is 0 (read_body would refuse any): after the answer, aiohttp reads and drops what body
+# comes for up to lingering_s (within read_timeout), keeping none of it.
+LIMITS = Limits(max_connections=512, idle_timeout=READ_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, max_body=0,
+                lingering_s=2.0)
+STOP_DRAIN_S = 1.0  # at a stop, answers being written may finish within this
+ERROR_TYPE = "gap_error"  # `error.type` of the server's own refusals (malformed requests, too many connections)
 LISTEN_STATE = "0A"  # TCP_LISTEN in /proc/net/tcp
 HEADER = "X-Appliance-Gap"  # marks the appliance's answer (vLLM's own answers never carry it)
 
@@ -135,62 +150,41 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def body(retry_after: int, why: str) -> bytes:
-    """OpenAI's error shape, so that OpenAI clients show the message."""
-    return json.dumps({"error": {"message": f"{why}; retry after {retry_after} s", "type": "service_unavailable",
-                                 "code": 503}}).encode()
-
-
-def make_handler(retry_after: int, why):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = READ_TIMEOUT_S
-
-        def log_message(self, fmt, *args):  # one line per answer would drown the container's output
-            pass
-
-        def answer(self):
-            length = self.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) <= MAX_BODY:
-                self.rfile.read(int(length))  # unread data would turn our close into a reset
-            data = body(retry_after, why())
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Retry-After", str(retry_after))
-            self.send_header(HEADER, "1")
-            self.send_header("Connection", "close")  # the next request opens a new connection: maybe to vLLM
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            self.close_connection = True
-
-        def __getattr__(self, name):  # do_GET, do_POST, ...: every method gets the same answer
-            if name.startswith("do_"):
-                return self.answer
-            raise AttributeError(name)
-
-    return Handler
-
-
 class Gap:
     def __init__(self, host: str, port: int, retry_after: int, off_file: Path | None = None,
-                 say=None, proc_net: str | None = None, state_file: Path | None = None):
+                 say=None, proc_net: str | None = None, state_file: Path | None = None, limits: Limits = LIMITS):
         self.host, self.port, self.retry_after = host, port, retry_after
         self.off_file, self.proc_net, self.state_file = off_file, proc_net, state_file
-        self.state_written = 0.0
+        self.state_written, self.state_shown = 0.0, (False, 0)
         self.say = say or (lambda message, **kw: None)
         self.sock: socket.socket | None = None
         self.inode = 0
-        self.answered = 0
+        self.answered = 0  # written on the server's loop, read by the watching thread: an int, no lock needed
         self.bind_problem = ""
         self.stopping = threading.Event()
-        self.handler = make_handler(retry_after, self.why)
-        self.selector = selectors.DefaultSelector()
+        self.http = Server(self.answer, None, None, limits, self.log, error_type=ERROR_TYPE)
+        self.http_thread: threading.Thread | None = None
 
     @staticmethod
     def why() -> str:
         return "vLLM is not serving (starting, restarting or stopping)"
+
+    def log(self, message: str, level: str = "info", event: str = "message", **fields) -> None:
+        """The server's own lines (a failure of its code; never a request's bytes), through `say`."""
+        self.say(message, event=event, level=level, **fields)
+
+    async def answer(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every request that got past the server's checks: 503 + Retry-After, in OpenAI's error shape (OpenAI
+        clients show the message), on a connection that then closes (the next request opens a new connection:
+        maybe to vLLM). Answered at once, without reading the body: the answer does not depend on it, a client
+        that sent `Expect: 100-continue` is spared the upload, and a slow one cannot turn its 503 into a 408.
+        What body comes anyway aiohttp reads and drops after the answer (LIMITS.lingering_s, nothing kept), so
+        that the client reads the 503 instead of a reset. HEAD: aiohttp sends the head alone."""
+        self.answered += 1
+        resp = error_response(503, f"{self.why()}; retry after {self.retry_after} s", "service_unavailable")
+        resp.headers["Retry-After"] = str(self.retry_after)
+        resp.headers[HEADER] = "1"
+        return resp
 
     # -- the port -------------------------------------------------------------------------------------------
     def family(self) -> int:
@@ -207,8 +201,7 @@ class Gap:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind((self.host, self.port))
-            s.listen(1024)
-            s.setblocking(False)
+            s.listen(BACKLOG)
         except OSError as e:
             s.close()
             problem = e.strerror or str(e)
@@ -220,61 +213,42 @@ class Gap:
                          + "trying again", event="bind_failed")
             return False
         self.bind_problem = ""
+        self.serving().serve_socket(s)
         self.sock, self.inode = s, os.fstat(s.fileno()).st_ino
-        self.selector.register(s, selectors.EVENT_READ)
         self.say(f"answering {self.host}:{self.port} with 503 (Retry-After: {self.retry_after}) while vLLM does "
                  "not serve it", event="holding")
         self.write_state(force=True)
         return True
 
+    def serving(self) -> Server:
+        """The HTTP server, started at the first hold (its loop runs in a thread of its own)."""
+        if self.http_thread is None:
+            self.http_thread = self.http.start_thread("gap-http")
+        return self.http
+
     def write_state(self, force: bool = False) -> None:
-        """What the metrics exporter shows (appliance_gap_holding, appliance_gap_answers): atomically, at
-        most every STATE_EVERY_S while answering, and at every change of hands."""
+        """What the metrics exporter shows (appliance_gap_holding, appliance_gap_answers): atomically, at every
+        change of hands, and otherwise when the count moved, at most every STATE_EVERY_S."""
         now = time.monotonic()
-        if self.state_file is None or (not force and now - self.state_written < STATE_EVERY_S):
+        shown = (self.sock is not None, self.answered)
+        if self.state_file is None or (not force and (shown == self.state_shown
+                                                      or now - self.state_written < STATE_EVERY_S)):
             return
-        self.state_written = now
+        self.state_written, self.state_shown = now, shown
         tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
         try:
-            tmp.write_text(json.dumps({"holding": self.sock is not None, "answered": self.answered,
-                                       "since": time.time()}) + "\n")
+            tmp.write_text(json.dumps({"holding": shown[0], "answered": shown[1], "since": time.time()}) + "\n")
             tmp.replace(self.state_file)
         except OSError:
             pass  # a full run directory must not stop the answers
 
     def release(self, why: str) -> None:
-        """Answer what is already queued on our socket, then close it."""
+        """Answer what is already queued on our socket, then close it (Server.close_socket)."""
         assert self.sock is not None
-        self.accept_all()
-        self.selector.unregister(self.sock)
-        self.sock.close()
+        self.http.close_socket(self.sock)
         self.sock, self.inode = None, 0
         self.say(f"{why}: the port is vLLM's alone ({self.answered} answered with 503 so far)", event="released")
         self.write_state(force=True)
-
-    def accept_all(self) -> None:
-        while self.sock is not None:
-            try:
-                conn, addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # EMFILE and friends: the next round tries again
-            self.answered += 1
-            conn.setblocking(True)
-            threading.Thread(target=self.serve_one, args=(conn, addr), daemon=True).start()
-
-    def serve_one(self, conn: socket.socket, addr) -> None:
-        try:
-            self.handler(conn, addr, self)
-        except (OSError, ValueError):
-            pass  # a client that went away
-        finally:
-            try:
-                conn.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            conn.close()
 
     # -- the loop -------------------------------------------------------------------------------------------
     def stand_down(self) -> bool:
@@ -297,25 +271,24 @@ class Gap:
         return bool(listeners(self.port, self.proc_net) - {self.inode})
 
     def step(self) -> None:
-        """One round: decide whether to hold the port, then wait for connections (or just wait)."""
+        """One round: decide whether to hold the port, then wait a poll (the server answers meanwhile)."""
         off = self.stand_down()
         others = self.others_listen()
         if self.sock is not None and (off or others):
             self.release("vLLM listens on the port" if others else "a vLLM that cannot share the port starts")
         elif self.sock is None and not off and not others:
             self.hold()
-        if self.sock is None:
-            self.stopping.wait(RELEASED_POLL_S)
-            return
-        if self.selector.select(HOLDING_POLL_S):
-            self.accept_all()
-            self.write_state()
+        self.stopping.wait(RELEASED_POLL_S if self.sock is None else HOLDING_POLL_S)
+        self.write_state()  # the answers of this round (and those to connections accepted before a release)
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            self.step()
-        if self.sock is not None:
-            self.release("stopping")
+        try:
+            while not self.stopping.is_set():
+                self.step()
+            if self.sock is not None:
+                self.release("stopping")
+        finally:
+            self.http.shutdown(STOP_DRAIN_S)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = read_plan(argv[0])
     run = RunDir(Path(argv[0]).parent)
 
-    def say(message: str, event: str = "message", **fields) -> None:
-        applog.emit(NAME, message, event=event, stream=sys.stdout, text_prefix="", **fields)
+    def say(message: str, event: str = "message", level: str = "info", **fields) -> None:
+        applog.emit(NAME, message, level=level, event=event, stream=sys.stdout, text_prefix="", **fields)
 
     gap = Gap(plan.api_host, plan.api_port, int(plan.appliance["APPLIANCE_GAP_RETRY_AFTER"]),
               run.root / GAP_OFF, say, state_file=run.root / GAP_STATE)

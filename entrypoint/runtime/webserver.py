@@ -1,5 +1,6 @@
-"""The HTTP server under the appliance's own network surfaces: the coordinator router (cluster/router.py) and the
-metrics endpoint (runtime/metrics.py); a front proxy for vLLM's port can stand on it the same way.
+"""The HTTP server under the appliance's own network surfaces: the coordinator router (cluster/router.py), the
+metrics endpoint (runtime/metrics.py) and the gap program's 503 on vLLM's port (runtime/gap.py); a front proxy for
+vLLM's port can stand on it the same way.
 
 aiohttp's low-level server, because vLLM's image already ships it (vLLM 0.32 requires aiohttp >= 3.14.3, LMCache
 too) and it is both a server and the streaming client a proxy needs, on one event loop. Its request parser
@@ -19,7 +20,8 @@ HTTP/1.1. Each is answered 400 and the connection closed. On top of it this modu
   and answered with a fixed reason; a failure of our own code is one line naming the exception's type and the
   place it was raised.
 `serve_forever` runs the server on an event loop of its own (a thread of its own, or the main thread);
-`shutdown` stops it from any other thread."""
+`shutdown` stops it from any other thread. A server may also serve listening sockets it is handed while it runs
+(`serve_socket`, `close_socket`): the gap program's share of vLLM's port, which comes and goes."""
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +31,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,23 +231,33 @@ class _Manager(web.Server):
             handler.refused = True
 
 
-class Server:
-    """One listening socket, bound at construction (an OSError there: the port is taken), served by aiohttp."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port and listening (an OSError: the port is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
-    def __init__(self, handler: Handler, host: str, port: int, limits: Limits, log: Log,
+
+class Server:
+    """A listening socket of its own, bound to host:port at construction (an OSError there: the port is taken),
+    served by aiohttp; with `host` and `port` None, none: it then serves only the sockets handed to
+    `serve_socket`."""
+
+    def __init__(self, handler: Handler, host: str | None, port: int | None, limits: Limits, log: Log,
                  error_type: str = "server_error", on_stop: Callable[[], Awaitable[None]] | None = None):
         self.handler, self.limits, self.log, self.error_type = handler, limits, log, error_type
         self.on_stop = on_stop  # awaited on the server's loop once it no longer serves (a proxy's client session)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind((host, port))
-            self.sock.listen(BACKLOG)
-        except OSError:
-            self.sock.close()
-            raise
-        self.port = self.sock.getsockname()[1]
+        self.sock = listening_socket(host, port) if host is not None and port is not None else None
+        self.port = self.sock.getsockname()[1] if self.sock is not None else None
+        self._handed: dict[socket.socket, web.SockSite] = {}  # the sockets handed to serve_socket, still served
+        self._runner: web.ServerRunner | None = None
         self.refused: dict[int, int] = {}  # status -> requests refused with it
         self.refused_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -296,20 +308,21 @@ class Server:
                                  keepalive_timeout=lim.idle_timeout, max_line_size=lim.max_field,
                                  max_field_size=lim.max_field, max_headers=lim.max_headers,
                                  lingering_time=min(lim.lingering_s, lim.read_timeout), auto_decompress=False)
-        runner = web.ServerRunner(self._manager, handle_signals=False, shutdown_timeout=0.5)
+        runner = self._runner = web.ServerRunner(self._manager, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.SockSite(runner, self.sock, backlog=BACKLOG)
-        await site.start()
+        site = None
+        if self.sock is not None:
+            site = web.SockSite(runner, self.sock, backlog=BACKLOG)
+            await site.start()
         self._started.set()
         try:
             await self._stop.wait()
-            # No new connections. First stop accepting and let the connections accepted just now be set up: closing
-            # the server under one whose setup is pending leaves that socket open and served by nobody (asyncio's
-            # Server._attach asserts the server is open; the failure is swallowed).
-            loop.remove_reader(self.sock.fileno())
-            for _ in range(3):
-                await asyncio.sleep(0)
-            await site.stop()
+            # No new connections.
+            sites = {**self._handed, **({self.sock: site} if site is not None else {})}
+            self._handed.clear()
+            await stop_accepting(loop, sites)
+            for listening in sites.values():
+                await listening.stop()
             deadline = loop.time() + self._drain_s
             while True:  # idle keep-alive connections go now; busy ones may finish within the drain time
                 conns = [c for c in self._manager.connections if isinstance(c, Connection)]
@@ -358,7 +371,70 @@ class Server:
         return self._cut_off
 
     def server_close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
+
+    def serve_socket(self, sock: socket.socket) -> None:
+        """Serve the connections of `sock` too (bound and listening; its owner decides when it stops, with
+        `close_socket`). From any thread but the server's, while it runs (not alongside `shutdown`)."""
+        self._on_loop(self._serve_socket(sock))
+
+    def close_socket(self, sock: socket.socket) -> None:
+        """Stop serving `sock` and close it. The connections waiting in its accept queue are accepted first and
+        served like the others (closing it under them would reset them); the connections already accepted go on
+        until answered or timed out. From any thread but the server's, while it runs (not alongside `shutdown`)."""
+        self._on_loop(self._close_socket(sock))
+
+    def _on_loop(self, work: Coroutine[None, None, None]) -> None:
+        """Run `work` on the server's loop and wait for it (its exception, if any, is raised here)."""
+        if self.loop is None or self._stopped.is_set():
+            work.close()
+            raise RuntimeError("the server is not running")
+        asyncio.run_coroutine_threadsafe(work, self.loop).result()
+
+    async def _serve_socket(self, sock: socket.socket) -> None:
+        site = web.SockSite(self._runner, sock, backlog=BACKLOG)
+        await site.start()
+        self._handed[sock] = site
+
+    async def _close_socket(self, sock: socket.socket) -> None:
+        site = self._handed.pop(sock, None)
+        if site is None:  # not (or no longer) served: closed all the same
+            sock.close()
+            return
+        await stop_accepting(self.loop, [sock])
+        queued = accept_queued(sock)
+        await site.stop()  # asyncio's server closes the socket
+        for conn in queued:
+            try:
+                await self.loop.connect_accepted_socket(self._manager, conn)
+            except OSError:  # the client left already
+                conn.close()
+
+
+async def stop_accepting(loop: asyncio.AbstractEventLoop, socks) -> None:
+    """asyncio accepts no more connections on the listening `socks`, and those it accepted just now are set up:
+    closing its server under one whose setup is pending leaves that connection open and served by nobody
+    (asyncio's Server._attach asserts the server is open; the failure is swallowed)."""
+    for sock in socks:
+        loop.remove_reader(sock.fileno())
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def accept_queued(sock: socket.socket) -> list[socket.socket]:
+    """The connections waiting to be accepted on a non-blocking listening socket, accepted."""
+    conns = []
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return conns
+        except ConnectionAbortedError:  # that client reset its connection while it waited: the next one
+            continue
+        except OSError:  # out of file descriptors and the like: those left are reset with the socket
+            return conns
+        conns.append(conn)
 
 
 def run_until_signalled(server: Server) -> None:

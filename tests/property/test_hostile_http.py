@@ -1,9 +1,11 @@
-"""Hostile HTTP against the appliance's two network surfaces on runtime/webserver.py: the coordinator router (in
-front of a recording replica, tests/router_stands.py) and the metrics endpoint. Generated requests, sent as raw
+"""Hostile HTTP against the appliance's network surfaces on runtime/webserver.py: the coordinator router (in front
+of a recording replica, tests/router_stands.py), the metrics endpoint and the gap program's 503 on vLLM's port
+(tests/gap_stand.py). Generated requests, sent as raw
 bytes: request lines and versions, header names and values, every way to frame a body (lengths, chunks, both,
 neither), obsolete line folding, bare LF, oversized fields; delivered whole, cut off and closed, or cut off and
 left hanging (a slow or idle client). For each: a well-formed answer whose status is the replica's (the router
-passed a valid request on) or a 4xx/505 of the server's own, or a connection closed without an answer; then a
+passed a valid request on; the gap's 503 with Retry-After) or a 4xx/505 of the server's own, or a connection
+closed without an answer; then a
 normal request is answered; at the end nothing is in flight and no traceback or planted secret reached any
 output. No timing in the assertions: the servers' client timeout is short, so that a hanging example ends when
 the server closes the connection.
@@ -23,7 +25,8 @@ from hypothesis import strategies as st  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 
-from entrypoint.runtime import metrics, webserver  # noqa: E402
+from entrypoint.runtime import gap, metrics, webserver  # noqa: E402
+from gap_stand import RETRY_AFTER, serve_gap  # noqa: E402
 from ports import free_port  # noqa: E402
 from raw_http import status_of  # noqa: E402
 from router_stands import echo_server, serve_router, url_of, wait_until_idle  # noqa: E402
@@ -136,14 +139,20 @@ def deliver(port: int, data: bytes, how: str) -> bytes:
     return out
 
 
+def status_seen(out: bytes, how: str) -> int | None:
+    """The answer's status, or None for a connection closed without an answer (fine for a request that never
+    became whole or valid); noted as a hypothesis event, so that a run shows what the examples reached."""
+    status = status_of(out) if out else None
+    event(f"{how}: {status or 'closed without an answer'}")
+    return status
+
+
 def check_answer(out: bytes, how: str, error_type: str, passed_on: bool = False, ok: bool = True) -> None:
     """A closed connection, or a well-formed answer that is no failure of the server's own (its errors carry
     `error_type`; with `passed_on`, any other answer is the replica's to a request the router found valid)."""
-    if not out:
-        event(f"{how}: closed without an answer")
-        return  # fine for a request that never became whole or valid
-    status = status_of(out)
-    event(f"{how}: {status}")
+    status = status_seen(out, how)
+    if status is None:
+        return
     own = not passed_on or b'"type": "%s"' % error_type.encode() in out
     if own:
         assert status < 500 or status == 505, out[:300]
@@ -211,3 +220,28 @@ def test_the_metrics_endpoint_answers_hostile_requests_cleanly_and_keeps_serving
     assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.startswith("# HELP appliance_test_up")
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and SECRET not in out + err and lines == []
+
+
+@pytest.fixture(scope="module")
+def gap_stand():
+    """The gap program on a free port, its client timeouts short (a hanging example ends when it closes)."""
+    stand = serve_gap(idle_timeout=CLIENT_TIMEOUT, read_timeout=CLIENT_TIMEOUT)
+    yield stand
+    stand.stop()
+
+
+@HOSTILE
+@given(request=hostile_requests(COMPLETION))
+def test_the_gap_program_answers_hostile_requests_cleanly_and_keeps_serving(gap_stand, capfd, request):
+    data, how = request
+    out = deliver(gap_stand.port, data, how)
+    status = status_seen(out, how)
+    if status == 503:  # the gap's own answer, never a failure
+        head = out.partition(b"\r\n\r\n")[0]
+        assert b"\r\nRetry-After: %d\r\n" % RETRY_AFTER in head and b"\r\nX-Appliance-Gap: 1\r\n" in head, out[:300]
+    else:
+        assert status is None or 400 <= status < 500 or status == 505, out[:300]
+    r = requests.get(f"http://127.0.0.1:{gap_stand.port}/v1/models", timeout=10)
+    assert r.status_code == 503 and r.headers[gap.HEADER] == "1"
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and SECRET not in out + err and gap_stand.other_lines() == []

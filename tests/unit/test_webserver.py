@@ -97,3 +97,72 @@ def test_a_stop_lets_requests_being_answered_finish_within_the_drain(serve):
     assert result == {"cut": 0}
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/", timeout=10)
+
+
+def handed_socket() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    return s
+
+
+def test_a_server_without_a_socket_of_its_own_serves_the_sockets_it_is_handed():
+    """The gap program's way: its share of vLLM's port comes and goes while the server runs."""
+    async def handler(request):
+        return web.Response(text="handed")
+
+    server = webserver.Server(handler, None, None, webserver.Limits(), lambda msg, *a, **k: None)
+    server.start_thread("test-handed")
+    try:
+        assert server.port is None
+        sock = handed_socket()
+        port = sock.getsockname()[1]
+        server.serve_socket(sock)
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "handed"
+        early = socket.create_connection(("127.0.0.1", port), timeout=10)  # accepted, not yet asked
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "handed"  # `early` was accepted first
+        server.close_socket(sock)
+        assert sock.fileno() == -1, "closed by close_socket"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/", timeout=10)
+        # a connection accepted before the close is still served after it
+        early.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert early.recv(1000).startswith(b"HTTP/1.1 200")
+        early.close()
+    finally:
+        server.shutdown()
+
+
+def test_close_socket_answers_the_connections_waiting_in_the_accept_queue():
+    """Closing a listening socket resets the connections the kernel queued on it; close_socket accepts them first."""
+    async def handler(request):
+        return web.Response(text="queued")
+
+    server = webserver.Server(handler, None, None, webserver.Limits(), lambda msg, *a, **k: None)
+    server.start_thread("test-queued")
+    sock = handed_socket()
+    port = sock.getsockname()[1]
+    try:
+        server.serve_socket(sock)
+        # The moment of a release: connections the kernel completed and the loop has not accepted yet (here the
+        # loop stops watching the socket, so that they stay in the accept queue whatever the timing).
+        unwatched = threading.Event()
+        server.loop.call_soon_threadsafe(lambda: (server.loop.remove_reader(sock.fileno()), unwatched.set()))
+        assert unwatched.wait(10)
+        queued = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        for s in queued:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        server.close_socket(sock)
+        for s in queued:
+            out = exchange_on(s)
+            assert status_of(out) == 200 and out.endswith(b"queued")
+    finally:
+        server.shutdown()
+
+
+def exchange_on(s: socket.socket) -> bytes:
+    out = b""
+    with s:
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
