@@ -362,3 +362,47 @@ def test_a_near_miss_spelling_is_an_error_naming_the_setting(name, flips, swaps,
     where = "env file" if in_file else "environment"
     assert (f"{spelled!r} (in the {where}): not read, although it looks like an appliance setting: names are exact, "
             f"in capitals and plain Latin letters; write it as {name}") in plan.errors
+
+
+# -- hostile files (hardening round 2): whatever a named file is, `check` answers at once, naming the setting ---
+FILE_SETTINGS = ("VLLM_API_KEY_FILE", "HF_TOKEN_FILE", "LMCACHE_SHARED_PASSWORD_FILE", "APPLIANCE_MODEL_REGISTRY_FILE")
+
+
+def _hostile_file(directory: str, kind: str, content: bytes) -> str:
+    path = os.path.join(directory, "named")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        os.mkdir(path)
+    elif kind == "device":
+        return "/dev/zero"
+    elif kind == "loop":
+        os.symlink(path, path)
+    elif kind == "missing":
+        pass
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate(2 << 20)  # sparse: 2 MiB that cost nothing
+    else:
+        Path(path).write_bytes(content)
+    return path
+
+
+@FUZZ
+@given(st.sampled_from(FILE_SETTINGS), st.sampled_from(["fifo", "directory", "device", "loop", "missing", "huge",
+                                                          "regular"]), st.binary(max_size=300))
+def test_any_named_file_gives_a_plan_or_an_error_naming_its_setting(setting, kind, content):
+    from entrypoint.config.load import make_plan
+
+    with tempfile.TemporaryDirectory() as d:
+        path = _hostile_file(d, kind, content)
+        plan = make_plan(None, [], environ={setting: path, "VLLM_KV_OFFLOADING_BACKEND": "lmcache",
+                                            **({"LMCACHE_SHARED_URL": "redis://store:6379"}
+                                               if setting.startswith("LMCACHE_SHARED") else {})})
+    mine = [e for e in plan.errors if e.startswith(f"{setting}=")]
+    if kind != "regular":
+        assert mine, plan.errors  # never read as if it were a secret or a registry
+    text = json.dumps(plan.to_dict())
+    secret = content.decode("utf-8", "replace").strip()
+    if setting != "APPLIANCE_MODEL_REGISTRY_FILE" and len(secret) >= 12 and "\n" not in secret:
+        assert secret not in text
