@@ -110,6 +110,12 @@ def kv_offloading(b: Builder) -> None:
             b.error("VLLM_KV_OFFLOADING_SIZE is set but VLLM_KV_OFFLOADING_BACKEND is none: set "
                        "VLLM_KV_OFFLOADING_BACKEND=lmcache (or native), or remove VLLM_KV_OFFLOADING_SIZE")
         return
+    if backend == "lmcache" and b.vllm_flags.get("--enable-prompt-embeds") == "true":
+        # LMCache 0.5.6 keys a chunk by its token ids (multimodal inputs by their hashes too), never by prompt
+        # embeddings: two different embedded prompts with the same placeholder ids would share KV.
+        b.error("VLLM_ENABLE_PROMPT_EMBEDS with VLLM_KV_OFFLOADING_BACKEND=lmcache: LMCache keys KV by token ids, "
+                "and a prompt given as embeddings is not its token ids, so different prompts could load each "
+                "other's KV. Use VLLM_KV_OFFLOADING_BACKEND=native (vLLM keys by the embeddings) or none")
     if backend == "lmcache" and v.get("LMCACHE_SERVER") is not None:
         roles.external_server(b)  # a replica: the tiers are the LMCache server's, not sized here
         return

@@ -245,3 +245,14 @@ def test_tenant_isolation_hostile_values_are_clear_errors(plan_for, raw):
     plan = plan_for({**BASE, "VLLM_API_KEY": "sk-planted", "APPLIANCE_TENANT_ISOLATION": raw})
     assert plan.errors and all(e.startswith("APPLIANCE_TENANT_ISOLATION=") for e in plan.errors)
     assert "sk-planted" not in json.dumps(plan.to_dict())
+
+
+@pytest.mark.parametrize("env", [{"VLLM_ENABLE_PROMPT_EMBEDS": "true"}, {"VLLM_EXTRA_ARGS": "--enable-prompt-embeds"}])
+def test_prompt_embeddings_are_refused_with_lmcache(plan_for, env):
+    plan = plan_for({**BASE, **env})
+    assert plan.errors == [
+        "VLLM_ENABLE_PROMPT_EMBEDS with VLLM_KV_OFFLOADING_BACKEND=lmcache: LMCache keys KV by token ids, and a "
+        "prompt given as embeddings is not its token ids, so different prompts could load each other's KV. Use "
+        "VLLM_KV_OFFLOADING_BACKEND=native (vLLM keys by the embeddings) or none"]
+    assert plan_for({**BASE, **env, "VLLM_KV_OFFLOADING_BACKEND": "native"}).errors == []
+    assert plan_for({**BASE, **env, "LMCACHE_SERVER": "kv-server:5555"}).errors == plan.errors  # a replica too
