@@ -181,8 +181,19 @@ class Appliance:
         except requests.RequestException:
             return False
 
+    def gap_holds(self) -> bool:
+        """Whether the gap program still listens on vLLM's port (its state file, written at every change of hands).
+        Between vLLM's listen() and the gap's release (one poll, longer on a loaded machine) the kernel spreads new
+        connections over both sockets, so a request sent then may get the gap's 503 (documented in gap.py)."""
+        try:
+            return bool(json.loads((Path(self.env["APPLIANCE_RUN_DIR"]) / "gap.json").read_text())["holding"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     def wait_ready(self, timeout: float = 30) -> float:
-        wait_until(self.ready, timeout, "vLLM ready (/health 200, /v1/models lists the model)")
+        """vLLM ready, and the port vLLM's alone: what a client that retries on the gap's 503 ends up seeing."""
+        wait_until(lambda: self.ready() and not self.gap_holds(), timeout,
+                   "vLLM ready (/health 200, /v1/models lists the model) and the gap's release of the port")
         return time.monotonic()
 
     def completion(self, seconds: float = 0, timeout: float = 60) -> requests.Response:
