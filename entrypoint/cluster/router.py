@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -82,12 +83,12 @@ class RouterConfig:
     max_body: int = MAX_BODY
 
 
-def load_config(environ: dict[str, str], env_file: str | None = None) -> tuple[RouterConfig | None, list[str]]:
+def load_config(environ: Mapping[str, str], env_file: str | None = None) -> tuple[RouterConfig | None, list[str]]:
     """The router's settings from the environment (and an env file), validated by the registry; (None, problems)
     when any is wrong. Problems name the variable, never its value (a URL could hold a password)."""
     raw = collect(dict(environ), env_file)
     errors = list(raw.errors)
-    values = {}
+    values: dict[str, Any] = {}  # each of its setting's type (parse_value): a URL string, ints, floats
     for name in SETTING_NAMES:
         setting = BY_NAME[name]
         text = raw.values.get(name, "")
@@ -107,7 +108,7 @@ def load_config(environ: dict[str, str], env_file: str | None = None) -> tuple[R
     return RouterConfig(
         coordinator=parse_http_url(values["APPLIANCE_ROUTER_COORDINATOR_URL"]),
         replicas=parse_router_replicas(values["APPLIANCE_ROUTER_REPLICAS"] or ""),
-        replica_port=values["APPLIANCE_ROUTER_REPLICA_PORT"], port=values["APPLIANCE_ROUTER_PORT"],
+        replica_port=int(values["APPLIANCE_ROUTER_REPLICA_PORT"]), port=int(values["APPLIANCE_ROUTER_PORT"]),
         lookup_timeout=float(values["APPLIANCE_ROUTER_LOOKUP_TIMEOUT"]),
         request_timeout=float(values["APPLIANCE_ROUTER_REQUEST_TIMEOUT"]),
         health_interval=float(values["APPLIANCE_ROUTER_HEALTH_INTERVAL"]),
@@ -129,7 +130,7 @@ def _connection(scheme: str, host: str, port: int, timeout: float) -> http.clien
 def call_json(base: str, path: str, payload=None, headers: dict | None = None, timeout: float = 5.0):
     """(status, decoded JSON or None) of GET (payload None) or POST base+path. Unreachable on network errors."""
     u = urlsplit(base)
-    conn = _connection(u.scheme, u.hostname, u.port or (443 if u.scheme == "https" else 80), timeout)
+    conn = _connection(u.scheme, u.hostname or "", u.port or (443 if u.scheme == "https" else 80), timeout)
     try:
         body = None if payload is None else json.dumps(payload).encode()
         hdrs = {"Accept": "application/json", **(headers or {})}
@@ -162,7 +163,7 @@ class Replica:
     @property
     def parts(self) -> tuple[str, str, int]:
         u = urlsplit(self.url)
-        return u.scheme, u.hostname, u.port or (443 if u.scheme == "https" else 80)
+        return u.scheme, u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
 
 
 class Metrics:
@@ -548,7 +549,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--check", action="store_true", help="validate the settings and exit")
     opts = p.parse_args(argv)
     config, errors = load_config(os.environ, opts.env_file)
-    if errors:
+    if errors or config is None:
         for e in errors:
             print(f"error: {e}", file=sys.stderr)
         print(f"{len(errors)} problem(s); the router was not started. See docs/ENVIRONMENT.md (Router).",

@@ -96,7 +96,7 @@ def tokenize_body(path: str, body: dict) -> dict | None:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return None
-        out = {"messages": messages}
+        out: dict[str, object] = {"messages": messages}
         for k in CHAT_RENDER_FIELDS:
             if k in body:  # these change the rendered prompt, hence its tokens
                 out[k] = body[k]

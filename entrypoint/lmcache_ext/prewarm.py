@@ -236,7 +236,8 @@ class Prewarm:
 
     def _run(self) -> None:
         lmc = self._lmcache
-        jobs, running, started, next_record = lmc.jobs, {}, None, time.monotonic() + self._interval
+        jobs, started, next_record = lmc.jobs, None, time.monotonic() + self._interval
+        running: dict[str, int] = {}  # request id -> how many keys it asked for, while it loads
         loaded = asked = loaded_bytes = 0
         sizes: dict[str, int] = {}
         while not self._stop.wait(POLL_S / 5 if running else POLL_S):  # a finer clock while loading
