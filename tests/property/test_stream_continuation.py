@@ -10,67 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entrypoint.front.continuation import CHAT, COMPLETIONS, Stream, unresumable, upstream_body
-
-EOS = 0
-MAX_MODEL_LEN = 64
-
-
-def encode(text: str) -> list[int]:
-    return [1 + (ord(c) % 40) for c in text]
-
-
-def next_token(context: list[int]) -> int:
-    h = 7
-    for t in context:
-        h = (h * 31 + t) % 1_000_003
-    return h % 23  # EOS (0) about one time in 23
-
-
-def text_of(token: int) -> str:
-    return "" if token == EOS else chr(ord("a") + token % 26)
-
-
-def engine(path: str, body: dict) -> list[dict]:
-    """The events vLLM would stream for this request (its chat template: the messages' text, encoded)."""
-    head = {"id": "cmpl-1" if path == COMPLETIONS else "chatcmpl-1", "created": 100, "model": body["model"],
-            "object": "text_completion" if path == COMPLETIONS else "chat.completion.chunk"}
-    if path == CHAT:
-        prompt = encode("".join(m["content"] for m in body["messages"]))
-        limit = body.get("max_completion_tokens", body.get("max_tokens")) or MAX_MODEL_LEN - len(prompt)
-    else:
-        prompt = body["prompt"] if isinstance(body["prompt"], list) else encode(body["prompt"])
-        limit = body.get("max_tokens", 16)
-    ids = bool(body.get("return_token_ids"))
-    events: list[dict] = []
-    if path == CHAT:
-        events.append({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                            "logprobs": None, "finish_reason": None}],
-                       **({"prompt_token_ids": prompt} if ids else {})})
-    out: list[int] = []
-    while True:
-        t = next_token(prompt + out)
-        out.append(t)
-        done = "stop" if t == EOS and not body.get("ignore_eos") and len(out) >= body.get("min_tokens", 0) else (
-            "length" if len(out) >= limit or len(prompt) + len(out) >= MAX_MODEL_LEN else None)
-        if path == CHAT:
-            choice = {"index": 0, "delta": {"content": text_of(t)} if text_of(t) else {}, "logprobs": None,
-                      "finish_reason": done}
-        else:
-            choice = {"index": 0, "text": text_of(t), "logprobs": None, "finish_reason": done}
-            if ids and len(out) == 1:
-                choice["prompt_token_ids"] = prompt
-        if done:
-            choice["stop_reason"] = None
-        if ids:
-            choice["token_ids"] = [t]
-        events.append({**head, "choices": [choice]})
-        if done:
-            break
-    if (body.get("stream_options") or {}).get("include_usage"):
-        events.append({**head, "choices": [], "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(out),
-                                                        "total_tokens": len(prompt) + len(out)}})
-    return events
-
+from stubs.fake_model import MAX_MODEL_LEN
+from stubs.fake_model import events as engine
 
 def heard(events: list[dict], path: str) -> dict:
     """What a client reads from a stream: text, token ids, finish reason, usage, and the stream's id and model."""

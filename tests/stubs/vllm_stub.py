@@ -22,6 +22,9 @@ Switches (environment, read at start):
   STUB_STREAM=1            answer `"stream": true` completions as vLLM does (server-sent events: a chunk
                            per token up to max_tokens, a usage chunk, `data: [DONE]`), for dry runs of
                            the streaming bench scripts; off by default (then one JSON answer)
+  STUB_STREAM=model        stream completions and chat completions from fake_model.py (tokens that depend on
+                           the whole context, vLLM's shapes with return_token_ids), an event every
+                           STUB_TOKEN_INTERVAL s: what the front proxy's crash tests cut and continue
   STUB_CONTROL_DIR=dir     runtime triggers, files consumed by the process that acts on them:
                              vllm-crash   exit 1 now
                              vllm-hang    engine stuck: /health stays 200, /metrics frozen, completions never end
@@ -43,7 +46,8 @@ import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from quiet_http import QuietHTTPServer, built_versions  # next to this file: the stubs run as scripts
+import fake_model  # next to this file: the stubs run as scripts
+from quiet_http import QuietHTTPServer, built_versions
 
 ENV = os.environ
 
@@ -153,6 +157,26 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
             self.wfile.write(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
                              + b"data: [DONE]\n\n")
 
+        def send_model_stream(self, body: dict) -> None:
+            """fake_model's events, one every STUB_TOKEN_INTERVAL s, flushed as they go (a crash cuts the stream
+            where it is)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            with engine.lock:
+                engine.running += 1
+            try:
+                for event in fake_model.events(self.path, body, model):
+                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                    self.wfile.flush()
+                    time.sleep(engine.token_interval)
+                self.wfile.write(b"data: [DONE]\n\n")
+            finally:
+                with engine.lock:
+                    engine.running -= 1
+
         def authorized(self) -> bool:
             if api_key and self.headers.get("Authorization") != f"Bearer {api_key}":
                 self.send_json(401, {"error": "Unauthorized"})
@@ -195,7 +219,8 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
             elif self.path == "/v1/models":
                 if self.authorized():
                     self.send_json(200, {"object": "list",
-                                         "data": [{"id": model, "object": "model", "owned_by": "vllm"}]})
+                                         "data": [{"id": model, "object": "model", "owned_by": "vllm",
+                                                   "max_model_len": fake_model.MAX_MODEL_LEN}]})
             else:
                 self.send_json(404, {"error": "not found"})
 
@@ -215,13 +240,17 @@ def make_handler(engine: Engine, model: str, api_key: str | None):
             if self.path == "/reset_prefix_cache" and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":
                 self.send_json(200, {})  # vLLM's dev-mode endpoint, which the bench scripts call
                 return
-            if self.path != "/v1/completions":
+            model_stream = ENV.get("STUB_STREAM") == "model"
+            if self.path != "/v1/completions" and not (model_stream and self.path == "/v1/chat/completions"):
                 self.send_json(404, {"error": "not found"})
                 return
             if not self.authorized():
                 return
             if body.get("model") != model:
                 self.send_json(404, {"error": f"The model `{body.get('model')}` does not exist."})
+                return
+            if model_stream and body.get("stream"):
+                self.send_model_stream(body)
                 return
             seconds = float(body.get("stub_seconds", 0))
             tokens = engine.complete(str(body.get("prompt", "")), seconds)
