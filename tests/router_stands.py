@@ -4,6 +4,7 @@ on the import path)."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,9 +49,18 @@ class Echo(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = do_HEAD = _answer
 
 
+class EchoServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client that reset a kept-alive connection (the front proxy drops its upstream connection when its own
+        client leaves) is no error of the replica's; anything else is printed as usual."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def echo_server(name: str) -> ThreadingHTTPServer:
     """An Echo replica serving on 127.0.0.1 in a background thread (`shutdown`, `server_close` to stop it)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server = EchoServer(("127.0.0.1", 0), Echo)
     server.daemon_threads, server.name, server.got = True, name, []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -245,3 +245,34 @@ def test_the_gap_program_answers_hostile_requests_cleanly_and_keeps_serving(gap_
     assert r.status_code == 503 and r.headers[gap.HEADER] == "1"
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and SECRET not in out + err and gap_stand.other_lines() == []
+
+
+@pytest.fixture
+def front_proxy(replica):
+    """The front proxy (entrypoint/front/proxy.py) in front of the recording replica, its limits short."""
+    from entrypoint.front import proxy as front
+    lines: list[str] = []
+    limits = webserver.Limits(idle_timeout=CLIENT_TIMEOUT, read_timeout=CLIENT_TIMEOUT, max_body=MAX_BODY,
+                              max_connections=64)
+    port = free_port()
+    server, p = front.serve("127.0.0.1", port, front.Config(upstream=url_of(replica), limits=limits,
+                                                            health_interval=0.05),
+                            lambda msg, *a, **k: lines.append(msg))
+    while requests.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code != 200:
+        pass  # the proxy's first probe of the replica
+    yield p, port, lines
+    server.shutdown()
+    server.server_close()
+
+
+@HOSTILE
+@given(request=hostile_requests(COMPLETION))
+def test_the_front_proxy_answers_hostile_requests_cleanly_and_keeps_serving(front_proxy, capfd, request):
+    p, port, lines = front_proxy
+    data, how = request
+    check_answer(deliver(port, data, how), how, "front_proxy_error", passed_on=True)
+    assert requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json() == {"replica": "A"}
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and SECRET not in out + err
+    assert not any("Traceback" in line or "internal error" in line or SECRET in line for line in lines)
+    assert p.counters.held_now == 0 and p.counters.dropped == 0
