@@ -34,9 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-import common as c
+from bench import common as c
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MAX_TOKENS = 16
 TOP = 5
 PROMPT_TOKENS = 2000  # 7 full LMCache chunks of 256 and a partial one
@@ -315,7 +315,8 @@ def phase_negative(a, prompts) -> None:
         ask_all(a, "fp8: recompute", a.served, prompts, salt_prefix="rc-fp8")
     finally:
         app.stop()
-    subprocess.run([sys.executable, __file__, "perturb", "--model", a.model, "--seed", "7"], check=True)
+    subprocess.run([sys.executable, "-m", "bench.kv_equality", "perturb", "--model", a.model, "--seed", "7"], cwd=ROOT,
+                   check=True)
     app = Appliance(a, "perturbed")
     try:
         ask_all(a, "perturbed in place: first request", a.served, prompts)
