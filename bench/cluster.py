@@ -389,17 +389,8 @@ def scrape(url: str) -> dict:
         return {}
     if status != 200 or not isinstance(text, str):
         return {}
-    out: dict = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in METRICS:
-            try:
-                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                pass
-    return out
+    found = c.metrics(text)
+    return {name: found[name] for name in METRICS if name in found}
 
 
 def deltas(before: dict, after: dict) -> dict:

@@ -229,17 +229,22 @@ ENGINE_CLOCKS = {"engine_ttft_s": "vllm:time_to_first_token_seconds",
                  "queue_s": "vllm:request_queue_time_seconds",
                  "prefill_s": "vllm:request_prefill_time_seconds",
                  "lookup_s": "vllm:lmcache_mp_lookup_duration_seconds"}
+def metrics(text: str) -> dict[str, float]:
+    """Prometheus text, each sample name summed over its label sets: the appliance's own parser
+    (entrypoint.runtime.snapshot.parse_metrics, prometheus_client's), the one every bench tool uses."""
+    from entrypoint.runtime.snapshot import parse_metrics
+    return parse_metrics(text)
+
+
 def histogram_totals(text: str, families) -> dict:
-    """{family: [sum, count]} of Prometheus histograms, added up over their label sets (the appliance's parser)."""
-    from entrypoint.runtime.snapshot import parse_metrics  # prometheus_client's parser
-    sums = parse_metrics(text)
+    """{family: [sum, count]} of Prometheus histograms, added up over their label sets."""
+    sums = metrics(text)
     return {f: [sums.get(f + "_sum", 0.0), sums.get(f + "_count", 0.0)] for f in families}
 
 
 def metric_sum(text: str, name: str) -> float | None:
-    """A sample name's value summed over its label sets (the appliance's parser), None when absent."""
-    from entrypoint.runtime.snapshot import parse_metrics  # prometheus_client's parser
-    return parse_metrics(text).get(name)
+    """A sample name's value summed over its label sets, None when absent."""
+    return metrics(text).get(name)
 
 
 def engine_clocks(base: str, timeout: float = 10.0) -> dict | None:

@@ -140,14 +140,10 @@ def cmd_lora(a) -> int:
 
 def counters(base: str) -> dict:
     status, text, _ = c.http_json(base.rstrip("/") + "/metrics", timeout=10)
-    out = {k: 0.0 for k in HIT_METRICS}
     if status != 200 or not isinstance(text, str):
-        return out
-    for line in text.splitlines():
-        for key, metric in HIT_METRICS.items():
-            if line.startswith(metric):
-                out[key] += float(line.rsplit(" ", 1)[1])
-    return out
+        return {k: 0.0 for k in HIT_METRICS}
+    found = c.metrics(text)
+    return {key: found.get(metric, 0.0) for key, metric in HIT_METRICS.items()}
 
 
 def ask(base: str, model: str, prompt: list[int], salt: str | None = None) -> dict:

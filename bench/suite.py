@@ -1422,8 +1422,10 @@ class Runner:
                 elif pol == "router":  # the same placement, in the appliance's own router (the product)
                     if not self.cl_product_router(coord, f"{A}={8080 + shift}", f"{B}={8081 + shift}"):
                         continue
-                    ok = self.bench("cluster", "route", "--label", label, "--policy", "coordinator-router",
-                                    "--base-url", R, "--replicas", f"{A},{B}", *route, *salt)
+                    if not self.bench("cluster", "route", "--label", label, "--policy", "coordinator-router",
+                                      "--base-url", R, "--replicas", f"{A},{B}", *route, *salt):
+                        self.fail(f"coord {label}")
+                    ok = True
                     for line in (self.fetch(f"{R}/metrics") or "").splitlines():
                         if re.match(r"^appliance_router_(fallbacks|prefix_placements|requests)", line):
                             self.echo(f"    router: {line}")
@@ -1431,8 +1433,10 @@ class Runner:
                 else:
                     if not self.cl_router(pol, A, B):
                         continue
-                    ok = self.bench("cluster", "route", "--label", label, "--policy", pol, "--base-url", R,
-                                    "--replicas", f"{A},{B}", *route, *salt)
+                    if not self.bench("cluster", "route", "--label", label, "--policy", pol, "--base-url", R,
+                                      "--replicas", f"{A},{B}", *route, *salt):
+                        self.fail(f"coord {label}")
+                    ok = True
                     self.cl_stop("router")
                 if not ok:
                     self.fail(f"coord {label}")

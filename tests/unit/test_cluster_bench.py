@@ -199,3 +199,34 @@ def test_wait_store_returns_when_the_keys_arrive_or_stop_moving(redis_addr, monk
     assert quiet["store_new_keys"] == 3 and quiet["store_wait_s"] >= 0.3
     down = cluster.wait_store("127.0.0.1:1", before=0, expect_new=1)
     assert down["store_new_keys"] is None and "store_error" in down
+
+
+def test_scrape_sums_the_counters_over_their_label_sets_with_the_appliances_parser():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    text = ("# HELP vllm:prefix_cache_hits_total hits\n# TYPE vllm:prefix_cache_hits_total counter\n"
+            'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 5.0\n'
+            'vllm:prefix_cache_hits_total{engine="1",model_name="m {x}"} 7.0\n'
+            "vllm:prefix_cache_hits_created 1.7e9\n"
+            "# TYPE vllm:other_total counter\nvllm:other_total 3.0\n").encode()
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        got = cluster.scrape(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    assert got == {"vllm:prefix_cache_hits_total": 12.0}  # only METRICS, summed; the _created sample is not one
+    assert cluster.scrape("http://127.0.0.1:1") == {}  # nothing answers
