@@ -287,7 +287,7 @@ class Runner:
         k = self.k
         self.dry = dry_run
         self.stdout = stdout or sys.stdout
-        self.out = Path(k["OUT"])
+        self.out = Path(k["OUT"]).absolute()  # the children run from the repo root
         self.res, self.logs = self.out / "results", self.out / "logs"
         self.gpu = k["GPU"]
         self.inst = f"g{self.gpu}-" if self.gpu else ""
