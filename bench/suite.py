@@ -374,17 +374,26 @@ class Runner:
             return 0, ""
         err = open(stderr_to, "w") if stderr_to else None  # noqa: SIM115 - closed below
         try:
-            proc = subprocess.Popen(argv, cwd=ROOT, env=env if env is not None else self.environ, text=True,
-                                    stdout=subprocess.PIPE, stderr=err or subprocess.STDOUT, errors="replace")
+            try:
+                proc = subprocess.Popen(argv, cwd=ROOT, env=env if env is not None else self.environ, text=True,
+                                        stdout=subprocess.PIPE, stderr=err or subprocess.STDOUT, errors="replace")
+            except OSError as e:
+                self.echo(f"{argv[0]}: {e}")
+                return 127, ""
             lines = []
-            for line in proc.stdout:
-                lines.append(line)
-                if not quiet:
-                    self.echo(prefix + line.rstrip("\n"))
-            rc = proc.wait()
-        except OSError as e:
-            self.echo(f"{argv[0]}: {e}")
-            return 127, ""
+            try:
+                for line in proc.stdout:
+                    lines.append(line)
+                    if not quiet:
+                        self.echo(prefix + line.rstrip("\n"))
+                rc = proc.wait()
+            except BaseException:  # interrupted (SIGINT/SIGTERM): the step goes with the call
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise
         finally:
             if err:
                 err.close()

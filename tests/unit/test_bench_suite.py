@@ -237,3 +237,39 @@ def test_the_end_of_a_call_lists_what_failed_or_was_skipped(tmp_path):
     rc, out = run(["--dry-run", "startvs"], tmp_path, STARTVS_CONFIGS="bogus")
     tail = out[out.index("done in"):]
     assert "  - unknown startvs configuration bogus" in tail
+
+
+def test_sigterm_stops_the_step_and_the_appliance_and_still_prints_the_end(tmp_path):
+    """SIGTERM (a device call running out): "interrupted", the running step and the appliance stopped, the list
+    of what failed and the tables, exit 130 (the bash runner's trap)."""
+    import signal
+    import subprocess
+    import time
+
+    fake = tmp_path / "py"  # stands in for the Python of the appliance: serve and wait hang, stop SIGTERMs --pid
+    fake.write_text(f"#!{sys.executable}\n"
+                    "import os, signal, sys, time\n"
+                    "a = sys.argv[1:]\n"
+                    "open(os.environ['MARK'], 'a').write(' '.join(a[:3]) + '\\n')\n"
+                    "if a[:3] == ['-m', 'entrypoint', 'serve'] or 'wait' in a:\n"
+                    "    time.sleep(120)\n"
+                    "if 'stop' in a:\n"
+                    "    os.kill(int(a[a.index('--pid') + 1]), signal.SIGTERM)\n")
+    fake.chmod(0o755)
+    mark = tmp_path / "mark"
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "SITE": "", "PY": str(fake), "MARK": str(mark),
+           "PYTHONPATH": str(suite.ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.suite", "startvs"], cwd=suite.ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for _ in range(600):  # until the appliance is started and the wait for it runs
+        if mark.is_file() and "-m bench.startup wait" in mark.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "stopping no-offload (exit)" in out and "serve exit code: 143" in out
+    assert out.index("interrupted") < out.index("stopping no-offload (exit)") < out.index("done in")
+    assert "  - no-offload did not get ready" not in out  # interrupted, not failed
+    assert mark.read_text().splitlines() == ["-m entrypoint serve", "-m bench.startup wait", "-m bench.startup stop",
+                                             "-m bench.startup report"]  # the tables, still
