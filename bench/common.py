@@ -382,14 +382,9 @@ def pid_alive(pid: int) -> bool:
 
 # --- supervisord -----------------------------------------------------------------------------------------
 
-# What `serve` renders (entrypoint/render.py): the password of the appliance's user (events.RPC_USER) in the
-# run directory, next to the socket.
-SUPERVISOR_PASSWORD_FILE = "supervisor.password"
-
-
 class Supervisor:
     """supervisord's XML-RPC interface on its unix socket: what `supervisorctl` does, from Python, through the
-    appliance's own transport. Credentials: the password given, or the appliance's (the password file next to
+    appliance's own transport. Credentials: the password given, or the appliance's (RunDir.password, next to
     the socket), or none. `timeout` is kept for the callers' sake: the appliance's transport (supervisor's
     SupervisorTransport) does not take one."""
 
@@ -397,8 +392,9 @@ class Supervisor:
         if not socket_path:
             raise BenchError("no supervisord socket given (--supervisor-socket or --run-dir)")
         self.socket_path, self.timeout = socket_path, timeout
-        if password is None:
-            pw_file = Path(socket_path).parent / SUPERVISOR_PASSWORD_FILE
+        if password is None:  # what `serve` renders next to the socket (entrypoint.runtime.render.RunDir)
+            from entrypoint.runtime.render import RunDir
+            pw_file = RunDir(Path(socket_path).parent).password
             if pw_file.exists():
                 password = pw_file.read_text().strip()
         self.password = password
@@ -489,9 +485,13 @@ class Supervisor:
 
 
 def socket_from_run_dir(run_dir: str | None) -> str | None:
-    """The supervisord socket `serve` renders into its run directory."""
+    """The supervisord socket `serve` renders into its run directory (the appliance's RunDir), else one
+    another supervisord left there."""
     if not run_dir:
         return None
+    from entrypoint.runtime.render import RunDir
+    if RunDir(Path(run_dir)).socket.exists():
+        return str(RunDir(Path(run_dir)).socket)
     for name in ("supervisor.sock", "supervisord.sock"):
         if (Path(run_dir) / name).exists():
             return str(Path(run_dir) / name)
