@@ -4,7 +4,7 @@ LMCache's coordinator (`lmcache coordinator`) keeps a directory fed by its serve
 (`--coordinator-url` + `--coordinator-event-reporting`, or LMCACHE_COORDINATOR_URL / _EVENT_REPORTING): each
 object key -> its placements (instance_id, tier l1/l2, backend, shared). POST /directory/lookup resolves a
 request's token ids to those placements with the fleet's chunk size and hash. vllm-router 0.1.17 has no policy
-that asks it, so the appliance's router (router.py) and the cluster bench (scripts/bench/cluster.py) do, per
+that asks it, so the appliance's router (router.py) and the cluster bench (bench/cluster.py) do, per
 request: the request's tokens (a replica's /tokenize), the lookup, then the replica whose LMCache server holds
 the longest prefix (docs/SCALE-OUT.md "LMCache's coordinator")."""
 from __future__ import annotations

@@ -39,7 +39,7 @@ LMCACHE_REAP_S = 30  # LMCache server: seconds of silence before a dead vLLM's K
 # get_finished): "degraded mode" (docs/RESILIENCE.md). 5 s means up to 10 s of stalled requests after the
 # server dies; 2 s would mean 4 s, but also that a server too busy to answer a ping within 2 s counts as dead
 # under load. It stays at 5 s, the interval every GPU run so far used, until the load-and-fault suite
-# (scripts/gpu/run-suite.sh loadfaults) has measured 2 s under load.
+# (bench/suite.py loadfaults) has measured 2 s under load.
 LMCACHE_HEARTBEAT_S = 5  # LMCACHE_HEARTBEAT_INTERVAL's default (settings.py)
 MAX_LOOKUP_WORKERS = 64  # LMCACHE_LOOKUP_WORKERS: a bound that catches a typo (4000) before LMCache starts the threads
 # Bound on one synchronous message to the server while its pings still answer (lookup acknowledgements,

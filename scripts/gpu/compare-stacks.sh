@@ -9,7 +9,7 @@
 # Both run this checkout's appliance (`python3 -m entrypoint serve`); each reads the schema of the stack it
 # finds installed (entrypoint/config/schema holds both). One device call each (SUITE_BUDGET_S, default 420).
 set -uo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 STACK=${1:?usage: compare-stacks.sh new|old [OUT]}
 OUT_DIR=${2:-${OUT:-/tmp/compare}}
 case $STACK in
@@ -23,7 +23,7 @@ export REUSE_FAULTS=${REUSE_FAULTS:-0} CPU_TIER_GIB=${CPU_TIER_GIB:-20} DISK_TIE
 export GPU_UTIL=${GPU_UTIL:-0.6} MODEL=${MODEL:-/tmp/model-8b} SERVED=${SERVED:-llama8b}
 rm -rf "$OUT"
 PYTHONPATH=$SITE python3 -c "import importlib.metadata as m, torch; print('stack $STACK:', 'vllm', m.version('vllm'), 'lmcache', m.version('lmcache'), 'torch', torch.__version__)"
-bash "$HERE/run-suite.sh" reuse
+(cd "$ROOT" && "${PY:-python3}" -m bench.suite reuse)
 rc=$?
 mkdir -p "$OUT_DIR"
 tar -C "$OUT" -czf "$OUT_DIR/$STACK.tar.gz" --exclude='*.png' results logs

@@ -14,7 +14,7 @@
 #   vllm.tar.xz.partNN vLLM 0.32.0 without what Hopper never loads (FA2 kernels, Blackwell FMHA, Rust frontend)
 #   wheels-new-N/      LMCache 0.5.6, torchvision 0.28.0 and every requirement whose device/old-bundle version
 #                      does not satisfy the new pins (resolved here from the wheels' metadata)
-#   app/               this checkout's entrypoint/ and scripts/ (the device tool sends the lead's checkout)
+#   app/               this checkout's entrypoint/, scripts/ and bench/*.py (the device tool sends the lead's checkout)
 #   install-new.sh     run there after the upload: installs into /tmp/site-new and checks the pair
 #                      (torch sees the GPU; LMCache's compiled ops resolve: entrypoint.generators.check_ops)
 # Left out on purpose (the device has them in versions close enough, or the run does not use them):
@@ -140,9 +140,11 @@ for f in $(ls -S "$DL"/wheels/*.whl); do
     mkdir -p "$DEST/wheels-new-$i" && cp "$f" "$DEST/wheels-new-$i/"; sum=$((sum + s))
 done
 
-# 4. this checkout's appliance code and suite scripts, and the installer
-rm -rf "$DEST/app" && mkdir -p "$DEST/app"
+# 4. this checkout's appliance code, scripts and bench tools (bench/*.py: the suites' runner, not bench/runs/),
+#    and the installer
+rm -rf "$DEST/app" && mkdir -p "$DEST/app/bench"
 cp -r "$SRC/entrypoint" "$SRC/scripts" "$DEST/app/"
+cp "$SRC"/bench/*.py "$DEST/app/bench/"
 find "$DEST/app" -name __pycache__ -prune -exec rm -rf {} +
 cat > "$DEST/install-new.sh" <<'SH'
 #!/bin/bash

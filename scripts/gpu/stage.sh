@@ -41,7 +41,8 @@ install)
         cp /tmp/stage/model/tokenizer*.json /tmp/stage/model/special_tokens_map.json /tmp/model-$s/
         cp /tmp/stage/model/config-llama-$s-shape.json /tmp/model-$s/config.json
     done
-    mkdir -p /tmp/stage-new/app && cp -r "$ROOT/entrypoint" "$ROOT/scripts" /tmp/stage-new/app/
+    mkdir -p /tmp/stage-new/app/bench && cp -r "$ROOT/entrypoint" "$ROOT/scripts" /tmp/stage-new/app/
+    cp "$ROOT"/bench/*.py /tmp/stage-new/app/bench/   # the bench tools (python -m bench.suite), not bench/runs/
     bash /tmp/stage-new/install-new.sh
     ;;
 *) sed -n '2,13p' "$0"; exit 2 ;;

@@ -133,10 +133,10 @@ def test_the_contract_tests_pass_inside_the_product_image(run_product):
               "entrypoint.__file__)' && "
               f"python3 -m pytest -p no:cacheprovider -W ignore -q -rs /src/tests/contract "
               f"-k 'not {DRIFT_TEST} and not {NEEDS_REDIS}'")
-    # scripts/bench: the coordinator test drives the cluster bench's router (stdlib only)
+    # bench/: the coordinator test drives the cluster bench's router (the installed appliance is its entrypoint)
     volumes = {str(ROOT / "tests"): {"bind": "/src/tests", "mode": "ro"},
                str(ROOT / "env"): {"bind": "/src/env", "mode": "ro"},
-               str(ROOT / "scripts"): {"bind": "/src/scripts", "mode": "ro"}}
+               str(ROOT / "bench"): {"bind": "/src/bench", "mode": "ro"}}
     code, out = run_product(["bash", "-c", script], timeout=900, volumes=volumes, working_dir="/src",
                             environment={"PYTHONDONTWRITEBYTECODE": "1", "PIP_BREAK_SYSTEM_PACKAGES": "1"})
     print(out[-3000:])

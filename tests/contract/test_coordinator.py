@@ -1,5 +1,5 @@
 """LMCache 0.5.6's coordinator, for real, on a CPU: what the cluster bench's coordinator routing relies on
-(scripts/bench/cluster.py `route --coordinator`; docs/SCALE-OUT.md "LMCache's coordinator").
+(bench/cluster.py `route --coordinator`; docs/SCALE-OUT.md "LMCache's coordinator").
 
 `lmcache coordinator` and two `lmcache server` processes started from appliance plans with LMCache's own
 LMCACHE_COORDINATOR_* variables (passed through to the server's environment); KV stored into each server by
@@ -10,7 +10,6 @@ vLLM's /tokenize (the one part of a replica the router asks) is a small HTTP sta
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,9 +23,7 @@ from .lmcache_fleet import fleet as start_fleet
 from .lmcache_fleet import store as _store_kv
 from ports import free_ports
 
-BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
-sys.path.insert(0, str(BENCH))
-import cluster
+from bench import cluster
 
 
 @pytest.fixture(scope="module")

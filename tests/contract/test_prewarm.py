@@ -2,7 +2,7 @@
 storage manager (CPU tier + the fs_native disk tier the plan configures), its event bus, its layout
 registry, its warm prefetch. One server records the hot chunks; a new one, on the same disk tier, loads
 them into its CPU tier once a KV layout is registered. What this cannot show (GPU): the TTFT of the first
-request after a restart; scripts/gpu/run-suite.sh options (lmcache-prewarm) measures it."""
+request after a restart; bench/suite.py options (lmcache-prewarm) measures it."""
 from __future__ import annotations
 
 import json

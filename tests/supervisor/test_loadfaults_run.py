@@ -1,4 +1,4 @@
-"""scripts/bench/loadfaults.py against the stub appliance under real supervisord: closed-loop clients, vLLM
+"""bench/loadfaults.py against the stub appliance under real supervisord: closed-loop clients, vLLM
 SIGKILLed through supervisord's socket at a fixed time, and the windows showing the failures and the recovery."""
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ def test_loadfaults_run_shows_the_fault_window_and_the_recovery(appliance, tmp_p
     a.wait_state("vllm", "RUNNING", 30)
     results = tmp_path / "results"
     out = subprocess.run(
-        [sys.executable, "loadfaults.py", "run", "--label", "stub", "--results", str(results), "--base-url", a.base,
+        [sys.executable, "-m", "bench.loadfaults", "run", "--label", "stub", "--results", str(results), "--base-url", a.base,
          "--model", a.env["VLLM_MODEL"], "--fault", "kill-vllm", "--fault-at", "3", "--duration", "14",
          "--window", "2", "--clients", "3", "--prefixes", "2", "--prefix-tokens", "32", "--min-tokens", "8",
          "--max-tokens", "16", "--request-timeout", "10", "--run-dir", str(a.run.root), "--ready-timeout", "20"],
-        cwd=REPO / "scripts" / "bench", capture_output=True, text=True, timeout=90)
+        cwd=REPO, capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr
     row = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()][-1]
     assert row["injected"]["fault"] == "kill-vllm" and row["injected"]["pid"] > 0

@@ -1,18 +1,10 @@
-"""The pure parts of the benchmark tools (scripts/bench): prompts, KV sizes, the copy floor, the reports and
+"""The pure parts of the benchmark tools (the bench package): prompts, KV sizes, the copy floor, the reports and
 their verdicts against the issue's targets. No server, no GPU; the chart only where matplotlib is installed."""
 import json
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
-import common  # noqa: E402
-import from_log  # noqa: E402
-import multiround  # noqa: E402
-import reuse  # noqa: E402
+from bench import common, from_log, multiround, reuse, suite
 
 LLAMA3_8B = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
              "head_dim": 128, "torch_dtype": "bfloat16"}
@@ -328,41 +320,28 @@ def test_from_log_rebuilds_the_rows_the_bench_scripts_append():
     assert summary["labels"]["native"]["failed"] == 1
 
 
-# --- the GPU suite's configuration tables (scripts/gpu/run-suite.sh) -------------------------------------
-SUITE = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "run-suite.sh"
-
-
-def suite_function(name: str, call: str, **env: str) -> list[str]:
-    """Runs one bash function of run-suite.sh, cut out of the file (the script itself starts a suite)."""
-    text = SUITE.read_text()
-    body = re.search(rf"^{name}\(\) {{.*?^}}$", text, re.S | re.M)
-    assert body, f"{name} not found in {SUITE}"
-    out = subprocess.run(["bash", "-c", f"{body.group(0)}\n{call}"], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "CPU_TIER_GIB": "20", **env})
-    return out.stdout.splitlines() if out.returncode == 0 else [f"exit {out.returncode}"]
+# --- the GPU suite's configuration tables (bench/suite.py) ------------------------------------------------
 
 
 def test_multiround_labels_become_the_documented_settings():
-    assert suite_function("mr_backend", "mr_backend no-offload") == ["VLLM_KV_OFFLOADING_BACKEND=none"]
-    assert suite_function("mr_backend", "mr_backend native") == [
-        "VLLM_KV_OFFLOADING_BACKEND=native", "VLLM_KV_OFFLOADING_SIZE=20"]
-    assert suite_function("mr_backend", "mr_backend lmcache-inproc-mnbt2048") == [
+    assert suite.mr_backend("no-offload", "20") == ["VLLM_KV_OFFLOADING_BACKEND=none"]
+    assert suite.mr_backend("native", "20") == ["VLLM_KV_OFFLOADING_BACKEND=native", "VLLM_KV_OFFLOADING_SIZE=20"]
+    assert suite.mr_backend("lmcache-inproc-mnbt2048", "20") == [
         "VLLM_KV_OFFLOADING_BACKEND=lmcache", "VLLM_KV_OFFLOADING_SIZE=20", "LMCACHE_MODE=in-process",
         "VLLM_MAX_NUM_BATCHED_TOKENS=2048"]
-    assert "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" in suite_function("mr_backend", "mr_backend lmcache-mw4")
-    assert "LMCACHE_LOOKUP_WORKERS=1" in suite_function("mr_backend", "mr_backend lmcache-cpuw1")
-    assert "LMCACHE_CHUNK_SIZE=512" in suite_function("mr_backend", "mr_backend lmcache-chunk512")
-    assert "LMCACHE_NONBLOCKING_LOOKUP=true" in suite_function("mr_backend", "mr_backend lmcache-nonblocking")
-    assert suite_function("mr_backend", "mr_backend lmcache-typo") == ["exit 1"]
+    assert "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4" in suite.mr_backend("lmcache-mw4", "20")
+    assert "LMCACHE_LOOKUP_WORKERS=1" in suite.mr_backend("lmcache-cpuw1", "20")
+    assert "LMCACHE_CHUNK_SIZE=512" in suite.mr_backend("lmcache-chunk512", "20")
+    assert "LMCACHE_NONBLOCKING_LOOKUP=true" in suite.mr_backend("lmcache-nonblocking", "20")
+    assert suite.mr_backend("lmcache-typo", "20") is None
 
 
 def test_a_pinned_suite_moves_only_the_metrics_ports():
-    call = 'with_instance_ports VLLM_KV_OFFLOADING_BACKEND=lmcache "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4"'
-    assert suite_function("with_instance_ports", call, GPU="1") == [
+    words = ["VLLM_KV_OFFLOADING_BACKEND=lmcache", "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4"]
+    assert suite.with_instance_ports(words, "1") == [
         "VLLM_KV_OFFLOADING_BACKEND=lmcache", "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4",
         "APPLIANCE_LMCACHE_METRICS_PORT=9091", "APPLIANCE_METRICS_PORT=9465"]
-    assert suite_function("with_instance_ports", call) == [  # all GPUs: nothing moved
-        "VLLM_KV_OFFLOADING_BACKEND=lmcache", "LMCACHE_SERVER_EXTRA_ARGS=--max-workers 4"]
+    assert suite.with_instance_ports(words, "") == words  # all GPUs: nothing moved
 
 
 def test_sse_chunks_marks_a_complete_stream_and_not_a_cut_one():

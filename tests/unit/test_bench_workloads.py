@@ -1,6 +1,6 @@
-"""Issue 12's workload benchmarks (scripts/bench): long-document QA (longdoc.py), multi-round QA at a fixed
+"""Issue 12's workload benchmarks (the bench package): long-document QA (longdoc.py), multi-round QA at a fixed
 request rate (multiround.py --rate), start time next to a bare `vllm serve` (startup.py), the cold-request and
-page-cache tables (reuse.py), the workloads suite's configuration words (run-suite.sh); and both workloads run
+page-cache tables (reuse.py), the workloads suite's configuration words (bench/suite.py); and both workloads run
 end to end against the stub vLLM (streaming), which is what the GPU suite does with the real one."""
 from __future__ import annotations
 
@@ -15,15 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from bench import common, longdoc, multiround, reuse, startup, suite
+from ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "scripts" / "bench"
-sys.path.insert(0, str(BENCH))
-import common  # noqa: E402
-import longdoc  # noqa: E402
-import multiround  # noqa: E402
-import reuse  # noqa: E402
-import startup  # noqa: E402
-from ports import free_port  # noqa: E402
 
 
 def args(**kw):
@@ -133,7 +128,7 @@ def test_schedule_stops_at_max_seconds_and_keeps_each_users_rounds_in_order():
 
 
 def test_the_workloads_suites_multiround_grows_past_16000_tokens():
-    # run-suite.sh WL_MR_ARGS: 10 users, 4 rounds, system 1000, own history 12000, 1000 + 100 per round
+    # bench.suite WL_MR_ARGS: 10 users, 4 rounds, system 1000, own history 12000, 1000 + 100 per round
     assert multiround.final_context_tokens(4, 1000, 1000, 100, history=12000) == 17400
     last_prompt = 1000 + 12000 + 3 * (1000 + 100) + 1000
     assert last_prompt > 16000
@@ -280,33 +275,17 @@ def test_cold_request_cost_of_storing_is_printed_and_held_to_5_percent():
     assert v["lmcache-inproc: cold-request cost of storing, 16000 tok, over no-offload"] == "pass"  # issue 5: 10 %
 
 
-# --- run-suite.sh: the workloads configurations ------------------------------------------------------------
-
-SUITE = REPO / "scripts" / "gpu" / "run-suite.sh"
-
-
-def suite_functions(names: list[str], call: str, **env: str) -> list[str]:
-    text = SUITE.read_text()
-    bodies = []
-    for name in names:
-        body = re.search(rf"^{name}\(\) {{.*?^}}$", text, re.S | re.M)
-        assert body, f"{name} not found in {SUITE}"
-        bodies.append(body.group(0))
-    out = subprocess.run(["bash", "-c", "\n".join(bodies) + f"\n{call}"], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "CPU_TIER_GIB": "20", "WL_CPU_GIB": "40",
-                              "WL_KV_BYTES": "8589934592", "WL_MAX_MODEL_LEN": "20480", **env})
-    return out.stdout.splitlines() if out.returncode == 0 else [f"exit {out.returncode}"]
+# --- bench/suite.py: the workloads configurations ----------------------------------------------------------
 
 
 def test_workloads_configurations_share_the_gpu_cap_and_size_the_cpu_tier_for_the_documents():
-    fns = ["mr_backend", "wl_words"]
+    runner = suite.Runner({"CPU_TIER_GIB": "20"}, dry_run=True)  # the workloads' own CPU tier, not CPU_TIER_GIB
     cap = ["VLLM_KV_CACHE_MEMORY_BYTES=8589934592", "VLLM_MAX_MODEL_LEN=20480"]
-    assert suite_functions(fns, "wl_words no-offload") == ["VLLM_KV_OFFLOADING_BACKEND=none", *cap]
-    assert suite_functions(fns, "wl_words lmcache") == [
+    assert runner.wl("no-offload") == ["VLLM_KV_OFFLOADING_BACKEND=none", *cap]
+    assert runner.wl("lmcache") == [
         "VLLM_KV_OFFLOADING_BACKEND=lmcache", "VLLM_KV_OFFLOADING_SIZE=40", *cap]  # LMCache's defaults otherwise
-    assert suite_functions(fns, "wl_words native") == [
-        "VLLM_KV_OFFLOADING_BACKEND=native", "VLLM_KV_OFFLOADING_SIZE=40", *cap]
-    assert suite_functions(fns, "wl_words nonsense") == ["exit 1"]
+    assert runner.wl("native") == ["VLLM_KV_OFFLOADING_BACKEND=native", "VLLM_KV_OFFLOADING_SIZE=40", *cap]
+    assert runner.wl("nonsense") is None
 
 
 # --- end to end against the stub vLLM (streaming), as the suite runs them on the GPU ------------------------

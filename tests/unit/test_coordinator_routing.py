@@ -1,8 +1,6 @@
 """Placement by LMCache's coordinator (entrypoint/cluster/routing.py: the appliance's router and the cluster
 bench's client-side router share it): which replica a /directory/lookup answer sends a request to. The real
 coordinator's answers: tests/contract/test_coordinator.py and test_coordinator_router.py."""
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -16,9 +14,7 @@ from entrypoint.cluster.routing import (
     tokenize_body,
 )
 
-BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
-sys.path.insert(0, str(BENCH))
-import cluster
+from bench import cluster
 
 
 def key(chunk):

@@ -1,16 +1,13 @@
-"""The pure parts of scripts/bench/loadfaults.py: the per-window table, the fault summary the issue's targets
+"""The pure parts of bench/loadfaults.py: the per-window table, the fault summary the issue's targets
 read, the report and chart. A run against the stub vLLM under real supervisord is
 tests/supervisor/test_loadfaults_run.py."""
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
-import common  # noqa: E402
-import loadfaults  # noqa: E402
+from bench import common, loadfaults
 
 
 def rec(start, end, ok=True, error=None, ttft=0.1):

@@ -52,3 +52,13 @@ def test_the_package_data_holds_what_is_read_at_run_time():
                    f"config/schema/lmcache-{pins['LMCACHE_VERSION']}.json"):
         assert (ROOT / "entrypoint" / needed).exists()
         assert any(fnmatch(needed, pattern) for pattern in patterns), needed
+
+
+def test_the_bench_package_stays_out_of_the_image_and_its_build_hash():
+    """bench/ (the benchmark tools, the GPU suites' runner, raw results) is not installed by `pip install .` and
+    is not in the Docker build context, whose allowlist docker/build-image.sh also hashes as the image's inputs."""
+    assert PROJECT["tool"]["setuptools"]["packages"]["find"]["include"] == ["entrypoint*"]
+    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    assert allowed and not any(path == "bench" or path.startswith("bench/") for path in allowed), allowed
+    assert (ROOT / "bench" / "__init__.py").is_file() and (ROOT / "bench" / "suite.py").is_file()

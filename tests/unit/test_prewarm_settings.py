@@ -127,16 +127,12 @@ def test_bad_values_are_a_clear_error_with_exit_2(name, value, message):
 
 
 def opt_words(label: str) -> list[str]:
-    """scripts/gpu/run-suite.sh's opt_words, cut out of the script (the script itself starts a suite)."""
-    import re
+    """bench/suite.py's options configurations (python -m bench.suite options)."""
+    from bench import suite
 
-    text = (ROOT / "scripts" / "gpu" / "run-suite.sh").read_text()
-    body = re.search(r"^opt_words\(\) {.*?^}$", text, re.S | re.M).group(0)
-    out = subprocess.run(["bash", "-c", f"{body}\nopt_words {label}"], capture_output=True, text=True, check=False,
-                         env={"PATH": "/usr/bin:/bin", "CPU_TIER_GIB": "20", "KVDISK": "/tmp/kvdisk",
-                              "DISK_TIER_GIB": "40"})
-    assert out.returncode == 0, out.stderr
-    return out.stdout.splitlines()
+    words = suite.opt_words(label, cpu_tier_gib="20", kvdisk="/tmp/kvdisk", disk_tier_gib="40")
+    assert words is not None, label
+    return words
 
 
 def test_the_gpu_suite_measures_the_default_with_pre_warming_and_a_configuration_without():

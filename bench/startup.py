@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-import common as c
+from bench import common as c
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 VS_BARE_S = 5.0  # issue 12, target 6: `serve` to ready at most this many seconds after a bare `vllm serve`
 
 

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-import common as c
+from bench import common as c
 
 P50_VS_BASELINE = 0.5  # p50 TTFT at least 2x better than no offload (issues 5 and 12)
 P50_VS_NATIVE = 0.9  # and at most 0.9x vLLM's native CPU offload at the same CPU budget (issue 12; issue 5: 1.0)

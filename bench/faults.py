@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-import common as c
+from bench import common as c
 
 
 def _row(a, check: str, ok: bool, observed: str, **extra) -> dict:

@@ -1,7 +1,7 @@
 """One chart per target, before and after, from a targets.json kept next to a run's results (its numbers
 are the run's tables', each bar naming its source): one panel per target, the limit as a dashed line.
 
-    python scripts/bench/targets_chart.py bench/runs/h200x2-2026-11-29-evening/targets.json
+    python -m bench.targets_chart bench/runs/h200x2-2026-11-29-evening/targets.json
 writes targets.png beside the JSON."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-import common as c
+from bench import common as c
 
 
 def chart(spec: dict, out: Path) -> int:

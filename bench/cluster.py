@@ -1,6 +1,6 @@
 """Cross-replica benchmarks (issue 15): a prompt computed by one replica, served by another.
 
-Steps (each appends rows to RESULTS/results.jsonl; scripts/gpu/run-suite.sh cluster runs them in order):
+Steps (each appends rows to RESULTS/results.jsonl; python -m bench.suite cluster runs them in order):
 
   cluster.py pair --label store --writer URL_A --reader URL_B --redis 127.0.0.1:6390 --tokens 4000,8000 ...
         per length: the reader recomputes a fresh prompt (reader_recompute); the writer computes prompt P
@@ -40,9 +40,7 @@ import time
 import types
 from pathlib import Path
 
-import common as c
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root (bench scripts run without PYTHONPATH)
+from bench import common as c
 from entrypoint.cluster.routing import choose_replica, held_prefix
 
 CHUNK_TOKENS = 256  # LMCache's chunk size in the appliance (LMCACHE_CHUNK_SIZE default): one object per chunk
@@ -391,17 +389,8 @@ def scrape(url: str) -> dict:
         return {}
     if status != 200 or not isinstance(text, str):
         return {}
-    out: dict = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in METRICS:
-            try:
-                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                pass
-    return out
+    found = c.metrics(text)
+    return {name: found[name] for name in METRICS if name in found}
 
 
 def deltas(before: dict, after: dict) -> dict:

@@ -1,11 +1,15 @@
 """Shared pieces of the appliance benchmarks: prompts, HTTP, supervisord control, results, copy floor.
 
-Standard library only, so the scripts run with any Python 3.9+ next to the appliance; matplotlib (charts)
-and torch (host-to-device bandwidth) are imported only where used, and skipped with a note when missing.
+Part of the `bench` package (run from the repository root: `python -m bench.<tool>`), next to the appliance's
+own code: Prometheus text is read with the appliance's parser (entrypoint.runtime.snapshot.parse_metrics,
+prometheus_client's) and supervisord is driven through the appliance's XML-RPC transport
+(entrypoint.runtime.events.supervisor_rpc); both are imported where used, so the pure parts (prompts, tables)
+need the standard library only. matplotlib (charts) and torch (host-to-device bandwidth) are imported only
+where used, and skipped with a note when missing.
 
 Also a small CLI:
-    python scripts/bench/common.py bandwidth --results DIR [--model-config /tmp/model-8b]
-    python scripts/bench/common.py kv-bytes --model-config /tmp/model-8b [--tokens 16000]
+    python -m bench.common bandwidth --results DIR [--model-config /tmp/model-8b]
+    python -m bench.common kv-bytes --model-config /tmp/model-8b [--tokens 16000]
 """
 from __future__ import annotations
 
@@ -15,9 +19,7 @@ import json
 import math
 import os
 import random
-import re
 import signal
-import socket
 import statistics
 import sys
 import threading
@@ -227,26 +229,22 @@ ENGINE_CLOCKS = {"engine_ttft_s": "vllm:time_to_first_token_seconds",
                  "queue_s": "vllm:request_queue_time_seconds",
                  "prefill_s": "vllm:request_prefill_time_seconds",
                  "lookup_s": "vllm:lmcache_mp_lookup_duration_seconds"}
-# `name{labels} value`: the label block may hold quoted strings with braces in them. A regex, not
-# prometheus_client, because these scripts are standard library only (see the module's docstring).
-_SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?\s+(\S+)')
+def metrics(text: str) -> dict[str, float]:
+    """Prometheus text, each sample name summed over its label sets: the appliance's own parser
+    (entrypoint.runtime.snapshot.parse_metrics, prometheus_client's), the one every bench tool uses."""
+    from entrypoint.runtime.snapshot import parse_metrics
+    return parse_metrics(text)
 
 
 def histogram_totals(text: str, families) -> dict:
     """{family: [sum, count]} of Prometheus histograms, added up over their label sets."""
-    out = {f: [0.0, 0.0] for f in families}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        name, value = m.group(1), m.group(2)
-        for f in families:
-            if name in (f + "_sum", f + "_count"):
-                try:
-                    out[f][name.endswith("_count")] += float(value)
-                except ValueError:
-                    pass
-    return out
+    sums = metrics(text)
+    return {f: [sums.get(f + "_sum", 0.0), sums.get(f + "_count", 0.0)] for f in families}
+
+
+def metric_sum(text: str, name: str) -> float | None:
+    """A sample name's value summed over its label sets, None when absent."""
+    return metrics(text).get(name)
 
 
 def engine_clocks(base: str, timeout: float = 10.0) -> dict | None:
@@ -384,55 +382,29 @@ def pid_alive(pid: int) -> bool:
 
 # --- supervisord -----------------------------------------------------------------------------------------
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
-class _UnixTransport(xmlrpc.client.Transport):
-    def __init__(self, path: str, timeout: float):
-        super().__init__()
-        self._path, self._timeout = path, timeout
-
-    def make_connection(self, host):
-        _, self._extra_headers, _ = self.get_host_info(host)  # basic auth from user:password@ in the URL
-        return _UnixHTTPConnection(self._path, self._timeout)
-
-
-# What `serve` renders (entrypoint/render.py): user `appliance`, a fresh password in the run directory.
-SUPERVISOR_USER = "appliance"
-SUPERVISOR_PASSWORD_FILE = "supervisor.password"
-
-
 class Supervisor:
-    """supervisord's XML-RPC interface on its unix socket: what `supervisorctl` does, from Python.
-    Credentials: given, or the appliance's (the password file next to the socket), or none."""
+    """supervisord's XML-RPC interface on its unix socket: what `supervisorctl` does, from Python, through the
+    appliance's own transport. Credentials: the password given, or the appliance's (RunDir.password, next to
+    the socket), or none. `timeout` is kept for the callers' sake: the appliance's transport (supervisor's
+    SupervisorTransport) does not take one."""
 
-    def __init__(self, socket_path: str, timeout: float = 120.0, user: str | None = None,
-                 password: str | None = None):
+    def __init__(self, socket_path: str, timeout: float = 120.0, password: str | None = None):
         if not socket_path:
             raise BenchError("no supervisord socket given (--supervisor-socket or --run-dir)")
-        self.socket_path = socket_path
-        if password is None:
-            pw_file = Path(socket_path).parent / SUPERVISOR_PASSWORD_FILE
+        self.socket_path, self.timeout = socket_path, timeout
+        if password is None:  # what `serve` renders next to the socket (entrypoint.runtime.render.RunDir)
+            from entrypoint.runtime.render import RunDir
+            pw_file = RunDir(Path(socket_path).parent).password
             if pw_file.exists():
-                password, user = pw_file.read_text().strip(), user or SUPERVISOR_USER
-        auth = ""
-        if password is not None:
-            auth = f"{urllib.parse.quote(user or SUPERVISOR_USER, safe='')}:{urllib.parse.quote(password, safe='')}@"
-        # xmlrpc.client sends user:password@ from the URL as HTTP basic auth; the host part is not used
-        self.proxy = xmlrpc.client.ServerProxy(f"http://{auth}localhost",
-                                               transport=_UnixTransport(socket_path, timeout), allow_none=True)
+                password = pw_file.read_text().strip()
+        self.password = password
 
     @property
     def rpc(self):
-        return self.proxy.supervisor
+        """A fresh proxy per use (entrypoint.runtime.events.supervisor_rpc): its transport keeps one connection,
+        which threads must not share."""
+        from entrypoint.runtime.events import supervisor_rpc
+        return supervisor_rpc(self.socket_path, self.password).supervisor
 
     def processes(self) -> list[dict]:
         return self.rpc.getAllProcessInfo()
@@ -513,9 +485,13 @@ class Supervisor:
 
 
 def socket_from_run_dir(run_dir: str | None) -> str | None:
-    """The supervisord socket `serve` renders into its run directory."""
+    """The supervisord socket `serve` renders into its run directory (the appliance's RunDir), else one
+    another supervisord left there."""
     if not run_dir:
         return None
+    from entrypoint.runtime.render import RunDir
+    if RunDir(Path(run_dir)).socket.exists():
+        return str(RunDir(Path(run_dir)).socket)
     for name in ("supervisor.sock", "supervisord.sock"):
         if (Path(run_dir) / name).exists():
             return str(Path(run_dir) / name)

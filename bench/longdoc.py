@@ -31,7 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import common as c
+from bench import common as c
 
 # Issue 12, target 4 (long-document QA), with the appliance's default configuration as the candidate:
 PASS2_VS_BASELINE = 0.25   # second-pass mean TTFT at most this x no offload's (a recompute)

@@ -34,9 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-import common as c
+from bench import common as c
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MAX_TOKENS = 16
 TOP = 5
 PROMPT_TOKENS = 2000  # 7 full LMCache chunks of 256 and a partial one
@@ -140,14 +140,10 @@ def cmd_lora(a) -> int:
 
 def counters(base: str) -> dict:
     status, text, _ = c.http_json(base.rstrip("/") + "/metrics", timeout=10)
-    out = {k: 0.0 for k in HIT_METRICS}
     if status != 200 or not isinstance(text, str):
-        return out
-    for line in text.splitlines():
-        for key, metric in HIT_METRICS.items():
-            if line.startswith(metric):
-                out[key] += float(line.rsplit(" ", 1)[1])
-    return out
+        return {k: 0.0 for k in HIT_METRICS}
+    found = c.metrics(text)
+    return {key: found.get(metric, 0.0) for key, metric in HIT_METRICS.items()}
 
 
 def ask(base: str, model: str, prompt: list[int], salt: str | None = None) -> dict:
@@ -315,7 +311,8 @@ def phase_negative(a, prompts) -> None:
         ask_all(a, "fp8: recompute", a.served, prompts, salt_prefix="rc-fp8")
     finally:
         app.stop()
-    subprocess.run([sys.executable, __file__, "perturb", "--model", a.model, "--seed", "7"], check=True)
+    subprocess.run([sys.executable, "-m", "bench.kv_equality", "perturb", "--model", a.model, "--seed", "7"], cwd=ROOT,
+                   check=True)
     app = Appliance(a, "perturbed")
     try:
         ask_all(a, "perturbed in place: first request", a.served, prompts)

@@ -2,7 +2,7 @@
 delivers when the page cache does not hold the KV (after a host reboot, or memory pressure), to size the
 disk tier's I/O workers (LMCache's fs_native adapter reads with `num_workers` C++ threads, 4 by default).
 
-    python scripts/bench/diskread.py run --dir /tmp/kvdisk-probe --results DIR [--files 64 --mib 32]
+    python -m bench.diskread run --dir /tmp/kvdisk-probe --results DIR [--files 64 --mib 32]
         --readers 1,2,4,8,16,32
 
 Writes FILES files of MIB MiB (a 8B-shape chunk of 256 tokens is 32 MiB), then for each reader count drops
@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-import common as c
+from bench import common as c
 
 
 def drop_page_cache() -> bool:

@@ -38,7 +38,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-import common as c
+from bench import common as c
 
 GAP_HEADER = "X-Appliance-Gap"  # entrypoint/runtime/gap.py: the appliance's 503 while vLLM is down
 LATE_AFTER_S = 5.0  # issue 14: no failed request may start later than this after an LMCache server kill
@@ -161,16 +161,7 @@ def dir_bytes(path: str) -> int:
     return total
 
 
-def metric_sum(text: str, name: str) -> float | None:
-    found, total = False, 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-                found = True
-            except ValueError:
-                continue
-    return total if found else None
+metric_sum = c.metric_sum  # the appliance's Prometheus parser (prometheus_client's)
 
 
 def sampler(a, t0: float, stop: threading.Event, samples: list) -> None:
@@ -226,7 +217,7 @@ def inject(a, spec: str) -> dict:
         pid = sup.kill(program, signal.SIGKILL, group=True)
         return {"fault": name, "pid": pid}
     if name == "fill-disk":
-        from faults import fill  # the same filler as faults.py disk-fill
+        from bench.faults import fill  # the same filler as faults.py disk-fill
         total = shutil.disk_usage(arg).total
         if total > a.fill_max_gib * 2**30:  # never the host's own disk: a small volume (the suite's tmpfs) only
             raise c.BenchError(f"{arg} is on a {total / 2**30:.0f} GiB file system, more than --fill-max-gib "

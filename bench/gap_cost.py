@@ -25,9 +25,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import common as c
+from bench import common as c
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 RELEASED_POLL_S = 0.1  # entrypoint/runtime/gap.py
 
 
@@ -86,8 +86,8 @@ class Shared(ThreadingHTTPServer):
         super().server_bind()
 
 
-GAP = ("import sys, signal; sys.path.insert(0, sys.argv[1]); from entrypoint.runtime.gap import Gap; "
-       "g = Gap('127.0.0.1', int(sys.argv[2]), 5); signal.signal(signal.SIGTERM, lambda *_: g.stopping.set()); "
+GAP = ("import sys, signal; from entrypoint.runtime.gap import Gap; "
+       "g = Gap('127.0.0.1', int(sys.argv[1]), 5); signal.signal(signal.SIGTERM, lambda *_: g.stopping.set()); "
        "g.run()")
 
 
@@ -101,7 +101,7 @@ def cmd_local(a) -> int:
     for with_gap in (False, True, False, True):  # alternated, so that drift shows
         gap = None
         if with_gap:
-            gap = subprocess.Popen([sys.executable, "-c", GAP, str(ROOT), str(port)])
+            gap = subprocess.Popen([sys.executable, "-c", GAP, str(port)], cwd=ROOT)  # the repo root: `entrypoint`
             time.sleep(1.0)  # it sees the listener and stays released
             cpu0, t0 = cpu_seconds(gap.pid), time.monotonic()
         name = "gap program watching" if with_gap else "no gap program"

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-import common as c
+from bench import common as c
 
 PHASES = ("cold", "gpu_hit", "gpu_hit_settled", "after_reset", "after_vllm_restart", "after_full_restart", "restored_gpu_hit",
           "restored_after_reset")

@@ -1,7 +1,7 @@
-"""Rebuild results.jsonl from the console log of `scripts/gpu/run-suite.sh` (logs/suite.log), for when the
+"""Rebuild results.jsonl from the console log of `python -m bench.suite` (logs/suite.log), for when the
 machine's results folder did not come back but its console did.
 
-    python scripts/bench/from_log.py logs/suite.log --results DIR [--date 2026-11-28] [--report reuse,startup]
+    python -m bench.from_log logs/suite.log --results DIR [--date 2026-11-28] [--report reuse,startup]
 
 Every line the bench scripts log becomes the row they would have appended: per-request reuse rows (`cold`,
 `gpu_hit`, ..., warm-ups), restart rows (the logged dict is the row's own data), multi-round requests and run
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-import common as c
+from bench import common as c
 
 TS = r"^\[(?P<ts>\d\d:\d\d:\d\d)\] "
 RE = {name: re.compile(rx) for name, rx in {
@@ -292,7 +292,7 @@ class Parser:
     # --- multi-round -----------------------------------------------------------------------------------------
 
     def on_mr_head(self, m, *_):
-        from multiround import final_context_tokens, working_set_tokens
+        from bench.multiround import final_context_tokens, working_set_tokens
         users, rounds = int(m["users"]), int(m["rounds"])
         s = self.shape
         ws = working_set_tokens(users, rounds, s["system"], s["user"], s["answer"])
