@@ -405,7 +405,7 @@ class _UnixTransport(xmlrpc.client.Transport):
         return _UnixHTTPConnection(self._path, self._timeout)
 
 
-# What `serve` renders (entrypoint/render.py): user `appliance`, a fresh password in the run directory.
+# What `serve` renders (entrypoint/render/supervisord_conf.py): user `appliance`, a fresh password in the run directory.
 SUPERVISOR_USER = "appliance"
 SUPERVISOR_PASSWORD_FILE = "supervisor.password"
 
