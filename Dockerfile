@@ -103,7 +103,7 @@ COPY --from=wheel /wheels /tmp/wheels
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY tests/stubs /opt/appliance/stubs
 COPY docker/test-stage/vllm docker/test-stage/lmcache /usr/local/bin/
-# The stubs need no GPU: this turns off serve's "no GPU visible" preflight check (runtime/preflight.py).
+# The stubs need no GPU: this turns off serve's "no GPU visible" preflight check (supervise/preflight.py).
 ENV STUB_NO_GPU=1
 # The upgrade drill (tests/container/test_upgrade.py) builds this stage as two releases: STACK_PINS rewrites
 # the pins the installed entrypoint and the stubs read, e.g. "VLLM_VERSION=0.26.0 LMCACHE_VERSION=0.5.3".
@@ -159,11 +159,11 @@ COPY --from=wheel /wheels /tmp/wheels
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 # The schema the entrypoint validates against, generated from the installed vLLM and LMCache (this
 # overwrites the committed copy in the installed package); then the default configuration must validate.
-# `entrypoint.generators.check_ops` loads every compiled LMCache module (cuda_ops, lmcache_native, ...) with
+# `entrypoint.check_lmcache_ops` loads every compiled LMCache module (cuda_ops, lmcache_native, ...) with
 # RTLD_NOW: every torch symbol resolved, no GPU needed; it fails on a torch/LMCache mismatch, which
 # `import lmcache` alone does not show (scripts/check-lmcache-torch-abi.py: LMCache 0.5.3 needs torch 2.11,
 # 0.5.4-0.5.6 need torch 2.13).
-RUN python3 -m entrypoint.generators.check_ops \
+RUN python3 -m entrypoint.check_lmcache_ops \
     && python3 -m entrypoint.generators.schema \
     && python3 -m entrypoint check
 # Set by the build, as in the test stage (docker/build-image.sh; `docker compose build` leaves them "dev").

@@ -1,9 +1,9 @@
 """Shared pieces of the appliance benchmarks: prompts, HTTP, supervisord control, results, copy floor.
 
 Part of the `bench` package (run from the repository root: `python -m bench.<tool>`), next to the appliance's
-own code: Prometheus text is read with the appliance's parser (entrypoint.runtime.snapshot.parse_metrics,
+own code: Prometheus text is read with the appliance's parser (entrypoint.inspect.snapshot.parse_metrics,
 prometheus_client's) and supervisord is driven through the appliance's XML-RPC transport
-(entrypoint.runtime.events.supervisor_rpc); both are imported where used, so the pure parts (prompts, tables)
+(entrypoint.common.events.supervisor_rpc); both are imported where used, so the pure parts (prompts, tables)
 need the standard library only. matplotlib (charts) and torch (host-to-device bandwidth) are imported only
 where used, and skipped with a note when missing.
 
@@ -231,8 +231,8 @@ ENGINE_CLOCKS = {"engine_ttft_s": "vllm:time_to_first_token_seconds",
                  "lookup_s": "vllm:lmcache_mp_lookup_duration_seconds"}
 def metrics(text: str) -> dict[str, float]:
     """Prometheus text, each sample name summed over its label sets: the appliance's own parser
-    (entrypoint.runtime.snapshot.parse_metrics, prometheus_client's), the one every bench tool uses."""
-    from entrypoint.runtime.snapshot import parse_metrics
+    (entrypoint.inspect.snapshot.parse_metrics, prometheus_client's), the one every bench tool uses."""
+    from entrypoint.inspect.snapshot import parse_metrics
     return parse_metrics(text)
 
 
@@ -392,8 +392,8 @@ class Supervisor:
         if not socket_path:
             raise BenchError("no supervisord socket given (--supervisor-socket or --run-dir)")
         self.socket_path, self.timeout = socket_path, timeout
-        if password is None:  # what `serve` renders next to the socket (entrypoint.runtime.render.RunDir)
-            from entrypoint.runtime.render import RunDir
+        if password is None:  # what `serve` renders next to the socket (entrypoint.rundir.RunDir)
+            from entrypoint.rundir import RunDir
             pw_file = RunDir(Path(socket_path).parent).password
             if pw_file.exists():
                 password = pw_file.read_text().strip()
@@ -401,9 +401,9 @@ class Supervisor:
 
     @property
     def rpc(self):
-        """A fresh proxy per use (entrypoint.runtime.events.supervisor_rpc): its transport keeps one connection,
+        """A fresh proxy per use (entrypoint.common.events.supervisor_rpc): its transport keeps one connection,
         which threads must not share."""
-        from entrypoint.runtime.events import supervisor_rpc
+        from entrypoint.common.events import supervisor_rpc
         return supervisor_rpc(self.socket_path, self.password).supervisor
 
     def processes(self) -> list[dict]:
@@ -489,7 +489,7 @@ def socket_from_run_dir(run_dir: str | None) -> str | None:
     another supervisord left there."""
     if not run_dir:
         return None
-    from entrypoint.runtime.render import RunDir
+    from entrypoint.rundir import RunDir
     if RunDir(Path(run_dir)).socket.exists():
         return str(RunDir(Path(run_dir)).socket)
     for name in ("supervisor.sock", "supervisord.sock"):

@@ -1,4 +1,4 @@
-"""What the gap answer (APPLIANCE_GAP_ANSWER, entrypoint/runtime/gap.py) costs on the normal path.
+"""What the gap answer (APPLIANCE_GAP_ANSWER, entrypoint/programs/gap.py) costs on the normal path.
 
   gap_cost.py local [--requests 3000]
         a stand-in server on a loopback port, with SO_REUSEPORT as vLLM gets it through reuse_port.py;
@@ -28,7 +28,7 @@ from pathlib import Path
 from bench import common as c
 
 ROOT = Path(__file__).resolve().parents[1]
-RELEASED_POLL_S = 0.1  # entrypoint/runtime/gap.py
+RELEASED_POLL_S = 0.1  # entrypoint/programs/gap.py
 
 
 def cpu_seconds(pid: int) -> float:
@@ -86,7 +86,7 @@ class Shared(ThreadingHTTPServer):
         super().server_bind()
 
 
-GAP = ("import sys, signal; from entrypoint.runtime.gap import Gap; "
+GAP = ("import sys, signal; from entrypoint.programs.gap import Gap; "
        "g = Gap('127.0.0.1', int(sys.argv[1]), 5); signal.signal(signal.SIGTERM, lambda *_: g.stopping.set()); "
        "g.run()")
 

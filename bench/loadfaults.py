@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bench import common as c
 
-GAP_HEADER = "X-Appliance-Gap"  # entrypoint/runtime/gap.py: the appliance's 503 while vLLM is down
+GAP_HEADER = "X-Appliance-Gap"  # entrypoint/programs/gap.py: the appliance's 503 while vLLM is down
 LATE_AFTER_S = 5.0  # issue 14: no failed request may start later than this after an LMCache server kill
 
 

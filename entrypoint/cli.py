@@ -135,10 +135,10 @@ def _main(argv: list[str] | None) -> int:
     if command not in COMMANDS:
         os.execvp(command, argv)  # `docker run image bash`: run it as given
     if command == "status":
-        from .runtime.status import main as status_main
+        from .inspect.status import main as status_main
         return status_main(rest)
     if command == "healthcheck":
-        from .runtime.healthcheck import main as healthcheck_main
+        from .inspect.healthcheck import main as healthcheck_main
         return healthcheck_main(rest)
     if command == "router":
         from .cluster.router import main as router_main
@@ -160,5 +160,5 @@ def _main(argv: list[str] | None) -> int:
     if command == "check":
         print(f"ok: {plan.model} on port {plan.api_port}, KV offloading {plan.lmcache_mode or 'off'}")
         return 0
-    from .runtime.supervise import serve
+    from .supervise.serve import serve
     return serve(plan, env_file_values=None)

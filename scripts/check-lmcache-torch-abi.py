@@ -11,7 +11,7 @@ be exported by some library of the torch wheel (`torch/lib/*.so`, `nm -D --defin
 not there is what makes `import` fail with "undefined symbol" at the first KV transfer. Prints a matrix,
 and the missing symbols of each failing pair (demangled, first few). Exit status 0 always: it reports.
 
-The image build checks the installed pair with `python -m entrypoint.generators.check_ops`, which loads the
+The image build checks the installed pair with `python -m entrypoint.check_lmcache_ops`, which loads the
 modules with RTLD_NOW; this script is how the pins in entrypoint/versions.env were chosen (docs/UPGRADING.md).
 """
 from __future__ import annotations

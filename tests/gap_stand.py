@@ -1,4 +1,4 @@
-"""The gap program (entrypoint/runtime/gap.py) answering on a free port in the test's own process, for its unit and
+"""The gap program (entrypoint/programs/gap.py) answering on a free port in the test's own process, for its unit and
 property tests. Every suite imports it as `gap_stand` (tests/conftest.py puts this folder on the import path)."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from entrypoint.runtime import gap as product
-from entrypoint.runtime.webserver import Limits
+from entrypoint.programs import gap as product
+from entrypoint.common.webserver import Limits
 from ports import free_port
 
 RETRY_AFTER = 7

@@ -1,5 +1,5 @@
 """The coordinator router's HTTP side: the server clients talk to and the relay to the chosen replica, on
-aiohttp (runtime/webserver.py: framing, limits and timeouts). The placement itself is router.Router's.
+aiohttp (common/webserver.py: framing, limits and timeouts). The placement itself is router.Router's.
 
 Per request: the body read whole (within the body limit and the client timeout), its placement (Router.locate:
 blocking calls to a replica's /tokenize and the coordinator, in a thread pool), then the replica's answer
@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..runtime.webserver import Limits, Refused, Server, end_to_end, read_body, target
+from ..common.webserver import Limits, Refused, Server, end_to_end, read_body, target
 from .routing import PLACED_PATHS, NoReplica
 
 CONNECT_TIMEOUT = 5.0

@@ -11,7 +11,7 @@ replica's /tokenize), POST /directory/lookup on the coordinator, `routing.choose
 Fail open: a coordinator or tokenizer that errs or is slower than APPLIANCE_ROUTER_LOOKUP_TIMEOUT only costs
 the placement (least loaded instead, counted in /metrics). A replica that refuses the connection is marked down
 and the request goes once to another one (only before any byte went back to the client). The HTTP side is
-proxy.py on aiohttp (runtime/webserver.py: strict framing, body and header limits, a connection limit and the
+proxy.py on aiohttp (common/webserver.py: strict framing, body and header limits, a connection limit and the
 client timeout); the router runs from the appliance image as its own container
 (deploy/kubernetes/coordinator-router/), which ships aiohttp with vLLM.
 
@@ -44,8 +44,8 @@ from ..config.settings import (
     parse_value,
 )
 from ..config.sources import collect
-from ..runtime import applog
-from ..runtime.webserver import Limits, Server
+from ..common import applog
+from ..common.webserver import Limits, Server
 from ..lmcache_ext.salt import request_salt
 from ..vllm_ext.identity import PATH as IDENTITY_PATH
 from ..vllm_ext.tenant_salt import bearer_token, tenant_salt

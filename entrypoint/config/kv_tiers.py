@@ -54,7 +54,7 @@ KV_LOAD_FAILURE_POLICY = "recompute"
 # The disk tier after an upgrade: the namespace names the LMCache version (disk_namespace), and no release
 # note promises that fs_native's files of one version read back in another, so a new version starts its own
 # namespace. The old one is left alone (a rollback finds it again) and counts against the cap
-# (runtime/preflight.tier_dirs), so that the volume never holds more than LMCACHE_MAX_LOCAL_DISK_SIZE.
+# (common/disk_prune.tier_dirs), so that the volume never holds more than LMCACHE_MAX_LOCAL_DISK_SIZE.
 NAMESPACE_MARK = "__lmcache-"
 OTHER_NAMESPACES = ("kept, not read (another KV identity: other weights, KV-affecting settings, vLLM or LMCache "
                     "version, chunk size; `config` shows this one's inputs); they count against "

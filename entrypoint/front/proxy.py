@@ -13,7 +13,7 @@ costs clients a pause instead of errors.
 - On stop (`Server.shutdown(drain_s)`): no new connection is accepted; requests in flight finish.
 - The API key, when set, is checked here (vLLM's own check stays: a second lock on loopback).
 
-Built on runtime/webserver.py (aiohttp: strict framing, limits and timeouts); aiohttp is also its client.
+Built on common/webserver.py (aiohttp: strict framing, limits and timeouts); aiohttp is also its client.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..runtime.webserver import Limits, Refused, Server, end_to_end, error_response, read_body, target
+from ..common.webserver import Limits, Refused, Server, end_to_end, error_response, read_body, target
 from .continuation import CHAT, COMPLETIONS, Stream, parse_event, unresumable, upstream_body
 
 ERROR_TYPE = "front_proxy_error"

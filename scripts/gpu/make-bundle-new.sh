@@ -16,7 +16,7 @@
 #                      does not satisfy the new pins (resolved here from the wheels' metadata)
 #   app/               this checkout's entrypoint/, scripts/ and bench/*.py (the device tool sends the lead's checkout)
 #   install-new.sh     run there after the upload: installs into /tmp/site-new and checks the pair
-#                      (torch sees the GPU; LMCache's compiled ops resolve: entrypoint.generators.check_ops)
+#                      (torch sees the GPU; LMCache's compiled ops resolve: entrypoint.check_lmcache_ops)
 # Left out on purpose (the device has them in versions close enough, or the run does not use them):
 # triton 3.7.1 (198 MB; the device's 3.6.0 serves vLLM's kernels and the suites run with --enforce-eager),
 # numba 0.65.0 + llvmlite (vLLM's pin; the device's numba 0.68.0 imports), cuda-python (the device has
@@ -179,7 +179,7 @@ PY
 fi
 export PYTHONPATH=/tmp/site-new:$S/app
 python3 -c "import torch, vllm, lmcache, importlib.metadata as m; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available(), '| vllm', vllm.__version__, '| lmcache', m.version('lmcache'))"
-python3 -m entrypoint.generators.check_ops
+python3 -m entrypoint.check_lmcache_ops
 SH
 chmod +x "$DEST/install-new.sh"
 du -sh "$DEST"/torch.whl.part* "$DEST"/vllm.tar.xz.part* "$DEST"/wheels-new-* "$DEST/app" | sed 's/^/  /'

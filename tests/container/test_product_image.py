@@ -69,9 +69,9 @@ def test_installed_versions_are_versions_env_and_pyproject(run_product, docker_c
 
 def test_lmcache_compiled_ops_load_with_every_torch_symbol_resolved(run_product):
     """`import lmcache` alone does not prove the compiled ops match torch (0.5.3 even falls back to a shim), so
-    every compiled module is loaded with RTLD_NOW (entrypoint.generators.check_ops, what the build runs): that
+    every compiled module is loaded with RTLD_NOW (entrypoint.check_lmcache_ops, what the build runs): that
     fails on a torch/LMCache mismatch, and works without a GPU."""
-    code, out = run_product(["python3", "-m", "entrypoint.generators.check_ops"])
+    code, out = run_product(["python3", "-m", "entrypoint.check_lmcache_ops"])
     assert code == 0, out
     resolved = [line for line in out.splitlines() if line.startswith("resolves against torch ")]
     assert len(resolved) >= 2 and any("cuda_ops" in line or "c_ops" in line for line in resolved), out

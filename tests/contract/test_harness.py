@@ -126,11 +126,11 @@ def test_schema_lists_the_installed_lmcache_server_flags(lmcache_parser):
 
 
 def test_lmcaches_compiled_ops_resolve_against_the_installed_torch(stack, monkeypatch, tmp_path):
-    """What the image build runs (entrypoint.generators.check_ops), here with a CPU torch: the modules that need
+    """What the image build runs (entrypoint.check_lmcache_ops), here with a CPU torch: the modules that need
     CUDA are skipped, the others must load with every torch symbol resolved; a module that does not load fails."""
     import io
 
-    from entrypoint.generators import check_ops
+    from entrypoint import check_lmcache_ops as check_ops
 
     out = io.StringIO()
     assert check_ops.check(cpu_only=True, out=out) >= 1, out.getvalue()

@@ -15,8 +15,8 @@ import pytest
 
 from entrypoint.config import kv_tiers
 from entrypoint.config.load import make_plan
-from entrypoint.runtime import reuse_port
-from entrypoint.runtime.gap import Gap
+from entrypoint.programs import reuse_port
+from entrypoint.programs.gap import Gap
 
 from .parsers import parse_lmcache_server_argv, parse_serve_argv
 from ports import free_port
@@ -134,7 +134,7 @@ def test_lmcache_l2_eviction_holds_its_own_files_not_those_of_an_earlier_server(
     """LMCache's own fs_native adapter and L2 eviction controller, with the appliance's adapter spec, on CPU:
     what it stored it evicts at the watermark; after a restart (a new adapter on the same directory) the
     files of the earlier one are found by lookups but counted nowhere, so the tier can pass its cap; the
-    watchdog's prune (preflight.prune) brings it back. Why both exist: docs/RESILIENCE.md."""
+    watchdog's prune (common/disk_prune.py) brings it back. Why both exist: docs/RESILIENCE.md."""
     pytest.importorskip("lmcache.lmcache_fs", reason="LMCache's C++ file-system client is not built in this "
                         "install (fs_native needs it)")
     from lmcache.v1.distributed.api import ObjectKey
@@ -146,7 +146,7 @@ def test_lmcache_l2_eviction_holds_its_own_files_not_those_of_an_earlier_server(
         L2EvictionController,
     )
 
-    from entrypoint.runtime import preflight
+    from entrypoint.common import disk_prune
 
     mib = 1 << 20
     plan = plan_on_port(free_port(), LMCACHE_LOCAL_DISK=str(tmp_path), LMCACHE_MAX_LOCAL_DISK_SIZE="0.01")
@@ -171,6 +171,6 @@ def test_lmcache_l2_eviction_holds_its_own_files_not_those_of_an_earlier_server(
     assert second.get_usage().usage_fraction < config.eviction_config.trigger_watermark  # so: no eviction
     over = _disk_bytes(plan.disk.path)
     assert over > cap, "LMCache alone lets the tier pass its cap after a restart"
-    removed, _freed, _ = preflight.prune(preflight.tier_dirs(plan.disk), cap)
+    removed, _freed, _ = disk_prune.prune(disk_prune.tier_dirs(plan.disk), cap)
     assert removed > 0 and _disk_bytes(plan.disk.path) <= cap
     second.close()

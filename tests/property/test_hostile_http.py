@@ -1,4 +1,4 @@
-"""Hostile HTTP against the appliance's network surfaces on runtime/webserver.py: the coordinator router (in front
+"""Hostile HTTP against the appliance's network surfaces on common/webserver.py: the coordinator router (in front
 of a recording replica, tests/router_stands.py), the metrics endpoint and the gap program's 503 on vLLM's port
 (tests/gap_stand.py). Generated requests, sent as raw
 bytes: request lines and versions, header names and values, every way to frame a body (lengths, chunks, both,
@@ -25,7 +25,8 @@ from hypothesis import strategies as st  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 
-from entrypoint.runtime import gap, metrics, webserver  # noqa: E402
+from entrypoint.programs import gap, metrics  # noqa: E402
+from entrypoint.common import webserver  # noqa: E402
 from gap_stand import RETRY_AFTER, serve_gap  # noqa: E402
 from ports import free_port  # noqa: E402
 from raw_http import status_of  # noqa: E402

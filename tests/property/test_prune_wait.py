@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from entrypoint.runtime.watchdog import HARD_OVER, MIN_PRUNE_S, prune_wait
+from entrypoint.programs.watchdog import HARD_OVER, MIN_PRUNE_S, prune_wait
 
 GIB = 1 << 30
 

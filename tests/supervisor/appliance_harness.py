@@ -20,7 +20,7 @@ from pathlib import Path
 import requests
 from ports import free_ports  # noqa: F401 - the suites import it from here
 
-from entrypoint.runtime.render import RunDir
+from entrypoint.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[2]
 STUBS = REPO / "tests" / "stubs"
@@ -202,7 +202,7 @@ class Appliance:
                                    "stub_seconds": seconds})
 
     def metrics(self) -> dict[str, float]:
-        from entrypoint.runtime.watchdog import parse_metrics
+        from entrypoint.programs.watchdog import parse_metrics
         return parse_metrics(requests.get(f"{self.base}/metrics", timeout=2).text)
 
     def healthcheck(self, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

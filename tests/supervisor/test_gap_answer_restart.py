@@ -9,9 +9,9 @@ import time
 import requests
 from appliance_harness import STUBS, alive, wait_until
 
-from entrypoint.runtime import gap as gapmod
-from entrypoint.runtime.gap import HEADER
-from entrypoint.runtime.watchdog import parse_metrics
+from entrypoint.programs import gap as gapmod
+from entrypoint.programs.gap import HEADER
+from entrypoint.programs.watchdog import parse_metrics
 
 
 def poll(base: str, stop: threading.Event, seen: list) -> None:

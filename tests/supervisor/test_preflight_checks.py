@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.config.load import make_plan
-from entrypoint.runtime.preflight import MAX_SOCKET_PATH
+from entrypoint.supervise.preflight import MAX_SOCKET_PATH
 
 EXIT_PREFLIGHT = 3
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from entrypoint.runtime.preflight import gpu_devices
+from entrypoint.supervise.preflight import gpu_devices
 
 EXIT_PREFLIGHT = 3
 

@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from appliance_harness import REPO, free_ports, wait_until
-from entrypoint.runtime import store
-from entrypoint.runtime.snapshot import parse_metrics
+from entrypoint.common import store
+from entrypoint.inspect.snapshot import parse_metrics
 
 PASSWORD = "store-pw-5e1f"
 REDIS = shutil.which("redis-server")

@@ -9,10 +9,11 @@ import os
 from supervisor.events import ProcessLogStdoutEvent
 
 from entrypoint.config.load import make_plan
-from entrypoint.runtime.events import Listener, log_bytes, split_payload
-from entrypoint.runtime.preflight import prune
-from entrypoint.runtime.render import RunDir, render, stop_wait_seconds
-from entrypoint.runtime.watchdog import parse_metrics
+from entrypoint.common.events import Listener, log_bytes, split_payload
+from entrypoint.common.disk_prune import prune
+from entrypoint.rundir import RunDir
+from entrypoint.render.supervisord_conf import render, stop_wait_seconds
+from entrypoint.programs.watchdog import parse_metrics
 
 
 class _Proc:  # what supervisor's events read from a process
@@ -100,7 +101,7 @@ def test_prune_leaves_what_the_running_lmcache_server_wrote(tmp_path):
 def test_watchdog_prunes_the_servers_own_files_only_past_the_hard_bound(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from entrypoint.runtime import watchdog
+    from entrypoint.programs import watchdog
 
     said = []
     monkeypatch.setattr(watchdog, "say", lambda _name, text: said.append(text))
@@ -108,7 +109,7 @@ def test_watchdog_prunes_the_servers_own_files_only_past_the_hard_bound(tmp_path
                                                                     path=str(tmp_path), base=str(tmp_path))),
                           record=SimpleNamespace(pruned=lambda *a: None), lmcache_since=1_000.0,
                           evicting_alone_for=None)
-    monkeypatch.setattr(watchdog.preflight, "tier_dirs", lambda disk: [disk.path])
+    monkeypatch.setattr(watchdog.disk_prune, "tier_dirs", lambda disk: [disk.path])
     for i in range(4):  # an earlier server's files: 4,000 bytes
         (tmp_path / f"old{i}").write_bytes(b"x" * 1000)
         os.utime(tmp_path / f"old{i}", (500 + i, 500 + i))

@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from entrypoint import cli
 from entrypoint.config.settings import MPServer, ValueProblem, parse_mp_server
-from entrypoint.runtime.render import RunDir, render
+from entrypoint.rundir import RunDir
+from entrypoint.render.supervisord_conf import render
 
 from conftest import kv_transfer
 
@@ -158,8 +159,8 @@ def test_supervisord_runs_only_the_roles_programs(plan_for, tmp_path):
 
 
 def test_the_watchdog_judges_only_what_runs_in_the_role(plan_for, tmp_path):
-    from entrypoint.runtime.state import Recorder
-    from entrypoint.runtime.watchdog import Watchdog
+    from entrypoint.common.state import Recorder
+    from entrypoint.programs.watchdog import Watchdog
 
     server = Watchdog(plan_for(KV_SERVER), rpc=None, record=Recorder(tmp_path / "a.json"))
     replica = Watchdog(plan_for(REPLICA), rpc=None, record=Recorder(tmp_path / "b.json"))
@@ -168,7 +169,7 @@ def test_the_watchdog_judges_only_what_runs_in_the_role(plan_for, tmp_path):
 
 
 def test_the_launcher_waits_for_the_external_server(plan_for):
-    from entrypoint.runtime.programs import lmcache_wait_url
+    from entrypoint.programs.launch import lmcache_wait_url
 
     assert lmcache_wait_url(plan_for(REPLICA)) == ("http://kv-server:8080/healthcheck",
                                                    "the LMCache server tcp://kv-server:5555 (LMCACHE_SERVER)")

@@ -6,7 +6,8 @@ import os
 
 from entrypoint.config.kv_tiers import OTHER_NAMESPACES, disk_namespace
 from entrypoint.config.plan import DiskTier
-from entrypoint.runtime.preflight import Findings, check_disk_tier, prune, tier_dirs
+from entrypoint.supervise.preflight import Findings, check_disk_tier
+from entrypoint.common.disk_prune import prune, tier_dirs
 
 GIB = 1 << 30
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from entrypoint.runtime import gap as gapmod
-from entrypoint.runtime.gap import Gap, listeners
-from entrypoint.runtime.programs import port_free, shared_port_argv
+from entrypoint.programs import gap as gapmod
+from entrypoint.programs.gap import Gap, listeners
+from entrypoint.programs.launch import port_free, shared_port_argv
 from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-WRAPPER = str(REPO / "entrypoint" / "runtime" / "reuse_port.py")
+WRAPPER = str(REPO / "entrypoint" / "programs" / "reuse_port.py")
 
 
 

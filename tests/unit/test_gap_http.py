@@ -1,4 +1,4 @@
-"""The gap program's HTTP side (gap.py on runtime/webserver.py) against hostile clients, over raw sockets: each
+"""The gap program's HTTP side (gap.py on common/webserver.py) against hostile clients, over raw sockets: each
 request gets the 503 or a clean 4xx/505, or its connection is closed; no traceback and no line in the log; and the
 next client is answered. The port's change of hands is tests/unit/test_gap_answer.py; the generated requests are
 tests/property/test_hostile_http.py. No timing in the assertions: waits are bounded by socket timeouts and
@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from entrypoint.runtime import gap as gapmod
+from entrypoint.programs import gap as gapmod
 from gap_stand import RETRY_AFTER, serve_gap
 from raw_http import exchange, reset, status_of
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from entrypoint.config.plan import Plan
-from entrypoint.runtime import programs, reuse_port
+from entrypoint.programs import launch, reuse_port
 
 WRAPPER = Path(reuse_port.__file__)
 
@@ -27,7 +27,7 @@ def test_waits_until_the_memory_is_free(tmp_path, monkeypatch, capsys):
     state = fake_nvidia_smi(tmp_path, monkeypatch, free_mib=4000)
     threading.Timer(1.5, lambda: state.write_text("9000")).start()
     start = time.monotonic()
-    reuse_port.wait_for_gpu_memory(*programs.gpu_wait(Plan(values={"VLLM_GPU_MEMORY_UTILIZATION": 0.6})))
+    reuse_port.wait_for_gpu_memory(*launch.gpu_wait(Plan(values={"VLLM_GPU_MEMORY_UTILIZATION": 0.6})))
     assert 1.4 < time.monotonic() - start < 10
     out = capsys.readouterr().out
     assert "waiting for GPU memory to be released (GPU 0: 3.9 of 9.8 GiB free; vLLM asks for 0.6 of it)" in out
@@ -37,9 +37,9 @@ def test_waits_until_the_memory_is_free(tmp_path, monkeypatch, capsys):
 def test_no_wait_when_memory_is_free_or_no_gpu_tool(tmp_path, monkeypatch, capsys):
     fake_nvidia_smi(tmp_path, monkeypatch, free_mib=9500)
     start = time.monotonic()
-    reuse_port.wait_for_gpu_memory(*programs.gpu_wait(Plan(values={})))  # vLLM's default share, 0.92
+    reuse_port.wait_for_gpu_memory(*launch.gpu_wait(Plan(values={})))  # vLLM's default share, 0.92
     monkeypatch.setenv("PATH", "/nonexistent")
-    reuse_port.wait_for_gpu_memory(*programs.gpu_wait(Plan(values={})))
+    reuse_port.wait_for_gpu_memory(*launch.gpu_wait(Plan(values={})))
     assert time.monotonic() - start < 3 and capsys.readouterr().out == ""
 
 
@@ -79,27 +79,27 @@ def test_reuse_port_refuses_what_it_does_not_know():
 
 def test_the_launcher_hands_the_wait_to_reuse_port(tmp_path):
     plan = Plan(values={"VLLM_GPU_MEMORY_UTILIZATION": 0.6, "VLLM_TENSOR_PARALLEL_SIZE": 2})
-    assert programs.gpu_wait(plan) == (0.6, 2, programs.GPU_MEMORY_WAIT)
+    assert launch.gpu_wait(plan) == (0.6, 2, launch.GPU_MEMORY_WAIT)
 
 
 def test_only_vllms_own_cli_is_preloaded(tmp_path, monkeypatch):
     """What the launcher execs: vLLM's CLI (as a module or its `vllm` script) is imported before the wait;
     any other Python program (a stand-in server) is run as it is, after the wait."""
     seen = []
-    monkeypatch.setattr(programs, "_exec", lambda run, name, argv, env: seen.append(argv))
-    monkeypatch.setattr(programs, "wait_for_earlier", lambda name: True)
-    monkeypatch.setattr(programs, "wait_for_ports", lambda ports, shared=False: True)
+    monkeypatch.setattr(launch, "_exec", lambda run, name, argv, env: seen.append(argv))
+    monkeypatch.setattr(launch, "wait_for_earlier", lambda name: True)
+    monkeypatch.setattr(launch, "wait_for_ports", lambda ports, shared=False: True)
     (tmp_path / "vllm").write_text("#!/usr/bin/python3\n")
     (tmp_path / "vllm").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     from entrypoint.config.load import make_plan
-    from entrypoint.runtime.render import RunDir
+    from entrypoint.rundir import RunDir
     for command, preloaded in (("vllm", True), ("python3 -m vllm.entrypoints.cli.main", True),
                                ("python3 /srv/stub_vllm.py", False)):
         plan = make_plan(None, [], {"APPLIANCE_VLLM_COMMAND": command, "VLLM_KV_OFFLOADING_BACKEND": "none",
                                     "APPLIANCE_RUN_DIR": str(tmp_path / "run")})
         assert plan.errors == []
-        programs.vllm(plan, RunDir(tmp_path / "run"))
+        launch.vllm(plan, RunDir(tmp_path / "run"))
         argv = seen.pop()
         cut = argv.index("--")
         assert argv[1].endswith("reuse_port.py") and "--gpu-wait" in argv[:cut]
@@ -140,12 +140,12 @@ def launcher(tmp_path, monkeypatch, env: dict):
     from types import SimpleNamespace
 
     from entrypoint.config.load import make_plan
-    from entrypoint.runtime.render import RunDir
+    from entrypoint.rundir import RunDir
     seen, sup = [], FakeSupervisor()
-    monkeypatch.setattr(programs, "_exec", lambda run, name, argv, env: seen.append(argv))
-    monkeypatch.setattr(programs, "wait_for_earlier", lambda name: True)
-    monkeypatch.setattr(programs, "wait_for_ports", lambda ports, shared=False: True)
-    monkeypatch.setattr(programs, "wait_for_lmcache", lambda plan: True)
+    monkeypatch.setattr(launch, "_exec", lambda run, name, argv, env: seen.append(argv))
+    monkeypatch.setattr(launch, "wait_for_earlier", lambda name: True)
+    monkeypatch.setattr(launch, "wait_for_ports", lambda ports, shared=False: True)
+    monkeypatch.setattr(launch, "wait_for_lmcache", lambda plan: True)
     monkeypatch.setattr(RunDir, "rpc", lambda self: SimpleNamespace(supervisor=sup))
     plan = make_plan(None, [], {"APPLIANCE_RUN_DIR": str(tmp_path / "run"), **env})
     assert plan.errors == []
@@ -156,21 +156,21 @@ def launcher(tmp_path, monkeypatch, env: dict):
 
 def test_the_next_start_restarts_the_lmcache_server_first(tmp_path, monkeypatch, capsys):
     plan, run, seen, sup = launcher(tmp_path, monkeypatch, {"APPLIANCE_VLLM_COMMAND": "python3 -m vllm.entrypoints.cli.main"})
-    programs.vllm(plan, run)  # no held file: nothing restarted; reuse_port is told where to leave one
+    launch.vllm(plan, run)  # no held file: nothing restarted; reuse_port is told where to leave one
     argv = seen.pop()
-    assert sup.calls == [] and argv[argv.index("--gpu-wait") + 1].endswith(f",{run.root / programs.GPU_HELD}")
-    (run.root / programs.GPU_HELD).write_text("1\n")
-    programs.vllm(plan, run)
+    assert sup.calls == [] and argv[argv.index("--gpu-wait") + 1].endswith(f",{run.root / launch.GPU_HELD}")
+    (run.root / launch.GPU_HELD).write_text("1\n")
+    launch.vllm(plan, run)
     assert sup.calls == [("stop", "lmcache", True), ("start", "lmcache", False)]
-    assert not (run.root / programs.GPU_HELD).exists() and seen
+    assert not (run.root / launch.GPU_HELD).exists() and seen
     assert "restarting the LMCache server, which still maps it" in capsys.readouterr().out
 
 
 def test_without_a_server_of_its_own_nothing_is_restarted(tmp_path, monkeypatch):
     plan, run, seen, sup = launcher(tmp_path, monkeypatch, {"APPLIANCE_VLLM_COMMAND": "python3 -m vllm.entrypoints.cli.main",
                                                             "VLLM_KV_OFFLOADING_BACKEND": "none"})
-    (run.root / programs.GPU_HELD).write_text("1\n")
-    programs.vllm(plan, run)
+    (run.root / launch.GPU_HELD).write_text("1\n")
+    launch.vllm(plan, run)
     argv = seen.pop()
     assert sup.calls == [] and argv[argv.index("--gpu-wait") + 1].count(",") == 2  # no held file to leave
 
@@ -179,5 +179,5 @@ def test_a_launcher_that_waits_itself_restarts_the_server_then_waits_again(tmp_p
     plan, run, seen, sup = launcher(tmp_path, monkeypatch, {"APPLIANCE_GAP_ANSWER": "false"})
     waits = []
     monkeypatch.setattr(reuse_port, "wait_for_gpu_memory", lambda *a, **k: waits.append(a) or len(waits) > 1)
-    programs.vllm(plan, run)
+    launch.vllm(plan, run)
     assert len(waits) == 2 and sup.calls == [("stop", "lmcache", True), ("start", "lmcache", False)] and seen

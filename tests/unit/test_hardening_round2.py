@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.config.settings import LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS, OWNED_FLAGS, REFUSED_FLAGS
-from entrypoint.runtime.programs import secret_argv_values, server_environment
+from entrypoint.programs.launch import secret_argv_values, server_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-planted-key-4242"

@@ -321,7 +321,8 @@ def test_where_the_appliance_is_stricter_it_says_why(plan_for):
 def test_a_percent_sign_in_the_run_dir_reaches_supervisord_escaped(tmp_path, plan_for):
     from supervisor.options import ServerOptions
 
-    from entrypoint.runtime.render import RunDir, render
+    from entrypoint.rundir import RunDir
+    from entrypoint.render.supervisord_conf import render
     run_dir = tmp_path / "100%run"
     plan = plan_for({"APPLIANCE_RUN_DIR": str(run_dir), **LOOPBACK})
     assert plan.errors == []
@@ -365,7 +366,7 @@ def test_a_cpu_tier_larger_than_the_container_memory_warns_with_the_size_to_use(
 
 
 def test_preflight_refuses_a_cpu_tier_larger_than_the_container_memory(plan_for):
-    from entrypoint.runtime.preflight import Findings, check_memory
+    from entrypoint.supervise.preflight import Findings, check_memory
     host = resources.FixedHost(memory_bytes=16 << 30, memory_source="MemAvailable")
     plan = plan_for({"LMCACHE_MAX_LOCAL_CPU_SIZE": "20", **LOOPBACK}, host=host)
     found = Findings()
@@ -449,7 +450,7 @@ def test_a_line_without_equals_sign_that_may_hold_a_secret_is_not_quoted(tmp_pat
 
 # -- secrets at run time: which process gets them, and the log relay -------------------------------------
 def test_the_lmcache_server_never_gets_vllms_secrets(plan_for):
-    from entrypoint.runtime.programs import SECRET_ARGV_VAR, lmcache_environment, server_environment
+    from entrypoint.programs.launch import SECRET_ARGV_VAR, lmcache_environment, server_environment
     env_file_password = {"LMCACHE_RESP_PASSWORD": "resp-pw"}
     plan = plan_for({"VLLM_KV_OFFLOADING_BACKEND": "lmcache", **env_file_password, **LOOPBACK})
     running = {"VLLM_API_KEY": "sk-1", "HF_TOKEN": "hf-1", "VLLM_API_KEY_FILE": "/run/secrets/k",
@@ -462,7 +463,7 @@ def test_the_lmcache_server_never_gets_vllms_secrets(plan_for):
 
 
 def test_the_log_relay_masks_every_known_secret_whoever_prints_it():
-    from entrypoint.runtime.logs import mask, secret_bytes
+    from entrypoint.programs.logs import mask, secret_bytes
     environ = {"VLLM_API_KEY": "sk-env-key", "MY_TOKEN": "tok-12345", "PATH": "/usr/bin",
                "_APPLIANCE_SECRET_ARGV": json.dumps({"vllm": {"9": "k1-argv", "10": "--api-key=k2-argv"},
                                                     "lmcache": {"20": '{"type":"resp","password":"pw-json"}'}})}
@@ -473,8 +474,9 @@ def test_the_log_relay_masks_every_known_secret_whoever_prints_it():
 
 # -- a launcher that gives up ----------------------------------------------------------------------------
 def test_give_ups_are_counted_and_reset_by_a_start(tmp_path, monkeypatch):
-    from entrypoint.runtime import programs
-    from entrypoint.runtime.render import START_RETRIES, RunDir
+    from entrypoint.programs import launch
+    from entrypoint.render.supervisord_conf import START_RETRIES
+    from entrypoint.rundir import RunDir
     run = RunDir(tmp_path)
     shutdowns = []
 
@@ -487,17 +489,17 @@ def test_give_ups_are_counted_and_reset_by_a_start(tmp_path, monkeypatch):
     monkeypatch.setattr(RunDir, "rpc", lambda self: Rpc)
     monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///x")
     for _ in range(START_RETRIES):
-        assert programs.gave_up(run, "vllm") == 1
+        assert launch.gave_up(run, "vllm") == 1
     assert shutdowns == [] and not run.fatal.exists()
-    programs.gave_up(run, "vllm")
+    launch.gave_up(run, "vllm")
     assert shutdowns == [True] and run.fatal.read_text() == "vllm\n"
-    programs.give_ups(run, "vllm").write_text("1 3\n")  # left by another supervisord: not counted
-    programs.gave_up(run, "vllm")
-    assert programs.give_ups(run, "vllm").read_text() == f"{os.getppid()} 1\n" and shutdowns == [True]
-    programs.give_ups(run, "lmcache").write_text("3\n")
-    monkeypatch.setattr(programs.os, "execvpe", lambda *a: None)
-    programs._exec(run, "lmcache", ["true"], {})
-    assert not programs.give_ups(run, "lmcache").exists()
+    launch.give_ups(run, "vllm").write_text("1 3\n")  # left by another supervisord: not counted
+    launch.gave_up(run, "vllm")
+    assert launch.give_ups(run, "vllm").read_text() == f"{os.getppid()} 1\n" and shutdowns == [True]
+    launch.give_ups(run, "lmcache").write_text("3\n")
+    monkeypatch.setattr(launch.os, "execvpe", lambda *a: None)
+    launch._exec(run, "lmcache", ["true"], {})
+    assert not launch.give_ups(run, "lmcache").exists()
 
 
 def test_api_key_spellings_are_written_out_for_the_health_checks(plan_for):

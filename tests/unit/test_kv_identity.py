@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from entrypoint.config import kv_identity
 from entrypoint.config.kv_identity import MANIFEST_FILE, changed
-from entrypoint.runtime.preflight import Findings, check_disk_tier, note_kv_identity
+from entrypoint.supervise.preflight import Findings, check_disk_tier, note_kv_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"VLLM_MODEL": "org/m", "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "4"}

@@ -1,4 +1,4 @@
-"""The metrics endpoint's HTTP side (entrypoint/runtime/metrics.py on runtime/webserver.py), served in this process
+"""The metrics endpoint's HTTP side (entrypoint/programs/metrics.py on common/webserver.py), served in this process
 with a registry of its own: prometheus_client's exposition in the format the scraper asks for, only GET /metrics,
 and no client that can hold it (wsgiref answered one connection at a time: one that sent nothing blocked every
 scrape). The families themselves: tests/unit/test_observability_parts.py; the supervised program:
@@ -13,8 +13,9 @@ import requests
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
-from entrypoint.runtime import metrics, webserver
-from entrypoint.runtime.snapshot import parse_metrics
+from entrypoint.programs import metrics
+from entrypoint.common import webserver
+from entrypoint.inspect.snapshot import parse_metrics
 from ports import free_port
 from raw_http import exchange, status_of
 

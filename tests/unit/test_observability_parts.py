@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.runtime import applog, metrics, snapshot, state
-from entrypoint.runtime.render import RunDir
+from entrypoint.common import applog, state
+from entrypoint.programs import metrics
+from entrypoint.inspect import snapshot
+from entrypoint.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docker" / "monitoring" / "grafana" / "dashboards" / "appliance.json"
@@ -30,7 +32,7 @@ def test_text_lines_are_prefixed_and_json_lines_are_records(monkeypatch, capsys)
 
 
 def test_the_logs_listener_wraps_program_output_and_passes_launcher_records(monkeypatch):
-    from entrypoint.runtime.logs import render_line
+    from entrypoint.programs.logs import render_line
     monkeypatch.setenv(applog.ENV, "text")
     assert render_line("vllm", b"INFO started") == b"vllm     | INFO started"
     monkeypatch.setenv(applog.ENV, "json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from entrypoint.runtime.preflight import Findings, check_gpu_visible, gpu_devices
+from entrypoint.supervise.preflight import Findings, check_gpu_visible, gpu_devices
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from entrypoint.config.load import make_plan
-from entrypoint.runtime import on_fatal
-from entrypoint.runtime.render import RunDir, render
+from entrypoint.programs import on_fatal
+from entrypoint.rundir import RunDir
+from entrypoint.render.supervisord_conf import render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +59,7 @@ def programs(env: dict, tmp_path) -> dict[str, dict[str, str]]:
 def test_gap_program_starts_before_vllm_and_stops_after_it(tmp_path):
     progs = programs({"APPLIANCE_GAP_ANSWER": "true"}, tmp_path)
     gap = progs["gap"]
-    assert "entrypoint.runtime.gap" in gap["command"] and gap["startsecs"] == "1"
+    assert "entrypoint.programs.gap" in gap["command"] and gap["startsecs"] == "1"
     # supervisord starts in ascending priority and stops in descending: the gap answers before vLLM serves
     # and while it drains.
     assert int(progs["metrics"]["priority"]) < int(gap["priority"]) < int(progs["lmcache"]["priority"]) \

@@ -1,4 +1,4 @@
-"""The coordinator router's HTTP side (entrypoint/cluster/proxy.py on runtime/webserver.py) in front of
+"""The coordinator router's HTTP side (entrypoint/cluster/proxy.py on common/webserver.py) in front of
 tests/stubs/vllm_stub.py (the stand-in vLLM of the supervisor tests: no /tokenize, so every placement falls back
 to load) or of recording replicas (tests/router_stands.py), with no coordinator at all: the request framing it
 accepts and refuses (RFC 9112), its body, connection and time limits, streams from a server that ends its body by

@@ -132,7 +132,7 @@ def test_any_url_text_parses_or_is_refused(text):
 def test_the_launcher_gives_the_password_to_lmcache_only(plan_for):
     """serve exports the secret for supervisord to pass on; the launcher takes it out of vLLM's environment."""
     from entrypoint.config.plan import Plan
-    from entrypoint.runtime.programs import lmcache_environment, vllm_environment
+    from entrypoint.programs.launch import lmcache_environment, vllm_environment
 
     plan = Plan.from_dict(plan_for({**BASE, **URL, "LMCACHE_SHARED_PASSWORD": "pw-42"}).to_dict())  # as written
     environ = {"LMCACHE_RESP_PASSWORD": "pw-42", "LMCACHE_SHARED_PASSWORD": "pw-42", "PATH": "/bin"}

@@ -1,4 +1,4 @@
-"""entrypoint/runtime/webserver.py on its own, with handlers written for the test: what neither the router's nor
+"""entrypoint/common/webserver.py on its own, with handlers written for the test: what neither the router's nor
 the metrics endpoint's tests reach (a failing handler, every connection busy, the drain at a stop)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from entrypoint.runtime import webserver
+from entrypoint.common import webserver
 from ports import free_port
 from raw_http import exchange, status_of
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import snapshot
-from .render import RunDir, read_plan
+from ..rundir import RunDir, read_plan
 from ..config.settings import DEFAULT_RUN_DIR
 from ..version import version
 

@@ -1,7 +1,7 @@
 """Run a Python server program so that its API socket can share the port with the `gap` program.
 
-    <the program's python> .../entrypoint/runtime/reuse_port.py PORT -- SCRIPT ARGS...
-    <the program's python> .../entrypoint/runtime/reuse_port.py PORT -- -m MODULE ARGS...
+    <the program's python> .../entrypoint/programs/reuse_port.py PORT -- SCRIPT ARGS...
+    <the program's python> .../entrypoint/programs/reuse_port.py PORT -- -m MODULE ARGS...
 
 The `gap` program (gap.py) answers 503 on vLLM's port while vLLM is down. Two sockets can only listen on one
 port where both set SO_REUSEPORT (Linux, same user). vLLM 0.32 sets it only with several API servers
@@ -14,7 +14,7 @@ vLLM binds its port before loading the model (launcher.py: setup_server) but lis
 so the kernel gives connections to the gap program until that moment.
 
 Standard library only, and run by path with the target's own interpreter (which need not have the
-appliance's package): the launcher (programs.py, shared_port_argv) builds the command line.
+appliance's package): the launcher (launch.py, shared_port_argv) builds the command line.
 
     ... reuse_port.py PORT --preload MODULE --gpu-wait SHARE,TP,SECONDS -- ...
 
@@ -35,11 +35,11 @@ import time
 
 USAGE = ("usage: reuse_port.py PORT [--preload MODULE] [--gpu-wait SHARE,TP,SECONDS[,HELD_FILE]] -- "
          "SCRIPT [ARGS...] | -m MODULE [ARGS...]")
-HELD_EXIT = 75  # EX_TEMPFAIL: the GPU memory was still held; the launcher's next start frees it (programs.py)
+HELD_EXIT = 75  # EX_TEMPFAIL: the GPU memory was still held; the launcher's next start frees it (launch.py)
 
 
 def log(text: str) -> None:
-    print(f"[appliance] {text}", flush=True)  # as the launcher (programs.log): into vLLM's log
+    print(f"[appliance] {text}", flush=True)  # as the launcher (launch.log): into vLLM's log
 
 
 def gpu_memory(tp: int) -> list[tuple[int, float, float]] | None:

@@ -11,8 +11,9 @@ import sys
 import xmlrpc.client
 from pathlib import Path
 
-from .events import Listener, say, split_payload
-from .render import START_RETRIES, RunDir
+from ..common.events import Listener, say, split_payload
+from ..render.supervisord_conf import START_RETRIES
+from ..rundir import RunDir
 
 NAME = "on-fatal"
 OPTIONAL = ("metrics", "gap")  # programs whose failure does not stop the appliance: it serves without them

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import requests
 
-from . import state
+from ..common import state
 from ..config import resources
 from .healthcheck import api_base, api_headers
-from .render import RunDir
+from ..rundir import RunDir
 from ..config.plan import Plan
 
 TIMEOUT_S = 0.4  # per HTTP call; they run in parallel, so `status` stays well under a second

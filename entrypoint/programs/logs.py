@@ -14,9 +14,9 @@ import os
 import sys
 
 from ..config.secrets import MIN_MASKED, REDACTED, environment_secrets
-from . import applog
-from .events import Listener, log_bytes, prefix, split_payload
-from .programs import SECRET_ARGV_VAR
+from ..common import applog
+from ..common.events import Listener, log_bytes, prefix, split_payload
+from .launch import SECRET_ARGV_VAR
 
 MAX_PARTIAL = 65536  # a "line" longer than this without a newline is printed as it is
 

@@ -1,6 +1,6 @@
 """The `metrics` program: one Prometheus scrape target for the LMCache server and the appliance itself.
 
-    python -m entrypoint.runtime.metrics PLAN_FILE
+    python -m entrypoint.programs.metrics PLAN_FILE
 
 Listens on APPLIANCE_METRICS_PORT (all interfaces: it is the port to publish) and answers GET /metrics with
 - the LMCache server's own families, as its exporter (--prometheus-port, loopback inside the container) wrote
@@ -27,10 +27,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from . import applog, snapshot, state
+from ..common import applog, state
+from ..inspect import snapshot
 from .gap import GAP_STATE
-from .render import RunDir, read_plan
-from .webserver import Limits, Refused, Server, read_body, run_until_signalled
+from ..rundir import RunDir, read_plan
+from ..common.webserver import Limits, Refused, Server, read_body, run_until_signalled
 from ..config.plan import Plan
 
 NAME = "metrics"
@@ -176,7 +177,7 @@ def log(message: str, level: str = "info", event: str = "message", **fields) -> 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print("usage: python -m entrypoint.runtime.metrics PLAN_FILE", file=sys.stderr)
+        print("usage: python -m entrypoint.programs.metrics PLAN_FILE", file=sys.stderr)
         return 2
     plan = read_plan(argv[0])
     run = RunDir(Path(argv[0]).parent)

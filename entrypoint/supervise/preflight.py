@@ -7,9 +7,9 @@
 - errors: the CPU tier fits in the memory the container may use (config/resources.py);
 - warnings: the locked-memory limit (`ulimit -l`) and /dev/shm are large enough for the CPU tier and TP;
 - warnings: the shared KV store (LMCACHE_SHARED_URL) answers; the appliance starts without it (store.py).
-The disk tier is also pruned to its cap here (and by the watchdog later): a backstop to LMCache's eviction.
-The cap covers the appliance's other namespaces on the volume too (tier_dirs): after an upgrade the old
-LMCache version's files stay, unread, and being the least recently used they are the first to go.
+The disk tier is also pruned to its cap here (and by the watchdog later; common/disk_prune.py): a backstop to
+LMCache's eviction. The cap covers the appliance's other namespaces on the volume too (tier_dirs): after an
+upgrade the old LMCache version's files stay, unread, and being the least recently used they are the first to go.
 """
 from __future__ import annotations
 
@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Mapping
 
 from ..config import kv_identity, resources
-from ..config.kv_tiers import NAMESPACE_MARK, cpu_tier_problem
+from ..config.kv_tiers import cpu_tier_problem
 from ..config.plan import DiskTier, Plan
-from . import store
-from .render import RunDir
+from ..common import store
+from ..common.disk_prune import GIB, prune, prune_note, size_text, tier_dirs
+from ..rundir import RunDir
 
-GIB = 1 << 30
-PRUNE_TO = 0.9  # an over-full disk tier is pruned to this share of its cap
 SHM_FOR_TP = 1 * GIB  # NCCL and vLLM's shared-memory broadcast between TP workers; Docker's default is 64 MiB
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes
 
@@ -40,66 +39,6 @@ class Findings:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def size_text(n: float) -> str:
-    return f"{n / GIB:.3g} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.3g} MiB"
-
-
-# -- the disk tier ---------------------------------------------------------------------------------------
-def tier_files(path: str | Path) -> list[tuple[float, int, str, float]]:
-    """(last use, size, path, last write) of every file under the disk tier; last use is the later of atime
-    and mtime, since volumes are often mounted noatime."""
-    return [(max(st.st_atime, st.st_mtime), st.st_size, name, st.st_mtime)
-            for name, st in resources.files_under(path)]
-
-
-def tier_dirs(disk: DiskTier) -> list[str]:
-    """The directories the cap covers: this plan's namespace and the appliance's other namespaces next to it
-    (another model, chunk size, or LMCache version: an upgrade leaves the old version's files there, unread).
-    Only names the appliance makes (kv_tiers.disk_namespace) count: a base path may hold other data."""
-    dirs = [disk.path]
-    try:
-        entries = list(os.scandir(disk.base))
-    except OSError:
-        return dirs
-    for entry in entries:
-        if entry.path != disk.path and NAMESPACE_MARK in entry.name and entry.is_dir(follow_symlinks=False):
-            dirs.append(entry.path)
-    return dirs
-
-
-def prune(path: str | Path | list, max_bytes: float, written_before: float | None = None,
-          to: float = PRUNE_TO) -> tuple[int, int, int]:
-    """Over the cap, remove least recently used files down to `to` (a share) of it, across all the directories
-    given (tier_dirs). Returns (files removed, bytes removed, bytes held before).
-    written_before (epoch s): only files last written before it may go; the running LMCache server counts the
-    files it wrote itself, and one removed under it is never uncounted (below), so those are left to its own
-    eviction (see the watchdog)."""
-    files = [f for p in (path if isinstance(path, list) else [path]) for f in tier_files(p)]
-    total = sum(size for _, size, _, _ in files)
-    removed = freed = 0
-    if total <= max_bytes:
-        return 0, 0, total
-    for _, size, name, written in sorted(files):
-        if total - freed <= to * max_bytes:
-            break
-        if written_before is not None and written >= written_before:
-            continue
-        try:
-            os.unlink(name)
-        except FileNotFoundError:
-            pass  # evicted by LMCache meanwhile: gone all the same
-        except OSError:
-            continue
-        freed += size
-        removed += 1
-    return removed, freed, total
-
-
-def prune_note(disk: DiskTier, removed: int, freed: int, held: int) -> str:
-    return (f"disk tier {disk.path} held {size_text(held)}, over its cap of {size_text(disk.max_size_gib * GIB)} "
-            f"(LMCACHE_MAX_LOCAL_DISK_SIZE): removed the {removed} least recently used file(s), {size_text(freed)}")
 
 
 def _blocker(path: Path, error: OSError) -> str:

@@ -1,4 +1,4 @@
-"""The programs supervisord runs: `python -m entrypoint.runtime.programs vllm|lmcache PLAN_FILE`.
+"""The launchers of the two servers supervisord runs: `python -m entrypoint.programs.launch vllm|lmcache PLAN_FILE`.
 
 Each one makes sure the ground is clear, then becomes the planned server with os.execvpe, so that the pid
 supervisord watches, signals and reaps is the server itself:
@@ -30,9 +30,11 @@ import requests
 
 from ..config.plan import Plan
 from ..config.secrets import REDACTED, is_secret_name, redact_argv
-from . import applog, reuse_port
+from ..common import applog
+from . import reuse_port
 from .gap import GAP_OFF
-from .render import START_RETRIES, RunDir, read_plan
+from ..render.supervisord_conf import START_RETRIES
+from ..rundir import RunDir, read_plan
 from ..config.settings import FILE_SECRETS, SECRET_NAMES
 
 # Secret values of the planned command lines (e.g. --api-key in VLLM_EXTRA_ARGS): the plan file has them
@@ -374,7 +376,7 @@ PROGRAMS = {"vllm": vllm, "lmcache": lmcache}
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2 or argv[0] not in PROGRAMS:
-        print(f"usage: python -m entrypoint.runtime.programs {{{'|'.join(PROGRAMS)}}} PLAN_FILE", file=sys.stderr)
+        print(f"usage: python -m entrypoint.programs.launch {{{'|'.join(PROGRAMS)}}} PLAN_FILE", file=sys.stderr)
         return 2
     global _program
     _program = argv[0]

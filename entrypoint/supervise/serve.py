@@ -25,11 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import applog, preflight, state
+from ..common import applog, state
+from . import preflight
 from ..config.plan import Plan
-from .gap import GAP_OFF, GAP_STATE
-from .programs import SECRET_ARGV_VAR, processes_of, secret_argv_values
-from .render import START_RETRIES, RunDir, render
+from ..programs.gap import GAP_OFF, GAP_STATE
+from ..programs.launch import SECRET_ARGV_VAR, processes_of, secret_argv_values
+from ..render.supervisord_conf import START_RETRIES, render
+from ..rundir import RunDir
 
 EXIT_FATAL = 1
 EXIT_PREFLIGHT = 3
@@ -77,7 +79,7 @@ def write_run_dir(plan: Plan, run: RunDir) -> None:
 
 def export_secrets(plan: Plan) -> None:
     """Secret values never go to disk: they travel in the environment, which supervisord passes on. Those
-    read from *_FILE or an env file are put there now; the programs take them back (programs.py)."""
+    read from *_FILE or an env file are put there now; the programs take them back (launch.py)."""
     shown = plan.to_dict()
     for env, shown_env in ((plan.vllm_env, shown["vllm"]["env"]), (plan.lmcache_env, shown["lmcache"]["env"])):
         for name, value in env.items():

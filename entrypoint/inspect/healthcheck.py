@@ -18,7 +18,7 @@ import requests
 
 from ..config.plan import Plan
 from ..config.secrets import REDACTED
-from .render import RunDir, read_plan
+from ..rundir import RunDir, read_plan
 from ..config.settings import DEFAULT_RUN_DIR, FILE_SECRETS
 
 
@@ -48,7 +48,7 @@ def api_headers(plan: Plan, environ: Mapping[str, str] = os.environ) -> dict[str
         except OSError:
             key = None
     if not key and _argv_api_key(plan.vllm_argv):
-        from .programs import server_argv
+        from ..programs.launch import server_argv
         key = _argv_api_key(server_argv("vllm", plan.vllm_argv, environ))
         if key == REDACTED:
             from ..config.load import make_plan

@@ -5,15 +5,13 @@ Only this module knows supervisord's configuration format; `serve` writes what i
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import shlex
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-from .events import RPC_USER, supervisor_rpc
+from ..common.events import RPC_USER
 from ..config.plan import Plan
+from ..rundir import RunDir
 
 # supervisord's stop wait for vLLM beyond its own drain (--shutdown-timeout): engine and worker teardown.
 VLLM_TEARDOWN_SECONDS = 10
@@ -21,52 +19,6 @@ LMCACHE_STOP_SECONDS = 10
 START_RETRIES = 3  # failed starts in a row before a program is FATAL (then on-fatal stops the appliance)
 LOG_MAX_BYTES = "10MB"  # per program log in the run directory (on-fatal shows its tail); one backup
 EVENT_BUFFER = 10000  # events queued per listener before supervisord drops the oldest (log chunks)
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """The files `serve` writes and the supervised programs read."""
-    root: Path
-
-    @property
-    def plan(self) -> Path:
-        return self.root / "plan.json"  # Plan.to_dict(): secrets redacted
-
-    @property
-    def conf(self) -> Path:
-        return self.root / "supervisord.conf"
-
-    @property
-    def socket(self) -> Path:
-        return self.root / "supervisor.sock"
-
-    @property
-    def fatal(self) -> Path:
-        return self.root / "fatal"  # written by on-fatal: the program that failed; read by serve
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"  # what supervision did (state.py): written by serve and the watchdog
-
-    @property
-    def password(self) -> Path:
-        return self.root / "supervisor.password"  # mode 0600, new at every start
-
-    def rpc(self):
-        """supervisord's XML-RPC interface (the watchdog, on-fatal and the tests use it)."""
-        return supervisor_rpc(str(self.socket), self.password.read_text().strip())
-
-    def log(self, program: str) -> Path:
-        return self.root / f"{program}.log"
-
-    @classmethod
-    def of(cls, plan: Plan) -> "RunDir":
-        return cls(Path(str(plan.appliance["APPLIANCE_RUN_DIR"])))
-
-
-def read_plan(path: str | Path) -> Plan:
-    """The plan `serve` wrote (secrets redacted: the programs take them from the environment)."""
-    return Plan.from_dict(json.loads(Path(path).read_text()))
 
 
 def stop_wait_seconds(plan: Plan) -> int:
@@ -122,11 +74,11 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     def program(name: str, priority: int, stopwait: int) -> list[str]:
         # startsecs: a program counts as started only after surviving the whole start grace, so a vLLM that
         # dies while loading the model (OOM, bad weights) ends FATAL after START_RETRIES, not in a loop forever.
-        # The launcher's own waits before the server (programs.py) may outlast it: a launcher that gives up
+        # The launcher's own waits before the server (launch.py) may outlast it: a launcher that gives up
         # counts itself, so that case ends the same way whatever APPLIANCE_STARTUP_TIMEOUT is.
         return [
             "", f"[program:{name}]",
-            f"command={_command(python, 'entrypoint.runtime.programs', name, str(run.plan))}",
+            f"command={_command(python, 'entrypoint.programs.launch', name, str(run.plan))}",
             f"priority={priority}",
             "autostart=true", "autorestart=true",
             f"startsecs={startup}", f"startretries={START_RETRIES}",
@@ -155,13 +107,13 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
 
     # Start order is ascending priority, stop order descending: the watchdog stops first (it must not
     # restart what a shutdown stops), then vLLM, then LMCache, and the log relay last.
-    sections += listener("logs", "entrypoint.runtime.logs", "PROCESS_LOG,PROCESS_STATE", 1)
-    sections += listener("on-fatal", "entrypoint.runtime.on_fatal", "PROCESS_STATE_FATAL", 2)
+    sections += listener("logs", "entrypoint.programs.logs", "PROCESS_LOG,PROCESS_STATE", 1)
+    sections += listener("on-fatal", "entrypoint.programs.on_fatal", "PROCESS_STATE_FATAL", 2)
     if plan.lmcache_mode == "server":
         sections += program("lmcache", 10, LMCACHE_STOP_SECONDS)
     if plan.vllm_argv:  # none in the kv-server role (APPLIANCE_ROLE)
         sections += program("vllm", 20, stop_wait_seconds(plan))
-    sections += listener("watchdog", "entrypoint.runtime.watchdog", "PROCESS_STATE,TICK_5", 30)
+    sections += listener("watchdog", "entrypoint.programs.watchdog", "PROCESS_STATE,TICK_5", 30)
     # The metrics exporter only reads, so it starts before the servers. It is not what the appliance exists
     # for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).
     if a.get("APPLIANCE_GAP_ANSWER") and plan.vllm_argv:  # a kv-server has no vLLM port to answer for
@@ -175,11 +127,11 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
 
 
 def _helper_program(python: str, run: RunDir, name: str, priority: int) -> list[str]:
-    """A small appliance program (entrypoint.runtime.NAME PLAN_FILE) beside the servers: restarted when it
+    """A small appliance program (entrypoint.programs.NAME PLAN_FILE) beside the servers: restarted when it
     exits, stopped within 5 s, its output in its own log file."""
     return [
         "", f"[program:{name}]",
-        f"command={_command(python, f'entrypoint.runtime.{name}', str(run.plan))}",
+        f"command={_command(python, f'entrypoint.programs.{name}', str(run.plan))}",
         f"priority={priority}", "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
         "stopsignal=TERM", "stopwaitsecs=5", "redirect_stderr=true",
         f"stdout_logfile={_v(_v(run.log(name)))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",

@@ -1,6 +1,6 @@
 """Prove at build time that LMCache's compiled extensions resolve against the installed torch.
 
-    python -m entrypoint.generators.check_ops [--cpu-only]
+    python -m entrypoint.check_lmcache_ops [--cpu-only]
 
 LMCache ships its compiled ops built against one torch release, and a wrong pair is silent until the
 first KV transfer: LMCache 0.5.3 even answers `import lmcache.c_ops` with a shim that falls back to torch.

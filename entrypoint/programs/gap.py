@@ -1,6 +1,6 @@
 """The `gap` program: HTTP 503 with Retry-After on vLLM's port while vLLM does not serve it.
 
-    python -m entrypoint.runtime.gap PLAN_FILE
+    python -m entrypoint.programs.gap PLAN_FILE
 
 Without it a client sees "connection refused" for the whole of a vLLM restart (the launcher's waits, then
 the model load: a minute and more). With it, the same client gets an explicit, retryable answer.
@@ -23,7 +23,7 @@ launcher writes GAP_OFF (its pid) before it starts vLLM; this program then lets 
 process is gone, so vLLM can bind it: the 503 answer covers the launcher's waits but not the model load.
 
 Its port is vLLM's public API port, so what arrives there is hostile input: the answers are served by
-runtime/webserver.py (aiohttp: strict framing, a connection limit, head and body timeouts, header limits, no
+common/webserver.py (aiohttp: strict framing, a connection limit, head and body timeouts, header limits, no
 traceback in the log) on one event loop in a thread of its own, which is handed the socket while this program
 holds the port (Server.serve_socket) and closes it on release (Server.close_socket: what is queued is answered
 first). Connections accepted before a release are answered after it too. The main thread only watches the port.
@@ -43,9 +43,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import applog
-from .render import RunDir, read_plan
-from .webserver import BACKLOG, Limits, Server, error_response
+from ..common import applog
+from ..rundir import RunDir, read_plan
+from ..common.webserver import BACKLOG, Limits, Server, error_response
 
 NAME = "gap"
 GAP_OFF = "gap.off"  # in the run directory: "<pid>" of a vLLM that must bind the port alone
@@ -294,7 +294,7 @@ class Gap:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print("usage: python -m entrypoint.runtime.gap PLAN_FILE", file=sys.stderr)
+        print("usage: python -m entrypoint.programs.gap PLAN_FILE", file=sys.stderr)
         return 2
     plan = read_plan(argv[0])
     run = RunDir(Path(argv[0]).parent)

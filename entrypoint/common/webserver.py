@@ -1,5 +1,5 @@
 """The HTTP server under the appliance's own network surfaces: the coordinator router (cluster/router.py), the
-metrics endpoint (runtime/metrics.py) and the gap program's 503 on vLLM's port (runtime/gap.py); a front proxy for
+metrics endpoint (programs/metrics.py) and the gap program's 503 on vLLM's port (programs/gap.py); a front proxy for
 vLLM's port can stand on it the same way.
 
 aiohttp's low-level server, because vLLM's image already ships it (vLLM 0.32 requires aiohttp >= 3.14.3, LMCache

@@ -10,7 +10,7 @@ judged before it first passes a probe or STARTUP_TIMEOUT s after the server proc
 the launcher's waits before it come first and are bounded on their own);
 HEALTH_FAILURES failed probes in a row restart it: it is killed (stuck, it could not drain anyway) and
 started again. An unhealthy LMCache server is killed and vLLM stopped, then both started in order.
-Where there is a disk tier, a thread of its own prunes it to its cap (preflight.prune) every
+Where there is a disk tier, a thread of its own prunes it to its cap (disk_prune.prune) every
 DISK_PRUNE_INTERVAL s, whatever the probes wait for: a backstop to LMCache's own L2 eviction, which does not
 see the files an earlier LMCache server wrote (kv_tiers.py). Where there is a shared
 KV store (LMCACHE_SHARED_URL), each round pings it and records the answer (status, appliance_shared_store_up);
@@ -37,13 +37,13 @@ from pathlib import Path
 import requests
 from supervisor.xmlrpc import Faults
 
-from . import preflight, state, store
-from .events import Listener, say, split_payload
+from ..common import disk_prune, state, store
+from ..common.events import Listener, say, split_payload
 from .gap import HEADER as GAP_HEADER
-from .healthcheck import api_base, api_headers
+from ..inspect.healthcheck import api_base, api_headers
 from ..config.plan import Plan
-from .render import RunDir, read_plan
-from .snapshot import parse_metrics  # prometheus_client's parser, each sample name summed over its label sets
+from ..rundir import RunDir, read_plan
+from ..inspect.snapshot import parse_metrics  # prometheus_client's parser, each sample name summed over its label sets
 
 NAME = "watchdog"
 STORE_TIMEOUT_S = 5.0  # a store probe must not hold up the probes of vLLM and LMCache
@@ -51,7 +51,7 @@ HARD_OVER = 1.05  # the disk tier may exceed its cap by at most 5 %
 DEFAULT_PRUNE_S = 5.0  # APPLIANCE_DISK_PRUNE_INTERVAL of a plan written before the setting existed
 MIN_PRUNE_S = 0.5  # the shortest wait between prunes: each one stats every file of the tier
 # Where a prune takes the tier once the watchdog is its only evictor (LMCache's eviction stalled): lower than
-# preflight.PRUNE_TO, because nothing else frees space until the next prune. Measured on an H200 under load
+# disk_prune.PRUNE_TO, because nothing else frees space until the next prune. Measured on an H200 under load
 # (docs/benchmarks/h200x2-2026-11-29-night/README.md): pruned to 0.9 of a 3 GiB cap, the tier was back at 3.0-4.0 GiB by
 # every next prune (+32 % at its peak, the size of its 4 GiB tmpfs); 0.7 leaves 0.35 of the cap to refill.
 ALONE_PRUNE_TO = 0.7
@@ -124,10 +124,10 @@ class Watchdog:
 
     @staticmethod
     def launching(pid: int) -> bool:
-        """Still our launcher (programs.py), waiting for LMCache, an earlier vLLM or a port (each wait is
+        """Still our launcher (launch.py), waiting for LMCache, an earlier vLLM or a port (each wait is
         bounded there): not yet the server, so not judged, and its start grace has not begun."""
         try:
-            return b"entrypoint.runtime.programs" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            return b"entrypoint.programs.launch" in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
 
@@ -330,21 +330,21 @@ class Watchdog:
         that server's eviction is stalled, so every later prune takes the tier under its cap on its own, and
         further under it (ALONE_PRUNE_TO) since nothing frees space between prunes."""
         disk = self.plan.disk
-        cap, dirs, since = disk.max_size_gib * preflight.GIB, preflight.tier_dirs(disk), self.lmcache_since
+        cap, dirs, since = disk.max_size_gib * disk_prune.GIB, disk_prune.tier_dirs(disk), self.lmcache_since
         alone = since is not None and getattr(self, "evicting_alone_for", None) == since
-        removed, freed, held = preflight.prune(dirs, cap, written_before=None if alone else since,
-                                               to=ALONE_PRUNE_TO if alone else preflight.PRUNE_TO)
+        removed, freed, held = disk_prune.prune(dirs, cap, written_before=None if alone else since,
+                                                to=ALONE_PRUNE_TO if alone else disk_prune.PRUNE_TO)
         if removed:
             self.record.pruned(removed, freed)
-            say(NAME, preflight.prune_note(disk, removed, freed, held))
+            say(NAME, disk_prune.prune_note(disk, removed, freed, held))
         if alone or since is None or held - freed <= HARD_OVER * cap:
             return held, held - freed
         before = held
-        removed, freed, held = preflight.prune(dirs, cap, to=ALONE_PRUNE_TO)
+        removed, freed, held = disk_prune.prune(dirs, cap, to=ALONE_PRUNE_TO)
         if removed:
             self.record.pruned(removed, freed)
             self.evicting_alone_for = since
-            say(NAME, preflight.prune_note(disk, removed, freed, held)
+            say(NAME, disk_prune.prune_note(disk, removed, freed, held)
                 + f"; LMCache's own eviction did not hold it under {HARD_OVER:g}x the cap, so files its server"
                   " still counts were removed too (its eviction stalls until it restarts: the watchdog prunes"
                   f" the tier alone from now on, to {ALONE_PRUNE_TO:g} of its cap, docs/RESILIENCE.md)")
@@ -355,7 +355,7 @@ class Watchdog:
         disk tier written at GB/s must not wait for it. The period is the longest wait: the next prune
         comes sooner when the tier grows fast (prune_wait)."""
         period = float(self.plan.appliance.get("APPLIANCE_DISK_PRUNE_INTERVAL") or DEFAULT_PRUNE_S)
-        cap = self.plan.disk.max_size_gib * preflight.GIB
+        cap = self.plan.disk.max_size_gib * disk_prune.GIB
         wait, last_after, last_at = period, None, time.monotonic()
         while not stop.wait(wait):
             try:
