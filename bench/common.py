@@ -1,7 +1,7 @@
 """Shared pieces of the appliance benchmarks: prompts, HTTP, supervisord control, results, copy floor.
 
 Part of the `bench` package (run from the repository root: `python -m bench.<tool>`), next to the appliance's
-own code: Prometheus text is read with the appliance's parser (entrypoint.inspect.snapshot.parse_metrics,
+own code: Prometheus text is read with the appliance's parser (entrypoint.inspectors.snapshot.parse_metrics,
 prometheus_client's) and supervisord is driven through the appliance's XML-RPC transport
 (entrypoint.common.events.supervisor_rpc); both are imported where used, so the pure parts (prompts, tables)
 need the standard library only. matplotlib (charts) and torch (host-to-device bandwidth) are imported only
@@ -231,8 +231,8 @@ ENGINE_CLOCKS = {"engine_ttft_s": "vllm:time_to_first_token_seconds",
                  "lookup_s": "vllm:lmcache_mp_lookup_duration_seconds"}
 def metrics(text: str) -> dict[str, float]:
     """Prometheus text, each sample name summed over its label sets: the appliance's own parser
-    (entrypoint.inspect.snapshot.parse_metrics, prometheus_client's), the one every bench tool uses."""
-    from entrypoint.inspect.snapshot import parse_metrics
+    (entrypoint.inspectors.snapshot.parse_metrics, prometheus_client's), the one every bench tool uses."""
+    from entrypoint.inspectors.snapshot import parse_metrics
     return parse_metrics(text)
 
 

@@ -6,7 +6,7 @@
     rundir.py           the run directory's layout, written by `serve`, read by everyone below
     supervise/          `serve`: preflight, write the run directory, run supervisord
     programs/           what supervisord runs: the launchers, the listeners, gap and metrics
-    inspect/            `status`, `healthcheck` and the snapshot they read
+    inspectors/         `status`, `healthcheck` and the snapshot they read
     common/             helpers shared by the above (log lines, supervisord's protocol, HTTP server, ...)
     cluster/            the coordinator router (scale-out)
     lmcache_ext/, vllm_ext/  code loaded into LMCache's and vLLM's own processes

@@ -135,10 +135,10 @@ def _main(argv: list[str] | None) -> int:
     if command not in COMMANDS:
         os.execvp(command, argv)  # `docker run image bash`: run it as given
     if command == "status":
-        from .inspect.status import main as status_main
+        from .inspectors.status import main as status_main
         return status_main(rest)
     if command == "healthcheck":
-        from .inspect.healthcheck import main as healthcheck_main
+        from .inspectors.healthcheck import main as healthcheck_main
         return healthcheck_main(rest)
     if command == "router":
         from .cluster.router import main as router_main

@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..common import applog, state
-from ..inspect import snapshot
+from ..inspectors import snapshot
 from .gap import GAP_STATE
 from ..rundir import RunDir, read_plan
 from ..common.webserver import Limits, Refused, Server, read_body, run_until_signalled

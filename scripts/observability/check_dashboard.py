@@ -60,7 +60,7 @@ def scrape(url: str) -> tuple[dict[str, float], set[str]]:
     """Sample name -> value summed over label sets (the parser `status` uses), and every sample name the
     exposition declares: a labelled counter that nothing has incremented yet (restarts, before the first one)
     has its `# TYPE` line and no sample, and a panel over it is right, only empty."""
-    from entrypoint.inspect.snapshot import parse_metrics
+    from entrypoint.inspectors.snapshot import parse_metrics
     with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10) as r:
         text = r.read().decode()
     declared = {m.group(1) + suffix for m in re.finditer(r"^# TYPE (\S+) ", text, re.M) for suffix in SUFFIXES}

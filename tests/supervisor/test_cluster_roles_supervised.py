@@ -14,7 +14,7 @@ import time
 import requests
 
 from appliance_harness import REPO, wait_until
-from entrypoint.inspect.snapshot import parse_metrics
+from entrypoint.inspectors.snapshot import parse_metrics
 
 
 def scrape(a) -> dict[str, float]:

@@ -15,7 +15,7 @@ import requests
 
 from appliance_harness import REPO, free_ports, wait_until
 from entrypoint.common import store
-from entrypoint.inspect.snapshot import parse_metrics
+from entrypoint.inspectors.snapshot import parse_metrics
 
 PASSWORD = "store-pw-5e1f"
 REDIS = shutil.which("redis-server")

@@ -12,7 +12,7 @@ import time
 import requests
 
 from appliance_harness import REPO, alive, wait_until
-from entrypoint.inspect.snapshot import parse_metrics
+from entrypoint.inspectors.snapshot import parse_metrics
 from entrypoint.version import version
 
 GIB = 1024 ** 3

@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from entrypoint.programs import metrics
 from entrypoint.common import webserver
-from entrypoint.inspect.snapshot import parse_metrics
+from entrypoint.inspectors.snapshot import parse_metrics
 from ports import free_port
 from raw_http import exchange, status_of
 

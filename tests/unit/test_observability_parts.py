@@ -9,7 +9,7 @@ import pytest
 
 from entrypoint.common import applog, state
 from entrypoint.programs import metrics
-from entrypoint.inspect import snapshot
+from entrypoint.inspectors import snapshot
 from entrypoint.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
