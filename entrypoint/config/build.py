@@ -17,7 +17,7 @@ from typing import Mapping
 from . import kv_identity, kv_tiers, models, resources, roles
 from .files import SECRET_FILE_LIMIT, FileProblem, read_bounded
 from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
-from .plan import Plan
+from .plan import SETTING, AppliancePrograms, KvIdentityInputs, KvTiers, Plan
 from .schema import Schema
 from .secrets import (REDACTED, SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values,
                       url_passwords)
@@ -284,7 +284,7 @@ class Builder:
             p.model, self.vllm_flags, {**self.environ, **self.raw.passthrough},
             self.schema.vllm_version, self.schema.lmcache_version, int(v.get("LMCACHE_CHUNK_SIZE", 256)))
         p.kv_identity = self.kv_identity.digest
-        p.kv_identity_inputs = {"parts": self.kv_identity.parts, "files": self.kv_identity.files}
+        p.kv_identity_inputs = KvIdentityInputs(parts=self.kv_identity.parts, files=self.kv_identity.files)
 
     def flag(self, name: str, flag: str, value) -> list[str]:
         self.flag_setters[flag] = name
@@ -410,14 +410,14 @@ class Builder:
             p.values[name] = value
         for name in sorted(set(p.values) | set(self.vllm_passthrough) | set(self.lmcache_env)):
             p.sources[name] = self.raw.sources.get(name, DEFAULT)
-        p.appliance = {s.name: self.values.get(s.name) for s in SETTINGS if s.group == "Appliance"}
-        if p.lmcache_mode:
-            p.appliance["cpu_tier_gib"] = self.cpu
-            p.appliance["cpu_tier_source"] = self.cpu_source
-        if p.disk:
-            p.appliance["disk_tier_source"] = self.disk_source
-        if self.prewarm:
-            p.appliance["prewarm_gib"], p.appliance["prewarm_note"] = self.prewarm
+        p.appliance = AppliancePrograms(**{f.name: self.values[f.metadata[SETTING]]
+                                           for f in dataclasses.fields(AppliancePrograms)
+                                           if f.metadata[SETTING] in self.values})
+        prewarm_gib, prewarm_note = self.prewarm or (0.0, "")
+        p.tiers = KvTiers(cpu_tier_gib=self.cpu if p.lmcache_mode else None,
+                          cpu_tier_source=self.cpu_source if p.lmcache_mode else "",
+                          disk_tier_source=self.disk_source if p.disk else "",
+                          prewarm_gib=prewarm_gib, prewarm_note=prewarm_note)
 
     def swallowed_secrets(self) -> None:
         """An unbalanced quote in an env file makes the lines after it part of one value (`VLLM_HOST='` then

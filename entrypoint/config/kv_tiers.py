@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import resources, roles
 from .flags import number_text, resolve_flag
-from .plan import DiskTier
+from .plan import DiskTier, SharedStore
 from .settings import (AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS, SETTINGS, DiskChoice,
                        StoreURL, owned_flag_problem)
 from .sources import REGISTRY
@@ -160,8 +160,8 @@ def shared_store(b: Builder) -> None:
         if name in b.lmcache_env:
             b.error(f"{name} is set and LMCACHE_SHARED_URL too: set {ours} instead (the appliance passes it to "
                     f"LMCache as {name})")
-    p.shared_store = {"url": url.url, "host": url.bare_host, "port": url.port,
-                      "username": v.get("LMCACHE_SHARED_USERNAME", "")}
+    p.shared_store = SharedStore(url=url.url, host=url.bare_host, port=url.port,
+                                 username=v.get("LMCACHE_SHARED_USERNAME", ""))
 
 
 def shared_store_credentials(b: Builder) -> None:
@@ -405,9 +405,9 @@ def shared_adapter(b: Builder) -> dict[str, object]:
     model, chunk size and parallelism find each other's chunks. No password key: LMCache reads it from
     LMCACHE_RESP_PASSWORD (shared_store_credentials)."""
     store = b.plan.shared_store
-    adapter: dict[str, object] = {"type": "resp", "host": store["host"], "port": store["port"], "shared": True}
-    if store["username"]:
-        adapter["username"] = store["username"]
+    adapter: dict[str, object] = {"type": "resp", "host": store.host, "port": store.port, "shared": True}
+    if store.username:
+        adapter["username"] = store.username
     size = b.values.get("LMCACHE_SHARED_MAX_SIZE")
     if size is not None:
         adapter["max_capacity_gb"] = float(size)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import kv_tiers
+from .plan import LmcacheServer
 from .settings import MPServer
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ def external_server(b: Builder) -> None:
     port = server.port or int(v["APPLIANCE_LMCACHE_PORT"])
     http_port = int(v["APPLIANCE_LMCACHE_HTTP_PORT"])
     p.lmcache_mode = "external"
-    p.lmcache_server = {"url": f"tcp://{server.host}:{port}", "host": server.host, "port": port,
-                        "health_url": f"http://{server.host}:{http_port}/healthcheck"}
+    p.lmcache_server = LmcacheServer(url=f"tcp://{server.host}:{port}", host=server.host, port=port,
+                                     health_url=f"http://{server.host}:{http_port}/healthcheck")
     p.vllm_argv += ["--kv-transfer-config", kv_tiers.mp_transfer_config(b, server.host, port)]
     kv_tiers.announce_identity(b)
 

@@ -108,7 +108,7 @@ class ApplianceCollector:
                                     "(LMCACHE_SERVER) answered the watchdog's last health check.",
                                     value=1.0 if server.get("up") else 0.0)
         gap = gap_state(self.run)
-        if p.appliance.get("APPLIANCE_GAP_ANSWER") and gap is not None:
+        if p.appliance.gap_answer and gap is not None:
             yield GaugeMetricFamily("appliance_gap_holding", "1 while the gap program answers vLLM's port with 503 "
                                     "(vLLM does not listen: starting, restarting, stopping).",
                                     value=1.0 if gap.get("holding") else 0.0)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = read_plan(argv[0])
     run = RunDir(Path(argv[0]).parent)
-    port = int(plan.appliance["APPLIANCE_METRICS_PORT"])
+    port = int(plan.appliance.metrics_port)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ApplianceCollector(plan, run, versions()))
     while True:  # a port taken by something else: say so and wait for it, never a restart loop

@@ -198,10 +198,10 @@ def check_memlock(cpu_gib: float | None, found: Findings) -> None:
 def check_memory(plan: Plan, found: Findings, host: resources.Host | None = None) -> None:
     """A CPU tier larger than the memory the container may use (cgroup limit, else MemAvailable) would be
     OOM-killed, or push vLLM out: refuse, with the size that fits. `config` warns from the same readings."""
-    cpu = plan.appliance.get("cpu_tier_gib")
+    cpu = plan.tiers.cpu_tier_gib
     if not cpu or not plan.lmcache_mode:
         return
-    problem = cpu_tier_problem(host or resources.Host(), float(cpu), str(plan.appliance.get("cpu_tier_source")))
+    problem = cpu_tier_problem(host or resources.Host(), float(cpu), str(plan.tiers.cpu_tier_source))
     if problem:
         found.errors.append(problem)
 
@@ -307,7 +307,7 @@ def check(plan: Plan, environ: Mapping[str, str] | None = None) -> Findings:
     if plan.disk:
         check_disk_tier(plan.disk, found)
         note_kv_identity(plan, found)
-    cpu = plan.appliance.get("cpu_tier_gib")
+    cpu = plan.tiers.cpu_tier_gib
     parallel = (int(plan.values.get("VLLM_TENSOR_PARALLEL_SIZE") or 1)
                 * int(plan.values.get("VLLM_PIPELINE_PARALLEL_SIZE") or 1))
     check_memory(plan, found)
@@ -327,8 +327,8 @@ def check_shared_store(plan: Plan, found: Findings, environ: Mapping[str, str] |
         return
     ok, why = store.probe(plan, STORE_TIMEOUT_S, environ)
     if ok:
-        found.notes.append(f"the shared KV store {plan.shared_store['url']} answers")
+        found.notes.append(f"the shared KV store {plan.shared_store.url} answers")
     else:
-        found.warnings.append(f"the shared KV store {plan.shared_store['url']} (LMCACHE_SHARED_URL) does not "
+        found.warnings.append(f"the shared KV store {plan.shared_store.url} (LMCACHE_SHARED_URL) does not "
                               f"answer: {why}. Starting without it: every replica computes its own prefixes until "
                               "it answers (the watchdog keeps probing; appliance_shared_store_up shows it)")

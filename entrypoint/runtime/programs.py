@@ -195,13 +195,13 @@ def gpu_wait(plan: Plan) -> tuple[float, int, float]:
 def lmcache_wait_url(plan: Plan) -> tuple[str | None, str]:
     """The LMCache server vLLM needs before it starts: its own, or a kv-server's (LMCACHE_SERVER)."""
     if plan.lmcache_server:
-        return plan.lmcache_server["health_url"], f"the LMCache server {plan.lmcache_server['url']} (LMCACHE_SERVER)"
+        return plan.lmcache_server.health_url, f"the LMCache server {plan.lmcache_server.url} (LMCACHE_SERVER)"
     return plan.lmcache_health_url, "the LMCache server"
 
 
 def wait_for_lmcache(plan: Plan) -> bool:
     url, what = lmcache_wait_url(plan)
-    budget = float(plan.appliance["APPLIANCE_LMCACHE_WAIT"])
+    budget = float(plan.appliance.lmcache_wait)
     start, next_note = time.monotonic(), 10.0
     while True:
         try:
@@ -294,7 +294,7 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
         return gave_up(run, "vllm") if run else 1
     argv = server_argv("vllm", plan.vllm_argv)
     shared = None
-    if plan.appliance.get("APPLIANCE_GAP_ANSWER") and run:
+    if plan.appliance.gap_answer and run:
         shared = shared_port_argv(argv, plan.api_port)
         if shared is None:
             # Not a Python program: it cannot share the port, so the gap program lets go of it until this
@@ -360,8 +360,8 @@ def shared_port_argv(argv: list[str], port: int) -> list[str] | None:
 
 def lmcache(plan: Plan, run: RunDir | None = None) -> int:
     bind = "0.0.0.0" if plan.role == "kv-server" else "127.0.0.1"  # as kv_tiers planned it
-    ports = [(bind, int(plan.appliance["APPLIANCE_LMCACHE_PORT"])),
-             (bind, int(plan.appliance["APPLIANCE_LMCACHE_HTTP_PORT"]))]
+    ports = [(bind, int(plan.appliance.lmcache_port)),
+             (bind, int(plan.appliance.lmcache_http_port))]
     if not wait_for_earlier("lmcache") or not wait_for_ports(ports):
         return gave_up(run, "lmcache") if run else 1
     _exec(run, "lmcache", server_argv("lmcache", plan.lmcache_argv or []), lmcache_environment(plan))

@@ -61,7 +61,7 @@ class RunDir:
 
     @classmethod
     def of(cls, plan: Plan) -> "RunDir":
-        return cls(Path(str(plan.appliance["APPLIANCE_RUN_DIR"])))
+        return cls(Path(str(plan.appliance.run_dir)))
 
 
 def read_plan(path: str | Path) -> Plan:
@@ -71,7 +71,7 @@ def read_plan(path: str | Path) -> Plan:
 
 def stop_wait_seconds(plan: Plan) -> int:
     """supervisord's stopwaitsecs for vLLM: longer than vLLM's own drain, so requests can finish."""
-    return int(plan.appliance["APPLIANCE_SHUTDOWN_TIMEOUT"]) + VLLM_TEARDOWN_SECONDS
+    return int(plan.appliance.shutdown_timeout) + VLLM_TEARDOWN_SECONDS
 
 
 def _v(text: object) -> str:
@@ -87,7 +87,7 @@ def _command(python: str, module: str, *args: str) -> str:
 
 def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable) -> str:
     a = plan.appliance
-    startup = int(a["APPLIANCE_STARTUP_TIMEOUT"])
+    startup = int(a.startup_timeout)
     sections = [
         "; Rendered by `python -m entrypoint serve` at every start from the launch plan; edits are lost.",
         "[supervisord]",
@@ -164,7 +164,7 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     sections += listener("watchdog", "entrypoint.runtime.watchdog", "PROCESS_STATE,TICK_5", 30)
     # The metrics exporter only reads, so it starts before the servers. It is not what the appliance exists
     # for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).
-    if a.get("APPLIANCE_GAP_ANSWER") and plan.vllm_argv:  # a kv-server has no vLLM port to answer for
+    if a.gap_answer and plan.vllm_argv:  # a kv-server has no vLLM port to answer for
         # The 503 answer while vLLM does not serve its port (gap.py). It starts before vLLM, so that the port
         # answers from the first second, and stops after it (descending priority), so that it answers new
         # connections while vLLM drains at a stop. Like the metrics exporter it is not what the appliance

@@ -151,7 +151,7 @@ def take(plan: Plan, run: RunDir) -> Snapshot:
     if plan.lmcache_mode == "server":
         snap.lmcache_up = lm is not None or ls is not None
         snap.lmcache_metrics_text = lm.text if lm is not None else None
-    cpu_gib = plan.appliance.get("cpu_tier_gib")
+    cpu_gib = plan.tiers.cpu_tier_gib
     if plan.lmcache_mode and cpu_gib:
         usage = None
         if ls is not None:

@@ -65,5 +65,5 @@ def ping(host: str, port: int, username: str = "", password: str = "", timeout: 
 
 
 def probe(plan: Plan, timeout: float, environ: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    store = plan.shared_store or {}
-    return ping(store["host"], int(store["port"]), store.get("username", ""), password_of(plan, environ), timeout)
+    store = plan.shared_store
+    return ping(store.host, int(store.port), store.username, password_of(plan, environ), timeout)

@@ -169,7 +169,7 @@ def run_supervisord(run: RunDir) -> int:
 
 def serve(plan: Plan, env_file_values: dict[str, str] | None = None) -> int:
     # Every supervised program and listener logs in the format the operator chose (applog reads this).
-    os.environ[applog.ENV] = str(plan.appliance.get("APPLIANCE_LOG_FORMAT") or "text")
+    os.environ[applog.ENV] = str(plan.appliance.log_format or "text")
     found = run_preflight(plan)
     if found is None:
         return EXIT_PREFLIGHT

@@ -79,10 +79,10 @@ class Watchdog:
     def __init__(self, plan: Plan, rpc, record: state.Recorder | None = None):
         a = plan.appliance
         self.record = record or state.Recorder(RunDir.of(plan).state)
-        self.grace = float(a["APPLIANCE_STARTUP_TIMEOUT"])
-        self.interval = float(a["APPLIANCE_HEALTH_INTERVAL"])
-        self.timeout = float(a["APPLIANCE_HEALTH_TIMEOUT"])
-        self.limit = int(a["APPLIANCE_HEALTH_FAILURES"])
+        self.grace = float(a.startup_timeout)
+        self.interval = float(a.health_interval)
+        self.timeout = float(a.health_timeout)
+        self.limit = int(a.health_failures)
         self.plan, self.rpc, self.clock = plan, rpc, time.monotonic
         self.http = requests.Session()
         self.base, self.headers = api_base(plan), api_headers(plan)
@@ -206,10 +206,10 @@ class Watchdog:
         """A replica's external LMCache server: recorded, said when it changes; True when it answers."""
         server = self.plan.lmcache_server
         try:
-            r = self._get(server["health_url"])
-            up, why = r.status_code == 200, f"{server['health_url']} answered {r.status_code}"
+            r = self._get(server.health_url)
+            up, why = r.status_code == 200, f"{server.health_url} answered {r.status_code}"
         except requests.RequestException as e:
-            up, why = False, self._failure(server["health_url"], e)
+            up, why = False, self._failure(server.health_url, e)
         if self.record.lmcache_server(up, "" if up else why):
             if up:
                 say(NAME, f"the LMCache server {server['url']} (LMCACHE_SERVER) answers")
@@ -219,7 +219,7 @@ class Watchdog:
         return up
 
     def probe_store(self) -> None:
-        url = self.plan.shared_store["url"]
+        url = self.plan.shared_store.url
         up, why = store.probe(self.plan, min(self.timeout, STORE_TIMEOUT_S))
         if self.record.shared_store(up, why):
             if up:
@@ -354,7 +354,7 @@ class Watchdog:
         """Prunes on its own period: a round of probes can wait up to HEALTH_TIMEOUT per request, and a
         disk tier written at GB/s must not wait for it. The period is the longest wait: the next prune
         comes sooner when the tier grows fast (prune_wait)."""
-        period = float(self.plan.appliance.get("APPLIANCE_DISK_PRUNE_INTERVAL") or DEFAULT_PRUNE_S)
+        period = float(self.plan.appliance.disk_prune_interval or DEFAULT_PRUNE_S)
         cap = self.plan.disk.max_size_gib * preflight.GIB
         wait, last_after, last_at = period, None, time.monotonic()
         while not stop.wait(wait):

@@ -79,9 +79,9 @@ def test_a_replica_points_vllms_connector_at_the_kv_server(serve_parser, value, 
     extra = kv.kv_connector_extra_config
     assert set(extra) <= connector_extra_config_keys()
     assert extra["lmcache.mp.eager_prefetch"] is True  # vLLM-side settings still apply to the replica
-    assert connector_url(extra) == url == plan.lmcache_server["url"]
+    assert connector_url(extra) == url == plan.lmcache_server.url
     host = url.removeprefix("tcp://").rsplit(":", 1)[0]
-    assert plan.lmcache_server["health_url"] == f"http://{host}:6101/healthcheck"
+    assert plan.lmcache_server.health_url == f"http://{host}:6101/healthcheck"
     # The store's password belongs to the kv-server: not in the replica's vLLM environment, not anywhere.
     assert "store-secret-31" not in json.dumps(plan.to_dict()) + json.dumps(plan.vllm_env) + " ".join(plan.vllm_argv)
     assert plan.lmcache_env == {} and "LMCACHE_SHARED_PASSWORD" in plan.vllm_env_removed
@@ -93,7 +93,7 @@ def test_both_roles_from_one_env_meet_on_the_same_port(lmcache_parser, serve_par
     replica = make_plan(None, [], {**CLUSTER_ENV, "LMCACHE_SERVER": "kv-server"})
     extra = parse_serve_argv(serve_parser, replica.vllm_argv).engine_args.kv_transfer_config.kv_connector_extra_config
     assert connector_url(extra) == f"tcp://kv-server:{server.mp.port}"
-    assert replica.lmcache_server["health_url"].endswith(f":{server.http.http_port}/healthcheck")
+    assert replica.lmcache_server.health_url.endswith(f":{server.http.http_port}/healthcheck")
 
 
 def _non_loopback_address() -> str | None:
@@ -132,7 +132,7 @@ def test_a_replicas_connector_reaches_a_real_kv_server_on_the_network(tmp_path):
         deadline = time.monotonic() + 90
         while True:
             try:
-                if requests.get(replica_plan.lmcache_server["health_url"], timeout=1).status_code == 200:
+                if requests.get(replica_plan.lmcache_server.health_url, timeout=1).status_code == 200:
                     break
             except requests.RequestException:
                 pass

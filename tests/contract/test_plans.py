@@ -41,7 +41,7 @@ def check_vllm_follows_plan(plan, parsed) -> None:
     args, engine = parsed.args, parsed.engine_args
     assert engine.model == plan.model
     assert (args.host, args.port) == (plan.api_host, plan.api_port)
-    assert args.shutdown_timeout == plan.appliance["APPLIANCE_SHUTDOWN_TIMEOUT"]
+    assert args.shutdown_timeout == plan.appliance.shutdown_timeout
     assert engine.tensor_parallel_size == plan.values["VLLM_TENSOR_PARALLEL_SIZE"]
     if "VLLM_MAX_MODEL_LEN" in plan.values:
         assert engine.max_model_len == plan.values["VLLM_MAX_MODEL_LEN"]
@@ -65,7 +65,7 @@ def check_vllm_follows_plan(plan, parsed) -> None:
         assert plan.vllm_env.get("PYTHONHASHSEED")
     if plan.lmcache_mode == "native":
         assert engine.kv_offloading_backend == "native"
-        assert engine.kv_offloading_size == plan.appliance["cpu_tier_gib"]
+        assert engine.kv_offloading_size == plan.tiers.cpu_tier_gib
     if plan.lmcache_mode is None:
         assert engine.kv_offloading_size is None
 
@@ -80,7 +80,7 @@ def check_server_follows_plan(plan, server, parsed_vllm) -> None:
     assert int(extra["lmcache.mp.port"]) == server.mp.port
     assert plan.lmcache_health_url == f"http://{server.http.http_host}:{server.http.http_port}/healthcheck"
     storage = server.storage
-    assert storage.l1_manager_config.memory_config.size_in_bytes == int(plan.appliance["cpu_tier_gib"] * GIB)
+    assert storage.l1_manager_config.memory_config.size_in_bytes == int(plan.tiers.cpu_tier_gib * GIB)
     assert server.mp.chunk_size == plan.values["LMCACHE_CHUNK_SIZE"]
     assert storage.eviction_config.eviction_policy == plan.values["LMCACHE_EVICTION_POLICY"]
     adapters = storage.l2_adapter_config.adapters
@@ -119,7 +119,7 @@ def check_in_process_follows_plan(plan, loaded) -> None:
     assert set(config) <= loaded._user_set_keys  # LMCache took every key as set by us
     tp = plan.values["VLLM_TENSOR_PARALLEL_SIZE"]
     assert loaded.chunk_size == plan.values["LMCACHE_CHUNK_SIZE"]
-    assert loaded.max_local_cpu_size == pytest.approx(plan.appliance["cpu_tier_gib"] / tp, abs=1e-3)
+    assert loaded.max_local_cpu_size == pytest.approx(plan.tiers.cpu_tier_gib / tp, abs=1e-3)
     if plan.disk:
         assert loaded.local_disk == plan.disk.path + "/"  # LMCache strips file://
         assert loaded.max_local_disk_size == pytest.approx(plan.disk.max_size_gib / tp, abs=1e-3)

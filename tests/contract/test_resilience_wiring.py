@@ -38,7 +38,7 @@ def test_vllm_single_api_server_socket_shares_the_port_only_through_reuse_port(s
 
     port = free_port()
     plan = plan_on_port(port, APPLIANCE_GAP_ANSWER="true")
-    assert plan.appliance["APPLIANCE_GAP_ANSWER"] is True
+    assert plan.appliance.gap_answer is True
     args = parse_serve_argv(serve_parser, plan.vllm_argv).args
     assert (args.api_server_count or 1) == 1 and not args.headless  # `vllm serve` runs run_server (one API server)
     gap = Gap("127.0.0.1", port, 5)

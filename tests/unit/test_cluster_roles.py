@@ -113,7 +113,7 @@ def test_the_servers_settings_are_accepted_and_left_to_the_server_in_a_replica(p
     assert plan.errors == [] and plan.warnings == []
     assert (plan.lmcache_mode, plan.lmcache_argv, plan.disk, plan.shared_store, plan.lmcache_env) == (
         "external", None, None, None, {})
-    assert plan.appliance["cpu_tier_gib"] is None  # no tier here: nothing for preflight to check against memory
+    assert plan.tiers.cpu_tier_gib is None  # no tier here: nothing for preflight to check against memory
     transfer = kv_transfer(plan)  # the same connector settings as a replica with its own server
     assert transfer["kv_load_failure_policy"] == "recompute"
     assert transfer["kv_connector_extra_config"] == {

@@ -61,8 +61,8 @@ def test_the_replicas_settings_make_a_valid_plan_with_the_shared_store(tmp_path)
     plan = make_plan(str(K8S / "appliance.env"), [], env)
     assert plan.errors == []
     service = by_kind("Service", "kv-store")
-    assert plan.shared_store["host"] == service["metadata"]["name"]
-    assert plan.shared_store["port"] == service["spec"]["ports"][0]["port"]
+    assert plan.shared_store.host == service["metadata"]["name"]
+    assert plan.shared_store.port == service["spec"]["ports"][0]["port"]
     assert plan.lmcache_env["LMCACHE_RESP_PASSWORD"] == "from-the-secret"
     mounts = {m["mountPath"] for m in container("StatefulSet", "replica")["volumeMounts"]}
     assert str(Path(env_value("LMCACHE_SHARED_PASSWORD_FILE")).parent) in mounts

@@ -380,14 +380,14 @@ def test_auto_sizes_from_memory_and_says_so(plan_for):
     assert plan.errors == [] and plan.warnings == []
     assert plan.lmcache_mode == "server"  # on by default, for a model the registry does not know
     assert plan.lmcache_argv[plan.lmcache_argv.index("--l1-size-gb") + 1] == "12"
-    assert plan.appliance["cpu_tier_source"] == "auto: half of 24.0 GiB (the cgroup memory limit)"
+    assert plan.tiers.cpu_tier_source == "auto: half of 24.0 GiB (the cgroup memory limit)"
 
 
 def test_auto_is_capped_by_memlock(plan_for):
     host = resources.FixedHost(memory_bytes=64 << 30, memlock_bytes=3 << 30)
     plan = plan_for({"VLLM_KV_OFFLOADING_SIZE": "auto", **LOOPBACK}, host=host)
-    assert plan.appliance["cpu_tier_gib"] == 3.0
-    assert plan.appliance["cpu_tier_source"] == "auto: the locked-memory limit, 3.0 GiB (ulimit -l)"
+    assert plan.tiers.cpu_tier_gib == 3.0
+    assert plan.tiers.cpu_tier_source == "auto: the locked-memory limit, 3.0 GiB (ulimit -l)"
 
 
 def test_default_offloading_turns_itself_off_with_a_warning_when_nothing_fits(plan_for):
@@ -417,7 +417,7 @@ def test_auto_disk_tier_from_free_space_and_what_it_holds(plan_for):
     host = resources.FixedHost(free_bytes=100 << 30, held_bytes=20 << 30)
     plan = plan_for({"LMCACHE_LOCAL_DISK": "true", "LMCACHE_MAX_LOCAL_DISK_SIZE": "auto", **LOOPBACK}, host=host)
     assert plan.errors == [] and plan.disk.max_size_gib == 96.0
-    assert plan.appliance["disk_tier_source"] == ("auto: 80% of 100.0 GiB free at /var/lib/appliance/kv-disk plus "
+    assert plan.tiers.disk_tier_source == ("auto: 80% of 100.0 GiB free at /var/lib/appliance/kv-disk plus "
                                                   "20.0 GiB it holds")
 
 

@@ -174,7 +174,7 @@ def test_what_changed_is_said_in_words(plan_for, tmp_path):
     model = _model_dir(tmp_path)
     def identity(extra=None):
         plan = plan_for({**BASE, "VLLM_MODEL": str(model), **(extra or {})})
-        return kv_identity.KvIdentity(plan.kv_identity, **plan.kv_identity_inputs)
+        return kv_identity.KvIdentity(plan.kv_identity, plan.kv_identity_inputs.parts, plan.kv_identity_inputs.files)
     old = identity().manifest()
     weights = model / "model.safetensors"
     os.utime(weights, ns=(1, weights.stat().st_mtime_ns + 5))

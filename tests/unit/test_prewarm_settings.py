@@ -32,7 +32,7 @@ def test_on_by_default_with_half_the_cpu_tier_and_0_turns_it_off():
     # on by default since the H200 runs of 11-29 (docs/BENCHMARKS.md "Hot prefixes pre-warmed"); 0 is off
     plan = make_plan(None, [], dict(OFF))
     assert plan.errors == [] and module_spec(plan) is None
-    assert plan.appliance["prewarm_gib"] == 0
+    assert plan.tiers.prewarm_gib == 0
     assert make_plan(None, [], dict(ON)).lmcache_argv == make_plan(None, [], dict(DISK)).lmcache_argv
     plan = make_plan(None, [], dict(DISK))
     assert plan.errors == []
@@ -40,7 +40,7 @@ def test_on_by_default_with_half_the_cpu_tier_and_0_turns_it_off():
     assert spec["module_path"] == "entrypoint.lmcache_ext.prewarm" and spec["factory_name"] == "build_server_modules"
     assert spec["config"] == {"key_file": f"{plan.disk.path}/.appliance-prewarm-keys.json",
                               "max_bytes": 4 << 30, "record_interval_s": 30}
-    assert plan.appliance["prewarm_gib"] == 4.0 and "auto: 0.5 of the 8 GiB CPU tier" in plan.appliance["prewarm_note"]
+    assert plan.tiers.prewarm_gib == 4.0 and "auto: 0.5 of the 8 GiB CPU tier" in plan.tiers.prewarm_note
 
 
 def test_a_size_and_interval_set_are_used_and_a_size_over_the_cpu_tier_is_capped():
@@ -61,7 +61,7 @@ def test_a_size_and_interval_set_are_used_and_a_size_over_the_cpu_tier_is_capped
 def test_off_where_it_cannot_work_with_the_reason_shown(env, why):
     plan = make_plan(None, [], env)
     assert plan.errors == [] and module_spec(plan) is None
-    assert plan.appliance["prewarm_gib"] == 0.0 and plan.appliance["prewarm_note"].startswith("off: ")
+    assert plan.tiers.prewarm_gib == 0.0 and plan.tiers.prewarm_note.startswith("off: ")
 
 
 @pytest.mark.parametrize("env,message", [

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from entrypoint import cli
+from entrypoint.config.plan import SharedStore
 from entrypoint.config.settings import StoreURL, ValueProblem, parse_store_url
 
 BASE = {"VLLM_MODEL": "facebook/opt-125m", "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "5",
@@ -113,7 +114,7 @@ def test_hostile_url_exits_2_without_a_traceback(capsys, monkeypatch):
 
 def test_plan_records_the_store_for_the_probes(plan_for):
     plan = plan_for({**BASE, "LMCACHE_SHARED_URL": "redis://[FD00::7]:7000", "LMCACHE_SHARED_USERNAME": "r"})
-    assert plan.shared_store == {"url": "redis://[fd00::7]:7000", "host": "fd00::7", "port": 7000, "username": "r"}
+    assert plan.shared_store == SharedStore(url="redis://[fd00::7]:7000", host="fd00::7", port=7000, username="r")
     assert plan.values["LMCACHE_SHARED_URL"] == "redis://[fd00::7]:7000"
 
 
