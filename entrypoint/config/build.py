@@ -18,8 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from . import kv_identity, kv_tiers, models, resources, roles
-from .files import SECRET_FILE_LIMIT, FileProblem, read_bounded
+from . import kv_identity, kv_tiers, models, resources, roles, secret_inputs
 from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
 from .plan import SETTING, AppliancePrograms, KvIdentityInputs, KvTiers, Plan
 from .resolved import Problems, Resolved, bad_value, label
@@ -31,7 +30,6 @@ from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 TENANT_MIDDLEWARE = "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware"
-MIN_COPIED_SECRET = 6  # a shorter secret inside another value is as likely a coincidence ("sk" in "disk")
 REQUIRED = ("VLLM_MODEL", "VLLM_PORT", "APPLIANCE_VLLM_COMMAND")  # without them no step can run
 
 
@@ -81,51 +79,13 @@ class Builder:
 
     # -- collecting ------------------------------------------------------------------------------------
     def secrets_from_files(self) -> None:
+        read, found = secret_inputs.secrets_from_files(self.raw.values)
+        self.errors += found.errors
         for var, file_var in FILE_SECRETS.items():
-            direct, path = self.raw.values.get(var), self.raw.values.get(file_var)
-            if direct and not direct.strip():
-                self.error(f"{var} is only white space: set the secret, or leave {var} empty (unset)")
-            if direct and path:
-                self.error(f"{var} and {file_var} are both set: set only one of them")
-            elif path:
-                try:
-                    secret = read_bounded(path, SECRET_FILE_LIMIT).decode("utf-8").strip()
-                except FileProblem as e:
-                    self.error(f"{file_var}={path!r}: {e}")
-                except UnicodeDecodeError:
-                    self.error(f"{file_var}={path!r}: the file is not UTF-8 text; write the secret as plain text")
-                else:
-                    if not secret:  # an empty key would start vLLM with no authentication at all
-                        self.error(f"{file_var}={path!r}: the file is empty (or only white space); put the "
-                                   f"secret in it, or unset {file_var}")
-                    elif _unprintable(secret):
-                        self.error(f"{file_var}={path!r}: the file holds {_unprintable(secret)}; a secret is one "
-                                   "line of printable text (not shown)")
-                    else:
-                        self.raw.values[var] = secret
-                        self.raw.sources[var] = self.raw.sources[file_var]
-            elif direct and _unprintable(direct.strip()):
-                self.error(f"{var} holds {_unprintable(direct.strip())}; a secret is one line of printable text "
-                           "(not shown)")
+            if var in read:
+                self.raw.values[var] = read[var]
+                self.raw.sources[var] = self.raw.sources[file_var]
             self.raw.values.pop(file_var, None)
-
-    def secret_copies(self) -> None:
-        """A secret copied into another value (`VLLM_SERVED_MODEL_NAME=${VLLM_API_KEY}` in an .env, which compose
-        and python-dotenv expand) would travel wherever that value goes: a command line, a metrics label, a log.
-        Refused, naming both variables and neither value."""
-        secrets = {n: v.strip() for values in (self.raw.values, self.raw.passthrough, self.environ)
-                   for n, v in values.items() if is_secret_name(n) and len(v.strip()) >= MIN_COPIED_SECRET}
-        for values in (self.raw.values, self.raw.passthrough):
-            for name, value in sorted(values.items()):
-                if is_secret_name(name) or name in FILE_SECRETS.values():
-                    continue
-                allowed = set(raw_secret_values(value)) if name.endswith("EXTRA_ARGS") else set()
-                for secret_name, secret in sorted(secrets.items()):
-                    if secret in value and secret not in allowed:
-                        self.error(f"{name} contains the value of {secret_name} (a ${{{secret_name}}} in the .env?): "
-                                   "a secret must not travel in another variable, where it would be printed; "
-                                   f"remove it from {name}")
-                        break
 
     def classify(self) -> None:
         """Every VLLM_/LMCACHE_/APPLIANCE_ name is an appliance setting, a vLLM flag, a variable vLLM or
@@ -220,18 +180,6 @@ class Builder:
                 self.raw.sources[s.name] = DEFAULT
         self.values.setdefault("LMCACHE_LOCAL_DISK", DiskChoice(False))
 
-    def swallowed_secrets(self) -> None:
-        """An unbalanced quote in an env file makes the lines after it part of one value (`VLLM_HOST='` then
-        `HF_TOKEN=...`): the secrets on those lines stay secrets wherever that value is shown."""
-        for value in self.raw.values.values():
-            for line in value.splitlines()[1:]:
-                name, sep, text = line.partition("=")
-                secret = text.strip().strip("'\"").strip()
-                if sep and secret and is_secret_name(name.strip()):
-                    self.swallowed.add(secret)
-                elif sep and name.strip().endswith("EXTRA_ARGS"):  # `--api-key k` inside the swallowed text
-                    self.swallowed.update(raw_secret_values(text))
-
     def resolved(self) -> Resolved:
         return Resolved(raw=self.raw, schema=self.schema, environ=self.environ, host=self.host,
                         values=dict(self.values), user_given=frozenset(self.user_given),
@@ -242,9 +190,9 @@ class Builder:
     def build(self) -> Plan:
         plan = Plan(errors=self.errors)
         try:
-            self.swallowed_secrets()
+            self.swallowed = secret_inputs.swallowed_secrets(self.raw.values)
             self.secrets_from_files()
-            self.secret_copies()
+            self.errors += secret_inputs.secret_copies(self.raw.values, self.raw.passthrough, self.environ).errors
             self.apply_registry()
             self.classify()
             self.resolve_settings()
@@ -521,17 +469,6 @@ def _arg_max() -> int:
         return int(os.sysconf("SC_ARG_MAX"))
     except (ValueError, OSError, AttributeError):
         return 2 << 20  # Linux's usual value (a quarter of an 8 MiB stack)
-
-
-def _unprintable(secret: str) -> str | None:
-    """What makes a secret unusable where it goes: an HTTP header (the API key clients and the health probes
-    send) and a log line (where it is masked line by line) hold no line break or control character."""
-    lines = secret.count("\n") + 1
-    if lines > 1:
-        return f"{lines} lines"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in secret):
-        return "a control character"
-    return None
 
 
 def _as_typed(shown: str, flag: str) -> str:

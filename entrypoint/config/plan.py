@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from .secrets import mask_text, redact_argv, redact_env, redact_json, redact_value
 from .settings import BY_NAME
 
-SETTING = "setting"  # field metadata: the APPLIANCE_* setting a field holds (its JSON key too)
+SETTING = "setting"  # field metadata: the setting whose value a field holds
+KEY = "key"  # field metadata: its key in the JSON plan, where not the field's name
 FROM = "from"  # field metadata of a derived field: the settings it is computed from
 JSON = "json"  # field metadata of a Plan field: its path in the JSON plan
 SCHEMA = "schema"  # field metadata: its JSON schema (docs/config.schema.json)
@@ -26,7 +27,8 @@ SHOW = "show"  # field metadata of a Plan field: how it is shown, (value, redact
 def from_setting(name: str, **schema):
     """A field holding the typed value of one setting; its default is the setting's, so that a plan written
     before the setting existed still reads back."""
-    return field(default=BY_NAME[name].default, metadata={SETTING: name, SCHEMA: schema or _setting_schema(name)})
+    return field(default=BY_NAME[name].default,
+                 metadata={SETTING: name, KEY: name, SCHEMA: schema or _setting_schema(name)})
 
 
 def derived(*settings: str, default=None, **schema):
@@ -197,15 +199,15 @@ def _identity_inputs(value: KvIdentityInputs, redact, plan):
 
 
 def _as_json(value):
-    """A part (a dataclass) as JSON: each field under its setting's name where it holds one (AppliancePrograms),
-    else under its own name."""
+    """A part (a dataclass) as JSON: each field under its setting's name where it is one (from_setting: the
+    JSON plan names APPLIANCE_SHUTDOWN_TIMEOUT as the operator does), else under its own name."""
     if not dataclasses.is_dataclass(value):
         return value
     return {_key(f): _as_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
 
 
 def _key(f: dataclasses.Field) -> str:
-    return f.metadata.get(SETTING, f.name) if f.metadata.get(SETTING, "").startswith("APPLIANCE_") else f.name
+    return f.metadata.get(KEY, f.name)
 
 
 def _from_json(cls, data):

@@ -105,7 +105,7 @@ def check_shared_adapter(plan, adapter) -> None:
 
     assert isinstance(adapter, get_l2_adapter_config_class("resp"))
     store = plan.shared_store
-    assert (adapter.host, adapter.port, adapter.username) == (store["host"], store["port"], store["username"])
+    assert (adapter.host, adapter.port, adapter.username) == (store.host, store.port, store.username)
     assert adapter.shared is True
     assert adapter.password == ""  # LMCache takes it from LMCACHE_RESP_PASSWORD in its environment
     cap = plan.values.get("LMCACHE_SHARED_MAX_SIZE")
