@@ -20,7 +20,7 @@ from typing import Mapping
 
 from . import kv_identity, kv_tiers, models, resources, roles, secret_inputs
 from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
-from .plan import SETTING, AppliancePrograms, KvIdentityInputs, KvTiers, Plan
+from .plan import SETTING, AppliancePrograms, KvIdentityInputs, KvTiers, LmcachePart, Plan, VllmPart
 from .resolved import Problems, Resolved, bad_value, label
 from .schema import Schema
 from .secrets import SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values, url_passwords
@@ -212,21 +212,23 @@ class Builder:
             _add(plan, api_exposure(s, role, command.api_host, command.api_port, argv))
             tenant, found = tenant_isolation(s, role, argv)
             _add(plan, found)
-            env, plan.vllm_env_removed = environment(s)
-            if roles.runs_vllm(role):
-                plan.vllm_argv, plan.vllm_env = argv + tenant, {**kv.vllm_env, **env}
+            env, removed = environment(s)
+            plan.vllm = (VllmPart(argv=argv + tenant, env={**kv.vllm_env, **env}, env_removed=removed)
+                         if roles.runs_vllm(role) else VllmPart(env_removed=removed))
             plan.model, plan.served_model_name, plan.role = command.model, command.served_model_name, role
             plan.api_host, plan.api_port = command.api_host, command.api_port
             plan.kv_identity = identity.digest
             plan.kv_identity_inputs = KvIdentityInputs(parts=identity.parts, files=identity.files)
-            _set_kv(plan, kv)
+            plan.lmcache = LmcachePart(mode=kv.mode, argv=kv.argv, config=kv.config, config_file=kv.config_file,
+                                       env=kv.env, health_url=kv.health_url, disk=kv.disk,
+                                       shared_store=kv.shared_store, server=kv.server)
             _add(plan, launch_limits(s.environ, plan))
             plan.values, plan.sources = recorded_values(s, kv)
             plan.appliance = appliance_programs(s.values)
             plan.tiers = kv_tiers_of(kv)
         finally:
             plan.secret_values = secret_values(self.raw, self.environ, self.swallowed,
-                                               (plan.vllm_argv, plan.lmcache_argv or []))
+                                               (plan.vllm.argv, plan.lmcache.argv or []))
         return plan
 
 
@@ -234,12 +236,6 @@ def _add(plan: Plan, found: Problems) -> None:
     """A step's problems onto the plan, after those of the steps before it (the order `config` shows)."""
     plan.errors += found.errors
     plan.warnings += found.warnings
-
-
-def _set_kv(plan: Plan, kv: kv_tiers.KvPart) -> None:
-    plan.lmcache_mode, plan.lmcache_argv, plan.lmcache_config = kv.mode, kv.argv, kv.config
-    plan.lmcache_config_file, plan.lmcache_env, plan.lmcache_health_url = kv.config_file, kv.env, kv.health_url
-    plan.disk, plan.shared_store, plan.lmcache_server = kv.disk, kv.shared_store, kv.server
 
 
 # -- the steps -----------------------------------------------------------------------------------------------
@@ -402,9 +398,9 @@ def launch_limits(environ: Mapping[str, str], plan: Plan) -> Problems:
     """What execve would refuse when the launcher starts a server: a command line and environment past the
     kernel's ARG_MAX together (each value alone is bounded in sources.value_problem)."""
     found, limit = Problems(), _arg_max()
-    base = {k: v for k, v in environ.items() if k not in plan.vllm_env_removed}
-    for program, argv, env in (("vLLM", plan.vllm_argv, {**base, **plan.vllm_env}),
-                               ("the LMCache server", plan.lmcache_argv or [], {**base, **plan.lmcache_env})):
+    base = {k: v for k, v in environ.items() if k not in plan.vllm.env_removed}
+    for program, argv, env in (("vLLM", plan.vllm.argv, {**base, **plan.vllm.env}),
+                               ("the LMCache server", plan.lmcache.argv or [], {**base, **plan.lmcache.env})):
         if not argv:
             continue
         size = (sum(len(a.encode("utf-8", "surrogateescape")) + 1 + 8 for a in argv)

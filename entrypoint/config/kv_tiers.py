@@ -202,7 +202,8 @@ def external_server(inputs: KvInputs, out: KvPart) -> None:
 
 
 def shared_store(inputs: KvInputs, out: KvPart) -> None:
-    """LMCACHE_SHARED_*: the store every replica shares (plan.shared_store), checked before either mode uses it."""
+    """LMCACHE_SHARED_*: the store every replica shares (plan.lmcache.shared_store), checked before either mode
+    uses it."""
     v = inputs.s.values
     url: StoreURL | None = v.get("LMCACHE_SHARED_URL")
     if url is None:

@@ -21,7 +21,7 @@ KEY = "key"  # field metadata: its key in the JSON plan, where not the field's n
 FROM = "from"  # field metadata of a derived field: the settings it is computed from
 JSON = "json"  # field metadata of a Plan field: its path in the JSON plan
 SCHEMA = "schema"  # field metadata: its JSON schema (docs/config.schema.json)
-SHOW = "show"  # field metadata of a Plan field: how it is shown, (value, redact, plan) -> JSON
+SHOW = "show"  # field metadata: how it is shown, (value, redact, plan) -> JSON (redaction), where not as it is
 
 
 def from_setting(name: str, **schema):
@@ -75,11 +75,11 @@ class AppliancePrograms:
 
 # APPLIANCE_* settings no supervised program reads: they shape the plan (or compose, or the router) only.
 PLANNING_ONLY = {
-    "APPLIANCE_VLLM_COMMAND": "the first words of plan.vllm_argv",
-    "APPLIANCE_LMCACHE_COMMAND": "the first words of plan.lmcache_argv",
+    "APPLIANCE_VLLM_COMMAND": "the first words of plan.vllm.argv",
+    "APPLIANCE_LMCACHE_COMMAND": "the first words of plan.lmcache.argv",
     "APPLIANCE_MODEL_REGISTRY_FILE": "read while planning (the registry's values are in plan.values)",
     "APPLIANCE_ROLE": "plan.role",
-    "APPLIANCE_TENANT_ISOLATION": "vLLM's --middleware and APPLIANCE_TENANT_SALT in plan.vllm_env",
+    "APPLIANCE_TENANT_ISOLATION": "vLLM's --middleware and APPLIANCE_TENANT_SALT in plan.vllm.env",
 }
 PLANNING_ONLY_GROUPS = ("Compose", "Router")  # read by compose files and the router, never by `serve`
 
@@ -192,18 +192,24 @@ def _messages(value, redact, plan):
 def _identity_inputs(value: KvIdentityInputs, redact, plan):
     """A KV-affecting flag can carry a credential (--model-loader-extra-config's storage keys): shown
     redacted like every JSON argument; the digest was taken of the real value."""
-    shown = _as_json(value)
+    shown = _as_json(value, redact, plan)
     if redact:
         shown["parts"] = {k: plan.mask(_redacted_json_text(v)) for k, v in value.parts.items()}
     return shown
 
 
-def _as_json(value):
+def _as_json(value, redact: bool, plan: Plan):
     """A part (a dataclass) as JSON: each field under its setting's name where it is one (from_setting: the
-    JSON plan names APPLIANCE_SHUTDOWN_TIMEOUT as the operator does), else under its own name."""
+    JSON plan names APPLIANCE_SHUTDOWN_TIMEOUT as the operator does), else under its own name, shown as its
+    metadata says."""
     if not dataclasses.is_dataclass(value):
         return value
-    return {_key(f): _as_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return {_key(f): _shown(f, getattr(value, f.name), redact, plan) for f in dataclasses.fields(value)}
+
+
+def _shown(f: dataclasses.Field, value, redact: bool, plan: Plan):
+    show = f.metadata.get(SHOW)
+    return show(value, redact, plan) if show else _as_json(value, redact, plan)
 
 
 def _key(f: dataclasses.Field) -> str:
@@ -232,42 +238,52 @@ def _part_type(hint):
 
 
 def _at(*path: str, show=None, **schema):
-    return {JSON: path, SCHEMA: schema, **({SHOW: show} if show else {})}
+    """Metadata of a Plan field: where it stands in the JSON plan, how it is shown, its schema."""
+    return {JSON: path, **_as(show, **schema)}
+
+
+def _as(show=None, **schema):
+    """Metadata of a part's field: how it is shown, its schema."""
+    return {SCHEMA: schema, **({SHOW: show} if show else {})}
 
 
 _ARGV = {"type": "array", "items": {"type": "string"}}
 _MESSAGES = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 
+@dataclass(frozen=True)
+class VllmPart:
+    argv: list[str] = field(default_factory=list, metadata=_as(
+        _argv, description="`vllm serve MODEL --flag value ...` as it is executed", **_ARGV))
+    env: dict[str, str] = field(default_factory=dict, metadata=_as(
+        _env, description="variables added to or passed through to vLLM's environment", **_TEXT_MAP))
+    env_removed: list[str] = field(default_factory=list, metadata=_as(
+        _sorted, description="variables translated to flags: they never reach vLLM", **_ARGV))
+
+
+@dataclass(frozen=True)
+class LmcachePart:
+    """LMCache as planned (kv_tiers.py): its program or config, and the tiers it holds."""
+    # "server", "in-process", "native", "external" (LMCACHE_SERVER) or None
+    mode: str | None = field(default=None, metadata=_as(enum=[None, "server", "in-process", "native", "external"]))
+    argv: list[str] | None = field(default=None, metadata=_as(  # server mode
+        _argv, oneOf=[_ARGV, {"type": "null"}]))
+    config: dict | None = field(default=None, metadata=_as(  # in-process mode (rendered to config_file)
+        _config, type=["object", "null"]))
+    config_file: str | None = field(default=None, metadata=_as(type=["string", "null"]))
+    env: dict[str, str] = field(default_factory=dict, metadata=_as(_env, **_TEXT_MAP))
+    health_url: str | None = field(default=None, metadata=_as(type=["string", "null"]))
+    disk: DiskTier | None = None
+    shared_store: SharedStore | None = field(default=None, metadata=_as(
+        description="The store replicas share (LMCACHE_SHARED_URL), for the probes; never the password."))
+    server: LmcacheServer | None = field(default=None, metadata=_as(
+        description="A replica's LMCache server in another container (LMCACHE_SERVER; mode external)."))
+
+
 @dataclass
 class Plan:
-    vllm_argv: list[str] = field(default_factory=list, metadata=_at(
-        "vllm", "argv", show=_argv, description="`vllm serve MODEL --flag value ...` as it is executed", **_ARGV))
-    vllm_env: dict[str, str] = field(default_factory=dict, metadata=_at(
-        "vllm", "env", show=_env, description="variables added to or passed through to vLLM's environment",
-        **_TEXT_MAP))
-    vllm_env_removed: list[str] = field(default_factory=list, metadata=_at(
-        "vllm", "env_removed", show=_sorted, description="variables translated to flags: they never reach vLLM",
-        **_ARGV))
-    # "server", "in-process", "native", "external" (LMCACHE_SERVER) or None
-    lmcache_mode: str | None = field(default=None, metadata=_at(
-        "lmcache", "mode", enum=[None, "server", "in-process", "native", "external"]))
-    lmcache_argv: list[str] | None = field(default=None, metadata=_at(  # server mode
-        "lmcache", "argv", show=_argv, oneOf=[_ARGV, {"type": "null"}]))
-    lmcache_config: dict | None = field(default=None, metadata=_at(  # in-process (rendered to config_file)
-        "lmcache", "config", show=_config, type=["object", "null"]))
-    lmcache_config_file: str | None = field(default=None, metadata=_at(
-        "lmcache", "config_file", type=["string", "null"]))
-    lmcache_env: dict[str, str] = field(default_factory=dict, metadata=_at("lmcache", "env", show=_env, **_TEXT_MAP))
-    lmcache_health_url: str | None = field(default=None, metadata=_at(
-        "lmcache", "health_url", type=["string", "null"]))
-    disk: DiskTier | None = field(default=None, metadata=_at("lmcache", "disk"))
-    shared_store: SharedStore | None = field(default=None, metadata=_at(
-        "lmcache", "shared_store",
-        description="The store replicas share (LMCACHE_SHARED_URL), for the probes; never the password."))
-    lmcache_server: LmcacheServer | None = field(default=None, metadata=_at(
-        "lmcache", "server",
-        description="A replica's LMCache server in another container (LMCACHE_SERVER; mode external)."))
+    vllm: VllmPart = field(default_factory=VllmPart, metadata=_at("vllm"))
+    lmcache: LmcachePart = field(default_factory=LmcachePart, metadata=_at("lmcache"))
     role: str = field(default="all", metadata=_at(
         "role", enum=["all", "kv-server"], description="APPLIANCE_ROLE: kv-server runs the LMCache server only"))
     kv_identity: str = field(default="", metadata=_at(
@@ -308,12 +324,11 @@ class Plan:
         shown: dict = {}
         for f in _json_fields():
             value = getattr(self, f.name)
-            show = f.metadata.get(SHOW)
             *parents, key = f.metadata[JSON]
             node = shown
             for name in parents:
                 node = node.setdefault(name, {})
-            node[key] = show(value, redact, self) if show else _as_json(value)
+            node[key] = _shown(f, value, redact, self)
         # Redacted by position above; then every known secret value masked wherever else it stands (a secret
         # copied into another value, a URL's password): nothing printed or written shows one.
         return _mask_leaves(shown, self.mask) if redact else shown

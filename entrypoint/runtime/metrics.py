@@ -55,7 +55,7 @@ class ApplianceCollector:
         info.add_metric([], {"vllm_version": self.versions.get("vllm", ""),
                              "lmcache_version": self.versions.get("lmcache", ""),
                              "served_model_name": p.served_model_name,
-                             "kv_offloading": p.lmcache_mode or "off"})
+                             "kv_offloading": p.lmcache.mode or "off"})
         yield info
         up = GaugeMetricFamily("appliance_program_up", "1 while a supervised program runs.", labels=["program"])
         uptime = GaugeMetricFamily("appliance_program_uptime_seconds", "Seconds since the program last started.",
@@ -96,14 +96,14 @@ class ApplianceCollector:
         yield cap
         yield used
         store = snap.record.get("shared_store")
-        if p.shared_store and store:  # known after the watchdog's first round
+        if p.lmcache.shared_store and store:  # known after the watchdog's first round
             yield GaugeMetricFamily("appliance_shared_store_up", "1 when the shared KV store (LMCACHE_SHARED_URL) "
                                     "answered the watchdog's last PING; 0: serving without it.",
                                     value=1.0 if store.get("up") else 0.0)
             yield CounterMetricFamily("appliance_shared_store_changes", "Times the shared KV store went down or "
                                       "came back since the start.", value=float(store.get("changes", 0)))
         server = snap.record.get("lmcache_server")
-        if p.lmcache_server and server:  # a replica (LMCACHE_SERVER), after the watchdog's first round
+        if p.lmcache.server and server:  # a replica (LMCACHE_SERVER), after the watchdog's first round
             yield GaugeMetricFamily("appliance_lmcache_server_up", "1 when the LMCache server this replica uses "
                                     "(LMCACHE_SERVER) answered the watchdog's last health check.",
                                     value=1.0 if server.get("up") else 0.0)

@@ -157,14 +157,14 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     # restart what a shutdown stops), then vLLM, then LMCache, and the log relay last.
     sections += listener("logs", "entrypoint.runtime.logs", "PROCESS_LOG,PROCESS_STATE", 1)
     sections += listener("on-fatal", "entrypoint.runtime.on_fatal", "PROCESS_STATE_FATAL", 2)
-    if plan.lmcache_mode == "server":
+    if plan.lmcache.mode == "server":
         sections += program("lmcache", 10, LMCACHE_STOP_SECONDS)
-    if plan.vllm_argv:  # none in the kv-server role (APPLIANCE_ROLE)
+    if plan.vllm.argv:  # none in the kv-server role (APPLIANCE_ROLE)
         sections += program("vllm", 20, stop_wait_seconds(plan))
     sections += listener("watchdog", "entrypoint.runtime.watchdog", "PROCESS_STATE,TICK_5", 30)
     # The metrics exporter only reads, so it starts before the servers. It is not what the appliance exists
     # for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).
-    if a.gap_answer and plan.vllm_argv:  # a kv-server has no vLLM port to answer for
+    if a.gap_answer and plan.vllm.argv:  # a kv-server has no vLLM port to answer for
         # The 503 answer while vLLM does not serve its port (gap.py). It starts before vLLM, so that the port
         # answers from the first second, and stops after it (descending priority), so that it answers new
         # connections while vLLM drains at a stop. Like the metrics exporter it is not what the appliance

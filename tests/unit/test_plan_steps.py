@@ -43,4 +43,4 @@ def test_a_kv_server_plans_the_vllm_command_but_does_not_run_it(plan_for):
     command, found = build.vllm_command(resolved(env))
     assert command.argv[1:3] == ["serve", "m"] and found.errors == []  # checked as in every role
     plan = plan_for(env)
-    assert plan.errors == [] and plan.vllm_argv == [] and plan.vllm_env == {} and plan.lmcache_argv
+    assert plan.errors == [] and plan.vllm.argv == [] and plan.vllm.env == {} and plan.lmcache.argv
