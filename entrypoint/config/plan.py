@@ -61,7 +61,6 @@ class AppliancePrograms:
     shutdown_timeout: int = from_setting("APPLIANCE_SHUTDOWN_TIMEOUT")
     lmcache_port: int = from_setting("APPLIANCE_LMCACHE_PORT")
     lmcache_http_port: int = from_setting("APPLIANCE_LMCACHE_HTTP_PORT")
-    lmcache_metrics_port: int = from_setting("APPLIANCE_LMCACHE_METRICS_PORT")
     lmcache_wait: int = from_setting("APPLIANCE_LMCACHE_WAIT")
     metrics_port: int = from_setting("APPLIANCE_METRICS_PORT")
     log_format: str = from_setting("APPLIANCE_LOG_FORMAT")
@@ -77,6 +76,8 @@ class AppliancePrograms:
 PLANNING_ONLY = {
     "APPLIANCE_VLLM_COMMAND": "the first words of plan.vllm.argv",
     "APPLIANCE_LMCACHE_COMMAND": "the first words of plan.lmcache.argv",
+    # The `metrics` program reads LMCache's metrics on its HTTP port (runtime/snapshot.lmcache_metrics_url).
+    "APPLIANCE_LMCACHE_METRICS_PORT": "the LMCache server's --prometheus-port in plan.lmcache.argv",
     "APPLIANCE_MODEL_REGISTRY_FILE": "read while planning (the registry's values are in plan.values)",
     "APPLIANCE_ROLE": "plan.role",
     "APPLIANCE_TENANT_ISOLATION": "vLLM's --middleware and APPLIANCE_TENANT_SALT in plan.vllm.env",
@@ -253,6 +254,7 @@ _MESSAGES = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 @dataclass(frozen=True)
 class VllmPart:
+    """vLLM as it is started: empty argv where none runs (a kv-server)."""
     argv: list[str] = field(default_factory=list, metadata=_as(
         _argv, description="`vllm serve MODEL --flag value ...` as it is executed", **_ARGV))
     env: dict[str, str] = field(default_factory=dict, metadata=_as(
