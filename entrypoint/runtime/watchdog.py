@@ -212,9 +212,9 @@ class Watchdog:
             up, why = False, self._failure(server.health_url, e)
         if self.record.lmcache_server(up, "" if up else why):
             if up:
-                say(NAME, f"the LMCache server {server['url']} (LMCACHE_SERVER) answers")
+                say(NAME, f"the LMCache server {server.url} (LMCACHE_SERVER) answers")
             else:
-                say(NAME, f"warning: the LMCache server {server['url']} (LMCACHE_SERVER) does not answer: {why}. "
+                say(NAME, f"warning: the LMCache server {server.url} (LMCACHE_SERVER) does not answer: {why}. "
                           "vLLM is not restarted for it (its probes are not judged until the server answers)")
         return up
 
