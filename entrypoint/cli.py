@@ -39,27 +39,27 @@ def format_text(plan: Plan) -> str:
         lines += [f"  {k}={v}" for k, v in sorted(d["vllm"]["env"].items())]
     if d["vllm"]["env_removed"]:
         lines += ["", "Removed from vLLM's environment (translated above): " + ", ".join(d["vllm"]["env_removed"])]
-    mode = plan.lmcache_mode
+    mode = plan.lmcache.mode
     lines += ["", f"KV offloading: {mode or 'off'}"]
     if mode == "server":
         lines += ["  LMCache server command:", _shell(d["lmcache"]["argv"], "    ")]
     elif mode == "external":
-        lines += [f"  LMCache server (LMCACHE_SERVER): {plan.lmcache_server['url']}, health "
-                  f"{plan.lmcache_server['health_url']}; its tiers are sized there"]
+        lines += [f"  LMCache server (LMCACHE_SERVER): {plan.lmcache.server.url}, health "
+                  f"{plan.lmcache.server.health_url}; its tiers are sized there"]
     elif mode == "in-process":
-        lines += [f"  LMCache config ({plan.lmcache_config_file}):"]
-        lines += [f"    {k}: {json.dumps(v)}" for k, v in plan.lmcache_config.items()]
-    if mode and plan.appliance.get("cpu_tier_gib"):
-        lines += [f"  CPU tier: {plan.appliance['cpu_tier_gib']:g} GiB ({plan.appliance.get('cpu_tier_source')})"]
-    if plan.disk:
-        lines += [f"  Disk tier: {plan.disk.path} (at most {plan.disk.max_size_gib:g} GiB, "
-                  f"{plan.appliance.get('disk_tier_source')})"]
-        if plan.disk.others:
-            lines += [f"  Other namespaces in {plan.disk.base}: {plan.disk.others}"]
-    if plan.appliance.get("prewarm_note"):
-        gib = plan.appliance.get("prewarm_gib") or 0
+        lines += [f"  LMCache config ({plan.lmcache.config_file}):"]
+        lines += [f"    {k}: {json.dumps(v)}" for k, v in plan.lmcache.config.items()]
+    if mode and plan.tiers.cpu_tier_gib:
+        lines += [f"  CPU tier: {plan.tiers.cpu_tier_gib:g} GiB ({plan.tiers.cpu_tier_source})"]
+    if plan.lmcache.disk:
+        lines += [f"  Disk tier: {plan.lmcache.disk.path} (at most {plan.lmcache.disk.max_size_gib:g} GiB, "
+                  f"{plan.tiers.disk_tier_source})"]
+        if plan.lmcache.disk.others:
+            lines += [f"  Other namespaces in {plan.lmcache.disk.base}: {plan.lmcache.disk.others}"]
+    if plan.tiers.prewarm_note:
+        gib = plan.tiers.prewarm_gib or 0
         lines += [f"  Pre-warm at start: {f'up to {gib:g} GiB of the hottest chunks, disk -> CPU tier' if gib else ''}"
-                  f"{' (' if gib else ''}{plan.appliance['prewarm_note']}{')' if gib else ''}"]
+                  f"{' (' if gib else ''}{plan.tiers.prewarm_note}{')' if gib else ''}"]
     if plan.kv_identity:
         lines += ["", f"KV identity: {plan.kv_identity} (stored KV is reused only by a start with the same identity; "
                   "docs/UPGRADING.md)"]
@@ -158,7 +158,7 @@ def _main(argv: list[str] | None) -> int:
         report_problems(plan)
         return EXIT_INVALID
     if command == "check":
-        print(f"ok: {plan.model} on port {plan.api_port}, KV offloading {plan.lmcache_mode or 'off'}")
+        print(f"ok: {plan.model} on port {plan.api_port}, KV offloading {plan.lmcache.mode or 'off'}")
         return 0
     from .supervise.serve import serve
     return serve(plan, env_file_values=None)

@@ -48,7 +48,7 @@ class RunDir:
 
     @classmethod
     def of(cls, plan: Plan) -> "RunDir":
-        return cls(Path(str(plan.appliance["APPLIANCE_RUN_DIR"])))
+        return cls(Path(str(plan.appliance.run_dir)))
 
 
 def read_plan(path: str | Path) -> Plan:

@@ -38,7 +38,7 @@ def password_of(plan: Plan, environ: Mapping[str, str] | None = None) -> str:
     """The store's password: in the plan `serve` built (preflight), else in the environment `serve` exported
     (the watchdog reads the plan file back, where it is redacted)."""
     environ = os.environ if environ is None else environ
-    for env in (plan.lmcache_env, plan.vllm_env):
+    for env in (plan.lmcache.env, plan.vllm.env):
         value = env.get(RESP_PASSWORD_ENV)
         if value and value != REDACTED:
             return value
@@ -65,5 +65,5 @@ def ping(host: str, port: int, username: str = "", password: str = "", timeout: 
 
 
 def probe(plan: Plan, timeout: float, environ: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    store = plan.shared_store or {}
-    return ping(store["host"], int(store["port"]), store.get("username", ""), password_of(plan, environ), timeout)
+    store = plan.lmcache.shared_store
+    return ping(store.host, int(store.port), store.username, password_of(plan, environ), timeout)

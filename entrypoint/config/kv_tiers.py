@@ -2,7 +2,9 @@
 
 `lmcache` in server mode (the default) starts a supervised LMCache server and points vLLM's LMCacheMPConnector
 at it; in-process mode renders LMCache's config file for LMCacheConnectorV1; `native` uses vLLM's own CPU
-offload. Each function takes the plan builder (build.py) and records problems on it.
+offload. `plan_kv_tiers` is the step: it takes the resolved settings and what the vLLM command step found
+(KvInputs) and returns the KV part of the plan with its problems (KvPart); the functions below each fill in
+their piece of that one KvPart.
 """
 from __future__ import annotations
 
@@ -10,18 +12,16 @@ import hashlib
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import resources, roles
 from .flags import number_text, resolve_flag
-from .plan import DiskTier
+from .plan import DiskTier, LmcacheServer, SharedStore
+from .resolved import Problems, Resolved
 from .settings import (AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS, SETTINGS, DiskChoice,
-                       StoreURL, owned_flag_problem)
+                       MPServer, StoreURL, owned_flag_problem)
 from .sources import REGISTRY
-
-if TYPE_CHECKING:
-    from .build import Builder
 
 LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"
 LMCACHE_CONNECTOR_IN_PROCESS = "LMCacheConnectorV1"
@@ -95,116 +95,174 @@ def disk_namespace(model: str, identity: str, lmcache_version: str) -> str:
     return f"{model_slug(model)}__kv-{identity}{NAMESPACE_MARK}{lmcache_version}"
 
 
-def kv_offloading(b: Builder) -> None:
-    v, p = b.values, b.plan
+@dataclass(frozen=True)
+class KvInputs:
+    s: Resolved
+    model: str
+    identity: str  # the KV identity's digest (kv_identity.py)
+    vllm_flags: dict[str, str]  # every flag vLLM will be given -> its last value
+    api_port: int
+    role: str
+
+
+@dataclass
+class KvPart(Problems):
+    """The KV step's output: the LMCache program (or none), the tiers, and what vLLM is given to reach them."""
+    mode: str | None = None
+    argv: list[str] | None = None  # the LMCache server's command (server mode)
+    config: dict | None = None  # in-process mode: LMCache's config, rendered to config_file
+    config_file: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the LMCache server's environment additions
+    health_url: str | None = None
+    disk: DiskTier | None = None
+    shared_store: SharedStore | None = None
+    server: LmcacheServer | None = None  # a replica's LMCache server (LMCACHE_SERVER)
+    vllm_argv: list[str] = field(default_factory=list)  # appended to the vLLM command
+    vllm_env: dict[str, str] = field(default_factory=dict)  # added to vLLM's environment
+    cpu_tier_gib: float | None = None
+    cpu_tier_source: str = ""  # a variable, or auto's reading
+    disk_tier_source: str = ""
+    prewarm: tuple[float, str] | None = None  # (GiB pre-warmed, why/how)
+    recorded: dict[str, object] = field(default_factory=dict)  # values recorded as LMCache spells them
+
+
+def plan_kv_tiers(inputs: KvInputs) -> KvPart:
+    out = KvPart()
+    kv_offloading(inputs, out)
+    return out
+
+
+def kv_offloading(inputs: KvInputs, out: KvPart) -> None:
+    v = inputs.s.values
     backend = v.get("VLLM_KV_OFFLOADING_BACKEND")
     backend = None if backend == "none" else backend
-    lmcache_names = sorted(n for n in b.user_given if n.startswith("LMCACHE_"))
+    lmcache_names = sorted(n for n in inputs.s.user_given if n.startswith("LMCACHE_"))
     if backend != "lmcache" and lmcache_names:
-        b.error(f"{', '.join(lmcache_names)}: LMCache settings take effect only with "
-                   f"VLLM_KV_OFFLOADING_BACKEND=lmcache (it is {backend or 'none'}); set it, or remove them")
-    if not roles.role_fits(b, backend):
+        out.error(f"{', '.join(lmcache_names)}: LMCache settings take effect only with "
+                  f"VLLM_KV_OFFLOADING_BACKEND=lmcache (it is {backend or 'none'}); set it, or remove them")
+    problem = roles.role_problem(inputs.role, v.get("LMCACHE_SERVER"), backend, v.get("LMCACHE_MODE"))
+    if problem:
+        out.error(problem)
         return
     if backend is None:
-        if "VLLM_KV_OFFLOADING_SIZE" in b.user_given:
-            b.error("VLLM_KV_OFFLOADING_SIZE is set but VLLM_KV_OFFLOADING_BACKEND is none: set "
-                       "VLLM_KV_OFFLOADING_BACKEND=lmcache (or native), or remove VLLM_KV_OFFLOADING_SIZE")
+        if "VLLM_KV_OFFLOADING_SIZE" in inputs.s.user_given:
+            out.error("VLLM_KV_OFFLOADING_SIZE is set but VLLM_KV_OFFLOADING_BACKEND is none: set "
+                      "VLLM_KV_OFFLOADING_BACKEND=lmcache (or native), or remove VLLM_KV_OFFLOADING_SIZE")
         return
-    if backend == "lmcache" and b.vllm_flags.get("--enable-prompt-embeds") == "true":
+    if backend == "lmcache" and inputs.vllm_flags.get("--enable-prompt-embeds") == "true":
         # LMCache 0.5.6 keys a chunk by its token ids (multimodal inputs by their hashes too), never by prompt
         # embeddings: two different embedded prompts with the same placeholder ids would share KV.
-        b.error("VLLM_ENABLE_PROMPT_EMBEDS with VLLM_KV_OFFLOADING_BACKEND=lmcache: LMCache keys KV by token ids, "
-                "and a prompt given as embeddings is not its token ids, so different prompts could load each "
-                "other's KV. Use VLLM_KV_OFFLOADING_BACKEND=native (vLLM keys by the embeddings) or none")
+        out.error("VLLM_ENABLE_PROMPT_EMBEDS with VLLM_KV_OFFLOADING_BACKEND=lmcache: LMCache keys KV by token ids, "
+                  "and a prompt given as embeddings is not its token ids, so different prompts could load each "
+                  "other's KV. Use VLLM_KV_OFFLOADING_BACKEND=native (vLLM keys by the embeddings) or none")
     if backend == "lmcache" and v.get("LMCACHE_SERVER") is not None:
-        roles.external_server(b)  # a replica: the tiers are the LMCache server's, not sized here
+        external_server(inputs, out)  # a replica: the tiers are the LMCache server's, not sized here
         return
-    cpu = cpu_tier_gib(b)
+    cpu = cpu_tier_gib(inputs, out)
     if cpu is None:
         return  # too little memory for a tier: reported by cpu_tier_gib (offloading off, or an error)
-    b.cpu = cpu
-    check_cpu_tier_fits(b, cpu)
+    out.cpu_tier_gib = cpu
+    check_cpu_tier_fits(inputs, out, cpu)
     if backend == "native":
-        p.lmcache_mode = "native"
-        p.vllm_argv += ["--kv-offloading-backend", "native", "--kv-offloading-size", number_text(cpu)]
+        out.mode = "native"
+        out.vllm_argv += ["--kv-offloading-backend", "native", "--kv-offloading-size", number_text(cpu)]
         return
     mode = v["LMCACHE_MODE"]
-    p.lmcache_mode = mode
+    out.mode = mode
     chunk = int(v["LMCACHE_CHUNK_SIZE"])
     tp = int(v["VLLM_TENSOR_PARALLEL_SIZE"])
     disk_choice: DiskChoice = v["LMCACHE_LOCAL_DISK"]
     if disk_choice.enabled:
-        disk_tier(b, disk_choice, chunk, tp)
-    shared_store(b)
+        disk_tier(inputs, out, disk_choice, chunk, tp)
+    shared_store(inputs, out)
     if mode == "server":
-        lmcache_server(b, cpu, chunk)
+        lmcache_server(inputs, out, cpu, chunk)
     else:
-        in_process_identity(b)
-        lmcache_in_process(b, cpu, chunk, tp)
-    p.lmcache_env = dict(b.lmcache_env)
-    shared_store_credentials(b)
+        in_process_identity(inputs, out)
+        lmcache_in_process(inputs, out, cpu, chunk, tp)
+    out.env = dict(inputs.s.lmcache_env)
+    shared_store_credentials(inputs, out)
 
 
-def shared_store(b: Builder) -> None:
-    """LMCACHE_SHARED_*: the store every replica shares (plan.shared_store), checked before either mode uses it."""
-    v, p = b.values, b.plan
+def external_server(inputs: KvInputs, out: KvPart) -> None:
+    """A replica: vLLM's connector points at LMCACHE_SERVER; no LMCache program, no tiers of its own."""
+    v = inputs.s.values
+    server: MPServer = v["LMCACHE_SERVER"]
+    for key in sorted(inputs.s.lmcache_keys):
+        if key not in LMCACHE_KEYS_WITH_SERVER_EQUIVALENT:
+            out.error(f"LMCACHE_{key.upper()}: applies in in-process mode only (LMCACHE_MODE=in-process); a replica "
+                      "with LMCACHE_SERVER uses that server's configuration")
+    port = server.port or int(v["APPLIANCE_LMCACHE_PORT"])
+    http_port = int(v["APPLIANCE_LMCACHE_HTTP_PORT"])
+    out.mode = "external"
+    out.server = LmcacheServer(url=f"tcp://{server.host}:{port}", host=server.host, port=port,
+                               health_url=f"http://{server.host}:{http_port}/healthcheck")
+    out.vllm_argv += ["--kv-transfer-config", mp_transfer_config(inputs, out, server.host, port)]
+    announce_identity(inputs, out)
+
+
+def shared_store(inputs: KvInputs, out: KvPart) -> None:
+    """LMCACHE_SHARED_*: the store every replica shares (plan.lmcache.shared_store), checked before either mode
+    uses it."""
+    v = inputs.s.values
     url: StoreURL | None = v.get("LMCACHE_SHARED_URL")
     if url is None:
-        given = [n for n in SHARED_SETTINGS if n in b.user_given]
+        given = [n for n in SHARED_SETTINGS if n in inputs.s.user_given]
         if given:
-            b.error(f"{', '.join(given)}: set LMCACHE_SHARED_URL too (redis://host:port of the shared store), "
-                    "or remove them")
+            out.error(f"{', '.join(given)}: set LMCACHE_SHARED_URL too (redis://host:port of the shared store), "
+                      "or remove them")
         return
     for name in (RESP_PASSWORD_ENV, RESP_USERNAME_ENV):
         ours = "LMCACHE_SHARED_PASSWORD" if name == RESP_PASSWORD_ENV else "LMCACHE_SHARED_USERNAME"
-        if name in b.lmcache_env:
-            b.error(f"{name} is set and LMCACHE_SHARED_URL too: set {ours} instead (the appliance passes it to "
-                    f"LMCache as {name})")
-    p.shared_store = {"url": url.url, "host": url.bare_host, "port": url.port,
-                      "username": v.get("LMCACHE_SHARED_USERNAME", "")}
+        if name in inputs.s.lmcache_env:
+            out.error(f"{name} is set and LMCACHE_SHARED_URL too: set {ours} instead (the appliance passes it to "
+                      f"LMCache as {name})")
+    out.shared_store = SharedStore(url=url.url, host=url.bare_host, port=url.port,
+                                 username=v.get("LMCACHE_SHARED_USERNAME", ""))
 
 
-def shared_store_credentials(b: Builder) -> None:
+def shared_store_credentials(inputs: KvInputs, out: KvPart) -> None:
     """The password reaches LMCache only through its environment: the server's in server mode (vLLM never sees
     it), vLLM's in in-process mode, where LMCache runs inside vLLM."""
-    password = b.raw.values.get("LMCACHE_SHARED_PASSWORD", "")
-    if not b.plan.shared_store or not password:
+    password = inputs.s.raw.values.get("LMCACHE_SHARED_PASSWORD", "")
+    if not out.shared_store or not password:
         return
-    env = b.plan.lmcache_env if b.plan.lmcache_mode == "server" else b.plan.vllm_env
+    env = out.env if out.mode == "server" else out.vllm_env
     env[RESP_PASSWORD_ENV] = password
 
 
-def disk_tier(b: Builder, choice: DiskChoice, chunk: int, tp: int) -> None:
-    v, p = b.values, b.plan
+def disk_tier(inputs: KvInputs, out: KvPart, choice: DiskChoice, chunk: int, tp: int) -> None:
+    v = inputs.s.values
     base = choice.path or DEFAULT_DISK_TIER_PATH
-    ns = disk_namespace(p.model, p.kv_identity, b.schema.lmcache_version)
+    ns = disk_namespace(inputs.model, inputs.identity, inputs.s.schema.lmcache_version)
     path = f"{base.rstrip('/')}/{ns}"
     size = v["LMCACHE_MAX_LOCAL_DISK_SIZE"]
     if size == AUTO:
-        size, b.disk_source = resources.auto_disk_tier(b.host, base, path)
+        size, out.disk_tier_source = resources.auto_disk_tier(inputs.s.host, base, path)
         if size is None:
-            b.error(f"LMCACHE_MAX_LOCAL_DISK_SIZE=auto: too little room for a disk tier at {base} "
-                    f"({b.disk_source.removeprefix('auto: ')}; at least {resources.AUTO_MIN_GIB:g} GiB); free "
-                    "space on the volume, or set LMCACHE_LOCAL_DISK=false")
+            out.error(f"LMCACHE_MAX_LOCAL_DISK_SIZE=auto: too little room for a disk tier at {base} "
+                      f"({out.disk_tier_source.removeprefix('auto: ')}; at least {resources.AUTO_MIN_GIB:g} GiB); free "
+                      "space on the volume, or set LMCACHE_LOCAL_DISK=false")
             return
     else:
-        b.disk_source = "LMCACHE_MAX_LOCAL_DISK_SIZE"
-    p.disk = DiskTier(base=base, path=path, max_size_gib=float(size), others=OTHER_NAMESPACES)
-    if b.host.in_writable_layer(base):
-        p.warnings.append(f"the disk tier {base} is not on a volume: it lives in the container's writable layer "
-                          "(slower, and lost when the container is re-created). Mount a volume there (compose: "
-                          f"`volumes: [\"kv-disk:{base}\"]`), or set LMCACHE_LOCAL_DISK=true for the image's volume")
+        out.disk_tier_source = "LMCACHE_MAX_LOCAL_DISK_SIZE"
+    out.disk = DiskTier(base=base, path=path, max_size_gib=float(size), others=OTHER_NAMESPACES)
+    if inputs.s.host.in_writable_layer(base):
+        out.warn(f"the disk tier {base} is not on a volume: it lives in the container's writable layer "
+                 "(slower, and lost when the container is re-created). Mount a volume there (compose: "
+                 f"`volumes: [\"kv-disk:{base}\"]`), or set LMCACHE_LOCAL_DISK=true for the image's volume")
 
 
-def cpu_tier_gib(b: Builder) -> float | None:
+def cpu_tier_gib(inputs: KvInputs, out: KvPart) -> float | None:
     """The CPU tier (GiB, all GPUs together): the operator's size, the registry's, or auto from the readings.
     None (recorded as an error, or as offloading off with a warning) where auto finds too little memory."""
-    v = b.values
+    v = inputs.s.values
     kv, lmc = v.get("VLLM_KV_OFFLOADING_SIZE"), v.get("LMCACHE_MAX_LOCAL_CPU_SIZE")
-    kv_user, lmc_user = "VLLM_KV_OFFLOADING_SIZE" in b.user_given, "LMCACHE_MAX_LOCAL_CPU_SIZE" in b.user_given
+    kv_user, lmc_user = ("VLLM_KV_OFFLOADING_SIZE" in inputs.s.user_given,
+                         "LMCACHE_MAX_LOCAL_CPU_SIZE" in inputs.s.user_given)
     if kv_user and lmc_user and kv != lmc and (AUTO in (kv, lmc) or abs(kv - lmc) > 1e-9):
-        b.error(f"VLLM_KV_OFFLOADING_SIZE={_gib(kv)} and LMCACHE_MAX_LOCAL_CPU_SIZE={_gib(lmc)} describe the same "
-                   "CPU tier but differ: set only one of them (or both to the same value)")
+        out.error(f"VLLM_KV_OFFLOADING_SIZE={_gib(kv)} and LMCACHE_MAX_LOCAL_CPU_SIZE={_gib(lmc)} describe the same "
+                  "CPU tier but differ: set only one of them (or both to the same value)")
     chosen, name = AUTO, None
     for value, given, var in ((kv, kv_user, "VLLM_KV_OFFLOADING_SIZE"), (lmc, lmc_user, "LMCACHE_MAX_LOCAL_CPU_SIZE"),
                               (kv, True, "VLLM_KV_OFFLOADING_SIZE"), (lmc, True, "LMCACHE_MAX_LOCAL_CPU_SIZE")):
@@ -212,29 +270,29 @@ def cpu_tier_gib(b: Builder) -> float | None:
             chosen, name = value, var
             break
     if chosen != AUTO:
-        b.cpu_source = name + (" (model registry)" if b.raw.sources.get(name) == REGISTRY else "")
+        out.cpu_tier_source = name + (" (model registry)" if inputs.s.raw.sources.get(name) == REGISTRY else "")
         return float(chosen)
-    size, b.cpu_source = resources.auto_cpu_tier(b.host)
+    size, out.cpu_tier_source = resources.auto_cpu_tier(inputs.s.host)
     if size is not None:
         return size
-    why = b.cpu_source.removeprefix("auto: ")
+    why = out.cpu_tier_source.removeprefix("auto: ")
     fix = ("raise the locked-memory limit (compose `ulimits: {memlock: -1}`, docker run --ulimit memlock=-1)"
            if "locked-memory" in why else "give the container more memory")
-    if name is None and "VLLM_KV_OFFLOADING_BACKEND" not in b.user_given:  # nobody asked for offloading
-        b.plan.warnings.append(f"KV offloading is off: too little memory for a CPU tier ({why}; at least "
-                               f"{resources.AUTO_MIN_GIB:g} GiB). To have one, {fix}; to silence this, set "
-                               "VLLM_KV_OFFLOADING_BACKEND=none")
+    if name is None and "VLLM_KV_OFFLOADING_BACKEND" not in inputs.s.user_given:  # nobody asked for offloading
+        out.warn(f"KV offloading is off: too little memory for a CPU tier ({why}; at least "
+                 f"{resources.AUTO_MIN_GIB:g} GiB). To have one, {fix}; to silence this, set "
+                 "VLLM_KV_OFFLOADING_BACKEND=none")
     else:
-        b.error(f"VLLM_KV_OFFLOADING_SIZE=auto: too little memory for a CPU tier ({why}; at least "
-                f"{resources.AUTO_MIN_GIB:g} GiB); {fix}, set a size, or set VLLM_KV_OFFLOADING_BACKEND=none")
+        out.error(f"VLLM_KV_OFFLOADING_SIZE=auto: too little memory for a CPU tier ({why}; at least "
+                  f"{resources.AUTO_MIN_GIB:g} GiB); {fix}, set a size, or set VLLM_KV_OFFLOADING_BACKEND=none")
     return None
 
 
-def check_cpu_tier_fits(b: Builder, cpu: float) -> None:
+def check_cpu_tier_fits(inputs: KvInputs, out: KvPart, cpu: float) -> None:
     """A tier larger than the container's memory: a warning here, an error in preflight (same readings)."""
-    problem = cpu_tier_problem(b.host, cpu, b.cpu_source)
+    problem = cpu_tier_problem(inputs.s.host, cpu, out.cpu_tier_source)
     if problem:
-        b.plan.warnings.append(problem + "; `serve` refuses to start with it")
+        out.warn(problem + "; `serve` refuses to start with it")
 
 
 def cpu_tier_problem(host: resources.Host, cpu: float, source: str) -> str | None:
@@ -253,21 +311,21 @@ def _gib(value) -> str:
     return value if value == AUTO else f"{value:g}"
 
 
-def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
-    v, p = b.values, b.plan
+def lmcache_server(inputs: KvInputs, out: KvPart, cpu: float, chunk: int) -> None:
+    v = inputs.s.values
     if v["LMCACHE_LOCAL_CPU"] is False:
-        b.error("LMCACHE_LOCAL_CPU=false: the LMCache server always keeps a CPU tier; for a disk-only "
-                   "cache set LMCACHE_MODE=in-process")
-    for key in sorted(b.lmcache_keys):
+        out.error("LMCACHE_LOCAL_CPU=false: the LMCache server always keeps a CPU tier; for a disk-only "
+                  "cache set LMCACHE_MODE=in-process")
+    for key in sorted(inputs.s.lmcache_keys):
         if key not in LMCACHE_KEYS_WITH_SERVER_EQUIVALENT:
-            b.error(f"LMCACHE_{key.upper()}: applies in in-process mode only (LMCACHE_MODE=in-process); "
-                       "the LMCache server takes extra options from LMCACHE_SERVER_EXTRA_ARGS")
+            out.error(f"LMCACHE_{key.upper()}: applies in in-process mode only (LMCACHE_MODE=in-process); "
+                      "the LMCache server takes extra options from LMCACHE_SERVER_EXTRA_ARGS")
     port, http_port = int(v["APPLIANCE_LMCACHE_PORT"]), int(v["APPLIANCE_LMCACHE_HTTP_PORT"])
     metrics_port = int(v["APPLIANCE_LMCACHE_METRICS_PORT"])
     # Every flag is given explicitly, so that a release that changes a default (0.5.6: --http-host
     # 0.0.0.0 -> 127.0.0.1) or stops requiring one (--l1-size-gb) does not change what runs.
-    bind = roles.lmcache_bind_host(b)
-    argv = [*b.split("APPLIANCE_LMCACHE_COMMAND", str(v["APPLIANCE_LMCACHE_COMMAND"])), "server",
+    bind = roles.lmcache_bind_host(inputs.role)
+    argv = [*inputs.s.split("APPLIANCE_LMCACHE_COMMAND", str(v["APPLIANCE_LMCACHE_COMMAND"]), out), "server",
             "--host", bind, "--port", str(port),
             "--http-host", bind, "--http-port", str(http_port),
             "--chunk-size", str(chunk), "--l1-size-gb", number_text(cpu),
@@ -277,11 +335,12 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
             "--worker-reap-timeout-seconds", str(LMCACHE_REAP_S),
             # Its exporter, read (and re-exposed with the appliance's own) by the `metrics` program.
             "--prometheus-port", str(metrics_port)]
-    argv += server_flag_settings(b)
+    argv += server_flag_settings(inputs, out)
     if int(v.get("LMCACHE_LOOKUP_WORKERS") or 1) > MAX_LOOKUP_WORKERS:
-        b.bad_value("LMCACHE_LOOKUP_WORKERS", str(v["LMCACHE_LOOKUP_WORKERS"]),
-                    f"at most {MAX_LOOKUP_WORKERS} (threads of one pool; more only contend for the same locks)")
-    if p.disk:
+        out.error(inputs.s.bad_value("LMCACHE_LOOKUP_WORKERS", str(v["LMCACHE_LOOKUP_WORKERS"]),
+                                     f"at most {MAX_LOOKUP_WORKERS} (threads of one pool; more only contend for "
+                                     "the same locks)"))
+    if out.disk:
         # fs_native: LMCache's C++ file-system tier. Unlike the `fs` adapter it declares a capacity, and
         # with an `eviction` block LMCache's L2EvictionController (storage_controllers/eviction_controller.py)
         # checks it every second: at trigger_watermark of max_capacity_gb it deletes eviction_ratio of its
@@ -290,106 +349,106 @@ def lmcache_server(b: Builder, cpu: float, chunk: int) -> None:
         # server process stored (L2AdapterInterface._notify_keys_stored; NativeConnectorL2Adapter does not
         # scan base_path at start), so files an earlier server wrote (before a restart) are read but never
         # counted or evicted: the watchdog's prune (APPLIANCE_DISK_PRUNE_INTERVAL) holds the cap for those.
-        adapter = {"type": "fs_native", "base_path": p.disk.path, "max_capacity_gb": p.disk.max_size_gib,
+        adapter = {"type": "fs_native", "base_path": out.disk.path, "max_capacity_gb": out.disk.max_size_gib,
                    "eviction": {"eviction_policy": "LRU", "trigger_watermark": L2_TRIGGER_WATERMARK,
                                 "eviction_ratio": L2_EVICTION_RATIO}}
         argv += ["--l2-adapter", json.dumps(adapter, separators=(",", ":"))]
-    if p.shared_store:
-        argv += ["--l2-adapter", json.dumps(shared_adapter(b), separators=(",", ":"))]
-    argv += prewarm_module(b, cpu)
+    if out.shared_store:
+        argv += ["--l2-adapter", json.dumps(shared_adapter(inputs, out), separators=(",", ":"))]
+    argv += prewarm_module(inputs, out, cpu)
     planned = set(a for a in argv if a.startswith("--"))
-    known_to_installed_lmcache(b, sorted(planned), "")
-    server_flags = b.schema.lmcache_server_flags
-    for arg in b.split("LMCACHE_SERVER_EXTRA_ARGS", str(v.get("LMCACHE_SERVER_EXTRA_ARGS", ""))):
+    known_to_installed_lmcache(inputs, out, sorted(planned), "")
+    server_flags = inputs.s.schema.lmcache_server_flags
+    for arg in inputs.s.split("LMCACHE_SERVER_EXTRA_ARGS", str(v.get("LMCACHE_SERVER_EXTRA_ARGS", "")), out):
         flag = resolve_flag(arg, server_flags, underscores=False) if server_flags else arg.split("=", 1)[0]
         shown = arg.split("=", 1)[0]
         typed = flag if shown == flag else f"{shown} (read by LMCache as {flag})"
         if flag is None and arg.startswith("--") and arg != "--":
-            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {shown}: the installed LMCache {b.schema.lmcache_version} has no "
-                    f"`lmcache server {shown}` flag (docs/UPGRADING.md)")
+            out.error(f"LMCACHE_SERVER_EXTRA_ARGS: {shown}: the installed LMCache {inputs.s.schema.lmcache_version} "
+                      f"has no `lmcache server {shown}` flag (docs/UPGRADING.md)")
         elif flag == "ambiguous":
-            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {shown} is an abbreviation of several lmcache server flags; "
-                    "write the flag in full")
+            out.error(f"LMCACHE_SERVER_EXTRA_ARGS: {shown} is an abbreviation of several lmcache server flags; "
+                      "write the flag in full")
         elif owned_flag_problem(flag, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS):
-            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} "
-                    f"{owned_flag_problem(flag, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS)}")
+            out.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} "
+                      f"{owned_flag_problem(flag, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS)}")
         elif flag in planned and flag not in ("--l2-adapter", "--server-module"):  # these add: several allowed
-            b.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} is set by the appliance (vLLM's LMCache server would "
-                    "see both values)")
+            out.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} is set by the appliance (vLLM's LMCache server would "
+                      "see both values)")
         argv.append(arg)
-    p.lmcache_argv = argv
-    p.lmcache_health_url = f"http://127.0.0.1:{http_port}/healthcheck"
-    p.vllm_argv += ["--kv-transfer-config", mp_transfer_config(b, "127.0.0.1", port)]
-    announce_identity(b)
-    ports = {"VLLM_PORT": p.api_port, "APPLIANCE_LMCACHE_PORT": port, "APPLIANCE_LMCACHE_HTTP_PORT": http_port,
+    out.argv = argv
+    out.health_url = f"http://127.0.0.1:{http_port}/healthcheck"
+    out.vllm_argv += ["--kv-transfer-config", mp_transfer_config(inputs, out, "127.0.0.1", port)]
+    announce_identity(inputs, out)
+    ports = {"VLLM_PORT": inputs.api_port, "APPLIANCE_LMCACHE_PORT": port, "APPLIANCE_LMCACHE_HTTP_PORT": http_port,
              "APPLIANCE_LMCACHE_METRICS_PORT": metrics_port, "APPLIANCE_METRICS_PORT": int(v["APPLIANCE_METRICS_PORT"])}
-    if p.role == "kv-server":
+    if inputs.role == "kv-server":
         del ports["VLLM_PORT"]  # no vLLM in this container
     for number in sorted(set(ports.values())):
         same = [name for name, n in ports.items() if n == number]
         if len(same) > 1:
-            b.error(" and ".join(f"{name}={number}" for name in same) + ": must differ (one port, one listener)")
+            out.error(" and ".join(f"{name}={number}" for name in same) + ": must differ (one port, one listener)")
 
 
-def prewarm_module(b: Builder, cpu: float) -> list[str]:
+def prewarm_module(inputs: KvInputs, out: KvPart, cpu: float) -> list[str]:
     """LMCACHE_PREWARM_*: the appliance's server module (entrypoint/lmcache_ext/prewarm.py) that records the
     CPU tier's hot chunks next to the disk tier and loads them back into the CPU tier after a restart. Only
     where it can work: server mode (the module runs in the LMCache server), a disk tier (what it loads from),
     an LMCache with `--server-module` (0.5.6; 0.5.3 has none). Elsewhere the default is off, with the reason
     in `config`; a value the operator set there is an error (they asked for something that cannot happen)."""
-    v, p = b.values, b.plan
+    v = inputs.s.values
     size = v.get("LMCACHE_PREWARM_SIZE", AUTO)
-    given = [n for n in PREWARM_SETTINGS if n in b.user_given]
+    given = [n for n in PREWARM_SETTINGS if n in inputs.s.user_given]
     why = None
     if size != AUTO and float(size) == 0:
         why, given = "off: LMCACHE_PREWARM_SIZE=0", []
-    elif not p.disk:
+    elif not out.disk:
         why = "off: no disk tier to load from (LMCACHE_LOCAL_DISK)"
-    elif "--server-module" not in b.schema.lmcache_server_flags:
-        why = (f"off: the installed LMCache {b.schema.lmcache_version} has no `lmcache server --server-module` "
+    elif "--server-module" not in inputs.s.schema.lmcache_server_flags:
+        why = (f"off: the installed LMCache {inputs.s.schema.lmcache_version} has no `lmcache server --server-module` "
                "(0.5.6 has)")
     if why:
-        b.prewarm = (0.0, why)
+        out.prewarm = (0.0, why)
         if given:
-            b.error(f"{', '.join(given)}: no hot-prefix pre-warming here ({why.removeprefix('off: ')}); unset "
-                    f"{' and '.join(given)}, or set LMCACHE_PREWARM_SIZE=0")
+            out.error(f"{', '.join(given)}: no hot-prefix pre-warming here ({why.removeprefix('off: ')}); unset "
+                      f"{' and '.join(given)}, or set LMCACHE_PREWARM_SIZE=0")
         return []
     gib = cpu * PREWARM_AUTO_SHARE if size == AUTO else float(size)
     note = (f"auto: {PREWARM_AUTO_SHARE:g} of the {number_text(cpu)} GiB CPU tier" if size == AUTO
             else "LMCACHE_PREWARM_SIZE")
     if gib > cpu:
-        p.warnings.append(f"LMCACHE_PREWARM_SIZE={number_text(gib)} is larger than the CPU tier "
-                          f"({number_text(cpu)} GiB): at most the CPU tier is pre-warmed")
+        out.warn(f"LMCACHE_PREWARM_SIZE={number_text(gib)} is larger than the CPU tier "
+                 f"({number_text(cpu)} GiB): at most the CPU tier is pre-warmed")
         gib, note = cpu, f"LMCACHE_PREWARM_SIZE, capped at the {number_text(cpu)} GiB CPU tier"
-    key_file = f"{p.disk.path}/{PREWARM_KEY_FILE}"
-    b.prewarm = (gib, f"{note}; hot chunks recorded in {key_file}")
+    key_file = f"{out.disk.path}/{PREWARM_KEY_FILE}"
+    out.prewarm = (gib, f"{note}; hot chunks recorded in {key_file}")
     spec = {"module_path": PREWARM_MODULE, "factory_name": "build_server_modules",
             "config": {"key_file": key_file, "max_bytes": max(int(gib * resources.GIB), 1),
                        "record_interval_s": int(v["LMCACHE_PREWARM_RECORD_INTERVAL"])}}
     return ["--server-module", json.dumps(spec, separators=(",", ":"))]
 
 
-def announce_identity(b: Builder) -> None:
+def announce_identity(inputs: KvInputs, out: KvPart) -> None:
     """vLLM answers GET /appliance/kv-identity (vllm_ext/identity.py): the coordinator router salts its lookups the
     way this replica's connector salts its chunks."""
-    b.plan.vllm_argv += ["--middleware", IDENTITY_MIDDLEWARE]
-    b.plan.vllm_env["APPLIANCE_KV_IDENTITY"] = b.plan.kv_identity
-    if b.values.get("APPLIANCE_TENANT_ISOLATION"):
-        b.plan.vllm_env["APPLIANCE_TENANT_SALT"] = "1"
+    out.vllm_argv += ["--middleware", IDENTITY_MIDDLEWARE]
+    out.vllm_env["APPLIANCE_KV_IDENTITY"] = inputs.identity
+    if inputs.s.values.get("APPLIANCE_TENANT_ISOLATION"):
+        out.vllm_env["APPLIANCE_TENANT_SALT"] = "1"
 
 
-def mp_transfer_config(b: Builder, host: str, port: int) -> str:
+def mp_transfer_config(inputs: KvInputs, out: KvPart, host: str, port: int) -> str:
     """vLLM's --kv-transfer-config for an LMCache server at host:port. LMCache's connector joins
     `{lmcache.mp.host}:{lmcache.mp.port}` into the ZMQ URL, so the host carries the tcp:// scheme."""
-    heartbeat = b.values.get("LMCACHE_HEARTBEAT_INTERVAL", LMCACHE_HEARTBEAT_S)
+    heartbeat = inputs.s.values.get("LMCACHE_HEARTBEAT_INTERVAL", LMCACHE_HEARTBEAT_S)
     if 3 * float(heartbeat) > LMCACHE_REAP_S:  # LMCache's own rule (MPServerConfig): 3 pings per reap timeout
-        b.error(f"LMCACHE_HEARTBEAT_INTERVAL={heartbeat}: at most {LMCACHE_REAP_S // 3} s (the LMCache server "
-                f"reaps a vLLM it has not heard from for {LMCACHE_REAP_S} s)")
+        out.error(f"LMCACHE_HEARTBEAT_INTERVAL={heartbeat}: at most {LMCACHE_REAP_S // 3} s (the LMCache server "
+                  f"reaps a vLLM it has not heard from for {LMCACHE_REAP_S} s)")
     extra_config = {"lmcache.mp.host": f"tcp://{host}", "lmcache.mp.port": port,
                     "lmcache.mp.heartbeat_interval": LMCACHE_HEARTBEAT_S,
-                    "lmcache.mp.mq_timeout": LMCACHE_MQ_TIMEOUT_S, **connector_key_settings(b),
-                    IDENTITY_CONFIG_KEY: b.plan.kv_identity,
-                    SKIP_LOOKUP_CONFIG_KEY: bool(b.values.get("LMCACHE_SKIP_USELESS_LOOKUP"))}
+                    "lmcache.mp.mq_timeout": LMCACHE_MQ_TIMEOUT_S, **connector_key_settings(inputs, out),
+                    IDENTITY_CONFIG_KEY: inputs.identity,
+                    SKIP_LOOKUP_CONFIG_KEY: bool(inputs.s.values.get("LMCACHE_SKIP_USELESS_LOOKUP"))}
     # The appliance's subclass of LMCache's connector (same class name, so that vLLM treats it as LMCache's):
     # it folds the KV identity and the request's LoRA adapter into every chunk key (lmcache_ext/connector.py).
     transfer = {"kv_connector": LMCACHE_CONNECTOR_MP, "kv_connector_module_path": CONNECTOR_MODULE,
@@ -398,17 +457,17 @@ def mp_transfer_config(b: Builder, host: str, port: int) -> str:
     return json.dumps(transfer, separators=(",", ":"))
 
 
-def shared_adapter(b: Builder) -> dict[str, object]:
+def shared_adapter(inputs: KvInputs, out: KvPart) -> dict[str, object]:
     """The shared store as an LMCache `resp` L2 adapter, after the local disk tier (LMCache looks tiers up in
     order, so a chunk on the local disk is read from there). `shared` tells LMCache's coordinator that other
     servers see the same objects; the keys are content hashes of model + tokens, so servers with the same
     model, chunk size and parallelism find each other's chunks. No password key: LMCache reads it from
     LMCACHE_RESP_PASSWORD (shared_store_credentials)."""
-    store = b.plan.shared_store
-    adapter: dict[str, object] = {"type": "resp", "host": store["host"], "port": store["port"], "shared": True}
-    if store["username"]:
-        adapter["username"] = store["username"]
-    size = b.values.get("LMCACHE_SHARED_MAX_SIZE")
+    store = out.shared_store
+    adapter: dict[str, object] = {"type": "resp", "host": store.host, "port": store.port, "shared": True}
+    if store.username:
+        adapter["username"] = store.username
+    size = inputs.s.values.get("LMCACHE_SHARED_MAX_SIZE")
     if size is not None:
         adapter["max_capacity_gb"] = float(size)
         adapter["eviction"] = {"eviction_policy": "LRU"}
@@ -421,95 +480,96 @@ def per_worker(total_gib: float, tp: int) -> float:
     return max(math.floor(total_gib / tp * 1000) / 1000, 0.001)
 
 
-def known_to_installed_lmcache(b: Builder, flags: list[str], where: str) -> None:
-    known = b.schema.lmcache_server_flags
+def known_to_installed_lmcache(inputs: KvInputs, out: KvPart, flags: list[str], where: str) -> None:
+    known = inputs.s.schema.lmcache_server_flags
     for flag in dict.fromkeys(flags):
         if flag not in known:
-            b.error(f"{where}{flag}: the installed LMCache {b.schema.lmcache_version} has no `lmcache server "
-                    f"{flag}` flag (docs/UPGRADING.md)")
+            out.error(f"{where}{flag}: the installed LMCache {inputs.s.schema.lmcache_version} has no `lmcache server "
+                      f"{flag}` flag (docs/UPGRADING.md)")
 
 
-def server_flag_settings(b: Builder) -> list[str]:
+def server_flag_settings(inputs: KvInputs, out: KvPart) -> list[str]:
     """The registry's settings that are `lmcache server` flags, checked against the installed LMCache's
     parser (schema): the flag must exist and the value be one of its choices, else an error naming the
     version. The choices come from the schema, so a release that adds one (ARC in 0.5.6) needs no code."""
     argv = []
-    flags, version = b.schema.lmcache_server_flags, b.schema.lmcache_version
+    flags, version = inputs.s.schema.lmcache_server_flags, inputs.s.schema.lmcache_version
     for s in SETTINGS:
-        if not s.server_flag or s.name not in b.values:
+        if not s.server_flag or s.name not in inputs.s.values:
             continue
-        spec, value = flags.get(s.server_flag), str(b.values[s.name]).strip()
-        if spec is None and s.name not in b.user_given:
+        spec, value = flags.get(s.server_flag), str(inputs.s.values[s.name]).strip()
+        if spec is None and s.name not in inputs.s.user_given:
             continue  # the appliance's default for a flag this LMCache does not have: LMCache's own behaviour
         if spec is None:
-            b.error(f"{s.name}: the installed LMCache {version} has no `lmcache server {s.server_flag}`; "
-                    "unset it or use an image with a newer LMCache (docs/UPGRADING.md)")
+            out.error(f"{s.name}: the installed LMCache {version} has no `lmcache server {s.server_flag}`; "
+                      "unset it or use an image with a newer LMCache (docs/UPGRADING.md)")
             continue
         if spec["choices"]:
             match = next((c for c in spec["choices"] if c.lower() == value.lower()), None)
             if match is None:
-                b.bad_value(s.name, value, f"must be one of the installed LMCache {version}'s {s.server_flag} "
-                                           f"choices: {', '.join(spec['choices'])}")
+                out.error(inputs.s.bad_value(s.name, value, f"must be one of the installed LMCache {version}'s "
+                                                            f"{s.server_flag} choices: {', '.join(spec['choices'])}"))
                 continue
-            value = b.values[s.name] = match  # the plan records LMCache's spelling
+            value = out.recorded[s.name] = match  # the plan records LMCache's spelling
         argv += [s.server_flag, value]
     return argv
 
 
-def connector_key_settings(b: Builder) -> dict[str, object]:
+def connector_key_settings(inputs: KvInputs, out: KvPart) -> dict[str, object]:
     """The registry's settings that are keys of vLLM's LMCache connector config, set when the operator sets
     them or the registry has a measured default (LMCache's own defaults otherwise), and only keys the
     installed LMCache's connector reads (a default for a key it lacks is dropped; a value set is an error)."""
-    out: dict[str, object] = {}
+    keys: dict[str, object] = {}
     for s in SETTINGS:
-        if not s.connector_key or s.name not in b.values:
+        if not s.connector_key or s.name not in inputs.s.values:
             continue
-        if s.connector_key not in b.schema.lmcache_connector_keys:
-            if s.name not in b.user_given:
+        if s.connector_key not in inputs.s.schema.lmcache_connector_keys:
+            if s.name not in inputs.s.user_given:
                 continue
-            b.error(f"{s.name}: the installed LMCache {b.schema.lmcache_version}'s vLLM connector has no "
-                    f"lmcache.mp.{s.connector_key}; unset it or use an image with a newer LMCache "
-                    "(docs/UPGRADING.md)")
+            out.error(f"{s.name}: the installed LMCache {inputs.s.schema.lmcache_version}'s vLLM connector has no "
+                      f"lmcache.mp.{s.connector_key}; unset it or use an image with a newer LMCache "
+                      "(docs/UPGRADING.md)")
             continue
-        out[f"lmcache.mp.{s.connector_key}"] = b.values[s.name]
-    return out
+        keys[f"lmcache.mp.{s.connector_key}"] = inputs.s.values[s.name]
+    return keys
 
 
-def server_mode_only(b: Builder) -> None:
+def server_mode_only(inputs: KvInputs, out: KvPart) -> None:
     for s in SETTINGS:
-        if (s.server_flag or s.connector_key or s.name in APPLIANCE_CONNECTOR_SETTINGS) and s.name in b.user_given:
-            b.error(f"{s.name}: applies in server mode only (LMCACHE_MODE=server)")
+        if (s.server_flag or s.connector_key or s.name in APPLIANCE_CONNECTOR_SETTINGS) and \
+                s.name in inputs.s.user_given:
+            out.error(f"{s.name}: applies in server mode only (LMCACHE_MODE=server)")
 
 
-def in_process_identity(b: Builder) -> None:
+def in_process_identity(inputs: KvInputs, out: KvPart) -> None:
     """In-process LMCache (LMCacheConnectorV1) keys a chunk by model name and tokens only, and the appliance's
     connector (KV identity and adapter in every key) is the server-mode one. Its CPU tier lives and dies with
     one vLLM process (one identity) and its disk tier is per-identity and not reused after a restart, so what
     could mix KV of different weights or adapters is refused: LoRA adapters and a store shared with others."""
-    if b.vllm_flags.get("--enable-lora") == "true":
-        b.error("VLLM_ENABLE_LORA with LMCACHE_MODE=in-process: in-process LMCache keys KV by model and tokens "
-                "only, so KV computed under one LoRA adapter would be loaded for another or for the base model. "
-                "Use LMCACHE_MODE=server (the appliance keys each adapter apart there) or "
-                "VLLM_KV_OFFLOADING_BACKEND=native")
-    if b.plan.shared_store:
-        b.error("LMCACHE_SHARED_URL with LMCACHE_MODE=in-process: in-process LMCache keys the shared store by "
-                "model name and tokens only, so a replica with other weights under the same name would load this "
-                "one's KV (and the reverse). Use LMCACHE_MODE=server, where every key carries the KV identity")
+    if inputs.vllm_flags.get("--enable-lora") == "true":
+        out.error("VLLM_ENABLE_LORA with LMCACHE_MODE=in-process: in-process LMCache keys KV by model and tokens "
+                  "only, so KV computed under one LoRA adapter would be loaded for another or for the base model. "
+                  "Use LMCACHE_MODE=server (the appliance keys each adapter apart there) or "
+                  "VLLM_KV_OFFLOADING_BACKEND=native")
+    if out.shared_store:
+        out.error("LMCACHE_SHARED_URL with LMCACHE_MODE=in-process: in-process LMCache keys the shared store by "
+                  "model name and tokens only, so a replica with other weights under the same name would load this "
+                  "one's KV (and the reverse). Use LMCACHE_MODE=server, where every key carries the KV identity")
 
 
-def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
-    v, p = b.values, b.plan
+def lmcache_in_process(inputs: KvInputs, out: KvPart, cpu: float, chunk: int, tp: int) -> None:
+    v = inputs.s.values
     if "LMCACHE_SERVER_EXTRA_ARGS" in v:
-        b.error("LMCACHE_SERVER_EXTRA_ARGS: applies in server mode only (LMCACHE_MODE=server)")
-    server_mode_only(b)
-    prewarm_given = [n for n in PREWARM_SETTINGS if n in b.user_given and v.get(n) != 0]
+        out.error("LMCACHE_SERVER_EXTRA_ARGS: applies in server mode only (LMCACHE_MODE=server)")
+    server_mode_only(inputs, out)
+    prewarm_given = [n for n in PREWARM_SETTINGS if n in inputs.s.user_given and v.get(n) != 0]
     if prewarm_given:
-        b.error(f"{', '.join(prewarm_given)}: hot-prefix pre-warming is done by the LMCache server (LMCACHE_MODE="
-                "server); unset it in in-process mode, or set LMCACHE_PREWARM_SIZE=0")
-    b.prewarm = (0.0, "off: LMCACHE_MODE=in-process (the LMCache server pre-warms, in server mode)")
-    if "LMCACHE_CONFIG_FILE" in b.lmcache_env:
-        b.error("LMCACHE_CONFIG_FILE: the appliance renders LMCache's config file itself; set its keys "
-                   "as LMCACHE_<KEY> variables instead (docs/ENVIRONMENT.md)")
+        out.error(f"{', '.join(prewarm_given)}: hot-prefix pre-warming is done by the LMCache server (LMCACHE_MODE="
+                  "server); unset it in in-process mode, or set LMCACHE_PREWARM_SIZE=0")
+    out.prewarm = (0.0, "off: LMCACHE_MODE=in-process (the LMCache server pre-warms, in server mode)")
+    if "LMCACHE_CONFIG_FILE" in inputs.s.lmcache_env:
+        out.error("LMCACHE_CONFIG_FILE: the appliance renders LMCache's config file itself; set its keys "
+                  "as LMCACHE_<KEY> variables instead (docs/ENVIRONMENT.md)")
     # Sizes are for all GPUs together; in-process, each of the TP workers holds its own share.
     config: dict[str, object] = {
         "chunk_size": chunk,
@@ -518,17 +578,17 @@ def lmcache_in_process(b: Builder, cpu: float, chunk: int, tp: int) -> None:
         # Python's hash differs per process; vLLM's sha256_cbor makes chunk keys stable.
         "pre_caching_hash_algorithm": "sha256_cbor",
     }
-    if p.disk:
-        config["local_disk"] = f"file://{p.disk.path}/"
-        config["max_local_disk_size"] = per_worker(p.disk.max_size_gib, tp)
-        p.warnings.append("LMCACHE_MODE=in-process keeps its disk-tier index in memory: after a restart the "
-                          "files on disk are not reused. LMCACHE_MODE=server reuses them.")
-    config.update(b.lmcache_keys)
+    if out.disk:
+        config["local_disk"] = f"file://{out.disk.path}/"
+        config["max_local_disk_size"] = per_worker(out.disk.max_size_gib, tp)
+        out.warn("LMCACHE_MODE=in-process keeps its disk-tier index in memory: after a restart the "
+                 "files on disk are not reused. LMCACHE_MODE=server reuses them.")
+    config.update(inputs.s.lmcache_keys)
     run_dir = str(v["APPLIANCE_RUN_DIR"])
-    p.lmcache_config = config
-    p.lmcache_config_file = f"{run_dir.rstrip('/')}/lmcache.yaml"
-    p.vllm_env["LMCACHE_CONFIG_FILE"] = p.lmcache_config_file
-    p.vllm_env.setdefault("PYTHONHASHSEED", b.environ.get("PYTHONHASHSEED", "0"))
+    out.config = config
+    out.config_file = f"{run_dir.rstrip('/')}/lmcache.yaml"
+    out.vllm_env["LMCACHE_CONFIG_FILE"] = out.config_file
+    out.vllm_env.setdefault("PYTHONHASHSEED", inputs.s.environ.get("PYTHONHASHSEED", "0"))
     transfer = {"kv_connector": LMCACHE_CONNECTOR_IN_PROCESS, "kv_role": "kv_both",
                 "kv_load_failure_policy": KV_LOAD_FAILURE_POLICY}
-    p.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
+    out.vllm_argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]

@@ -1,17 +1,152 @@
-"""The launch plan: a pure value (vLLM argv and environment, LMCache argv or config, the disk tier).
+"""The launch plan: a pure value (vLLM argv and environment, LMCache argv or config, the tiers, what the
+supervised programs read).
 
 `config` prints it, `serve` writes it (redacted) to the run directory and the supervised programs read it
-back. It is built by `build.py` from the settings; this module only defines it and its JSON contract.
+back. It is built by `build.py` from the settings; this module only defines it. Its JSON contract (`to_dict`,
+`from_dict`, docs/config.schema.json via `json_schema`) is derived from the dataclass fields below, each field
+saying where it stands in the JSON, how it is redacted and what it may hold, so that nothing is written twice.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 
 from .secrets import mask_text, redact_argv, redact_env, redact_json, redact_value
+from .settings import BY_NAME
+
+SETTING = "setting"  # field metadata: the setting whose value a field holds
+KEY = "key"  # field metadata: its key in the JSON plan, where not the field's name
+FROM = "from"  # field metadata of a derived field: the settings it is computed from
+JSON = "json"  # field metadata of a Plan field: its path in the JSON plan
+SCHEMA = "schema"  # field metadata: its JSON schema (docs/config.schema.json)
+SHOW = "show"  # field metadata: how it is shown, (value, redact, plan) -> JSON (redaction), where not as it is
 
 
+def from_setting(name: str, **schema):
+    """A field holding the typed value of one setting; its default is the setting's, so that a plan written
+    before the setting existed still reads back."""
+    return field(default=BY_NAME[name].default,
+                 metadata={SETTING: name, KEY: name, SCHEMA: schema or _setting_schema(name)})
+
+
+def derived(*settings: str, default=None, **schema):
+    """A field computed while planning from the named settings (documented, and found by grep)."""
+    return field(default=default, metadata={FROM: settings, SCHEMA: schema})
+
+
+def _setting_schema(name: str) -> dict:
+    s = BY_NAME[name]
+    if s.kind == "port":
+        return {"type": "integer", "minimum": 1, "maximum": 65535}
+    if s.kind in ("int", "seconds"):
+        return {"type": "integer", **({"minimum": s.minimum} if s.minimum is not None else {"minimum": 0})}
+    if s.kind == "bool":
+        return {"type": "boolean"}
+    if s.kind == "choice":
+        return {"enum": list(s.choices)}
+    if s.kind == "path":
+        return {"type": "string", "pattern": "^/"}
+    return {"type": "string"}
+
+
+@dataclass(frozen=True)
+class AppliancePrograms:
+    """The APPLIANCE_* values the supervised programs read (programs/, supervise/, inspectors/): one field per setting. The settings
+    that only shape the plan itself are named in PLANNING_ONLY (a unit test checks every APPLIANCE_* setting is
+    one or the other, so that none is silently dropped)."""
+    run_dir: str = from_setting("APPLIANCE_RUN_DIR")
+    startup_timeout: int = from_setting("APPLIANCE_STARTUP_TIMEOUT", type="integer", minimum=1)
+    shutdown_timeout: int = from_setting("APPLIANCE_SHUTDOWN_TIMEOUT")
+    lmcache_port: int = from_setting("APPLIANCE_LMCACHE_PORT")
+    lmcache_http_port: int = from_setting("APPLIANCE_LMCACHE_HTTP_PORT")
+    lmcache_wait: int = from_setting("APPLIANCE_LMCACHE_WAIT")
+    metrics_port: int = from_setting("APPLIANCE_METRICS_PORT")
+    log_format: str = from_setting("APPLIANCE_LOG_FORMAT")
+    health_interval: int = from_setting("APPLIANCE_HEALTH_INTERVAL")
+    health_timeout: int = from_setting("APPLIANCE_HEALTH_TIMEOUT")
+    health_failures: int = from_setting("APPLIANCE_HEALTH_FAILURES")
+    gap_answer: bool = from_setting("APPLIANCE_GAP_ANSWER")
+    gap_retry_after: int = from_setting("APPLIANCE_GAP_RETRY_AFTER")
+    disk_prune_interval: int = from_setting("APPLIANCE_DISK_PRUNE_INTERVAL")
+
+
+# APPLIANCE_* settings no supervised program reads: they shape the plan (or compose, or the router) only.
+PLANNING_ONLY = {
+    "APPLIANCE_VLLM_COMMAND": "the first words of plan.vllm.argv",
+    "APPLIANCE_LMCACHE_COMMAND": "the first words of plan.lmcache.argv",
+    # The `metrics` program reads LMCache's metrics on its HTTP port (inspectors/snapshot.lmcache_metrics_url).
+    "APPLIANCE_LMCACHE_METRICS_PORT": "the LMCache server's --prometheus-port in plan.lmcache.argv",
+    "APPLIANCE_MODEL_REGISTRY_FILE": "read while planning (the registry's values are in plan.values)",
+    "APPLIANCE_ROLE": "plan.role",
+    "APPLIANCE_TENANT_ISOLATION": "vLLM's --middleware and APPLIANCE_TENANT_SALT in plan.vllm.env",
+}
+PLANNING_ONLY_GROUPS = ("Compose", "Router")  # read by compose files and the router, never by `serve`
+
+
+@dataclass(frozen=True)
+class KvTiers:
+    """The KV tiers as sized while planning, with where each size came from (shown by `config`, checked
+    against memory by preflight)."""
+    cpu_tier_gib: float | None = derived("VLLM_KV_OFFLOADING_SIZE", "LMCACHE_MAX_LOCAL_CPU_SIZE",
+                                         type=["number", "null"])
+    cpu_tier_source: str = derived("VLLM_KV_OFFLOADING_SIZE", "LMCACHE_MAX_LOCAL_CPU_SIZE", default="",
+                                   type="string")
+    disk_tier_source: str = derived("LMCACHE_MAX_LOCAL_DISK_SIZE", default="", type="string")
+    prewarm_gib: float = derived(
+        "LMCACHE_PREWARM_SIZE", default=0.0, type="number", minimum=0,
+        description="LMCACHE_PREWARM_SIZE as planned: GiB loaded from the disk tier into the CPU tier at start "
+                    "(0: off)")
+    prewarm_note: str = derived("LMCACHE_PREWARM_SIZE", default="", type="string",
+                                description="how prewarm_gib was chosen, or why pre-warming is off")
+
+
+@dataclass(frozen=True)
+class DiskTier:
+    base: str = field(metadata={SCHEMA: {"type": "string", "pattern": "^/"}})  # the volume or path the operator chose
+    # namespaced directory actually used (what makes KV reusable)
+    path: str = field(metadata={SCHEMA: {"type": "string", "pattern": "^/"}})
+    max_size_gib: float = field(metadata={SCHEMA: {"type": "number", "exclusiveMinimum": 0}})
+    # what happens to the other namespaces under `base` (kv_tiers.OTHER_NAMESPACES)
+    others: str = field(default="", metadata={SCHEMA: {"type": "string"}})
+
+
+_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+_HOST = {"type": "string", "minLength": 1}
+
+
+@dataclass(frozen=True)
+class SharedStore:
+    """The store replicas share (LMCACHE_SHARED_URL); no password (it travels in LMCache's environment)."""
+    url: str = field(metadata={SETTING: "LMCACHE_SHARED_URL", SCHEMA: {"type": "string", "pattern": "^redis://"}})
+    host: str = field(metadata={FROM: ("LMCACHE_SHARED_URL",), SCHEMA: _HOST})
+    port: int = field(metadata={FROM: ("LMCACHE_SHARED_URL",), SCHEMA: _PORT})
+    username: str = field(metadata={SETTING: "LMCACHE_SHARED_USERNAME", SCHEMA: {"type": "string"}})
+
+
+@dataclass(frozen=True)
+class LmcacheServer:
+    """A replica's LMCache server in another container (LMCACHE_SERVER): none is started here."""
+    url: str = field(metadata={FROM: ("LMCACHE_SERVER", "APPLIANCE_LMCACHE_PORT"),
+                               SCHEMA: {"type": "string", "pattern": "^tcp://"}})
+    host: str = field(metadata={FROM: ("LMCACHE_SERVER",), SCHEMA: _HOST})
+    port: int = field(metadata={FROM: ("LMCACHE_SERVER", "APPLIANCE_LMCACHE_PORT"), SCHEMA: _PORT})
+    health_url: str = field(metadata={FROM: ("LMCACHE_SERVER", "APPLIANCE_LMCACHE_HTTP_PORT"),
+                                      SCHEMA: {"type": "string", "pattern": "^http://"}})
+
+
+_TEXT_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+@dataclass(frozen=True)
+class KvIdentityInputs:
+    """What went into the KV identity (kv_identity.py): the parts `config` shows, and the weight files."""
+    parts: dict[str, str] = field(default_factory=dict, metadata={SCHEMA: _TEXT_MAP})
+    files: dict[str, str] = field(default_factory=dict, metadata={SCHEMA: _TEXT_MAP})
+
+
+# -- how fields are shown (redaction) -------------------------------------------------------------------
 def _redacted_json_text(value: str) -> str:
     if value[:1] in ("{", "["):
         try:
@@ -31,44 +166,150 @@ def _mask_leaves(node, mask):
     return node
 
 
-@dataclass
-class DiskTier:
-    base: str  # the volume or path the operator chose
-    path: str  # namespaced directory actually used (what makes KV reusable)
-    max_size_gib: float
-    others: str = ""  # what happens to the other namespaces under `base` (kv_tiers.OTHER_NAMESPACES)
+def _argv(value, redact, plan):
+    return None if value is None else redact_argv(value) if redact else list(value)
+
+
+def _env(value, redact, plan):
+    return redact_env(value) if redact else dict(value)
+
+
+def _config(value, redact, plan):
+    return redact_json(value) if redact else value
+
+
+def _sorted(value, redact, plan):
+    return sorted(value)
+
+
+def _values(value, redact, plan):
+    return {k: redact_value(k, v) if redact else v for k, v in value.items()}
+
+
+def _messages(value, redact, plan):
+    return [plan.mask(m) for m in value] if redact else list(value)
+
+
+def _identity_inputs(value: KvIdentityInputs, redact, plan):
+    """A KV-affecting flag can carry a credential (--model-loader-extra-config's storage keys): shown
+    redacted like every JSON argument; the digest was taken of the real value."""
+    shown = _as_json(value, redact, plan)
+    if redact:
+        shown["parts"] = {k: plan.mask(_redacted_json_text(v)) for k, v in value.parts.items()}
+    return shown
+
+
+def _as_json(value, redact: bool, plan: Plan):
+    """A part (a dataclass) as JSON: each field under its setting's name where it is one (from_setting: the
+    JSON plan names APPLIANCE_SHUTDOWN_TIMEOUT as the operator does), else under its own name, shown as its
+    metadata says."""
+    if not dataclasses.is_dataclass(value):
+        return value
+    return {_key(f): _shown(f, getattr(value, f.name), redact, plan) for f in dataclasses.fields(value)}
+
+
+def _shown(f: dataclasses.Field, value, redact: bool, plan: Plan):
+    show = f.metadata.get(SHOW)
+    return show(value, redact, plan) if show else _as_json(value, redact, plan)
+
+
+def _key(f: dataclasses.Field) -> str:
+    return f.metadata.get(KEY, f.name)
+
+
+def _from_json(cls, data):
+    """A part read back; a key the writer did not have takes the field's default."""
+    if data is None:
+        return None
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if _key(f) in data:
+            kwargs[f.name] = _from_json(_part_type(hints[f.name]), data[_key(f)]) if _part_type(hints[f.name]) \
+                else data[_key(f)]
+    return cls(**kwargs)
+
+
+def _part_type(hint):
+    """The dataclass a field holds (`SharedStore | None` -> SharedStore), or None for a plain value."""
+    for t in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(t):
+            return t
+    return None
+
+
+def _at(*path: str, show=None, **schema):
+    """Metadata of a Plan field: where it stands in the JSON plan, how it is shown, its schema."""
+    return {JSON: path, **_as(show, **schema)}
+
+
+def _as(show=None, **schema):
+    """Metadata of a part's field: how it is shown, its schema."""
+    return {SCHEMA: schema, **({SHOW: show} if show else {})}
+
+
+_ARGV = {"type": "array", "items": {"type": "string"}}
+_MESSAGES = {"type": "array", "items": {"type": "string", "minLength": 1}}
+
+
+@dataclass(frozen=True)
+class VllmPart:
+    """vLLM as it is started: empty argv where none runs (a kv-server)."""
+    argv: list[str] = field(default_factory=list, metadata=_as(
+        _argv, description="`vllm serve MODEL --flag value ...` as it is executed", **_ARGV))
+    env: dict[str, str] = field(default_factory=dict, metadata=_as(
+        _env, description="variables added to or passed through to vLLM's environment", **_TEXT_MAP))
+    env_removed: list[str] = field(default_factory=list, metadata=_as(
+        _sorted, description="variables translated to flags: they never reach vLLM", **_ARGV))
+
+
+@dataclass(frozen=True)
+class LmcachePart:
+    """LMCache as planned (kv_tiers.py): its program or config, and the tiers it holds."""
+    # "server", "in-process", "native", "external" (LMCACHE_SERVER) or None
+    mode: str | None = field(default=None, metadata=_as(enum=[None, "server", "in-process", "native", "external"]))
+    argv: list[str] | None = field(default=None, metadata=_as(  # server mode
+        _argv, oneOf=[_ARGV, {"type": "null"}]))
+    config: dict | None = field(default=None, metadata=_as(  # in-process mode (rendered to config_file)
+        _config, type=["object", "null"]))
+    config_file: str | None = field(default=None, metadata=_as(type=["string", "null"]))
+    env: dict[str, str] = field(default_factory=dict, metadata=_as(_env, **_TEXT_MAP))
+    health_url: str | None = field(default=None, metadata=_as(type=["string", "null"]))
+    disk: DiskTier | None = None
+    shared_store: SharedStore | None = field(default=None, metadata=_as(
+        description="The store replicas share (LMCACHE_SHARED_URL), for the probes; never the password."))
+    server: LmcacheServer | None = field(default=None, metadata=_as(
+        description="A replica's LMCache server in another container (LMCACHE_SERVER; mode external)."))
 
 
 @dataclass
 class Plan:
-    vllm_argv: list[str] = field(default_factory=list)
-    vllm_env: dict[str, str] = field(default_factory=dict)  # added or passed through to vLLM
-    vllm_env_removed: list[str] = field(default_factory=list)  # translated: never reach vLLM
-    lmcache_mode: str | None = None  # "server", "in-process", "native", "external" (LMCACHE_SERVER) or None
-    lmcache_argv: list[str] | None = None  # server mode
-    lmcache_config: dict | None = None  # in-process mode (rendered to lmcache_config_file)
-    lmcache_config_file: str | None = None
-    lmcache_env: dict[str, str] = field(default_factory=dict)
-    lmcache_health_url: str | None = None
-    disk: DiskTier | None = None
-    # The store replicas share (LMCACHE_SHARED_URL): {url, host, port, username}; no password (environment).
-    shared_store: dict | None = None
-    # APPLIANCE_ROLE: "all" (vLLM, and its LMCache server in server mode) or "kv-server" (the LMCache server only).
-    role: str = "all"
-    # LMCACHE_SERVER (a replica): the LMCache server vLLM uses, {url, host, port, health_url}; none started here.
-    lmcache_server: dict | None = None
-    model: str = ""
-    # The KV identity (kv_identity.py): its digest, and what went into it ({parts, files}).
-    kv_identity: str = ""
-    kv_identity_inputs: dict = field(default_factory=dict)
-    served_model_name: str = ""
-    api_host: str = "0.0.0.0"
-    api_port: int = 8000
-    appliance: dict[str, object] = field(default_factory=dict)  # APPLIANCE_* values, for supervision
-    values: dict[str, object] = field(default_factory=dict)  # every resolved variable
-    sources: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    vllm: VllmPart = field(default_factory=VllmPart, metadata=_at("vllm"))
+    lmcache: LmcachePart = field(default_factory=LmcachePart, metadata=_at("lmcache"))
+    role: str = field(default="all", metadata=_at(
+        "role", enum=["all", "kv-server"], description="APPLIANCE_ROLE: kv-server runs the LMCache server only"))
+    kv_identity: str = field(default="", metadata=_at(
+        "kv_identity", type="string", pattern="^([0-9a-f]{16})?$",
+        description="The KV identity: stored KV is reused only under the same one (empty: no model planned)"))
+    kv_identity_inputs: KvIdentityInputs = field(default_factory=KvIdentityInputs, metadata=_at(
+        "kv_identity_inputs", show=_identity_inputs,
+        description="What went into the KV identity: parts (shown by config) and files (the weights)"))
+    model: str = field(default="", metadata=_at("model", type="string", **{"not": {"pattern": "^-"}}))
+    served_model_name: str = field(default="", metadata=_at(
+        "served_model_name", type="string", **{"not": {"pattern": "^-"}}))
+    api_host: str = field(default="0.0.0.0", metadata=_at("api", "host", type="string"))
+    api_port: int = field(default=8000, metadata=_at("api", "port", **_PORT))
+    appliance: AppliancePrograms = field(default_factory=AppliancePrograms, metadata=_at(
+        "appliance", description="APPLIANCE_* values the supervised programs read (one per setting)"))
+    tiers: KvTiers = field(default_factory=KvTiers, metadata=_at(
+        "tiers", description="The chosen tier sizes with their source, and the hot-prefix pre-warm size"))
+    values: dict[str, object] = field(default_factory=dict, metadata=_at(  # every resolved variable
+        "values", show=_values, type="object", propertyNames={"pattern": "^[A-Z][A-Z0-9_]*$"}))
+    sources: dict[str, str] = field(default_factory=dict, metadata=_at(
+        "sources", type="object",
+        additionalProperties={"enum": ["command line", "environment", "env file", "registry", "default"]}))
+    warnings: list[str] = field(default_factory=list, metadata=_at("warnings", show=_messages, **_MESSAGES))
+    errors: list[str] = field(default_factory=list, metadata=_at("errors", show=_messages, **_MESSAGES))
     # Every secret value met while planning (never serialised): masked in any text the appliance prints.
     secret_values: set[str] = field(default_factory=set, repr=False, compare=False)
 
@@ -82,40 +323,17 @@ class Plan:
 
     def to_dict(self, redact: bool = True) -> dict:
         """The output contract of `config --format json`; secrets redacted unless asked otherwise."""
-        hide = redact_env if redact else dict
-        hide_argv = redact_argv if redact else list
-        text = self.mask if redact else (lambda t: t)
-        shown = {
-            "vllm": {"argv": hide_argv(self.vllm_argv), "env": hide(self.vllm_env),
-                     "env_removed": sorted(self.vllm_env_removed)},
-            "lmcache": {"mode": self.lmcache_mode,
-                        "argv": hide_argv(self.lmcache_argv) if self.lmcache_argv is not None else None,
-                        "config": redact_json(self.lmcache_config) if redact else self.lmcache_config,
-                        "config_file": self.lmcache_config_file,
-                        "env": hide(self.lmcache_env), "health_url": self.lmcache_health_url,
-                        "disk": dataclasses.asdict(self.disk) if self.disk else None,
-                        "shared_store": self.shared_store, "server": self.lmcache_server},
-            "role": self.role,
-            "kv_identity": self.kv_identity,
-            "kv_identity_inputs": self._identity_inputs(redact),
-            "model": self.model, "served_model_name": self.served_model_name,
-            "api": {"host": self.api_host, "port": self.api_port},
-            "appliance": self.appliance,
-            "values": {k: redact_value(k, v) if redact else v for k, v in self.values.items()},
-            "sources": self.sources, "warnings": [text(w) for w in self.warnings],
-            "errors": [text(e) for e in self.errors],
-        }
+        shown: dict = {}
+        for f in _json_fields():
+            value = getattr(self, f.name)
+            *parents, key = f.metadata[JSON]
+            node = shown
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[key] = _shown(f, value, redact, self)
         # Redacted by position above; then every known secret value masked wherever else it stands (a secret
         # copied into another value, a URL's password): nothing printed or written shows one.
         return _mask_leaves(shown, self.mask) if redact else shown
-
-    def _identity_inputs(self, redact: bool) -> dict:
-        """A KV-affecting flag can carry a credential (--model-loader-extra-config's storage keys): shown
-        redacted like every JSON argument; the digest was taken of the real value."""
-        if not redact or not self.kv_identity_inputs:
-            return self.kv_identity_inputs
-        parts = {k: self.mask(_redacted_json_text(v)) for k, v in self.kv_identity_inputs.get("parts", {}).items()}
-        return {**self.kv_identity_inputs, "parts": parts}
 
     def mask(self, text: str) -> str:
         """Free text (a message, a printed plan) with every secret value of this plan hidden."""
@@ -124,15 +342,70 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         """Read back a plan written by `serve` (the supervised programs start from it)."""
-        disk = d["lmcache"].get("disk")
-        return cls(vllm_argv=d["vllm"]["argv"], vllm_env=d["vllm"]["env"], vllm_env_removed=d["vllm"]["env_removed"],
-                   lmcache_mode=d["lmcache"]["mode"], lmcache_argv=d["lmcache"]["argv"],
-                   lmcache_config=d["lmcache"]["config"], lmcache_config_file=d["lmcache"]["config_file"],
-                   lmcache_env=d["lmcache"]["env"], lmcache_health_url=d["lmcache"]["health_url"],
-                   disk=DiskTier(**disk) if disk else None, shared_store=d["lmcache"].get("shared_store"),
-                   role=d.get("role", "all"), lmcache_server=d["lmcache"].get("server"),
-                   model=d["model"], kv_identity=d.get("kv_identity", ""),
-                   kv_identity_inputs=d.get("kv_identity_inputs") or {},
-                   served_model_name=d["served_model_name"], api_host=d["api"]["host"], api_port=d["api"]["port"],
-                   appliance=d["appliance"], values=d["values"], sources=d["sources"],
-                   warnings=d["warnings"], errors=d["errors"])
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in _json_fields():
+            node = d
+            for name in f.metadata[JSON]:
+                if not isinstance(node, dict) or name not in node:
+                    break
+                node = node[name]
+            else:
+                part = _part_type(hints[f.name])
+                kwargs[f.name] = _from_json(part, node) if part else node
+        return cls(**kwargs)
+
+
+def _json_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(Plan) if JSON in f.metadata]
+
+
+# -- the JSON schema (docs/config.schema.json) ------------------------------------------------------------
+def _part_schema(cls) -> dict:
+    props = {_key(f): _field_schema(f, typing.get_type_hints(cls)[f.name]) for f in dataclasses.fields(cls)}
+    required = [_key(f) for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    return {"type": "object", "additionalProperties": False, **({"required": required} if required else {}),
+            "properties": props}
+
+
+def _field_schema(f: dataclasses.Field, hint) -> dict:
+    schema = dict(f.metadata.get(SCHEMA, {}))
+    part = _part_type(hint)
+    if part is None:
+        return schema
+    description = schema.pop("description", None)
+    body = _part_schema(part)
+    if type(None) in typing.get_args(hint):
+        body = {"oneOf": [{"type": "null"}, body]}
+    return {**({"description": description} if description else {}), **body, **schema}
+
+
+def json_schema() -> dict:
+    """docs/config.schema.json: the JSON plan's contract, walked from the fields above."""
+    hints = typing.get_type_hints(Plan)
+    root: dict = {"type": "object", "additionalProperties": False, "properties": {}}
+    for f in _json_fields():
+        *parents, key = f.metadata[JSON]
+        node = root
+        for name in parents:
+            node = node["properties"].setdefault(name, {"type": "object", "additionalProperties": False,
+                                                        "properties": {}})
+        node["properties"][key] = _field_schema(f, hints[f.name])
+    _require_all(root)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://github.com/llm-appliance/docs/config.schema.json",
+            "title": "python -m entrypoint config --format json",
+            "description": "The launch plan the appliance prints (and `serve` writes to plan.json in the run "
+                           "directory), secrets redacted as \"***\". Exit code 0 with errors == [], or 2 with the "
+                           "problems in errors.",
+            **root}
+
+
+def _require_all(node: dict) -> None:
+    """Every key the plan writes is required (to_dict always writes all of them)."""
+    if "properties" in node and "required" not in node:
+        node["required"] = list(node["properties"])
+        for child in node["properties"].values():
+            if child.get("type") == "object":
+                _require_all(child)

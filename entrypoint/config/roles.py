@@ -10,70 +10,41 @@ One .env describes the whole cluster (compose's `env_file`, a Kubernetes ConfigM
 other's settings and leaves them alone: a replica does not size tiers it does not hold (the server's CPU and
 disk tiers, eviction, L2 policies, the shared store), a kv-server still checks the vLLM settings but starts
 no vLLM. What only one container can mean (the role itself, LMCACHE_SERVER) is given per service.
+
+These are the role's rules only; the KV step (kv_tiers.py) applies them, and build.py leaves vLLM out of a
+kv-server's plan (runs_vllm).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from . import kv_tiers
 from .settings import MPServer
-
-if TYPE_CHECKING:
-    from .build import Builder
 
 KV_SERVER = "kv-server"
 
 
-def role_fits(b: Builder, backend: str | None) -> bool:
-    """Record the role on the plan; False (an error recorded) when the settings contradict it."""
-    v, p = b.values, b.plan
-    p.role = str(v.get("APPLIANCE_ROLE", "all"))
-    server: MPServer | None = v.get("LMCACHE_SERVER")
-    if p.role == KV_SERVER:
+def role_problem(role: str, server: MPServer | None, backend: str | None, mode: object) -> str | None:
+    """Why the settings contradict the role (APPLIANCE_ROLE, LMCACHE_SERVER), or None when they fit."""
+    if role == KV_SERVER:
         if server is not None:
-            b.error("APPLIANCE_ROLE=kv-server and LMCACHE_SERVER are both set: a kv-server runs the LMCache server "
+            return ("APPLIANCE_ROLE=kv-server and LMCACHE_SERVER are both set: a kv-server runs the LMCache server "
                     "itself; set LMCACHE_SERVER on the replicas only (compose.cluster.yaml sets it in their "
                     "environment)")
-            return False
-        if backend != "lmcache" or v.get("LMCACHE_MODE") != "server":
-            b.error(f"APPLIANCE_ROLE=kv-server runs an LMCache server for other containers: it needs "
+        if backend != "lmcache" or mode != "server":
+            return (f"APPLIANCE_ROLE=kv-server runs an LMCache server for other containers: it needs "
                     f"VLLM_KV_OFFLOADING_BACKEND=lmcache and LMCACHE_MODE=server (they are {backend or 'none'} and "
-                    f"{v.get('LMCACHE_MODE')})")
-            return False
-    elif server is not None and backend == "lmcache" and v.get("LMCACHE_MODE") != "server":
-        b.error("LMCACHE_SERVER points vLLM at an LMCache server, but LMCACHE_MODE=in-process runs LMCache inside "
+                    f"{mode})")
+    elif server is not None and backend == "lmcache" and mode != "server":
+        return ("LMCACHE_SERVER points vLLM at an LMCache server, but LMCACHE_MODE=in-process runs LMCache inside "
                 "vLLM: set LMCACHE_MODE=server (the default), or remove LMCACHE_SERVER")
-        return False
-    return True
+    return None
 
 
-def lmcache_bind_host(b: Builder) -> str:
+def lmcache_bind_host(role: str) -> str:
     """Where the LMCache server listens: loopback for its own vLLM, all interfaces for a kv-server's replicas
     (compose.cluster.yaml publishes none of its ports: LMCache has no authentication)."""
-    return "0.0.0.0" if b.plan.role == KV_SERVER else "127.0.0.1"
+    return "0.0.0.0" if role == KV_SERVER else "127.0.0.1"
 
 
-def external_server(b: Builder) -> None:
-    """A replica: vLLM's connector points at LMCACHE_SERVER; no LMCache program, no tiers of its own."""
-    v, p = b.values, b.plan
-    server: MPServer = v["LMCACHE_SERVER"]
-    for key in sorted(b.lmcache_keys):
-        if key not in kv_tiers.LMCACHE_KEYS_WITH_SERVER_EQUIVALENT:
-            b.error(f"LMCACHE_{key.upper()}: applies in in-process mode only (LMCACHE_MODE=in-process); a replica "
-                    "with LMCACHE_SERVER uses that server's configuration")
-    port = server.port or int(v["APPLIANCE_LMCACHE_PORT"])
-    http_port = int(v["APPLIANCE_LMCACHE_HTTP_PORT"])
-    p.lmcache_mode = "external"
-    p.lmcache_server = {"url": f"tcp://{server.host}:{port}", "host": server.host, "port": port,
-                        "health_url": f"http://{server.host}:{http_port}/healthcheck"}
-    p.vllm_argv += ["--kv-transfer-config", kv_tiers.mp_transfer_config(b, server.host, port)]
-    kv_tiers.announce_identity(b)
-
-
-def kv_server_role(b: Builder) -> None:
-    """A kv-server: the vLLM command was planned (so that one .env is checked the same in every role), and is
-    dropped here: only the LMCache server runs."""
-    p = b.plan
-    if p.role != KV_SERVER:
-        return
-    p.vllm_argv, p.vllm_env = [], {}
+def runs_vllm(role: str) -> bool:
+    """A kv-server's vLLM command is still planned (so that one .env is checked the same in every role) but
+    is not part of its plan: only the LMCache server runs there."""
+    return role != KV_SERVER

@@ -6,14 +6,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from ..config import models, schema as schema_mod
+from ..config import models, plan, schema as schema_mod
 from ..config.settings import SETTINGS, BY_NAME, FILE_SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "ENVIRONMENT.md"
+PLAN_SCHEMA = ROOT / "docs" / "config.schema.json"  # the JSON plan's contract, from plan.py's fields
 ENV_DIR = ROOT / "env"
 
 # The example .env files: `cp env/<name>.env .env && docker compose up`. Values are the seed document's
@@ -142,7 +144,8 @@ def render_doc() -> str:
 
 
 def outputs() -> dict[Path, str]:
-    files = {DOC: render_doc(), ENV_DIR / "all-settings.env": render_all_settings() + "\n"}
+    files = {DOC: render_doc(), ENV_DIR / "all-settings.env": render_all_settings() + "\n",
+             PLAN_SCHEMA: json.dumps(plan.json_schema(), indent=2) + "\n"}
     for name, (title, values) in EXAMPLES.items():
         files[ENV_DIR / f"{name}.env"] = render_example(title, values)
     return files

@@ -47,12 +47,12 @@ def api_headers(plan: Plan, environ: Mapping[str, str] = os.environ) -> dict[str
             key = Path(environ[FILE_SECRETS["VLLM_API_KEY"]]).read_text().strip()
         except OSError:
             key = None
-    if not key and _argv_api_key(plan.vllm_argv):
+    if not key and _argv_api_key(plan.vllm.argv):
         from ..programs.launch import server_argv
-        key = _argv_api_key(server_argv("vllm", plan.vllm_argv, environ))
+        key = _argv_api_key(server_argv("vllm", plan.vllm.argv, environ))
         if key == REDACTED:
             from ..config.load import make_plan
-            key = _argv_api_key(make_plan(None, [], environ).vllm_argv)
+            key = _argv_api_key(make_plan(None, [], environ).vllm.argv)
     return {"Authorization": f"Bearer {key}"} if key and key != REDACTED else {}
 
 
@@ -66,7 +66,7 @@ def load_plan(environ: Mapping[str, str] = os.environ) -> Plan:
 
 def problems(plan: Plan, timeout: float, headers: dict[str, str]) -> list[str]:
     base, found = api_base(plan), []
-    if not plan.vllm_argv:  # the kv-server role: only the LMCache server
+    if not plan.vllm.argv:  # the kv-server role: only the LMCache server
         return lmcache_problems(plan, timeout)
 
     def get(url: str, **kw) -> requests.Response | None:
@@ -94,13 +94,13 @@ def problems(plan: Plan, timeout: float, headers: dict[str, str]) -> list[str]:
 
 
 def lmcache_problems(plan: Plan, timeout: float) -> list[str]:
-    if not plan.lmcache_health_url:
+    if not plan.lmcache.health_url:
         return []
     try:
-        r = requests.get(plan.lmcache_health_url, timeout=timeout)
+        r = requests.get(plan.lmcache.health_url, timeout=timeout)
     except requests.RequestException as e:
-        return [f"{plan.lmcache_health_url}: no answer ({type(e).__name__})"]
-    return [] if r.status_code == 200 else [f"LMCache server {plan.lmcache_health_url} answered {r.status_code}"]
+        return [f"{plan.lmcache.health_url}: no answer ({type(e).__name__})"]
+    return [] if r.status_code == 200 else [f"LMCache server {plan.lmcache.health_url} answered {r.status_code}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if found:
         print("unhealthy: " + "; ".join(found), file=sys.stderr)
         return 1
-    if not plan.vllm_argv:
-        print(f"healthy: the LMCache server (APPLIANCE_ROLE={plan.role}) at {plan.lmcache_health_url}")
+    if not plan.vllm.argv:
+        print(f"healthy: the LMCache server (APPLIANCE_ROLE={plan.role}) at {plan.lmcache.health_url}")
         return 0
     print(f"healthy: {plan.served_model_name} at {api_base(plan)}")
     return 0

@@ -108,12 +108,12 @@ def lmcache_metrics_url(plan: Plan) -> str | None:
     start_prometheus_http_server=False (lmcache/v1/multiprocess/http_server.py, 0.5.3 and 0.5.6), so the
     --prometheus-port exporter never listens; found on the H200 with 0.5.6 (connection refused on 9090,
     "standalone metrics HTTP server disabled" in its log)."""
-    url = plan.lmcache_health_url
-    return url.rsplit("/", 1)[0] + "/metrics" if plan.lmcache_mode == "server" and url else None
+    url = plan.lmcache.health_url
+    return url.rsplit("/", 1)[0] + "/metrics" if plan.lmcache.mode == "server" and url else None
 
 
 def lmcache_status_url(plan: Plan) -> str | None:
-    url = plan.lmcache_health_url
+    url = plan.lmcache.health_url
     return url.rsplit("/", 1)[0] + "/status" if url else None
 
 
@@ -132,10 +132,10 @@ def take(plan: Plan, run: RunDir) -> Snapshot:
 
     base = api_base(plan)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        vllm_metrics = pool.submit(get, f"{base}/metrics" if plan.vllm_argv else None, api_headers(plan))
+        vllm_metrics = pool.submit(get, f"{base}/metrics" if plan.vllm.argv else None, api_headers(plan))
         lmc_metrics = pool.submit(get, lmcache_metrics_url(plan))
         lmc_status = pool.submit(get, lmcache_status_url(plan))
-        disk_used = pool.submit(dir_bytes, plan.disk.path) if plan.disk else None
+        disk_used = pool.submit(dir_bytes, plan.lmcache.disk.path) if plan.lmcache.disk else None
         processes = pool.submit(_processes, run)
         snap.supervisor_up, snap.processes = processes.result()
         vm = vllm_metrics.result()
@@ -148,11 +148,11 @@ def take(plan: Plan, run: RunDir) -> Snapshot:
         m = parse_metrics(vm.text)
         snap.gpu_prefix_hit_rate = ratio(m.get(VLLM_HITS), m.get(VLLM_QUERIES))
     lmc = parse_metrics(lm.text) if lm is not None else {}
-    if plan.lmcache_mode == "server":
+    if plan.lmcache.mode == "server":
         snap.lmcache_up = lm is not None or ls is not None
         snap.lmcache_metrics_text = lm.text if lm is not None else None
-    cpu_gib = plan.appliance.get("cpu_tier_gib")
-    if plan.lmcache_mode and cpu_gib:
+    cpu_gib = plan.tiers.cpu_tier_gib
+    if plan.lmcache.mode and cpu_gib:
         usage = None
         if ls is not None:
             try:
@@ -163,10 +163,10 @@ def take(plan: Plan, run: RunDir) -> Snapshot:
                            "used_bytes": usage[0] if usage else None,
                            "hit_rate": ratio(lmc.get(LMC_HIT_L1), lmc.get(LMC_REQUESTED)),
                            "path": None})
-    if plan.disk:
-        snap.tiers.append({"name": "disk", "capacity_bytes": int(plan.disk.max_size_gib * GIB),
+    if plan.lmcache.disk:
+        snap.tiers.append({"name": "disk", "capacity_bytes": int(plan.lmcache.disk.max_size_gib * GIB),
                            "used_bytes": du, "hit_rate": ratio(lmc.get(LMC_HIT_L2), lmc.get(LMC_REQUESTED)),
-                           "path": plan.disk.path})
+                           "path": plan.lmcache.disk.path})
     return snap
 
 

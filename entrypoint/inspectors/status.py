@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_STARTED
     snap = snapshot.take(plan, run)
     d = {"version": version(), "model": plan.model, "served_model_name": plan.served_model_name,
-         "kv_offloading": plan.lmcache_mode or "off",
-         "shared_store_url": (plan.shared_store or {}).get("url"), "role": plan.role,
-         "lmcache_server_url": (plan.lmcache_server or {}).get("url"), **snap.to_dict()}
+         "kv_offloading": plan.lmcache.mode or "off",
+         "shared_store_url": plan.lmcache.shared_store and plan.lmcache.shared_store.url, "role": plan.role,
+         "lmcache_server_url": plan.lmcache.server and plan.lmcache.server.url, **snap.to_dict()}
     print(json.dumps(d, indent=2) if a.format == "json" else text(d))
     down = not snap.supervisor_up or any(proc["state"] != "RUNNING" for proc in snap.processes)
     return EXIT_DOWN if down else 0

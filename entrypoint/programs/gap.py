@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str, event: str = "message", level: str = "info", **fields) -> None:
         applog.emit(NAME, message, level=level, event=event, stream=sys.stdout, text_prefix="", **fields)
 
-    gap = Gap(plan.api_host, plan.api_port, int(plan.appliance["APPLIANCE_GAP_RETRY_AFTER"]),
+    gap = Gap(plan.api_host, plan.api_port, int(plan.appliance.gap_retry_after),
               run.root / GAP_OFF, say, state_file=run.root / GAP_STATE)
     signal.signal(signal.SIGTERM, lambda *_: gap.stopping.set())
     gap.run()

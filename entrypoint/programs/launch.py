@@ -64,7 +64,7 @@ def server_environment(plan: Plan, extra: dict[str, str], environ=None) -> dict[
     plan are taken from the environment, where `serve` put their real values."""
     env = dict(os.environ if environ is None else environ)
     env.pop(SECRET_ARGV_VAR, None)
-    for name in plan.vllm_env_removed:
+    for name in plan.vllm.env_removed:
         env.pop(name, None)
     for name, value in extra.items():
         if REDACTED in value and name in env:
@@ -76,18 +76,18 @@ def server_environment(plan: Plan, extra: dict[str, str], environ=None) -> dict[
 def vllm_environment(plan: Plan, environ=None) -> dict[str, str]:
     """vLLM's: without the secrets only the LMCache server needs (the shared store's password, which `serve`
     put in the environment supervisord passes to every program)."""
-    env = server_environment(plan, plan.vllm_env, environ)
-    for name in plan.lmcache_env:
-        if is_secret_name(name) and name not in plan.vllm_env:
+    env = server_environment(plan, plan.vllm.env, environ)
+    for name in plan.lmcache.env:
+        if is_secret_name(name) and name not in plan.vllm.env:
             env.pop(name, None)
     return env
 
 
 def lmcache_environment(plan: Plan, environ=None) -> dict[str, str]:
     """The LMCache server's: as vLLM's, without the secrets only vLLM needs (its API key, the HF token)."""
-    env = server_environment(plan, plan.lmcache_env, environ)
+    env = server_environment(plan, plan.lmcache.env, environ)
     for name in (*SECRET_NAMES, *FILE_SECRETS.values()):
-        if name not in plan.lmcache_env:
+        if name not in plan.lmcache.env:
             env.pop(name, None)
     return env
 
@@ -100,8 +100,8 @@ def server_argv(name: str, argv: list[str], environ=None) -> list[str]:
 def secret_argv_values(plan: Plan) -> str:
     """For `serve`: {program: {index: value}} for every argv position the plan file redacts."""
     out, written = {}, plan.to_dict()  # what the plan file holds, redacted and masked
-    for name, argv, shown_argv in (("vllm", plan.vllm_argv, written["vllm"]["argv"]),
-                                   ("lmcache", plan.lmcache_argv or [], written["lmcache"]["argv"] or [])):
+    for name, argv, shown_argv in (("vllm", plan.vllm.argv, written["vllm"]["argv"]),
+                                   ("lmcache", plan.lmcache.argv or [], written["lmcache"]["argv"] or [])):
         hidden = {str(i): real for i, (real, shown) in enumerate(zip(argv, shown_argv)) if real != shown}
         if hidden:
             out[name] = hidden
@@ -196,14 +196,14 @@ def gpu_wait(plan: Plan) -> tuple[float, int, float]:
 
 def lmcache_wait_url(plan: Plan) -> tuple[str | None, str]:
     """The LMCache server vLLM needs before it starts: its own, or a kv-server's (LMCACHE_SERVER)."""
-    if plan.lmcache_server:
-        return plan.lmcache_server["health_url"], f"the LMCache server {plan.lmcache_server['url']} (LMCACHE_SERVER)"
-    return plan.lmcache_health_url, "the LMCache server"
+    if plan.lmcache.server:
+        return plan.lmcache.server.health_url, f"the LMCache server {plan.lmcache.server.url} (LMCACHE_SERVER)"
+    return plan.lmcache.health_url, "the LMCache server"
 
 
 def wait_for_lmcache(plan: Plan) -> bool:
     url, what = lmcache_wait_url(plan)
-    budget = float(plan.appliance["APPLIANCE_LMCACHE_WAIT"])
+    budget = float(plan.appliance.lmcache_wait)
     start, next_note = time.monotonic(), 10.0
     while True:
         try:
@@ -213,7 +213,7 @@ def wait_for_lmcache(plan: Plan) -> bool:
             pass
         waited = time.monotonic() - start
         if waited >= budget:
-            where = "see the lmcache lines above" if not plan.lmcache_server else "see that container's output"
+            where = "see the lmcache lines above" if not plan.lmcache.server else "see that container's output"
             log(f"error: {what} did not become healthy at {url} within {budget:g} s "
                 f"(APPLIANCE_LMCACHE_WAIT); {where}")
             return False
@@ -272,7 +272,7 @@ def restart_lmcache_for_gpu(plan: Plan, run: RunDir, why: str) -> bool:
     """Restart this appliance's LMCache server: its exit unmaps every vLLM KV cache it still holds (its CPU tier
     starts empty; the disk tier stays). Only a server mode LMCache of this appliance; False where there is none
     or supervisord would not do it."""
-    if plan.lmcache_mode != "server" or not plan.lmcache_argv:
+    if plan.lmcache.mode != "server" or not plan.lmcache.argv:
         return False
     log(f"{why}: restarting the LMCache server, which still maps it (its CPU tier starts empty, the disk tier "
         "stays)")
@@ -294,9 +294,9 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
                                            f"{GPU_MEMORY_WAIT:g} s")
     if lmcache_wait_url(plan)[0] and not wait_for_lmcache(plan):
         return gave_up(run, "vllm") if run else 1
-    argv = server_argv("vllm", plan.vllm_argv)
+    argv = server_argv("vllm", plan.vllm.argv)
     shared = None
-    if plan.appliance.get("APPLIANCE_GAP_ANSWER") and run:
+    if plan.appliance.gap_answer and run:
         shared = shared_port_argv(argv, plan.api_port)
         if shared is None:
             # Not a Python program: it cannot share the port, so the gap program lets go of it until this
@@ -315,7 +315,7 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
         cut = shared.index("--")
         target = shared[cut + 1:]
         is_vllm_cli = target[:2] == ["-m", VLLM_CLI_MODULE] or os.path.basename(target[0]) == "vllm"
-        wait = f"{share:g},{tp},{limit:g}" + (f",{held}" if held and plan.lmcache_mode == "server" else "")
+        wait = f"{share:g},{tp},{limit:g}" + (f",{held}" if held and plan.lmcache.mode == "server" else "")
         shared[cut:cut] = [*(["--preload", VLLM_CLI_MODULE] if is_vllm_cli else []), "--gpu-wait", wait]
     elif not reuse_port.wait_for_gpu_memory(*gpu_wait(plan)) and run \
             and restart_lmcache_for_gpu(plan, run, "the GPU memory is still held"):
@@ -362,11 +362,11 @@ def shared_port_argv(argv: list[str], port: int) -> list[str] | None:
 
 def lmcache(plan: Plan, run: RunDir | None = None) -> int:
     bind = "0.0.0.0" if plan.role == "kv-server" else "127.0.0.1"  # as kv_tiers planned it
-    ports = [(bind, int(plan.appliance["APPLIANCE_LMCACHE_PORT"])),
-             (bind, int(plan.appliance["APPLIANCE_LMCACHE_HTTP_PORT"]))]
+    ports = [(bind, int(plan.appliance.lmcache_port)),
+             (bind, int(plan.appliance.lmcache_http_port))]
     if not wait_for_earlier("lmcache") or not wait_for_ports(ports):
         return gave_up(run, "lmcache") if run else 1
-    _exec(run, "lmcache", server_argv("lmcache", plan.lmcache_argv or []), lmcache_environment(plan))
+    _exec(run, "lmcache", server_argv("lmcache", plan.lmcache.argv or []), lmcache_environment(plan))
     return 1  # not reached
 
 

@@ -56,7 +56,7 @@ class ApplianceCollector:
         info.add_metric([], {"vllm_version": self.versions.get("vllm", ""),
                              "lmcache_version": self.versions.get("lmcache", ""),
                              "served_model_name": p.served_model_name,
-                             "kv_offloading": p.lmcache_mode or "off"})
+                             "kv_offloading": p.lmcache.mode or "off"})
         yield info
         up = GaugeMetricFamily("appliance_program_up", "1 while a supervised program runs.", labels=["program"])
         uptime = GaugeMetricFamily("appliance_program_uptime_seconds", "Seconds since the program last started.",
@@ -97,19 +97,19 @@ class ApplianceCollector:
         yield cap
         yield used
         store = snap.record.get("shared_store")
-        if p.shared_store and store:  # known after the watchdog's first round
+        if p.lmcache.shared_store and store:  # known after the watchdog's first round
             yield GaugeMetricFamily("appliance_shared_store_up", "1 when the shared KV store (LMCACHE_SHARED_URL) "
                                     "answered the watchdog's last PING; 0: serving without it.",
                                     value=1.0 if store.get("up") else 0.0)
             yield CounterMetricFamily("appliance_shared_store_changes", "Times the shared KV store went down or "
                                       "came back since the start.", value=float(store.get("changes", 0)))
         server = snap.record.get("lmcache_server")
-        if p.lmcache_server and server:  # a replica (LMCACHE_SERVER), after the watchdog's first round
+        if p.lmcache.server and server:  # a replica (LMCACHE_SERVER), after the watchdog's first round
             yield GaugeMetricFamily("appliance_lmcache_server_up", "1 when the LMCache server this replica uses "
                                     "(LMCACHE_SERVER) answered the watchdog's last health check.",
                                     value=1.0 if server.get("up") else 0.0)
         gap = gap_state(self.run)
-        if p.appliance.get("APPLIANCE_GAP_ANSWER") and gap is not None:
+        if p.appliance.gap_answer and gap is not None:
             yield GaugeMetricFamily("appliance_gap_holding", "1 while the gap program answers vLLM's port with 503 "
                                     "(vLLM does not listen: starting, restarting, stopping).",
                                     value=1.0 if gap.get("holding") else 0.0)
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = read_plan(argv[0])
     run = RunDir(Path(argv[0]).parent)
-    port = int(plan.appliance["APPLIANCE_METRICS_PORT"])
+    port = int(plan.appliance.metrics_port)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ApplianceCollector(plan, run, versions()))
     while True:  # a port taken by something else: say so and wait for it, never a restart loop

@@ -79,15 +79,15 @@ class Watchdog:
     def __init__(self, plan: Plan, rpc, record: state.Recorder | None = None):
         a = plan.appliance
         self.record = record or state.Recorder(RunDir.of(plan).state)
-        self.grace = float(a["APPLIANCE_STARTUP_TIMEOUT"])
-        self.interval = float(a["APPLIANCE_HEALTH_INTERVAL"])
-        self.timeout = float(a["APPLIANCE_HEALTH_TIMEOUT"])
-        self.limit = int(a["APPLIANCE_HEALTH_FAILURES"])
+        self.grace = float(a.startup_timeout)
+        self.interval = float(a.health_interval)
+        self.timeout = float(a.health_timeout)
+        self.limit = int(a.health_failures)
         self.plan, self.rpc, self.clock = plan, rpc, time.monotonic
         self.http = requests.Session()
         self.base, self.headers = api_base(plan), api_headers(plan)
-        self.vllm = Target("vllm") if plan.vllm_argv else None  # none in the kv-server role
-        self.lmcache = Target("lmcache") if plan.lmcache_health_url else None
+        self.vllm = Target("vllm") if plan.vllm.argv else None  # none in the kv-server role
+        self.lmcache = Target("lmcache") if plan.lmcache.health_url else None
         # When the running LMCache server was spawned (epoch s; None: none runs here). The files it wrote
         # since are its own to evict (prune_disk).
         self.lmcache_since: float | None = None
@@ -112,7 +112,7 @@ class Watchdog:
         info = self.rpc.supervisor.getProcessInfo(t.name)
         if t.name == "lmcache":
             running = info["statename"] in ("STARTING", "RUNNING") and info["pid"]
-            self.lmcache_since = float(info["start"]) if running and self.plan.lmcache_mode == "server" else None
+            self.lmcache_since = float(info["start"]) if running and self.plan.lmcache.mode == "server" else None
         if info["statename"] not in ("STARTING", "RUNNING") or not info["pid"]:
             t.pid, t.ready, t.failures = 0, False, 0
         elif info["pid"] != t.pid:
@@ -195,7 +195,7 @@ class Watchdog:
             return False, self._failure(url, e)
 
     def probe_lmcache(self) -> tuple[bool, str]:
-        url = self.plan.lmcache_health_url
+        url = self.plan.lmcache.health_url
         try:
             r = self._get(url)
         except requests.RequestException as e:
@@ -204,22 +204,22 @@ class Watchdog:
 
     def probe_lmcache_server(self) -> bool:
         """A replica's external LMCache server: recorded, said when it changes; True when it answers."""
-        server = self.plan.lmcache_server
+        server = self.plan.lmcache.server
         try:
-            r = self._get(server["health_url"])
-            up, why = r.status_code == 200, f"{server['health_url']} answered {r.status_code}"
+            r = self._get(server.health_url)
+            up, why = r.status_code == 200, f"{server.health_url} answered {r.status_code}"
         except requests.RequestException as e:
-            up, why = False, self._failure(server["health_url"], e)
+            up, why = False, self._failure(server.health_url, e)
         if self.record.lmcache_server(up, "" if up else why):
             if up:
-                say(NAME, f"the LMCache server {server['url']} (LMCACHE_SERVER) answers")
+                say(NAME, f"the LMCache server {server.url} (LMCACHE_SERVER) answers")
             else:
-                say(NAME, f"warning: the LMCache server {server['url']} (LMCACHE_SERVER) does not answer: {why}. "
+                say(NAME, f"warning: the LMCache server {server.url} (LMCACHE_SERVER) does not answer: {why}. "
                           "vLLM is not restarted for it (its probes are not judged until the server answers)")
         return up
 
     def probe_store(self) -> None:
-        url = self.plan.shared_store["url"]
+        url = self.plan.lmcache.shared_store.url
         up, why = store.probe(self.plan, min(self.timeout, STORE_TIMEOUT_S))
         if self.record.shared_store(up, why):
             if up:
@@ -306,14 +306,14 @@ class Watchdog:
         for t in self.targets():
             if t.running and self.launching(t.pid):
                 t.started_at = self.clock()  # the grace starts when the server itself does
-        if self.plan.shared_store:
+        if self.plan.lmcache.shared_store:
             self.probe_store()
         if self.lmcache and self.lmcache.running and not self.launching(self.lmcache.pid):
             ok, why = self.probe_lmcache()
             if self.judge(self.lmcache, ok, why, self.clock()):
                 self.restart(self.lmcache, then=["vllm"] if self.vllm else [])
                 return
-        server_up = self.probe_lmcache_server() if self.plan.lmcache_server else True
+        server_up = self.probe_lmcache_server() if self.plan.lmcache.server else True
         if self.vllm and self.vllm.running and not self.launching(self.vllm.pid) and server_up:
             ok, why = self.probe_vllm()
             if self.judge(self.vllm, ok, why, self.clock()):
@@ -329,7 +329,7 @@ class Watchdog:
         when the tier is over HARD_OVER of its cap all the same (its eviction did not keep up). From then on
         that server's eviction is stalled, so every later prune takes the tier under its cap on its own, and
         further under it (ALONE_PRUNE_TO) since nothing frees space between prunes."""
-        disk = self.plan.disk
+        disk = self.plan.lmcache.disk
         cap, dirs, since = disk.max_size_gib * disk_prune.GIB, disk_prune.tier_dirs(disk), self.lmcache_since
         alone = since is not None and getattr(self, "evicting_alone_for", None) == since
         removed, freed, held = disk_prune.prune(dirs, cap, written_before=None if alone else since,
@@ -354,8 +354,8 @@ class Watchdog:
         """Prunes on its own period: a round of probes can wait up to HEALTH_TIMEOUT per request, and a
         disk tier written at GB/s must not wait for it. The period is the longest wait: the next prune
         comes sooner when the tier grows fast (prune_wait)."""
-        period = float(self.plan.appliance.get("APPLIANCE_DISK_PRUNE_INTERVAL") or DEFAULT_PRUNE_S)
-        cap = self.plan.disk.max_size_gib * disk_prune.GIB
+        period = float(self.plan.appliance.disk_prune_interval or DEFAULT_PRUNE_S)
+        cap = self.plan.lmcache.disk.max_size_gib * disk_prune.GIB
         wait, last_after, last_at = period, None, time.monotonic()
         while not stop.wait(wait):
             try:
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     dog = Watchdog(read_plan(argv[0]), run.rpc())
     for t in dog.targets():
         dog.refresh(t)
-    if dog.plan.disk:
+    if dog.plan.lmcache.disk:
         threading.Thread(target=dog.prune_loop, args=(threading.Event(),), daemon=True, name="prune").start()
     listener = Listener()
     while True:

@@ -23,7 +23,7 @@ EVENT_BUFFER = 10000  # events queued per listener before supervisord drops the 
 
 def stop_wait_seconds(plan: Plan) -> int:
     """supervisord's stopwaitsecs for vLLM: longer than vLLM's own drain, so requests can finish."""
-    return int(plan.appliance["APPLIANCE_SHUTDOWN_TIMEOUT"]) + VLLM_TEARDOWN_SECONDS
+    return int(plan.appliance.shutdown_timeout) + VLLM_TEARDOWN_SECONDS
 
 
 def _v(text: object) -> str:
@@ -39,7 +39,7 @@ def _command(python: str, module: str, *args: str) -> str:
 
 def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable) -> str:
     a = plan.appliance
-    startup = int(a["APPLIANCE_STARTUP_TIMEOUT"])
+    startup = int(a.startup_timeout)
     sections = [
         "; Rendered by `python -m entrypoint serve` at every start from the launch plan; edits are lost.",
         "[supervisord]",
@@ -109,14 +109,14 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     # restart what a shutdown stops), then vLLM, then LMCache, and the log relay last.
     sections += listener("logs", "entrypoint.programs.logs", "PROCESS_LOG,PROCESS_STATE", 1)
     sections += listener("on-fatal", "entrypoint.programs.on_fatal", "PROCESS_STATE_FATAL", 2)
-    if plan.lmcache_mode == "server":
+    if plan.lmcache.mode == "server":
         sections += program("lmcache", 10, LMCACHE_STOP_SECONDS)
-    if plan.vllm_argv:  # none in the kv-server role (APPLIANCE_ROLE)
+    if plan.vllm.argv:  # none in the kv-server role (APPLIANCE_ROLE)
         sections += program("vllm", 20, stop_wait_seconds(plan))
     sections += listener("watchdog", "entrypoint.programs.watchdog", "PROCESS_STATE,TICK_5", 30)
     # The metrics exporter only reads, so it starts before the servers. It is not what the appliance exists
     # for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).
-    if a.get("APPLIANCE_GAP_ANSWER") and plan.vllm_argv:  # a kv-server has no vLLM port to answer for
+    if a.gap_answer and plan.vllm.argv:  # a kv-server has no vLLM port to answer for
         # The 503 answer while vLLM does not serve its port (gap.py). It starts before vLLM, so that the port
         # answers from the first second, and stops after it (descending priority), so that it answers new
         # connections while vLLM drains at a stop. Like the metrics exporter it is not what the appliance

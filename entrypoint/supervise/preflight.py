@@ -93,7 +93,7 @@ def note_kv_identity(plan: Plan, found: Findings) -> None:
     identity (another model, weights changed in place, a KV-affecting setting, an upgrade), with what changed:
     that KV is never read (its namespace differs) and goes first under the cap (prune). The record is the
     redacted one `config` shows: no secret lands on the volume."""
-    disk, identity = plan.disk, plan.kv_identity
+    disk, identity = plan.lmcache.disk, plan.kv_identity
     if disk is None or not identity or not os.path.isdir(disk.path):
         return
     inputs = plan.to_dict()["kv_identity_inputs"]
@@ -137,10 +137,10 @@ def check_memlock(cpu_gib: float | None, found: Findings) -> None:
 def check_memory(plan: Plan, found: Findings, host: resources.Host | None = None) -> None:
     """A CPU tier larger than the memory the container may use (cgroup limit, else MemAvailable) would be
     OOM-killed, or push vLLM out: refuse, with the size that fits. `config` warns from the same readings."""
-    cpu = plan.appliance.get("cpu_tier_gib")
-    if not cpu or not plan.lmcache_mode:
+    cpu = plan.tiers.cpu_tier_gib
+    if not cpu or not plan.lmcache.mode:
         return
-    problem = cpu_tier_problem(host or resources.Host(), float(cpu), str(plan.appliance.get("cpu_tier_source")))
+    problem = cpu_tier_problem(host or resources.Host(), float(cpu), str(plan.tiers.cpu_tier_source))
     if problem:
         found.errors.append(problem)
 
@@ -150,7 +150,7 @@ def check_shm(plan: Plan, cpu_gib: float | None, parallel: int, found: Findings,
     if parallel > 1:
         need = SHM_FOR_TP
         why.append(f"{parallel} GPU workers (NCCL, vLLM's shared-memory broadcast)")
-    if plan.lmcache_mode == "server" and cpu_gib:
+    if plan.lmcache.mode == "server" and cpu_gib:
         need = max(need, int(cpu_gib * GIB))
         why.append(f"the LMCache server's {cpu_gib:g} GiB CPU tier (shared with vLLM through /dev/shm, else a "
                    "slower copy)")
@@ -243,17 +243,17 @@ def check(plan: Plan, environ: Mapping[str, str] | None = None) -> Findings:
     environ = os.environ if environ is None else environ
     found = Findings()
     check_run_dir(RunDir.of(plan), found)
-    if plan.disk:
-        check_disk_tier(plan.disk, found)
+    if plan.lmcache.disk:
+        check_disk_tier(plan.lmcache.disk, found)
         note_kv_identity(plan, found)
-    cpu = plan.appliance.get("cpu_tier_gib")
+    cpu = plan.tiers.cpu_tier_gib
     parallel = (int(plan.values.get("VLLM_TENSOR_PARALLEL_SIZE") or 1)
                 * int(plan.values.get("VLLM_PIPELINE_PARALLEL_SIZE") or 1))
     check_memory(plan, found)
     check_memlock(cpu, found)
     check_shm(plan, cpu, parallel, found)
-    check_gpu_visible({**environ, **plan.vllm_env}, found)
-    check_gpus(parallel, {**environ, **plan.vllm_env}, found)
+    check_gpu_visible({**environ, **plan.vllm.env}, found)
+    check_gpus(parallel, {**environ, **plan.vllm.env}, found)
     check_shared_store(plan, found, environ)
     return found
 
@@ -262,12 +262,12 @@ STORE_TIMEOUT_S = 5.0
 
 
 def check_shared_store(plan: Plan, found: Findings, environ: Mapping[str, str] | None = None) -> None:
-    if not plan.shared_store:
+    if not plan.lmcache.shared_store:
         return
     ok, why = store.probe(plan, STORE_TIMEOUT_S, environ)
     if ok:
-        found.notes.append(f"the shared KV store {plan.shared_store['url']} answers")
+        found.notes.append(f"the shared KV store {plan.lmcache.shared_store.url} answers")
     else:
-        found.warnings.append(f"the shared KV store {plan.shared_store['url']} (LMCACHE_SHARED_URL) does not "
+        found.warnings.append(f"the shared KV store {plan.lmcache.shared_store.url} (LMCACHE_SHARED_URL) does not "
                               f"answer: {why}. Starting without it: every replica computes its own prefixes until "
                               "it answers (the watchdog keeps probing; appliance_shared_store_up shows it)")

@@ -69,9 +69,9 @@ def write_run_dir(plan: Plan, run: RunDir) -> None:
     for name in (GAP_OFF, GAP_STATE):  # an earlier start's: a pid or a count that mean nothing now (gap.py)
         (run.root / name).unlink(missing_ok=True)
     _write(run.plan, json.dumps(plan.to_dict(), indent=2) + "\n", 0o600)  # secrets redacted
-    if plan.lmcache_mode == "in-process" and plan.lmcache_config_file:
+    if plan.lmcache.mode == "in-process" and plan.lmcache.config_file:
         # JSON is YAML. 0600: an LMCACHE_<KEY> credential (a remote backend's password) is in it as given.
-        _write(Path(plan.lmcache_config_file), json.dumps(plan.lmcache_config, indent=2) + "\n", 0o600)
+        _write(Path(plan.lmcache.config_file), json.dumps(plan.lmcache.config, indent=2) + "\n", 0o600)
     password = secrets.token_hex(16)
     _write(run.password, password + "\n", 0o600)
     _write(run.conf, render(plan, run, password), 0o600)
@@ -81,7 +81,7 @@ def export_secrets(plan: Plan) -> None:
     """Secret values never go to disk: they travel in the environment, which supervisord passes on. Those
     read from *_FILE or an env file are put there now; the programs take them back (launch.py)."""
     shown = plan.to_dict()
-    for env, shown_env in ((plan.vllm_env, shown["vllm"]["env"]), (plan.lmcache_env, shown["lmcache"]["env"])):
+    for env, shown_env in ((plan.vllm.env, shown["vllm"]["env"]), (plan.lmcache.env, shown["lmcache"]["env"])):
         for name, value in env.items():
             if value and shown_env.get(name) != value:  # the plan file has "***" in it (a secret, a URL password)
                 os.environ[name] = value
@@ -171,7 +171,7 @@ def run_supervisord(run: RunDir) -> int:
 
 def serve(plan: Plan, env_file_values: dict[str, str] | None = None) -> int:
     # Every supervised program and listener logs in the format the operator chose (applog reads this).
-    os.environ[applog.ENV] = str(plan.appliance.get("APPLIANCE_LOG_FORMAT") or "text")
+    os.environ[applog.ENV] = str(plan.appliance.log_format or "text")
     found = run_preflight(plan)
     if found is None:
         return EXIT_PREFLIGHT

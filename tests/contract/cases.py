@@ -21,7 +21,7 @@ class Case:
     id: str
     env: dict[str, str]
     overrides: list[str] = field(default_factory=list)
-    mode: str | None = None  # expected plan.lmcache_mode
+    mode: str | None = None  # expected plan.lmcache.mode
     vllm: dict[str, object] = field(default_factory=dict)  # attribute of the parsed serve args -> value
     lmcache: dict[str, object] = field(default_factory=dict)  # mode-specific, see test_plans.py
 

@@ -86,12 +86,12 @@ def fleet(tmp: Path, advertise_ips: tuple[str, str] = ("127.0.0.1", "127.0.0.1")
                 "LMCACHE_COORDINATOR_URL": coordinator, "LMCACHE_COORDINATOR_EVENT_REPORTING": "1",
                 "LMCACHE_COORDINATOR_ADVERTISE_IP": advertise_ips[n], "LMCACHE_COORDINATOR_HEARTBEAT_INTERVAL": "1"})
             assert plan.errors == []
-            assert plan.lmcache_env["LMCACHE_COORDINATOR_URL"] == coordinator
-            assert not any("coordinator" in a for a in plan.lmcache_argv)  # the variables, not flags
+            assert plan.lmcache.env["LMCACHE_COORDINATOR_URL"] == coordinator
+            assert not any("coordinator" in a for a in plan.lmcache.argv)  # the variables, not flags
             log = tmp / f"server-{n}.log"
             with log.open("wb") as out:
-                procs.append(subprocess.Popen(plan.lmcache_argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
-                                              env={**env, **plan.lmcache_env}))
+                procs.append(subprocess.Popen(plan.lmcache.argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
+                                              env={**env, **plan.lmcache.env}))
             servers.append((zmq_port, http_port, procs[-1], log))
         for _, http_port, proc, log in servers:
             wait_ok(f"http://127.0.0.1:{http_port}/healthcheck", proc, log)

@@ -24,7 +24,7 @@ class ParsedServe:
 def parse_serve_argv(parser, argv: list[str]) -> ParsedServe:
     """`vllm serve ...` as vLLM's CLI reads it: parse, the serve checks, the API server checks, engine args.
 
-    `argv` is the full command (plan.vllm_argv): the executable, then `serve`, then what the parser reads.
+    `argv` is the full command (plan.vllm.argv): the executable, then `serve`, then what the parser reads.
     """
     assert argv[:2] == ["vllm", "serve"], f"not a `vllm serve` command: {argv[:2]}"
     from vllm.engine.arg_utils import AsyncEngineArgs

@@ -49,18 +49,18 @@ def connector_url(extra: dict) -> str:
 def test_the_kv_server_role_is_lmcache_servers_argv_on_all_interfaces(lmcache_parser):
     plan = make_plan(None, [], {**CLUSTER_ENV, "APPLIANCE_ROLE": "kv-server"})
     assert plan.errors == []
-    assert (plan.role, plan.lmcache_mode, plan.vllm_argv, plan.vllm_env) == ("kv-server", "server", [], {})
-    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache_argv)
+    assert (plan.role, plan.lmcache.mode, plan.vllm.argv, plan.vllm.env) == ("kv-server", "server", [], {})
+    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache.argv)
     assert (server.mp.host, server.mp.port) == ("0.0.0.0", 6100)
     assert (server.http.http_host, server.http.http_port) == ("0.0.0.0", 6101)
-    assert plan.lmcache_health_url == "http://127.0.0.1:6101/healthcheck"  # its own probes stay inside
+    assert plan.lmcache.health_url == "http://127.0.0.1:6101/healthcheck"  # its own probes stay inside
     storage = server.storage
     assert storage.l1_manager_config.memory_config.size_in_bytes == 5 * GIB
     assert (server.mp.chunk_size, storage.eviction_config.eviction_policy) == (512, "ARC")
     disk, store = storage.l2_adapter_config.adapters
     assert disk.base_path.startswith(DISK + "/") and disk.max_capacity_gb == 20
     assert (store.host, store.port, store.shared, store.password) == ("kv-store", 6379, True, "")
-    assert plan.lmcache_env["LMCACHE_RESP_PASSWORD"] == "store-secret-31"  # the server's environment only
+    assert plan.lmcache.env["LMCACHE_RESP_PASSWORD"] == "store-secret-31"  # the server's environment only
 
 
 @pytest.mark.parametrize("value, url", [
@@ -71,29 +71,29 @@ def test_the_kv_server_role_is_lmcache_servers_argv_on_all_interfaces(lmcache_pa
 def test_a_replica_points_vllms_connector_at_the_kv_server(serve_parser, value, url):
     plan = make_plan(None, [], {**CLUSTER_ENV, "LMCACHE_SERVER": value})
     assert plan.errors == []
-    assert (plan.role, plan.lmcache_mode, plan.lmcache_argv, plan.disk, plan.shared_store) == (
+    assert (plan.role, plan.lmcache.mode, plan.lmcache.argv, plan.lmcache.disk, plan.lmcache.shared_store) == (
         "all", "external", None, None, None)
-    kv = parse_serve_argv(serve_parser, plan.vllm_argv).engine_args.kv_transfer_config
+    kv = parse_serve_argv(serve_parser, plan.vllm.argv).engine_args.kv_transfer_config
     assert (kv.kv_connector, kv.kv_role) == ("LMCacheMPConnector", "kv_both")
     assert kv.kv_connector in registered_kv_connectors()
     extra = kv.kv_connector_extra_config
     assert set(extra) <= connector_extra_config_keys()
     assert extra["lmcache.mp.eager_prefetch"] is True  # vLLM-side settings still apply to the replica
-    assert connector_url(extra) == url == plan.lmcache_server["url"]
+    assert connector_url(extra) == url == plan.lmcache.server.url
     host = url.removeprefix("tcp://").rsplit(":", 1)[0]
-    assert plan.lmcache_server["health_url"] == f"http://{host}:6101/healthcheck"
+    assert plan.lmcache.server.health_url == f"http://{host}:6101/healthcheck"
     # The store's password belongs to the kv-server: not in the replica's vLLM environment, not anywhere.
-    assert "store-secret-31" not in json.dumps(plan.to_dict()) + json.dumps(plan.vllm_env) + " ".join(plan.vllm_argv)
-    assert plan.lmcache_env == {} and "LMCACHE_SHARED_PASSWORD" in plan.vllm_env_removed
+    assert "store-secret-31" not in json.dumps(plan.to_dict()) + json.dumps(plan.vllm.env) + " ".join(plan.vllm.argv)
+    assert plan.lmcache.env == {} and "LMCACHE_SHARED_PASSWORD" in plan.vllm.env_removed
 
 
 def test_both_roles_from_one_env_meet_on_the_same_port(lmcache_parser, serve_parser):
     server = parse_lmcache_server_argv(
-        lmcache_parser, make_plan(None, [], {**CLUSTER_ENV, "APPLIANCE_ROLE": "kv-server"}).lmcache_argv)
+        lmcache_parser, make_plan(None, [], {**CLUSTER_ENV, "APPLIANCE_ROLE": "kv-server"}).lmcache.argv)
     replica = make_plan(None, [], {**CLUSTER_ENV, "LMCACHE_SERVER": "kv-server"})
-    extra = parse_serve_argv(serve_parser, replica.vllm_argv).engine_args.kv_transfer_config.kv_connector_extra_config
+    extra = parse_serve_argv(serve_parser, replica.vllm.argv).engine_args.kv_transfer_config.kv_connector_extra_config
     assert connector_url(extra) == f"tcp://kv-server:{server.mp.port}"
-    assert replica.lmcache_server["health_url"].endswith(f":{server.http.http_port}/healthcheck")
+    assert replica.lmcache.server.health_url.endswith(f":{server.http.http_port}/healthcheck")
 
 
 def _non_loopback_address() -> str | None:
@@ -125,14 +125,14 @@ def test_a_replicas_connector_reaches_a_real_kv_server_on_the_network(tmp_path):
     assert server_plan.errors == [] and replica_plan.errors == []
     log = tmp_path / "lmcache.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(server_plan.lmcache_argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        proc = subprocess.Popen(server_plan.lmcache.argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         # What the replica's launcher waits for, at the address a replica uses.
         deadline = time.monotonic() + 90
         while True:
             try:
-                if requests.get(replica_plan.lmcache_server["health_url"], timeout=1).status_code == 200:
+                if requests.get(replica_plan.lmcache.server.health_url, timeout=1).status_code == 200:
                     break
             except requests.RequestException:
                 pass
@@ -142,7 +142,7 @@ def test_a_replicas_connector_reaches_a_real_kv_server_on_the_network(tmp_path):
         import zmq
         from lmcache.v1.multiprocess.transport.factory import RequestClientFactory
 
-        extra = json.loads(replica_plan.vllm_argv[replica_plan.vllm_argv.index("--kv-transfer-config") + 1])[
+        extra = json.loads(replica_plan.vllm.argv[replica_plan.vllm.argv.index("--kv-transfer-config") + 1])[
             "kv_connector_extra_config"]
         context = zmq.Context()
         client = RequestClientFactory.create(connector_url(extra), context=context)

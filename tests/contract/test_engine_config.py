@@ -35,22 +35,22 @@ def test_vllm_builds_its_engine_config_from_the_plan(name, serve_parser, local_m
     env = {"VLLM_MODEL": local_model, "VLLM_MAX_MODEL_LEN": "4096", **CASES[name]}
     plan = make_plan(None, [], env)
     assert plan.errors == [], plan.errors
-    parsed = parse_serve_argv(serve_parser, plan.vllm_argv)
+    parsed = parse_serve_argv(serve_parser, plan.vllm.argv)
     config = parsed.engine_args.create_engine_config()
 
     assert config.model_config.model == local_model
     assert config.model_config.max_model_len == 4096
     assert config.parallel_config.tensor_parallel_size == plan.values["VLLM_TENSOR_PARALLEL_SIZE"]
     kv = config.kv_transfer_config
-    if plan.lmcache_mode == "server":
+    if plan.lmcache.mode == "server":
         assert kv.kv_connector == "LMCacheMPConnector" and kv.is_kv_transfer_instance
         assert kv.get_from_extra_config("lmcache.mp.port", None) == 6100
         assert kv.get_from_extra_config("lmcache.mp.host", None) == "tcp://127.0.0.1"
         assert config.cache_config.kv_offloading_size is None  # vLLM's own offloading stays off
-    elif plan.lmcache_mode == "in-process":
+    elif plan.lmcache.mode == "in-process":
         assert kv.kv_connector == "LMCacheConnectorV1" and kv.is_kv_transfer_instance
         assert config.scheduler_config.disable_hybrid_kv_cache_manager  # vLLM turns it off for this connector
-    elif plan.lmcache_mode == "native":
+    elif plan.lmcache.mode == "native":
         # vLLM turns --kv-offloading-backend native into its OffloadingConnector sized from the flag.
         assert kv.kv_connector == "OffloadingConnector"
         assert config.cache_config.kv_offloading_backend == "native"

@@ -46,7 +46,7 @@ def _plan(local_model, tmp_path, **env):
 
 
 def _transfer(plan) -> dict:
-    return json.loads(plan.vllm_argv[plan.vllm_argv.index("--kv-transfer-config") + 1])
+    return json.loads(plan.vllm.argv[plan.vllm.argv.index("--kv-transfer-config") + 1])
 
 
 def test_vllm_loads_the_appliances_connector_and_it_salts_every_request(stack, serve_parser, local_model, tmp_path):
@@ -60,7 +60,7 @@ def test_vllm_loads_the_appliances_connector_and_it_salts_every_request(stack, s
     from .parsers import parse_serve_argv
 
     plan = _plan(local_model, tmp_path, VLLM_ENABLE_LORA="true")
-    engine = parse_serve_argv(serve_parser, plan.vllm_argv).engine_args  # vLLM's parser takes the plan as is
+    engine = parse_serve_argv(serve_parser, plan.vllm.argv).engine_args  # vLLM's parser takes the plan as is
     config = KVTransferConfig(**_transfer(plan))
     assert engine.kv_transfer_config.kv_connector_module_path == "entrypoint.lmcache_ext.connector"
     cls = KVConnectorFactory.get_connector_class(config)
@@ -125,18 +125,18 @@ def test_identities_and_adapters_never_see_each_others_chunks(stack, lmcache_par
             _store(server.ctx, keys[stored])
         hits = {name: _resident(server.ctx, k) for name, k in keys.items()}
         assert hits == {"bf16": 2, "fp8": 0, "adapter a": 2, "adapter b": 0}
-        _until(lambda: len(list(Path(bf16.disk.path).glob("*.data"))) == 4)  # written to bf16's disk tier
+        _until(lambda: len(list(Path(bf16.lmcache.disk.path).glob("*.data"))) == 4)  # written to bf16's disk tier
     finally:
         _stop(server)
-    assert Path(bf16.disk.path) != Path(fp8.disk.path)
+    assert Path(bf16.lmcache.disk.path) != Path(fp8.lmcache.disk.path)
     restarted = _server(lmcache_parser, fp8)  # the fp8 start: its own namespace, none of bf16's files
     try:
-        assert list(Path(fp8.disk.path).glob("*.data")) == []
+        assert list(Path(fp8.lmcache.disk.path).glob("*.data")) == []
         assert _resident(restarted.ctx, keys["bf16"]) == 0
     finally:
         _stop(restarted)
     # LMCache names each file after its key, salt last: the identity is readable on the volume
-    salts_on_disk = sorted(p.stem.rsplit("@", 1)[1] for p in Path(bf16.disk.path).glob("*.data"))
+    salts_on_disk = sorted(p.stem.rsplit("@", 1)[1] for p in Path(bf16.lmcache.disk.path).glob("*.data"))
     assert salts_on_disk == sorted([salts["bf16"]] * 2 + [salts["adapter a"]] * 2)
 
 

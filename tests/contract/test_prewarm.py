@@ -24,7 +24,7 @@ def _server(lmcache_parser, plan):
     from lmcache.v1.multiprocess.engine_context import MPCacheServerContext
     from lmcache.v1.multiprocess.ext_server_module import load_server_module_components
 
-    parsed = parse_lmcache_server_argv(lmcache_parser, plan.lmcache_argv)
+    parsed = parse_lmcache_server_argv(lmcache_parser, plan.lmcache.argv)
     bus = init_event_bus(EventBusConfig())
     bus.start()
     ctx = MPCacheServerContext(parsed.storage, chunk_size=parsed.mp.chunk_size)
@@ -94,7 +94,7 @@ def test_lmcache_loads_the_module_from_the_planned_flag(lmcache_parser, prewarm_
         assert spec.module_path == "entrypoint.lmcache_ext.prewarm"
         (module,) = server.modules  # LMCache's loader accepted what the factory returned as an EngineModule
         status = module.report_status()["appliance_prewarm"]
-        assert status["key_file"].startswith(plan.disk.path + "/")
+        assert status["key_file"].startswith(plan.lmcache.disk.path + "/")
         assert status["max_bytes"] == int(0.1 * (1 << 30))
     finally:
         _stop(server)
@@ -107,7 +107,7 @@ def test_hot_chunks_recorded_by_one_server_are_loaded_by_the_next(lmcache_parser
     first = _server(lmcache_parser, plan)
     cold, hot = _keys(10), _keys(10, start=100)
     def disk_files():
-        return [p for p in Path(plan.disk.path).iterdir() if p.suffix == ".data"]
+        return [p for p in Path(plan.lmcache.disk.path).iterdir() if p.suffix == ".data"]
     try:
         _store(first.ctx, cold)
         # LMCache's disk writes read the chunks from the CPU tier (a use): let the cold ones finish first
@@ -152,8 +152,8 @@ def test_a_corrupt_or_foreign_key_file_never_stops_the_server(lmcache_parser, pr
     from pathlib import Path
 
     plan = prewarm_plan(LMCACHE_PREWARM_SIZE="0.1")
-    Path(plan.disk.path).mkdir(parents=True, exist_ok=True)
-    spec = json.loads(plan.lmcache_argv[plan.lmcache_argv.index("--server-module") + 1])
+    Path(plan.lmcache.disk.path).mkdir(parents=True, exist_ok=True)
+    spec = json.loads(plan.lmcache.argv[plan.lmcache.argv.index("--server-module") + 1])
     Path(spec["config"]["key_file"]).write_bytes(content)
     server = _server(lmcache_parser, plan)
     try:
@@ -194,7 +194,7 @@ def test_the_real_lmcache_server_loads_the_module_reads_the_key_file_and_keeps_i
     plan = prewarm_plan(LMCACHE_PREWARM_SIZE="0.1", APPLIANCE_LMCACHE_PORT=str(free_port()),
                         APPLIANCE_LMCACHE_HTTP_PORT=str(http), APPLIANCE_LMCACHE_METRICS_PORT=str(free_port()),
                         APPLIANCE_LMCACHE_COMMAND=f"{sys.executable} -m lmcache.cli.main")
-    spec = json.loads(plan.lmcache_argv[plan.lmcache_argv.index("--server-module") + 1])
+    spec = json.loads(plan.lmcache.argv[plan.lmcache.argv.index("--server-module") + 1])
     path = Path(spec["config"]["key_file"])
     path.parent.mkdir(parents=True)
     if key_file == "recorded":
@@ -205,7 +205,7 @@ def test_the_real_lmcache_server_loads_the_module_reads_the_key_file_and_keeps_i
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     with open(tmp_path / "lmcache.log", "w") as log:
-        server = subprocess.Popen(plan.lmcache_argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(plan.lmcache.argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         def status():
             try:

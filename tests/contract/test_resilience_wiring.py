@@ -38,8 +38,8 @@ def test_vllm_single_api_server_socket_shares_the_port_only_through_reuse_port(s
 
     port = free_port()
     plan = plan_on_port(port, APPLIANCE_GAP_ANSWER="true")
-    assert plan.appliance["APPLIANCE_GAP_ANSWER"] is True
-    args = parse_serve_argv(serve_parser, plan.vllm_argv).args
+    assert plan.appliance.gap_answer is True
+    args = parse_serve_argv(serve_parser, plan.vllm.argv).args
     assert (args.api_server_count or 1) == 1 and not args.headless  # `vllm serve` runs run_server (one API server)
     gap = Gap("127.0.0.1", port, 5)
     assert gap.hold()
@@ -73,7 +73,7 @@ def test_the_connector_settings_that_bound_the_wait_are_read_by_vllm_and_lmcache
     )
 
     plan = plan_on_port(free_port())
-    kv = parse_serve_argv(serve_parser, plan.vllm_argv).engine_args.kv_transfer_config
+    kv = parse_serve_argv(serve_parser, plan.vllm.argv).engine_args.kv_transfer_config
     # vLLM: a failed KV load is recomputed (scheduler.py recompute_kv_load_failures), not an error.
     assert kv.kv_load_failure_policy == "recompute"
     # LMCache's connector resolves its extra config as it will at start (keys, types, values).
@@ -88,19 +88,19 @@ def test_the_connector_settings_that_bound_the_wait_are_read_by_vllm_and_lmcache
 
 def test_in_process_mode_recomputes_failed_loads_too(serve_parser, plan_on_port):
     plan = plan_on_port(free_port(), LMCACHE_MODE="in-process")
-    kv = parse_serve_argv(serve_parser, plan.vllm_argv).engine_args.kv_transfer_config
+    kv = parse_serve_argv(serve_parser, plan.vllm.argv).engine_args.kv_transfer_config
     assert kv.kv_connector == "LMCacheConnectorV1" and kv.kv_load_failure_policy == "recompute"
 
 
 def test_disk_tier_eviction_block_is_lmcaches_own(lmcache_parser, plan_on_port, tmp_path):
     plan = plan_on_port(free_port(), LMCACHE_LOCAL_DISK=str(tmp_path), LMCACHE_MAX_LOCAL_DISK_SIZE="40")
-    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache_argv)
+    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache.argv)
     (adapter,) = server.storage.l2_adapter_config.adapters
     assert adapter.max_capacity_gb == 40.0
     ev = adapter.eviction_config
     assert (ev.eviction_policy, ev.trigger_watermark, ev.eviction_ratio) == (
         "LRU", kv_tiers.L2_TRIGGER_WATERMARK, kv_tiers.L2_EVICTION_RATIO)
-    given = json.loads(plan.lmcache_argv[plan.lmcache_argv.index("--l2-adapter") + 1])
+    given = json.loads(plan.lmcache.argv[plan.lmcache.argv.index("--l2-adapter") + 1])
     assert given["eviction"]["trigger_watermark"] < 1.0
 
 
@@ -150,16 +150,16 @@ def test_lmcache_l2_eviction_holds_its_own_files_not_those_of_an_earlier_server(
 
     mib = 1 << 20
     plan = plan_on_port(free_port(), LMCACHE_LOCAL_DISK=str(tmp_path), LMCACHE_MAX_LOCAL_DISK_SIZE="0.01")
-    (config,) = parse_lmcache_server_argv(lmcache_parser, plan.lmcache_argv).storage.l2_adapter_config.adapters
+    (config,) = parse_lmcache_server_argv(lmcache_parser, plan.lmcache.argv).storage.l2_adapter_config.adapters
     cap = int(config.max_capacity_gb * (1 << 30))
     keys = [ObjectKey(chunk_hash=i.to_bytes(8, "big"), model_name="m", kv_rank=0) for i in range(20)]
 
     first = _create_fs_native_l2_adapter(config)
     state = L2AdapterEvictionState(0, first, config.eviction_config)
     _store(first, keys[:9], mib)  # 9 MiB of a 10.24 MiB cap: over the 0.8 watermark
-    assert first.get_usage().total_bytes_used == 9 * mib == _disk_bytes(plan.disk.path)
+    assert first.get_usage().total_bytes_used == 9 * mib == _disk_bytes(plan.lmcache.disk.path)
     L2EvictionController([state])._check_and_evict(state)  # one pass of its once-a-second loop
-    held = _disk_bytes(plan.disk.path)
+    held = _disk_bytes(plan.lmcache.disk.path)
     assert held <= 0.8 * cap and first.get_usage().total_bytes_used == held  # its own files: evicted
     first.close()
 
@@ -169,8 +169,8 @@ def test_lmcache_l2_eviction_holds_its_own_files_not_those_of_an_earlier_server(
     _store(second, keys[9:16], mib)
     L2EvictionController([state])._check_and_evict(state)
     assert second.get_usage().usage_fraction < config.eviction_config.trigger_watermark  # so: no eviction
-    over = _disk_bytes(plan.disk.path)
+    over = _disk_bytes(plan.lmcache.disk.path)
     assert over > cap, "LMCache alone lets the tier pass its cap after a restart"
-    removed, _freed, _ = disk_prune.prune(disk_prune.tier_dirs(plan.disk), cap)
-    assert removed > 0 and _disk_bytes(plan.disk.path) <= cap
+    removed, _freed, _ = disk_prune.prune(disk_prune.tier_dirs(plan.lmcache.disk), cap)
+    assert removed > 0 and _disk_bytes(plan.lmcache.disk.path) <= cap
     second.close()

@@ -16,7 +16,7 @@ PASSWORD = "pw-that-must-not-leak-7"
 
 
 def _resp_adapters(plan) -> list[dict]:
-    argv = plan.lmcache_argv
+    argv = plan.lmcache.argv
     specs = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "--l2-adapter"]
     return [s for s in specs if s["type"] == "resp"]
 
@@ -25,12 +25,12 @@ def test_password_is_only_in_the_lmcache_servers_environment(lmcache_parser):
     plan = make_plan(None, [], {**BASE, "LMCACHE_SHARED_URL": "redis://kv-store:6379",
                                 "LMCACHE_SHARED_PASSWORD": PASSWORD})
     assert plan.errors == []
-    assert plan.lmcache_env["LMCACHE_RESP_PASSWORD"] == PASSWORD
-    assert "LMCACHE_RESP_PASSWORD" not in plan.vllm_env and "LMCACHE_SHARED_PASSWORD" not in plan.vllm_env
-    assert "LMCACHE_SHARED_PASSWORD" in plan.vllm_env_removed
-    assert PASSWORD not in " ".join(plan.lmcache_argv + plan.vllm_argv)
+    assert plan.lmcache.env["LMCACHE_RESP_PASSWORD"] == PASSWORD
+    assert "LMCACHE_RESP_PASSWORD" not in plan.vllm.env and "LMCACHE_SHARED_PASSWORD" not in plan.vllm.env
+    assert "LMCACHE_SHARED_PASSWORD" in plan.vllm.env_removed
+    assert PASSWORD not in " ".join(plan.lmcache.argv + plan.vllm.argv)
     assert PASSWORD not in json.dumps(plan.to_dict())
-    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache_argv)
+    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache.argv)
     (adapter,) = [a for a in server.storage.l2_adapter_config.adapters if a.shared]
     assert adapter.password == ""
 
@@ -54,9 +54,9 @@ def test_lmcache_resp_factory_takes_the_password_from_the_environment(monkeypatc
     plan = make_plan(None, [], {**BASE, "LMCACHE_SHARED_URL": "redis://kv-store:6390",
                                 "LMCACHE_SHARED_USERNAME": "replica", "LMCACHE_SHARED_PASSWORD": PASSWORD,
                                 "LMCACHE_SHARED_MAX_SIZE": "8"})
-    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache_argv)
+    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache.argv)
     (config,) = [a for a in server.storage.l2_adapter_config.adapters if a.shared]
-    for name, value in plan.lmcache_env.items():
+    for name, value in plan.lmcache.env.items():
         monkeypatch.setenv(name, value)
     _, _, kw = resp_l2_adapter._create_resp_l2_adapter(config)
     assert seen["args"] == ("kv-store", 6390, 8, "replica", PASSWORD)
@@ -69,7 +69,7 @@ def test_lmcache_resp_factory_takes_the_password_from_the_environment(monkeypatc
 def test_url_forms_reach_lmcache_as_host_and_port(lmcache_parser, url, host, port):
     plan = make_plan(None, [], {**BASE, "LMCACHE_SHARED_URL": url})
     assert plan.errors == []
-    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache_argv)
+    server = parse_lmcache_server_argv(lmcache_parser, plan.lmcache.argv)
     (adapter,) = server.storage.l2_adapter_config.adapters
     assert (adapter.host, adapter.port, adapter.shared) == (host, port, True)
     assert _resp_adapters(plan) == [{"type": "resp", "host": host, "port": port, "shared": True}]

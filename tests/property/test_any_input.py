@@ -307,7 +307,7 @@ def test_supervision_probes_what_vllm_really_uses(serve_parser, host, port, serv
         return  # refused: nothing starts, so nothing is supervised
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            args = serve_parser.parse_args(["serve", *plan.vllm_argv[2:]])
+            args = serve_parser.parse_args(["serve", *plan.vllm.argv[2:]])
     except SystemExit:
         event("refused by vLLM's parser")
         return  # vLLM itself refuses the command line (a stray positional, a flag without value): FATAL

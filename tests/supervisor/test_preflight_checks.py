@@ -54,7 +54,7 @@ def fails_preflight(a, *expected: str) -> str:
 
 
 def tier_of(env) -> str:
-    return make_plan(None, [], environ=env).disk.path
+    return make_plan(None, [], environ=env).lmcache.disk.path
 
 
 @pytest.mark.parametrize("exists", [False, True], ids=["to-create", "existing"])

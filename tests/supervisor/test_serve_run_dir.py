@@ -110,7 +110,7 @@ def test_disk_tier_is_pruned_to_its_cap_at_start_and_while_running(appliance, tm
     cap = 1 << 20  # LMCACHE_MAX_LOCAL_DISK_SIZE in GiB below
     env = {"LMCACHE_LOCAL_DISK": str(tmp_path / "kv"), "LMCACHE_MAX_LOCAL_DISK_SIZE": str(cap / (1 << 30))}
     a = appliance(start=False, **env)
-    tier = Path(make_plan(None, [], environ=a.env).disk.path)
+    tier = Path(make_plan(None, [], environ=a.env).lmcache.disk.path)
     tier.mkdir(parents=True)
     files = []
     for i in range(20):  # 20 x 100 KiB = 2 MB over a 1 MiB cap; file 0 is the least recently used

@@ -105,8 +105,8 @@ def test_watchdog_prunes_the_servers_own_files_only_past_the_hard_bound(tmp_path
 
     said = []
     monkeypatch.setattr(watchdog, "say", lambda _name, text: said.append(text))
-    dog = SimpleNamespace(plan=SimpleNamespace(disk=SimpleNamespace(max_size_gib=10_000 / (1 << 30),
-                                                                    path=str(tmp_path), base=str(tmp_path))),
+    disk = SimpleNamespace(max_size_gib=10_000 / (1 << 30), path=str(tmp_path), base=str(tmp_path))
+    dog = SimpleNamespace(plan=SimpleNamespace(lmcache=SimpleNamespace(disk=disk)),
                           record=SimpleNamespace(pruned=lambda *a: None), lmcache_since=1_000.0,
                           evicting_alone_for=None)
     monkeypatch.setattr(watchdog.disk_prune, "tier_dirs", lambda disk: [disk.path])

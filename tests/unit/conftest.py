@@ -15,7 +15,7 @@ def plan_for():
 
 
 def kv_transfer(plan):
-    argv = plan.vllm_argv
+    argv = plan.vllm.argv
     return json.loads(argv[argv.index("--kv-transfer-config") + 1])
 
 

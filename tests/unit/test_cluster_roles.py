@@ -49,7 +49,7 @@ EG = ", e.g. LMCACHE_SERVER=kv-server:5555"
 def test_bad_server_addresses_are_refused_with_the_fix(plan_for, value, problem):
     plan = plan_for({**BASE, "LMCACHE_SERVER": value})
     assert plan.errors == [f"LMCACHE_SERVER={value!r}: {problem}"]
-    assert plan.lmcache_server is None  # nothing of the value reaches vLLM's connector
+    assert plan.lmcache.server is None  # nothing of the value reaches vLLM's connector
     assert kv_transfer(plan)["kv_connector_extra_config"]["lmcache.mp.host"] == "tcp://127.0.0.1"
 
 
@@ -75,7 +75,7 @@ def test_any_server_text_parses_or_is_refused(text):
 def test_an_empty_value_is_unset_as_for_every_setting(plan_for):
     """Compose passes `LMCACHE_SERVER=` for a variable it interpolates empty: that is the ordinary appliance."""
     plan = plan_for({**BASE, "LMCACHE_SERVER": "  "})
-    assert plan.errors == [] and plan.lmcache_mode == "server" and plan.lmcache_server is None
+    assert plan.errors == [] and plan.lmcache.mode == "server" and plan.lmcache.server is None
 
 
 @pytest.mark.parametrize("env, errors", [
@@ -112,9 +112,9 @@ def test_the_servers_settings_are_accepted_and_left_to_the_server_in_a_replica(p
                      "LMCACHE_SHARED_PASSWORD": "pw-77", "LMCACHE_SERVER_EXTRA_ARGS": "--max-workers 2",
                      "LMCACHE_NONBLOCKING_LOOKUP": "false"})
     assert plan.errors == [] and plan.warnings == []
-    assert (plan.lmcache_mode, plan.lmcache_argv, plan.disk, plan.shared_store, plan.lmcache_env) == (
+    assert (plan.lmcache.mode, plan.lmcache.argv, plan.lmcache.disk, plan.lmcache.shared_store, plan.lmcache.env) == (
         "external", None, None, None, {})
-    assert plan.appliance["cpu_tier_gib"] is None  # no tier here: nothing for preflight to check against memory
+    assert plan.tiers.cpu_tier_gib is None  # no tier here: nothing for preflight to check against memory
     transfer = kv_transfer(plan)  # the same connector settings as a replica with its own server
     assert transfer["kv_load_failure_policy"] == "recompute"
     assert transfer["kv_connector_extra_config"] == {
@@ -122,13 +122,13 @@ def test_the_servers_settings_are_accepted_and_left_to_the_server_in_a_replica(p
         "lmcache.mp.mq_timeout": 30.0, "lmcache.mp.nonblocking_lookup_status": False,  # the connector's own
         "appliance.kv_identity": plan.kv_identity,  # and the replica's KV identity, in every chunk key
         "appliance.skip_useless_lookup": False}
-    assert "pw-77" not in str(plan.to_dict()) + str(plan.vllm_env)
+    assert "pw-77" not in str(plan.to_dict()) + str(plan.vllm.env)
 
 
 def test_the_kv_server_ignores_the_api_port_and_warns_about_no_api_key(plan_for):
     plan = plan_for({**KV_SERVER, "VLLM_HOST": "0.0.0.0", "VLLM_PORT": "8080"})  # 8080 = its HTTP port
     assert plan.errors == [] and plan.warnings == []
-    assert plan.vllm_argv == [] and plan.lmcache_health_url == "http://127.0.0.1:8080/healthcheck"
+    assert plan.vllm.argv == [] and plan.lmcache.health_url == "http://127.0.0.1:8080/healthcheck"
 
 
 def test_config_says_what_each_role_runs(capsys, monkeypatch):

@@ -61,12 +61,12 @@ def test_the_replicas_settings_make_a_valid_plan_with_the_shared_store(tmp_path)
     plan = make_plan(str(K8S / "appliance.env"), [], env)
     assert plan.errors == []
     service = by_kind("Service", "kv-store")
-    assert plan.shared_store["host"] == service["metadata"]["name"]
-    assert plan.shared_store["port"] == service["spec"]["ports"][0]["port"]
-    assert plan.lmcache_env["LMCACHE_RESP_PASSWORD"] == "from-the-secret"
+    assert plan.lmcache.shared_store.host == service["metadata"]["name"]
+    assert plan.lmcache.shared_store.port == service["spec"]["ports"][0]["port"]
+    assert plan.lmcache.env["LMCACHE_RESP_PASSWORD"] == "from-the-secret"
     mounts = {m["mountPath"] for m in container("StatefulSet", "replica")["volumeMounts"]}
     assert str(Path(env_value("LMCACHE_SHARED_PASSWORD_FILE")).parent) in mounts
-    assert plan.disk and plan.disk.base in mounts
+    assert plan.lmcache.disk and plan.lmcache.disk.base in mounts
 
 
 def env_value(name: str) -> str:
@@ -138,9 +138,9 @@ def test_the_replicas_register_with_the_coordinator_and_the_router_finds_it(tmp_
     pod_ip = {"LMCACHE_COORDINATOR_ADVERTISE_IP": "10.244.1.7"}  # from the downward API (the patch above)
     plan = make_plan(str(K8S / "appliance.env"), [], {**env, **component_env(), **pod_ip})
     assert plan.errors == []
-    assert plan.lmcache_env["LMCACHE_COORDINATOR_ADVERTISE_IP"] == "10.244.1.7"
-    assert plan.lmcache_env["LMCACHE_COORDINATOR_URL"] == component_env()["LMCACHE_COORDINATOR_URL"]
-    assert plan.lmcache_env["LMCACHE_COORDINATOR_EVENT_REPORTING"] == "1"
+    assert plan.lmcache.env["LMCACHE_COORDINATOR_ADVERTISE_IP"] == "10.244.1.7"
+    assert plan.lmcache.env["LMCACHE_COORDINATOR_URL"] == component_env()["LMCACHE_COORDINATOR_URL"]
+    assert plan.lmcache.env["LMCACHE_COORDINATOR_EVENT_REPORTING"] == "1"
     service = component_doc("Service", "coordinator")
     coordinator = component_doc("Deployment", "coordinator")["spec"]["template"]["spec"]["containers"][0]
     assert coordinator["args"][:2] == ["lmcache", "coordinator"]

@@ -69,7 +69,7 @@ def test_a_link_to_a_regular_file_is_fine(plan_for, tmp_path):
     (tmp_path / "key").write_text(KEY + "\n")
     (tmp_path / "link").symlink_to(tmp_path / "key")
     plan = plan_for({"VLLM_API_KEY_FILE": str(tmp_path / "link")})
-    assert plan.errors == [] and plan.vllm_env["VLLM_API_KEY"] == KEY
+    assert plan.errors == [] and plan.vllm.env["VLLM_API_KEY"] == KEY
 
 
 # -- secrets are one line ----------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_the_programs_still_get_the_real_urls(url_plan):
     written = plan.to_dict()
     hidden = json.loads(secret_argv_values(plan))["vllm"]
     argv = [hidden.get(str(i), a) for i, a in enumerate(written["vllm"]["argv"])]
-    assert argv == plan.vllm_argv and "http://u:pw-tool-77@tools:8080" in argv
+    assert argv == plan.vllm.argv and "http://u:pw-tool-77@tools:8080" in argv
     environ = {"HTTPS_PROXY": URL_VALUES["HTTPS_PROXY"]}  # where `serve` put it (export_secrets)
     env = server_environment(plan, written["vllm"]["env"], environ)
     assert env["HTTPS_PROXY"] == URL_VALUES["HTTPS_PROXY"]

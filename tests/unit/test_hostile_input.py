@@ -56,16 +56,16 @@ def test_the_lmcache_server_address_cannot_become_a_flag(plan_for, value):
     """LMCACHE_SERVER lands in vLLM's --kv-transfer-config JSON: refused before, whatever it holds."""
     plan = plan_for({"LMCACHE_SERVER": value, **LOOPBACK})
     assert len(plan.errors) == 1 and plan.errors[0].startswith(f"LMCACHE_SERVER={value!r}: ")
-    assert plan.lmcache_server is None
-    assert plan.vllm_argv.count("--kv-transfer-config") == 1  # the appliance's own, at its own server
-    assert json.loads(plan.vllm_argv[plan.vllm_argv.index("--kv-transfer-config") + 1])[
+    assert plan.lmcache.server is None
+    assert plan.vllm.argv.count("--kv-transfer-config") == 1  # the appliance's own, at its own server
+    assert json.loads(plan.vllm.argv[plan.vllm.argv.index("--kv-transfer-config") + 1])[
         "kv_connector_extra_config"]["lmcache.mp.host"] == "tcp://127.0.0.1"
 
 
 def test_a_single_value_that_starts_with_a_dash_is_passed_in_the_equals_form(plan_for):
     plan = plan_for({"VLLM_TOKENIZER": "-odd-tokenizer", **LOOPBACK})
     assert plan.errors == []
-    assert "--tokenizer=-odd-tokenizer" in plan.vllm_argv and "-odd-tokenizer" not in plan.vllm_argv
+    assert "--tokenizer=-odd-tokenizer" in plan.vllm.argv and "-odd-tokenizer" not in plan.vllm.argv
 
 
 # -- 2. the appliance owns what supervision depends on ---------------------------------------------------
@@ -116,7 +116,7 @@ def test_overrides_after_serve_are_followed_by_the_plan_and_supervision(plan_for
                     ["--port", "9001", "--served-model-name", "b", "--host", "127.0.0.1"])
     assert plan.errors == []
     assert (plan.api_host, plan.api_port, plan.served_model_name) == ("127.0.0.1", 9001, "b")
-    assert plan.vllm_argv.count("--port") == 1 and plan.vllm_argv.count("--served-model-name") == 1
+    assert plan.vllm.argv.count("--port") == 1 and plan.vllm.argv.count("--served-model-name") == 1
 
 
 @pytest.mark.parametrize("extra, error", [
@@ -135,7 +135,7 @@ def test_owned_lmcache_server_flags(plan_for, extra, error):
 
 def test_a_second_l2_adapter_is_allowed(plan_for):
     plan = plan_for({"LMCACHE_SERVER_EXTRA_ARGS": '--l2-adapter \'{"type":"mock"}\'', **LOOPBACK})
-    assert plan.errors == [] and plan.lmcache_argv[-2:] == ["--l2-adapter", '{"type":"mock"}']
+    assert plan.errors == [] and plan.lmcache.argv[-2:] == ["--l2-adapter", '{"type":"mock"}']
 
 
 # -- 3. secrets ------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_vllm_hf_token_is_hidden_in_values_and_json(plan_for):
     shown = json.dumps(plan.to_dict())
     assert "hf_planted_value" not in shown
     assert plan.to_dict()["values"]["VLLM_HF_TOKEN"] == "***"
-    assert plan.vllm_argv[plan.vllm_argv.index("--hf-token") + 1] == "hf_planted_value"  # vLLM gets it
+    assert plan.vllm.argv[plan.vllm.argv.index("--hf-token") + 1] == "hf_planted_value"  # vLLM gets it
 
 
 def test_every_value_of_a_multi_value_api_key_is_hidden(plan_for):
@@ -195,7 +195,7 @@ def test_a_secret_in_a_json_argument_is_hidden(plan_for):
     plan = plan_for({"LMCACHE_SERVER_EXTRA_ARGS": f"--l2-adapter '{adapter}'", **LOOPBACK})
     assert plan.errors == []
     assert "planted-pw" not in json.dumps(plan.to_dict())
-    assert plan.lmcache_argv[-1] == adapter  # the server gets it
+    assert plan.lmcache.argv[-1] == adapter  # the server gets it
 
 
 def test_a_second_api_key_on_the_command_line_is_never_quoted(plan_for):
@@ -227,7 +227,7 @@ def test_an_apostrophe_in_the_served_model_name(tmp_path, plan_for):
     env_file.write_text("VLLM_SERVED_MODEL_NAME=bob's-model\n")
     plan = plan_for(LOOPBACK, env_file=str(env_file))
     assert plan.errors == [] and plan.served_model_name == "bob's-model"
-    assert plan.vllm_argv[plan.vllm_argv.index("--served-model-name") + 1] == "bob's-model"
+    assert plan.vllm.argv[plan.vllm.argv.index("--served-model-name") + 1] == "bob's-model"
 
 
 @pytest.mark.parametrize("name", ["VLLM_EXTRA_ARGS", "LMCACHE_SERVER_EXTRA_ARGS", "APPLIANCE_VLLM_COMMAND",
@@ -264,7 +264,7 @@ def test_env_file_interpolation_as_compose_does_it(tmp_path, plan_for):
     plan = plan_for({"SEED": "7", **LOOPBACK}, env_file=str(env_file))
     assert plan.model == "acme/base"
     assert plan.served_model_name == "$ORG"  # single quotes: literal
-    assert plan.vllm_argv[-4:] == ["--seed", "7", "--max-logprobs", "$5"]
+    assert plan.vllm.argv[-4:] == ["--seed", "7", "--max-logprobs", "$5"]
 
 
 def test_a_required_variable_missing_in_interpolation(tmp_path, plan_for):
@@ -307,7 +307,7 @@ def test_config_piped_into_head_exits_quietly():
 def test_max_model_len_as_vllm_reads_it(plan_for, raw, parsed, argv):
     plan = plan_for({"VLLM_MAX_MODEL_LEN": raw})
     assert plan.errors == [] and plan.values["VLLM_MAX_MODEL_LEN"] == parsed
-    assert plan.vllm_argv[plan.vllm_argv.index("--max-model-len") + 1] == argv
+    assert plan.vllm.argv[plan.vllm.argv.index("--max-model-len") + 1] == argv
 
 
 def test_where_the_appliance_is_stricter_it_says_why(plan_for):
@@ -379,22 +379,22 @@ def test_preflight_refuses_a_cpu_tier_larger_than_the_container_memory(plan_for)
 def test_auto_sizes_from_memory_and_says_so(plan_for):
     plan = plan_for({"VLLM_MODEL": "org/m", **LOOPBACK}, host=resources.FixedHost(memory_bytes=24 << 30))
     assert plan.errors == [] and plan.warnings == []
-    assert plan.lmcache_mode == "server"  # on by default, for a model the registry does not know
-    assert plan.lmcache_argv[plan.lmcache_argv.index("--l1-size-gb") + 1] == "12"
-    assert plan.appliance["cpu_tier_source"] == "auto: half of 24.0 GiB (the cgroup memory limit)"
+    assert plan.lmcache.mode == "server"  # on by default, for a model the registry does not know
+    assert plan.lmcache.argv[plan.lmcache.argv.index("--l1-size-gb") + 1] == "12"
+    assert plan.tiers.cpu_tier_source == "auto: half of 24.0 GiB (the cgroup memory limit)"
 
 
 def test_auto_is_capped_by_memlock(plan_for):
     host = resources.FixedHost(memory_bytes=64 << 30, memlock_bytes=3 << 30)
     plan = plan_for({"VLLM_KV_OFFLOADING_SIZE": "auto", **LOOPBACK}, host=host)
-    assert plan.appliance["cpu_tier_gib"] == 3.0
-    assert plan.appliance["cpu_tier_source"] == "auto: the locked-memory limit, 3.0 GiB (ulimit -l)"
+    assert plan.tiers.cpu_tier_gib == 3.0
+    assert plan.tiers.cpu_tier_source == "auto: the locked-memory limit, 3.0 GiB (ulimit -l)"
 
 
 def test_default_offloading_turns_itself_off_with_a_warning_when_nothing_fits(plan_for):
     host = resources.FixedHost(memlock_bytes=8 << 20)
     plan = plan_for({"VLLM_MODEL": "org/m", **LOOPBACK}, host=host)
-    assert plan.errors == [] and plan.lmcache_mode is None
+    assert plan.errors == [] and plan.lmcache.mode is None
     assert plan.warnings == ["KV offloading is off: too little memory for a CPU tier (the locked-memory limit, "
                              "8 MiB (ulimit -l); at least 1 GiB). To have one, raise the locked-memory limit "
                              "(compose `ulimits: {memlock: -1}`, docker run --ulimit memlock=-1); to silence "
@@ -411,14 +411,14 @@ def test_asked_for_offloading_that_cannot_fit_is_an_error(plan_for):
 
 def test_backend_none_turns_offloading_off(plan_for):
     plan = plan_for({"VLLM_MODEL": "org/m", "VLLM_KV_OFFLOADING_BACKEND": "none", **LOOPBACK})
-    assert plan.errors == [] and plan.lmcache_mode is None and plan.warnings == []
+    assert plan.errors == [] and plan.lmcache.mode is None and plan.warnings == []
 
 
 def test_auto_disk_tier_from_free_space_and_what_it_holds(plan_for):
     host = resources.FixedHost(free_bytes=100 << 30, held_bytes=20 << 30)
     plan = plan_for({"LMCACHE_LOCAL_DISK": "true", "LMCACHE_MAX_LOCAL_DISK_SIZE": "auto", **LOOPBACK}, host=host)
-    assert plan.errors == [] and plan.disk.max_size_gib == 96.0
-    assert plan.appliance["disk_tier_source"] == ("auto: 80% of 100.0 GiB free at /var/lib/appliance/kv-disk plus "
+    assert plan.errors == [] and plan.lmcache.disk.max_size_gib == 96.0
+    assert plan.tiers.disk_tier_source == ("auto: 80% of 100.0 GiB free at /var/lib/appliance/kv-disk plus "
                                                   "20.0 GiB it holds")
 
 
@@ -458,7 +458,7 @@ def test_the_lmcache_server_never_gets_vllms_secrets(plan_for):
     lmcache = lmcache_environment(plan, running)
     assert "VLLM_API_KEY" not in lmcache and "HF_TOKEN" not in lmcache and "VLLM_API_KEY_FILE" not in lmcache
     assert lmcache["LMCACHE_RESP_PASSWORD"] == "resp-pw" and SECRET_ARGV_VAR not in lmcache
-    vllm = server_environment(plan, plan.vllm_env, running)
+    vllm = server_environment(plan, plan.vllm.env, running)
     assert vllm["VLLM_API_KEY"] == "sk-1" and vllm["HF_TOKEN"] == "hf-1"
 
 
@@ -504,7 +504,7 @@ def test_give_ups_are_counted_and_reset_by_a_start(tmp_path, monkeypatch):
 
 def test_api_key_spellings_are_written_out_for_the_health_checks(plan_for):
     plan = plan_for({"VLLM_EXTRA_ARGS": "--api_key k1-planted --api-k=k2-planted", **LOOPBACK})
-    assert plan.vllm_argv[-3:] == ["--api-key", "k1-planted", "--api-key=k2-planted"]
+    assert plan.vllm.argv[-3:] == ["--api-key", "k1-planted", "--api-key=k2-planted"]
 
 
 def test_api_key_twice_would_desynchronise_the_probes(plan_for):

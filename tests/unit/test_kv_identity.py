@@ -174,7 +174,7 @@ def test_what_changed_is_said_in_words(plan_for, tmp_path):
     model = _model_dir(tmp_path)
     def identity(extra=None):
         plan = plan_for({**BASE, "VLLM_MODEL": str(model), **(extra or {})})
-        return kv_identity.KvIdentity(plan.kv_identity, **plan.kv_identity_inputs)
+        return kv_identity.KvIdentity(plan.kv_identity, plan.kv_identity_inputs.parts, plan.kv_identity_inputs.files)
     old = identity().manifest()
     weights = model / "model.safetensors"
     os.utime(weights, ns=(1, weights.stat().st_mtime_ns + 5))
@@ -191,21 +191,21 @@ def test_a_start_finds_another_identitys_kv_and_says_why_once(plan_for, tmp_path
         plan = plan_for({**base, **(extra or {})})
         assert plan.errors == []
         found = Findings()
-        check_disk_tier(plan.disk, found)
+        check_disk_tier(plan.lmcache.disk, found)
         note_kv_identity(plan, found)
         return plan, found
     first, found = start()
     assert found.notes == [] and found.warnings == []
-    manifest = json.loads((Path(first.disk.path) / MANIFEST_FILE).read_text())
+    manifest = json.loads((Path(first.lmcache.disk.path) / MANIFEST_FILE).read_text())
     assert manifest["kv_identity"] == first.kv_identity
-    (Path(first.disk.path) / "chunk.data").write_bytes(b"kv")
+    (Path(first.lmcache.disk.path) / "chunk.data").write_bytes(b"kv")
     again, found = start()  # the same identity: same directory, nothing to say
-    assert again.disk.path == first.disk.path and found.notes == []
+    assert again.lmcache.disk.path == first.lmcache.disk.path and found.notes == []
     fp8, found = start({"VLLM_QUANTIZATION": "fp8"})
-    assert fp8.disk.path != first.disk.path
+    assert fp8.lmcache.disk.path != first.lmcache.disk.path
     (note,) = found.notes
-    assert note == (f"the disk tier holds KV of another identity, {Path(first.disk.path).name}: not read by this "
-                    "start (vllm --quantization: not set -> fp8); its files, least recently used, go first when "
+    assert note == (f"the disk tier holds KV of another identity, {Path(first.lmcache.disk.path).name}: not read by "
+                    "this start (vllm --quantization: not set -> fp8); its files, least recently used, go first when "
                     "the tier is over LMCACHE_MAX_LOCAL_DISK_SIZE")
     for path in Path(tmp_path / "kv").rglob("*"):
         if path.is_file():
@@ -231,13 +231,13 @@ def test_tenant_isolation_needs_a_key_and_adds_the_middleware(plan_for):
     for env in ({"VLLM_API_KEY": "k"}, {"VLLM_EXTRA_ARGS": "--api-key k1 k2"}):
         plan = plan_for({**BASE, "APPLIANCE_TENANT_ISOLATION": "true", **env})
         assert plan.errors == []
-        middleware = [plan.vllm_argv[i + 1] for i, a in enumerate(plan.vllm_argv) if a == "--middleware"]
+        middleware = [plan.vllm.argv[i + 1] for i, a in enumerate(plan.vllm.argv) if a == "--middleware"]
         assert middleware == ["entrypoint.vllm_ext.identity.KvIdentityMiddleware",
                               "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware"]
-        assert plan.vllm_env["APPLIANCE_TENANT_SALT"] == "1"  # announced to the coordinator router
+        assert plan.vllm.env["APPLIANCE_TENANT_SALT"] == "1"  # announced to the coordinator router
     plain = plan_for({**BASE, "VLLM_API_KEY": "k"})  # off by default
-    assert "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware" not in plain.vllm_argv
-    assert "APPLIANCE_TENANT_SALT" not in plain.vllm_env
+    assert "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware" not in plain.vllm.argv
+    assert "APPLIANCE_TENANT_SALT" not in plain.vllm.env
 
 
 @pytest.mark.parametrize("raw", ["-x", "'true'", "yes please", "tru\udcff"])

@@ -22,7 +22,7 @@ OFF = {**DISK, "LMCACHE_PREWARM_SIZE": "0"}
 
 
 def module_spec(plan) -> dict | None:
-    argv = plan.lmcache_argv or []
+    argv = plan.lmcache.argv or []
     specs = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "--server-module"]
     assert len(specs) <= 1
     return specs[0] if specs else None
@@ -32,15 +32,15 @@ def test_on_by_default_with_half_the_cpu_tier_and_0_turns_it_off():
     # on by default since the H200 runs of 11-29 (docs/BENCHMARKS.md "Hot prefixes pre-warmed"); 0 is off
     plan = make_plan(None, [], dict(OFF))
     assert plan.errors == [] and module_spec(plan) is None
-    assert plan.appliance["prewarm_gib"] == 0
-    assert make_plan(None, [], dict(ON)).lmcache_argv == make_plan(None, [], dict(DISK)).lmcache_argv
+    assert plan.tiers.prewarm_gib == 0
+    assert make_plan(None, [], dict(ON)).lmcache.argv == make_plan(None, [], dict(DISK)).lmcache.argv
     plan = make_plan(None, [], dict(DISK))
     assert plan.errors == []
     spec = module_spec(plan)
     assert spec["module_path"] == "entrypoint.lmcache_ext.prewarm" and spec["factory_name"] == "build_server_modules"
-    assert spec["config"] == {"key_file": f"{plan.disk.path}/.appliance-prewarm-keys.json",
+    assert spec["config"] == {"key_file": f"{plan.lmcache.disk.path}/.appliance-prewarm-keys.json",
                               "max_bytes": 4 << 30, "record_interval_s": 30}
-    assert plan.appliance["prewarm_gib"] == 4.0 and "auto: 0.5 of the 8 GiB CPU tier" in plan.appliance["prewarm_note"]
+    assert plan.tiers.prewarm_gib == 4.0 and "auto: 0.5 of the 8 GiB CPU tier" in plan.tiers.prewarm_note
 
 
 def test_a_size_and_interval_set_are_used_and_a_size_over_the_cpu_tier_is_capped():
@@ -61,7 +61,7 @@ def test_a_size_and_interval_set_are_used_and_a_size_over_the_cpu_tier_is_capped
 def test_off_where_it_cannot_work_with_the_reason_shown(env, why):
     plan = make_plan(None, [], env)
     assert plan.errors == [] and module_spec(plan) is None
-    assert plan.appliance["prewarm_gib"] == 0.0 and plan.appliance["prewarm_note"].startswith("off: ")
+    assert plan.tiers.prewarm_gib == 0.0 and plan.tiers.prewarm_note.startswith("off: ")
 
 
 @pytest.mark.parametrize("env,message", [
@@ -89,7 +89,7 @@ def test_an_operators_own_server_module_is_added_not_refused():
     own = json.dumps({"module_path": "my_pkg.mod"})
     plan = make_plan(None, [], {**ON, "LMCACHE_SERVER_EXTRA_ARGS": f"--server-module '{own}'"})
     assert plan.errors == []
-    argv = plan.lmcache_argv
+    argv = plan.lmcache.argv
     assert [json.loads(argv[i + 1])["module_path"] for i, a in enumerate(argv) if a == "--server-module"] == [
         kv_tiers.PREWARM_MODULE, "my_pkg.mod"]
 
@@ -123,7 +123,7 @@ def test_bad_values_are_a_clear_error_with_exit_2(name, value, message):
     assert out.returncode == 2, out.stdout
     assert f"error: {name}=" in out.stderr and message in out.stderr
     assert "Traceback" not in out.stderr
-    assert value not in (make_plan(None, [], {**DISK, name: value}).lmcache_argv or [])  # never a flag
+    assert value not in (make_plan(None, [], {**DISK, name: value}).lmcache.argv or [])  # never a flag
 
 
 def opt_words(label: str) -> list[str]:

@@ -45,7 +45,7 @@ def test_defaults():
     plan = make_plan(None, [], {})
     assert plan.errors == []
     a = plan.appliance
-    assert (a["APPLIANCE_GAP_ANSWER"], a["APPLIANCE_GAP_RETRY_AFTER"], a["APPLIANCE_DISK_PRUNE_INTERVAL"]) == (True, 5, 5)
+    assert (a.gap_answer, a.gap_retry_after, a.disk_prune_interval) == (True, 5, 5)
 
 
 def programs(env: dict, tmp_path) -> dict[str, dict[str, str]]:

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from entrypoint import cli
+from entrypoint.config.plan import SharedStore
 from entrypoint.config.settings import StoreURL, ValueProblem, parse_store_url
 
 BASE = {"VLLM_MODEL": "facebook/opt-125m", "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "5",
@@ -38,7 +39,7 @@ def test_bad_urls_are_refused_with_the_fix(plan_for, value, problem):
     shown = value.replace("user:pw@", "***@")  # the refused credentials are not echoed either
     assert plan.errors == [f"LMCACHE_SHARED_URL={shown!r}: {problem}"]
     assert ":pw@" not in plan.errors[0]
-    assert plan.lmcache_argv is None or all(value not in a for a in plan.lmcache_argv)
+    assert plan.lmcache.argv is None or all(value not in a for a in plan.lmcache.argv)
 
 
 @pytest.mark.parametrize("env, errors", [
@@ -88,7 +89,7 @@ def test_password_file_is_read_and_never_shown(plan_for, tmp_path):
     secret.write_text("from-a-file-9\n")
     plan = plan_for({**BASE, **URL, "LMCACHE_SHARED_PASSWORD_FILE": str(secret)})
     assert plan.errors == []
-    assert plan.lmcache_env["LMCACHE_RESP_PASSWORD"] == "from-a-file-9"
+    assert plan.lmcache.env["LMCACHE_RESP_PASSWORD"] == "from-a-file-9"
     assert "from-a-file-9" not in json.dumps(plan.to_dict())
     assert plan.to_dict()["lmcache"]["env"]["LMCACHE_RESP_PASSWORD"] == "***"
 
@@ -113,7 +114,8 @@ def test_hostile_url_exits_2_without_a_traceback(capsys, monkeypatch):
 
 def test_plan_records_the_store_for_the_probes(plan_for):
     plan = plan_for({**BASE, "LMCACHE_SHARED_URL": "redis://[FD00::7]:7000", "LMCACHE_SHARED_USERNAME": "r"})
-    assert plan.shared_store == {"url": "redis://[fd00::7]:7000", "host": "fd00::7", "port": 7000, "username": "r"}
+    assert plan.lmcache.shared_store == SharedStore(url="redis://[fd00::7]:7000", host="fd00::7", port=7000,
+                                                    username="r")
     assert plan.values["LMCACHE_SHARED_URL"] == "redis://[fd00::7]:7000"
 
 

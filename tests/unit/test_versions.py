@@ -47,23 +47,25 @@ def test_the_same_env_is_valid_on_both_stacks(on_stack, env):
     old, new = on_stack(schema_of(**OLD), env), on_stack(new_schema(), env)
     assert old.errors == [] and new.errors == []
     # Every flag explicit: a changed LMCache default changes nothing but the disk namespace.
-    same = lambda argv: [a.replace(old.disk.path, "<disk>") if old.disk else a for a in argv or []]  # noqa: E731
-    new_argv = list(new.lmcache_argv or [])
+    def same(argv):
+        return [a.replace(old.lmcache.disk.path, "<disk>") if old.lmcache.disk else a for a in argv or []]
+    new_argv = list(new.lmcache.argv or [])
     if "--server-module" in new_argv:  # hot-prefix pre-warming: only an LMCache with server modules (0.5.6)
         at = new_argv.index("--server-module")
         del new_argv[at:at + 2]
-        assert "--server-module" not in (old.lmcache_argv or [])
-    assert same(old.lmcache_argv) == [a.replace(new.disk.path, "<disk>") if new.disk else a for a in new_argv]
-    if new.disk:  # the disk namespace names the LMCache version: the new one never reads the old one's files
-        assert new.disk.base == old.disk.base and new.disk.path != old.disk.path
-        assert new.disk.path.endswith(f"__lmcache-{new_schema().lmcache_version}")
+        assert "--server-module" not in (old.lmcache.argv or [])
+    assert same(old.lmcache.argv) == [a.replace(new.lmcache.disk.path, "<disk>") if new.lmcache.disk else a
+                                      for a in new_argv]
+    if new.lmcache.disk:  # the disk namespace names the LMCache version: the new one never reads the old one's files
+        assert new.lmcache.disk.base == old.lmcache.disk.base and new.lmcache.disk.path != old.lmcache.disk.path
+        assert new.lmcache.disk.path.endswith(f"__lmcache-{new_schema().lmcache_version}")
 
 
 def test_arc_eviction_needs_the_lmcache_that_has_it(on_stack):
     env = {**SERVER, "LMCACHE_EVICTION_POLICY": "arc"}
     new = on_stack(new_schema(), env)
     assert new.errors == []
-    assert flag_value(new.lmcache_argv, "--eviction-policy") == "ARC"
+    assert flag_value(new.lmcache.argv, "--eviction-policy") == "ARC"
     assert new.values["LMCACHE_EVICTION_POLICY"] == "ARC"
     old = on_stack(schema_of(**OLD), env)
     assert len(old.errors) == 1
@@ -97,20 +99,20 @@ def test_measured_defaults_where_the_installed_lmcache_has_them(on_stack):
                           "lmcache.mp.mq_timeout", "lmcache.mp.nonblocking_lookup_status", "appliance.kv_identity",
                           "appliance.skip_useless_lookup"}
     assert extra["lmcache.mp.nonblocking_lookup_status"] is False
-    assert flag_value(plan.lmcache_argv, "--l2-prefetch-policy") == "retain"
+    assert flag_value(plan.lmcache.argv, "--l2-prefetch-policy") == "retain"
     old = on_stack(schema_of(**OLD), SERVER)
     assert old.errors == []
     assert "lmcache.mp.nonblocking_lookup_status" not in kv_transfer(old)["kv_connector_extra_config"]
-    assert flag_value(old.lmcache_argv, "--l2-prefetch-policy") == "retain"
+    assert flag_value(old.lmcache.argv, "--l2-prefetch-policy") == "retain"
     back = on_stack(new_schema(), {**SERVER, "LMCACHE_NONBLOCKING_LOOKUP": "true",
                                    "LMCACHE_L2_PREFETCH_POLICY": "default"})
     assert kv_transfer(back)["kv_connector_extra_config"]["lmcache.mp.nonblocking_lookup_status"] is True
-    assert flag_value(back.lmcache_argv, "--l2-prefetch-policy") == "default"
+    assert flag_value(back.lmcache.argv, "--l2-prefetch-policy") == "default"
 
 
 def test_l2_prefetch_policy(on_stack):
     plan = on_stack(new_schema(), {**SERVER, "LMCACHE_L2_PREFETCH_POLICY": "Retain"})
-    assert plan.errors == [] and flag_value(plan.lmcache_argv, "--l2-prefetch-policy") == "retain"
+    assert plan.errors == [] and flag_value(plan.lmcache.argv, "--l2-prefetch-policy") == "retain"
 
 
 def test_server_options_are_refused_in_process(on_stack):
@@ -168,10 +170,10 @@ def test_committed_lmcache_schemas_list_the_adapter_types_the_plan_writes():
 
 def test_lookup_workers_default_bound_and_extra_args(on_stack):
     plan = on_stack(new_schema(), SERVER)
-    assert plan.errors == [] and flag_value(plan.lmcache_argv, "--max-cpu-workers") == "1"  # LMCache's own, explicit
-    assert flag_value(on_stack(schema_of(**OLD), SERVER).lmcache_argv, "--max-cpu-workers") == "1"
+    assert plan.errors == [] and flag_value(plan.lmcache.argv, "--max-cpu-workers") == "1"  # LMCache's own, explicit
+    assert flag_value(on_stack(schema_of(**OLD), SERVER).lmcache.argv, "--max-cpu-workers") == "1"
     four = on_stack(new_schema(), {**SERVER, "LMCACHE_LOOKUP_WORKERS": "4"})
-    assert four.errors == [] and flag_value(four.lmcache_argv, "--max-cpu-workers") == "4"
+    assert four.errors == [] and flag_value(four.lmcache.argv, "--max-cpu-workers") == "4"
     assert on_stack(new_schema(), {**SERVER, "LMCACHE_LOOKUP_WORKERS": "65"}).errors == [
         "LMCACHE_LOOKUP_WORKERS='65': at most 64 (threads of one pool; more only contend for the same locks), "
         "e.g. LMCACHE_LOOKUP_WORKERS=4"]
@@ -180,4 +182,4 @@ def test_lookup_workers_default_bound_and_extra_args(on_stack):
                             "LMCACHE_LOOKUP_WORKERS"]
     # --max-workers sizes both pools; the lookup pool keeps LMCACHE_LOOKUP_WORKERS (LMCache: the per-pool flag wins)
     both = on_stack(new_schema(), {**SERVER, "LMCACHE_SERVER_EXTRA_ARGS": "--max-workers 2"})
-    assert both.errors == [] and flag_value(both.lmcache_argv, "--max-cpu-workers") == "1"
+    assert both.errors == [] and flag_value(both.lmcache.argv, "--max-cpu-workers") == "1"
