@@ -39,6 +39,10 @@ def format_text(plan: Plan) -> str:
         lines += [f"  {k}={v}" for k, v in sorted(d["vllm"]["env"].items())]
     if d["vllm"]["env_removed"]:
         lines += ["", "Removed from vLLM's environment (translated above): " + ", ".join(d["vllm"]["env_removed"])]
+    if plan.appliance.front_proxy and plan.vllm.argv:
+        host, port = plan.vllm_address
+        lines += ["", f"Front proxy on {plan.api_host}:{plan.api_port}; vLLM behind it on {host}:{port} "
+                      "(APPLIANCE_FRONT_PROXY)"]
     mode = plan.lmcache.mode
     lines += ["", f"KV offloading: {mode or 'off'}"]
     if mode == "server":

@@ -217,6 +217,9 @@ class Builder:
                          if roles.runs_vllm(role) else VllmPart(env_removed=removed))
             plan.model, plan.served_model_name, plan.role = command.model, command.served_model_name, role
             plan.api_host, plan.api_port = command.api_host, command.api_port
+            if (command.vllm_host, command.vllm_port) != (command.api_host, command.api_port):
+                plan.vllm_host, plan.vllm_port = command.vllm_host, command.vllm_port
+            _add(plan, front_proxy(s, role))
             plan.kv_identity = identity.digest
             plan.kv_identity_inputs = KvIdentityInputs(parts=identity.parts, files=identity.files)
             plan.lmcache = LmcachePart(mode=kv.mode, argv=kv.argv, config=kv.config, config_file=kv.config_file,
@@ -245,6 +248,8 @@ class VllmCommand:
     served_model_name: str
     api_host: str
     api_port: int
+    vllm_host: str  # where vLLM listens: the API's address, or loopback behind the front proxy
+    vllm_port: int
     argv: list[str]  # `vllm serve MODEL` and the flags the settings translate to
     flag_setters: dict[str, str]  # vLLM flag -> the variable that put it on the command line
 
@@ -271,6 +276,8 @@ def vllm_command(s: Resolved) -> tuple[VllmCommand, Problems]:
                 found.error(f"{setting.name}: the installed vLLM {s.schema.vllm_version} has no {setting.flag} flag")
                 continue
             value = v[setting.name]
+            if v.get("APPLIANCE_FRONT_PROXY") and setting.name in FRONT_MOVES:  # vLLM behind the proxy
+                value = FRONT_MOVES[setting.name](v)
             if setting.kind == "human_int_or_auto" and value == -1:
                 value = "auto"
             elif setting.kind == "names":
@@ -291,9 +298,31 @@ def vllm_command(s: Resolved) -> tuple[VllmCommand, Problems]:
     if "VLLM_HF_TOKEN" in s.generic_flags:
         found.warn("VLLM_HF_TOKEN puts the token on vLLM's command line; prefer HF_TOKEN")
     command = VllmCommand(model=model, served_model_name=names[0] if names else model,  # vLLM answers to the first
-                          api_host=str(v["VLLM_HOST"]), api_port=int(v["VLLM_PORT"]), argv=argv,
-                          flag_setters=setters)
+                          api_host=str(v["VLLM_HOST"]), api_port=int(v["VLLM_PORT"]),
+                          vllm_host=str(FRONT_MOVES["VLLM_HOST"](v) if v.get("APPLIANCE_FRONT_PROXY")
+                                        else v["VLLM_HOST"]),
+                          vllm_port=int(FRONT_MOVES["VLLM_PORT"](v) if v.get("APPLIANCE_FRONT_PROXY")
+                                        else v["VLLM_PORT"]),
+                          argv=argv, flag_setters=setters)
     return command, found
+
+
+# With the front proxy (APPLIANCE_FRONT_PROXY) the API address is the proxy's; vLLM moves to loopback.
+FRONT_MOVES = {"VLLM_HOST": lambda v: "127.0.0.1", "VLLM_PORT": lambda v: int(v["APPLIANCE_FRONT_VLLM_PORT"])}
+
+
+def front_proxy(s: Resolved, role: str) -> Problems:
+    """APPLIANCE_FRONT_PROXY: vLLM's own port must be free of the others the appliance opens."""
+    found, v = Problems(), s.values
+    if not v.get("APPLIANCE_FRONT_PROXY") or role == roles.KV_SERVER:
+        return found
+    port = int(v["APPLIANCE_FRONT_VLLM_PORT"])
+    for other in ("VLLM_PORT", "APPLIANCE_METRICS_PORT", "APPLIANCE_LMCACHE_PORT", "APPLIANCE_LMCACHE_HTTP_PORT",
+                  "APPLIANCE_LMCACHE_METRICS_PORT"):
+        if other in v and int(v[other]) == port:
+            found.error(f"APPLIANCE_FRONT_VLLM_PORT={port} is also {other}: vLLM behind the front proxy needs a "
+                        f"port of its own, e.g. APPLIANCE_FRONT_VLLM_PORT={port + 10000 if port < 55535 else 18000}")
+    return found
 
 
 def kv_identity_of(s: Resolved, model: str, argv: list[str]) -> tuple[kv_identity.KvIdentity, dict[str, str]]:

@@ -69,6 +69,10 @@ class AppliancePrograms:
     health_failures: int = from_setting("APPLIANCE_HEALTH_FAILURES")
     gap_answer: bool = from_setting("APPLIANCE_GAP_ANSWER")
     gap_retry_after: int = from_setting("APPLIANCE_GAP_RETRY_AFTER")
+    front_proxy: bool = from_setting("APPLIANCE_FRONT_PROXY")
+    front_max_held: int = from_setting("APPLIANCE_FRONT_MAX_HELD")
+    front_max_hold: int = from_setting("APPLIANCE_FRONT_MAX_HOLD")
+    front_max_resends: int = from_setting("APPLIANCE_FRONT_MAX_RESENDS")
     disk_prune_interval: int = from_setting("APPLIANCE_DISK_PRUNE_INTERVAL")
 
 
@@ -80,6 +84,7 @@ PLANNING_ONLY = {
     "APPLIANCE_LMCACHE_METRICS_PORT": "the LMCache server's --prometheus-port in plan.lmcache.argv",
     "APPLIANCE_MODEL_REGISTRY_FILE": "read while planning (the registry's values are in plan.values)",
     "APPLIANCE_ROLE": "plan.role",
+    "APPLIANCE_FRONT_VLLM_PORT": "plan.vllm_port (vLLM's own port behind the front proxy)",
     "APPLIANCE_TENANT_ISOLATION": "vLLM's --middleware and APPLIANCE_TENANT_SALT in plan.vllm.env",
 }
 PLANNING_ONLY_GROUPS = ("Compose", "Router")  # read by compose files and the router, never by `serve`
@@ -299,6 +304,11 @@ class Plan:
         "served_model_name", type="string", **{"not": {"pattern": "^-"}}))
     api_host: str = field(default="0.0.0.0", metadata=_at("api", "host", type="string"))
     api_port: int = field(default=8000, metadata=_at("api", "port", **_PORT))
+    # Where vLLM itself listens when not on the API's address: loopback:APPLIANCE_FRONT_VLLM_PORT behind the front
+    # proxy (APPLIANCE_FRONT_PROXY), which then holds the API port. None: on the API's (vllm_address).
+    vllm_host: str | None = field(default=None, metadata=_at("api", "vllm_host", type=["string", "null"]))
+    vllm_port: int | None = field(default=None, metadata=_at(
+        "api", "vllm_port", anyOf=[_PORT, {"type": "null"}]))
     appliance: AppliancePrograms = field(default_factory=AppliancePrograms, metadata=_at(
         "appliance", description="APPLIANCE_* values the supervised programs read (one per setting)"))
     tiers: KvTiers = field(default_factory=KvTiers, metadata=_at(
@@ -316,6 +326,11 @@ class Plan:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    @property
+    def vllm_address(self) -> tuple[str, int]:
+        """(host, port) vLLM itself listens on: the watchdog and `status` probe it there."""
+        return (self.vllm_host or self.api_host, self.vllm_port or self.api_port)
 
     @property
     def api_url(self) -> str:

@@ -300,8 +300,28 @@ SETTINGS: tuple[Setting, ...] = (
        "so it is never in the path of a request vLLM serves (how it measured under load: docs/RESILIENCE.md).",
        default=True,
        group="Appliance", target="gap program; vLLM's API socket with SO_REUSEPORT"),
-    _s("APPLIANCE_GAP_RETRY_AFTER", "seconds", "Seconds the 503 answer asks clients to wait before they try "
-       "again (its Retry-After header).", default=5, group="Appliance", minimum=1, target="gap program"),
+    _s("APPLIANCE_GAP_RETRY_AFTER", "seconds", "Seconds the 503 answer (of the gap program, or of the front proxy "
+       "past its hold bounds) asks clients to wait before they try again (its Retry-After header).", default=5,
+       group="Appliance", minimum=1, target="gap program; front proxy"),
+    _s("APPLIANCE_FRONT_PROXY", "bool", "Put the front proxy on vLLM's port, in place of the gap program: vLLM "
+       "listens on 127.0.0.1:APPLIANCE_FRONT_VLLM_PORT behind it. While vLLM restarts after a crash, the proxy "
+       "holds new requests and releases them when vLLM serves again, sends again the requests that died with it, "
+       "and continues their streams on the restarted vLLM from the tokens already sent, so that a client reads "
+       "one uninterrupted stream (docs/RESILIENCE.md says which requests cannot be continued). It checks the API "
+       "key itself. Off until its cost per request is measured on a GPU.", default=False, group="Appliance",
+       target="front program on VLLM_HOST:VLLM_PORT; vllm serve --host 127.0.0.1 --port APPLIANCE_FRONT_VLLM_PORT"),
+    _s("APPLIANCE_FRONT_VLLM_PORT", "port", "Port vLLM listens on, on loopback, behind the front proxy "
+       "(APPLIANCE_FRONT_PROXY=true). Never reachable from outside the container.", default=18000,
+       group="Appliance", target="vllm serve --port (with APPLIANCE_FRONT_PROXY)"),
+    _s("APPLIANCE_FRONT_MAX_HELD", "int", "Requests the front proxy holds at once while vLLM is down; more are "
+       "answered 503 with Retry-After at once.", default=1024, group="Appliance", minimum=1,
+       target="front proxy"),
+    _s("APPLIANCE_FRONT_MAX_HOLD", "seconds", "Longest a request waits in the front proxy for vLLM to serve "
+       "again (it covers a restart: the model load included); past it, 503 with Retry-After.", default=120,
+       group="Appliance", minimum=1, target="front proxy"),
+    _s("APPLIANCE_FRONT_MAX_RESENDS", "int", "Times the front proxy sends a request again, or continues its "
+       "stream, after vLLM died under it; past it the client gets 503 (or an error event in its stream).",
+       default=3, group="Appliance", minimum=0, target="front proxy"),
     _s("APPLIANCE_DISK_PRUNE_INTERVAL", "seconds", "Longest wait between the watchdog's prunes of the disk tier "
        "to its cap, a backstop to LMCache's own eviction (which does not see files an earlier LMCache server "
        "wrote). Over the cap, the least recently used files go, down to 90% of it. The next prune comes "

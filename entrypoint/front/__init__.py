@@ -1,2 +1,2 @@
-"""The front proxy on vLLM's port (issue 23, in progress): holds requests while vLLM restarts, sends again what
-died with it, and continues its streams on the restarted vLLM (continuation.py)."""
+"""The front proxy on vLLM's port (APPLIANCE_FRONT_PROXY; run by programs/front.py): holds requests while vLLM
+restarts, sends again what died with it, and continues its streams on the restarted vLLM (continuation.py)."""

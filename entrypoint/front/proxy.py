@@ -39,7 +39,8 @@ SSE_TYPE = "text/event-stream"
 @dataclass(frozen=True)
 class Config:
     upstream: str  # vLLM on loopback, e.g. http://127.0.0.1:18000
-    api_key: str | None = None
+    # The keys vLLM accepts (VLLM_API_KEY, --api-key k1 k2): checked here first; vLLM checks them again.
+    api_keys: tuple[str, ...] = ()
     max_held: int = 1024  # requests waiting for vLLM at once; more get 503 at once
     max_hold_s: float = 120.0  # how long a request may wait for vLLM, in all
     retry_after: int = 5
@@ -96,7 +97,7 @@ class FrontProxy:
             await self.session.close()
 
     def vllm_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        return {"Authorization": f"Bearer {self.config.api_keys[0]}"} if self.config.api_keys else {}
 
     async def probe(self) -> bool:
         """vLLM answers /health 200 and lists its model (whose max_model_len bounds a continued chat)."""
@@ -175,7 +176,7 @@ class FrontProxy:
         if path == "/health":
             if self.stopping or self.ready is None or not self.ready.is_set():
                 return self.own(503, "vLLM is not serving (starting, restarting or stopping)")
-        elif self.config.api_key and path.startswith("/v1/") and not self.authorized(request):
+        elif self.config.api_keys and path.startswith("/v1/") and not self.authorized(request):
             resp = web.json_response({"error": "Unauthorized"}, status=401)  # vLLM's own answer
             resp.headers[HEADER] = "1"
             return resp
@@ -193,8 +194,9 @@ class FrontProxy:
         return await self.forward(request, body, headers, arrived)
 
     def authorized(self, request: web.BaseRequest) -> bool:
-        given = request.headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {self.config.api_key}".encode())
+        given = request.headers.get("Authorization", "").encode()
+        # Every key compared (no early exit): the time taken does not tell which key came close.
+        return sum(hmac.compare_digest(given, f"Bearer {k}".encode()) for k in self.config.api_keys) > 0
 
     def own(self, status: int, reason: str) -> web.Response:
         resp = error_response(status, reason, "service_unavailable" if status == 503 else ERROR_TYPE)

@@ -28,6 +28,14 @@ def api_base(plan: Plan) -> str:
     return f"http://[{host}]:{plan.api_port}" if ":" in host else f"http://{host}:{plan.api_port}"
 
 
+def vllm_base(plan: Plan) -> str:
+    """Where vLLM itself answers: the API's address, or loopback behind the front proxy (plan.vllm_port). The
+    watchdog and `status` probe vLLM here; the healthcheck asks the API port, what clients reach."""
+    host, port = plan.vllm_address
+    host = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _argv_api_key(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv):
         if arg == "--api-key" and i + 1 < len(argv):
@@ -54,6 +62,28 @@ def api_headers(plan: Plan, environ: Mapping[str, str] = os.environ) -> dict[str
             from ..config.load import make_plan
             key = _argv_api_key(make_plan(None, [], environ).vllm.argv)
     return {"Authorization": f"Bearer {key}"} if key and key != REDACTED else {}
+
+
+def api_keys(plan: Plan, environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+    """Every key vLLM accepts: VLLM_API_KEY (or its file) and each value of --api-key (several keys are
+    several tenants). The front proxy checks them itself."""
+    keys = []
+    first = api_headers(plan, environ).get("Authorization", "").removeprefix("Bearer ")
+    if first:
+        keys.append(first)
+    argv = plan.vllm.argv
+    if _argv_api_key(argv):
+        from ..programs.launch import server_argv
+        argv = server_argv("vllm", argv, environ)
+        for i, arg in enumerate(argv):
+            if arg == "--api-key":
+                for value in argv[i + 1:]:
+                    if value.startswith("--"):
+                        break
+                    keys.append(value)
+            elif arg.startswith("--api-key="):
+                keys.append(arg.split("=", 1)[1])
+    return tuple(k for k in dict.fromkeys(keys) if k and k != REDACTED)
 
 
 def load_plan(environ: Mapping[str, str] = os.environ) -> Plan:

@@ -17,7 +17,7 @@ import requests
 
 from ..common import state
 from ..config import resources
-from .healthcheck import api_base, api_headers
+from .healthcheck import api_headers, vllm_base
 from ..rundir import RunDir
 from ..config.plan import Plan
 
@@ -130,7 +130,7 @@ def take(plan: Plan, run: RunDir) -> Snapshot:
         except requests.RequestException:
             return None
 
-    base = api_base(plan)
+    base = vllm_base(plan)
     with ThreadPoolExecutor(max_workers=4) as pool:
         vllm_metrics = pool.submit(get, f"{base}/metrics" if plan.vllm.argv else None, api_headers(plan))
         lmc_metrics = pool.submit(get, lmcache_metrics_url(plan))

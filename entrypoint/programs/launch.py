@@ -296,8 +296,10 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
         return gave_up(run, "vllm") if run else 1
     argv = server_argv("vllm", plan.vllm.argv)
     shared = None
-    if plan.appliance.gap_answer and run:
-        shared = shared_port_argv(argv, plan.api_port)
+    # Started through reuse_port.py also behind the front proxy, where no gap shares the port: vLLM's CLI is then
+    # imported while it waits for GPU memory, off a restart's critical path.
+    if (plan.appliance.gap_answer or plan.appliance.front_proxy) and run:
+        shared = shared_port_argv(argv, plan.vllm_address[1])
         if shared is None:
             # Not a Python program: it cannot share the port, so the gap program lets go of it until this
             # process (vLLM after the exec) is gone (gap.py). The 503 answer then covers the waits only.
@@ -306,7 +308,7 @@ def vllm(plan: Plan, run: RunDir | None = None) -> int:
             (run.root / GAP_OFF).write_text(f"{os.getpid()}\n")
         else:
             (run.root / GAP_OFF).unlink(missing_ok=True)  # an earlier command's: this one shares the port
-    if not wait_for_earlier("vllm") or not wait_for_ports([(plan.api_host, plan.api_port)], shared is not None):
+    if not wait_for_earlier("vllm") or not wait_for_ports([plan.vllm_address], shared is not None):
         return gave_up(run, "vllm") if run else 1
     if shared:
         # The wait for GPU memory (after a crash: the LMCache server's reap, 30 s) happens in reuse_port.py,

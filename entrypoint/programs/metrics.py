@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..common import applog, state
 from ..inspectors import snapshot
+from .front import FRONT_STATE
 from .gap import GAP_STATE
 from ..rundir import RunDir, read_plan
 from ..common.webserver import Limits, Refused, Server, read_body, run_until_signalled
@@ -116,6 +117,9 @@ class ApplianceCollector:
             yield CounterMetricFamily("appliance_gap_answers", "Requests answered with 503 + Retry-After while vLLM "
                                       "did not listen (since the gap program started).",
                                       value=float(gap.get("answered", 0)))
+        front = state_file(self.run, FRONT_STATE)
+        if p.appliance.front_proxy and front is not None:
+            yield from front_families(front)
         if snap.lmcache_up is not None:
             yield GaugeMetricFamily("appliance_lmcache_metrics_up", "1 when the LMCache server's metrics were read "
                                     "at this scrape.", value=1.0 if snap.lmcache_metrics_text else 0.0)
@@ -123,11 +127,37 @@ class ApplianceCollector:
 
 def gap_state(run: RunDir) -> dict | None:
     """The gap program's gap.json (gap.py), or None before it wrote one."""
+    return state_file(run, GAP_STATE)
+
+
+def state_file(run: RunDir, name: str) -> dict | None:
+    """A program's state file in the run directory (gap.json, front.json), or None before it wrote one."""
     try:
-        data = json.loads((run.root / GAP_STATE).read_text())
+        data = json.loads((run.root / name).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def front_families(state: dict):
+    """The front proxy's counters (front.py writes them about every second)."""
+    def number(key: str) -> float:
+        value = state.get(key, 0)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+    yield GaugeMetricFamily("appliance_front_vllm_ready", "1 while the front proxy sees vLLM serve; 0: it holds new "
+                            "requests until vLLM is back.", value=1.0 if state.get("ready") else 0.0)
+    yield GaugeMetricFamily("appliance_front_held", "Requests the front proxy holds now, waiting for vLLM.",
+                            value=number("held"))
+    yield GaugeMetricFamily("appliance_front_queue_age_seconds", "How long the oldest held request has waited.",
+                            value=number("queue_age_seconds"))
+    for key, name, text in (
+            ("held_total", "appliance_front_held_requests", "Requests that waited for vLLM in the front proxy."),
+            ("resent", "appliance_front_resent", "Requests sent again after vLLM died under them."),
+            ("resumed", "appliance_front_resumed", "Streams continued on the restarted vLLM after a crash."),
+            ("dropped", "appliance_front_dropped", "Requests answered 503 past the hold bounds, and streams that "
+                                                   "could not be continued (ended with an error event).")):
+        yield CounterMetricFamily(name, text, value=number(key))
 
 
 def lmcache_families(text: str):

@@ -40,7 +40,7 @@ from supervisor.xmlrpc import Faults
 from ..common import disk_prune, state, store
 from ..common.events import Listener, say, split_payload
 from .gap import HEADER as GAP_HEADER
-from ..inspectors.healthcheck import api_base, api_headers
+from ..inspectors.healthcheck import api_headers, vllm_base
 from ..config.plan import Plan
 from ..rundir import RunDir, read_plan
 from ..inspectors.snapshot import parse_metrics  # prometheus_client's parser, each sample name summed over its label sets
@@ -85,7 +85,7 @@ class Watchdog:
         self.limit = int(a.health_failures)
         self.plan, self.rpc, self.clock = plan, rpc, time.monotonic
         self.http = requests.Session()
-        self.base, self.headers = api_base(plan), api_headers(plan)
+        self.base, self.headers = vllm_base(plan), api_headers(plan)
         self.vllm = Target("vllm") if plan.vllm.argv else None  # none in the kv-server role
         self.lmcache = Target("lmcache") if plan.lmcache.health_url else None
         # When the running LMCache server was spawned (epoch s; None: none runs here). The files it wrote

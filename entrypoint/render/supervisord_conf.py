@@ -116,7 +116,12 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     sections += listener("watchdog", "entrypoint.programs.watchdog", "PROCESS_STATE,TICK_5", 30)
     # The metrics exporter only reads, so it starts before the servers. It is not what the appliance exists
     # for: on-fatal lets the appliance serve on without it (on_fatal.OPTIONAL).
-    if a.gap_answer and plan.vllm.argv:  # a kv-server has no vLLM port to answer for
+    if a.front_proxy and plan.vllm.argv:
+        # The front proxy holds the API port (front.py); vLLM listens on loopback behind it. It starts after vLLM
+        # and stops before it (descending priority): it drains the requests in flight, then vLLM stops. It is
+        # the API: its failure stops the appliance like vLLM's (not in on_fatal.OPTIONAL).
+        sections += _helper_program(python, run, "front", 25, stop_wait_seconds(plan))
+    elif a.gap_answer and plan.vllm.argv:  # a kv-server has no vLLM port to answer for
         # The 503 answer while vLLM does not serve its port (gap.py). It starts before vLLM, so that the port
         # answers from the first second, and stops after it (descending priority), so that it answers new
         # connections while vLLM drains at a stop. Like the metrics exporter it is not what the appliance
@@ -126,14 +131,14 @@ def render(plan: Plan, run: RunDir, password: str, python: str = sys.executable)
     return "\n".join(sections) + "\n"
 
 
-def _helper_program(python: str, run: RunDir, name: str, priority: int) -> list[str]:
+def _helper_program(python: str, run: RunDir, name: str, priority: int, stop_wait: int = 5) -> list[str]:
     """A small appliance program (entrypoint.programs.NAME PLAN_FILE) beside the servers: restarted when it
-    exits, stopped within 5 s, its output in its own log file."""
+    exits, stopped within `stop_wait` s, its output in its own log file."""
     return [
         "", f"[program:{name}]",
         f"command={_command(python, f'entrypoint.programs.{name}', str(run.plan))}",
         f"priority={priority}", "autostart=true", "autorestart=true", "startsecs=1", f"startretries={START_RETRIES}",
-        "stopsignal=TERM", "stopwaitsecs=5", "redirect_stderr=true",
+        "stopsignal=TERM", f"stopwaitsecs={stop_wait}", "redirect_stderr=true",
         f"stdout_logfile={_v(_v(run.log(name)))}", f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
         "stdout_logfile_backups=1", "stdout_events_enabled=true",
     ]

@@ -30,6 +30,9 @@ CASES = [
     Case("no-offloading", {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_MAX_MODEL_LEN": "4096"},
          vllm={"max_model_len": 4096, "kv_transfer_config": None, "kv_offloading_size": None,
                "tensor_parallel_size": 1, "host": "0.0.0.0", "port": 8000, "shutdown_timeout": 30}),
+    Case("front-proxy", {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "APPLIANCE_FRONT_PROXY": "true",
+                         "VLLM_PORT": "9000", "APPLIANCE_FRONT_VLLM_PORT": "19000"},
+         vllm={"host": "127.0.0.1", "port": 19000}),  # vLLM behind the proxy, which holds 9000
     Case("defaults-empty-environment", {}, mode="server",
          vllm={"model": "Qwen/Qwen3-0.6B", "max_model_len": 32768, "tool_call_parser": "hermes",
                "enable_auto_tool_choice": True},

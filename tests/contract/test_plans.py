@@ -40,7 +40,7 @@ def attr(obj, dotted: str):
 def check_vllm_follows_plan(plan, parsed) -> None:
     args, engine = parsed.args, parsed.engine_args
     assert engine.model == plan.model
-    assert (args.host, args.port) == (plan.api_host, plan.api_port)
+    assert (args.host, args.port) == plan.vllm_address  # the API's, or loopback behind the front proxy
     assert args.shutdown_timeout == plan.appliance.shutdown_timeout
     assert engine.tensor_parallel_size == plan.values["VLLM_TENSOR_PARALLEL_SIZE"]
     if "VLLM_MAX_MODEL_LEN" in plan.values:

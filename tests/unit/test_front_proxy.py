@@ -48,7 +48,7 @@ def stack(tmp_path):
     vllm_port, proxy_port = free_ports(2)
     vllm = Vllm(vllm_port, tmp_path)
     vllm.start()
-    server, proxy = serve("127.0.0.1", proxy_port, Config(upstream=f"http://127.0.0.1:{vllm_port}", api_key=KEY,
+    server, proxy = serve("127.0.0.1", proxy_port, Config(upstream=f"http://127.0.0.1:{vllm_port}", api_keys=(KEY,),
                                                            max_hold_s=15, health_interval=0.05))
     base = f"http://127.0.0.1:{proxy_port}"
     deadline = time.monotonic() + 20
