@@ -63,29 +63,32 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 # -- pytest-xdist (scripts/test.sh runs the suites with -n and --dist loadgroup) -----------------------------------
-# Tests of one group run on one worker, one after the other. A test module is one group where its tests share
-# something a second worker would set up again (a module- or session-scoped fixture that starts servers or
-# containers, a slow import) or must not do at the same time; elsewhere each test goes to any free worker.
-# The supervisor tests each start their own `serve` on their own ports and temporary directories: spread out.
-GROUP_BY_MODULE = ("contract", "property", "container")  # suites, by their folder under tests/
-GROUP_MODULES = {"unit/test_router_proxy.py"}  # module-scoped fixtures
+# Tests of one group run on one worker, one after the other; every other test goes to any free worker. A test
+# module is one group when a test of it uses a module-scoped fixture (servers, a registry, a release run: a
+# second worker would set them up again); the supervisor tests each start their own `serve` on ports and
+# directories of their own. SHARED_GROUPS: modules that must not run at the same time as each other.
 SHARED_GROUPS = {
-    # both build and run llm-appliance:drill-old (conftest.old_image), which one build must tag at a time
+    # both build and run llm-appliance:drill-old (container/conftest.py: old_image)
     "container/test_upgrade.py": "drill-old",
     "container/test_compose_release.py": "drill-old",
 }
+
+
+def _uses_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return bool(info) and any(d.scope in ("module", "package", "class")
+                              for defs in info.name2fixturedefs.values() for d in defs)
 
 
 def pytest_collection_modifyitems(config, items):
     if not config.pluginmanager.hasplugin("xdist"):  # e.g. the contract tests inside the product image
         return
     tests = Path(__file__).resolve().parent
+    shared = {str(item.fspath) for item in items if _uses_module_fixture(item)}
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue
         relative = Path(str(item.fspath)).resolve().relative_to(tests).as_posix()
-        group = SHARED_GROUPS.get(relative)
-        if group is None and (relative.split("/")[0] in GROUP_BY_MODULE or relative in GROUP_MODULES):
-            group = relative
+        group = SHARED_GROUPS.get(relative) or (relative if str(item.fspath) in shared else None)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
