@@ -62,33 +62,44 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_line(f"(also in {TIMINGS_FILE})")
 
 
-# -- pytest-xdist (scripts/test.sh runs the suites with -n and --dist loadgroup) -----------------------------------
-# Tests of one group run on one worker, one after the other; every other test goes to any free worker. A test
-# module is one group when a test of it uses a module-scoped fixture (servers, a registry, a release run: a
-# second worker would set them up again); the supervisor tests each start their own `serve` on ports and
-# directories of their own. SHARED_GROUPS: modules that must not run at the same time as each other.
-SHARED_GROUPS = {
-    # both build and run llm-appliance:drill-old (container/conftest.py: old_image)
-    "container/test_upgrade.py": "drill-old",
-    "container/test_compose_release.py": "drill-old",
+# -- pytest-xdist (scripts/test.sh: -n WORKERS --dist loadgroup) ----------------------------------------------------
+# Tests of one group run on one worker, one after the other; every other test goes to any free worker. A module
+# is one group when its tests share a module-scoped fixture (servers, a registry, a release run: a second worker
+# would set them up again); GROUPS also keeps modules that must not run at the same time together. The supervisor
+# tests each start their own `serve` on ports and directories of their own, and spread out.
+#
+# The groups are given by a scheduler of our own (pytest_xdist_make_scheduler) rather than xdist_group marks:
+# pytest-xdist 3.8 marks a group by appending it to item._nodeid, which pytest 9 no longer reads (the test id is
+# item._id), so with the marks --dist loadgroup silently spreads every test. The scheduler runs in the
+# controlling process, which collects nothing: the groups are by path, and
+# tests/unit/test_xdist_groups.py checks that every module with a module-scoped fixture has one.
+GROUPS = {
+    # module-scoped fixtures
+    "tests/unit/test_router_proxy.py": "unit/test_router_proxy.py",
+    "tests/property/test_any_input.py": "property/test_any_input.py",
+    "tests/property/test_hostile_http.py": "property/test_hostile_http.py",
+    "tests/contract/test_coordinator.py": "contract/test_coordinator.py",
+    "tests/contract/test_coordinator_router.py": "contract/test_coordinator_router.py",
+    "tests/container/test_release.py": "container/test_release.py",
+    # both build and run llm-appliance:drill-old (container/conftest.py: old_image); the second also has a
+    # module-scoped registry
+    "tests/container/test_upgrade.py": "drill-old",
+    "tests/container/test_compose_release.py": "drill-old",
 }
 
 
-def _uses_module_fixture(item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    return bool(info) and any(d.scope in ("module", "package", "class")
-                              for defs in info.name2fixturedefs.values() for d in defs)
+def xdist_scope(nodeid: str) -> str:
+    """The group of a test id (rootdir-relative, as pytest-xdist has it): its module's, else the test alone."""
+    return GROUPS.get(nodeid.split("::", 1)[0], nodeid)
 
 
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):  # e.g. the contract tests inside the product image
-        return
-    tests = Path(__file__).resolve().parent
-    shared = {str(item.fspath) for item in items if _uses_module_fixture(item)}
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        relative = Path(str(item.fspath)).resolve().relative_to(tests).as_posix()
-        group = SHARED_GROUPS.get(relative) or (relative if str(item.fspath) in shared else None)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return GroupScheduling(config, log)
