@@ -93,6 +93,7 @@ def xdist_scope(nodeid: str) -> str:
     return GROUPS.get(nodeid.split("::", 1)[0], nodeid)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest alone (the contract tests inside the product image) has no xdist
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadgroup":
         return None
