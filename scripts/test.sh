@@ -9,7 +9,8 @@
 #               rehearsed on it (scripts/release.py --skip-tests: labels, SBOM, layer report, notes; no push)
 # Environment: APPLIANCE_TEST_VENV (default: ~/.cache/appliance/contract-venv-HASH, HASH of versions.env and
 # the install script, so that new pins get a new venv next to the old one), APPLIANCE_TEST_DOCKER=0 to skip
-# starting Docker (the container tests then skip with a reason). Extra arguments go to pytest.
+# starting Docker (the container tests then skip with a reason), APPLIANCE_TEST_WORKERS: pytest-xdist workers
+# (default 4; 0 runs every test in pytest's own process, one at a time). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,4 +40,6 @@ if [ "${APPLIANCE_TEST_DOCKER:-1}" != 0 ]; then
 fi
 
 export TESTCONTAINERS_RYUK_DISABLED=true  # the reaper image cannot be pulled here; fixtures clean up
-exec "$VENV/bin/python" -m pytest tests -ra "$@"
+# The suites in parallel (pytest-xdist): most tests wait on processes and containers rather than use the CPU.
+# Tests that share a module's servers or containers stay together (tests/conftest.py: --dist loadgroup).
+exec "$VENV/bin/python" -m pytest tests -ra -n "${APPLIANCE_TEST_WORKERS:-4}" --dist loadgroup "$@"

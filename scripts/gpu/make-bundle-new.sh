@@ -134,11 +134,11 @@ while todo:
                 todo.append(new)
 PY
 rm -rf "$DEST"/wheels-new-*; i=0; sum=0
-for f in $(ls -S "$DL"/wheels/*.whl); do
-    s=$(stat -c %s "$f")
+# Largest first (size and path from find; wheel names have no spaces).
+while read -r s f; do
     if [ "$sum" -gt 0 ] && [ $((sum + s)) -gt 55000000 ]; then i=$((i + 1)); sum=0; fi
     mkdir -p "$DEST/wheels-new-$i" && cp "$f" "$DEST/wheels-new-$i/"; sum=$((sum + s))
-done
+done < <(find "$DL/wheels" -maxdepth 1 -name '*.whl' -printf '%s %p\n' | sort -rn)
 
 # 4. this checkout's appliance code, scripts and bench tools (bench/*.py: the suites' runner, not bench/runs/),
 #    and the installer
@@ -183,4 +183,5 @@ python3 -m entrypoint.check_lmcache_ops
 SH
 chmod +x "$DEST/install-new.sh"
 du -sh "$DEST"/torch.whl.part* "$DEST"/vllm.tar.xz.part* "$DEST"/wheels-new-* "$DEST/app" | sed 's/^/  /'
-echo "pieces: $(ls -d "$DEST"/torch.whl.part* "$DEST"/vllm.tar.xz.part* "$DEST"/wheels-new-* | wc -l) (one device call each)"
+pieces=("$DEST"/torch.whl.part* "$DEST"/vllm.tar.xz.part* "$DEST"/wheels-new-*)
+echo "pieces: ${#pieces[@]} (one device call each)"

@@ -29,8 +29,9 @@ pack)
         "$ROOT/.gpu-new/install-new.sh" "$tmp/stage-new/"
     tar -C "$tmp" -cf - stage stage-new | split -b "$part" -d - "$dest/part"
     rm -rf "$tmp"
-    ls -l "$dest" | awk 'NR>1{print "  "$9, $5}'
-    echo "$(ls "$dest" | wc -l) parts: one device call each"
+    find "$dest" -maxdepth 1 -type f -printf '  %f %s\n' | sort
+    parts=("$dest"/part*)
+    echo "${#parts[@]} parts: one device call each"
     ;;
 install)
     [ -f /tmp/site-new/.done ] && { echo "already installed in /tmp/site-new"; exit 0; }

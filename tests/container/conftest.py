@@ -11,6 +11,8 @@ so that a missing prerequisite fails instead of skipping.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import re
@@ -92,6 +94,15 @@ def _failed(node) -> bool:
 
 
 # --- session fixtures ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def build_lock():
+    """One docker/build-image.sh at a time on this machine: each pytest-xdist worker has the session fixtures
+    below, and two builds of one out-of-date tag would both build it (the second then finds it up to date)."""
+    with open("/tmp/appliance-image-build.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     try:
@@ -117,7 +128,8 @@ def image(docker_client) -> str:
     if tag:
         docker_client.images.get(tag)  # fails clearly if it does not exist
         return tag
-    result = subprocess.run([str(BUILD_SCRIPT), "test", DEFAULT_TAG], capture_output=True, text=True)
+    with build_lock():
+        result = subprocess.run([str(BUILD_SCRIPT), "test", DEFAULT_TAG], capture_output=True, text=True)
     sys.stderr.write(result.stderr)
     if result.returncode != 0:
         pytest.fail(f"{BUILD_SCRIPT.name} failed:\n{result.stderr[-4000:]}", pytrace=False)
@@ -146,8 +158,9 @@ OLD_TAG = "llm-appliance:drill-old"
 def old_image(image) -> str:
     """The test image built with the previous pins (docker/build-image.sh test, STACK_PINS)."""
     pins = " ".join(f"{k}={v}" for k, v in OLD_PINS.items())
-    result = subprocess.run([str(BUILD_SCRIPT), "test", OLD_TAG], capture_output=True, text=True,
-                            env={**os.environ, "STACK_PINS": pins})
+    with build_lock():
+        result = subprocess.run([str(BUILD_SCRIPT), "test", OLD_TAG], capture_output=True, text=True,
+                                env={**os.environ, "STACK_PINS": pins})
     sys.stderr.write(result.stderr)
     if result.returncode != 0:
         pytest.fail(f"{BUILD_SCRIPT.name} with STACK_PINS={pins!r} failed:\n{result.stderr[-4000:]}", pytrace=False)

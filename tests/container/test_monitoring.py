@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
-import time
 
 import requests
 
@@ -80,7 +79,11 @@ scrape_configs:
         wait_until(lambda: value('appliance_restarts_total{program="vllm",reason="exited"}') == 1, 30,
                    what="the restart in Prometheus")
         assert value('sum(appliance_restarts_total{reason=~"unhealthy|dependency"})') == 0
-        time.sleep(2)  # two more scrapes: the count stays 1 (a counter, not an event per scrape)
+        # Two more scrapes of the appliance's endpoint (seen by their timestamps, not by waiting 2 s): the count
+        # stays 1 (a counter, not an event per scrape).
+        for _ in range(2):
+            scraped = value('timestamp(up{job="appliance"})')
+            wait_until(lambda: value('timestamp(up{job="appliance"})') > scraped, 30, what="another scrape")
         assert value('appliance_restarts_total{program="vllm",reason="exited"}') == 1
 
         # Every panel of the dashboard, its query run by this Prometheus: data, or "not yet" for a metric that

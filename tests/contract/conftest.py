@@ -107,6 +107,10 @@ def regenerated_schema(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def _start_schema_regeneration_early(request):
     """Regenerating takes ~10 s (a fresh process imports vLLM): start it with the first contract test, so that
-    it runs while the others do, when the drift test is among the selected tests."""
+    it runs while the others do, when the drift test is among the selected tests. Not in a pytest-xdist worker:
+    every worker collects every test, so each would start its own; there the drift test starts it itself, while
+    the other workers run on."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any(getattr(item, "originalname", item.name) == DRIFT_TEST for item in request.session.items):
         request.getfixturevalue("regenerated_schema")

@@ -16,15 +16,10 @@ import subprocess
 import time
 
 import pytest
+from ports import free_port
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (scripts/ci/install-redis.sh)")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _store(port: int) -> subprocess.Popen:
@@ -75,7 +70,7 @@ def native():
 
 
 def test_after_a_store_restart_every_write_fails_until_a_new_client(native):
-    port = _port()
+    port = free_port()
     store = _store(port)
     try:
         client = native(port)
@@ -99,7 +94,7 @@ def test_after_a_store_restart_every_write_fails_until_a_new_client(native):
 
 
 def test_a_client_started_while_the_store_is_down_never_completes(native):
-    port = _port()
+    port = free_port()
     client = native(port)
     assert _set(client, ["early"], timeout=2) is None  # its workers exited at "connection failed"
     store = _store(port)

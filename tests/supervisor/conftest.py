@@ -1,16 +1,12 @@
 """Fixtures of the supervisor tests (helpers in appliance_harness.py). Timings go to the test report
-(record_property), the terminal summary and RESULTS."""
+(record_property); tests/conftest.py gathers them from the reports into the terminal summary and a file."""
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 
 from appliance_harness import Appliance, base_env
 
-RESULTS = Path(os.environ.get("APPLIANCE_SUPERVISOR_RESULTS", "/tmp/appliance-supervisor-timings.txt"))
-TIMINGS: list[tuple[str, str, float]] = []
+TIMING_PROPERTY = "timing: "  # what tests/conftest.py gathers ("conftest" names another module in each suite)
 
 
 @pytest.fixture
@@ -37,22 +33,10 @@ def appliance(tmp_path):
 
 
 @pytest.fixture
-def timing(request, record_property):
-    """timing(label, seconds): into the test report, the terminal summary and RESULTS."""
+def timing(record_property):
+    """timing(label, seconds): into the test report, and from there the terminal summary and the timings file
+    (tests/conftest.py: with pytest-xdist the reports are what reaches the controlling process)."""
     def record(label: str, seconds: float) -> None:
-        if not TIMINGS:
-            RESULTS.write_text("")
-        TIMINGS.append((request.node.name, label, seconds))
-        record_property(label, round(seconds, 3))
-        with RESULTS.open("a") as f:
-            f.write(f"{request.node.name}\t{label}\t{seconds:.2f} s\n")
+        record_property(TIMING_PROPERTY + label, round(seconds, 3))
         print(f"TIMING {label}: {seconds:.2f} s")
     return record
-
-
-def pytest_terminal_summary(terminalreporter):
-    if TIMINGS:
-        terminalreporter.section("supervisor timings")
-        for test, label, seconds in TIMINGS:
-            terminalreporter.write_line(f"{seconds:7.2f} s  {label}  ({test})")
-        terminalreporter.write_line(f"(also in {RESULTS})")

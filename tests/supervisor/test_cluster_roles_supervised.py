@@ -5,11 +5,14 @@ judged, so not restarted, while it is down; the watchdog, `status` and the metri
 back."""
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
@@ -45,6 +48,34 @@ def kv_server(appliance, tmp_path, name: str, ports: dict[str, str] | None = Non
     """A kv-server appliance in its own run and control directories (ports: reuse another's)."""
     return appliance(APPLIANCE_ROLE="kv-server", APPLIANCE_RUN_DIR=tmp_path / name / "run",
                      STUB_CONTROL_DIR=tmp_path / name / "control", **(ports or {}))
+
+
+@contextlib.contextmanager
+def down_server(port: int):
+    """A kv-server that is down but whose port answers: 503 to every request. Yields the times of the health
+    probes (GET /healthcheck) it answered; the replica's watchdog sends one a round."""
+    probes: list[float] = []
+
+    class Down(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if self.path == "/healthcheck":
+                probes.append(time.monotonic())
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Down)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield probes
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def server_ready(server) -> bool:
@@ -123,8 +154,12 @@ def test_a_replica_waits_for_its_kv_server_and_outlives_it(appliance, tmp_path):
         assert r.completion().status_code == 200
     # Worse: vLLM hangs meanwhile (as a real one may, its lookups waiting for the server). It is not judged
     # while its server is down: a restart would only wait for the server in the launcher, and give up.
+    # Six watchdog rounds, counted (twice APPLIANCE_HEALTH_FAILURES=3), not six seconds of a busy machine: the
+    # server's port answers 503 meanwhile, which is down as well, and each round asks it once.
     r.trigger("vllm-hang")
-    time.sleep(6)  # six watchdog rounds (APPLIANCE_HEALTH_INTERVAL=1, APPLIANCE_HEALTH_FAILURES=3)
+    wait_until(lambda: not (r.control / "vllm-hang").exists(), 10, "the stub to take the hang trigger")
+    with down_server(int(http_port)) as rounds:
+        wait_until(lambda: len(rounds) >= 6, 60, "six watchdog rounds with the kv-server down")
     assert r.info("vllm")["pid"] == vllm_pid and "probe failed" not in r.output()
 
     # It comes back (a new kv-server container on the same ports): reported up again, and now the hung vLLM

@@ -2,9 +2,8 @@
 started through reuse_port.py, vLLM's CLI is imported first and the wait comes after it."""
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from entrypoint.config.plan import Plan
 from entrypoint.programs import launch, reuse_port
@@ -23,39 +22,65 @@ def fake_nvidia_smi(tmp_path, monkeypatch, free_mib):
     return state
 
 
+class FakeClock:
+    """reuse_port's `time`, without the wall clock: sleep(s) moves monotonic() on by s and records s; `at`
+    runs a callback once the clock has reached a time (the memory being freed meanwhile)."""
+
+    def __init__(self, at: dict[float, object] | None = None):
+        self.now, self.sleeps, self.at = 1000.0, [], dict(at or {})
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        for when in sorted(w for w in self.at if self.now - 1000.0 >= w):
+            self.at.pop(when)()
+
+
+def fake_clock(monkeypatch, at=None) -> FakeClock:
+    clock = FakeClock(at)
+    monkeypatch.setattr(reuse_port, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=clock.sleep))
+    return clock
+
+
 def test_waits_until_the_memory_is_free(tmp_path, monkeypatch, capsys):
     state = fake_nvidia_smi(tmp_path, monkeypatch, free_mib=4000)
-    threading.Timer(1.5, lambda: state.write_text("9000")).start()
-    start = time.monotonic()
-    reuse_port.wait_for_gpu_memory(*launch.gpu_wait(Plan(values={"VLLM_GPU_MEMORY_UTILIZATION": 0.6})))
-    assert 1.4 < time.monotonic() - start < 10
+    clock = fake_clock(monkeypatch, at={1.5: lambda: state.write_text("9000")})  # freed 1.5 s into the wait
+    assert reuse_port.wait_for_gpu_memory(*launch.gpu_wait(Plan(values={"VLLM_GPU_MEMORY_UTILIZATION": 0.6})))
+    assert clock.sleeps == [1.0, 1.0]  # polled once a second until the memory was free, then no more
     out = capsys.readouterr().out
     assert "waiting for GPU memory to be released (GPU 0: 3.9 of 9.8 GiB free; vLLM asks for 0.6 of it)" in out
-    assert "GPU memory released after" in out
+    assert "GPU memory released after 2.0 s" in out
 
 
 def test_no_wait_when_memory_is_free_or_no_gpu_tool(tmp_path, monkeypatch, capsys):
     fake_nvidia_smi(tmp_path, monkeypatch, free_mib=9500)
-    start = time.monotonic()
-    reuse_port.wait_for_gpu_memory(*launch.gpu_wait(Plan(values={})))  # vLLM's default share, 0.92
+    clock = fake_clock(monkeypatch)
+    assert reuse_port.wait_for_gpu_memory(*launch.gpu_wait(Plan(values={})))  # vLLM's default share, 0.92
     monkeypatch.setenv("PATH", "/nonexistent")
-    reuse_port.wait_for_gpu_memory(*launch.gpu_wait(Plan(values={})))
-    assert time.monotonic() - start < 3 and capsys.readouterr().out == ""
+    assert reuse_port.wait_for_gpu_memory(*launch.gpu_wait(Plan(values={})))
+    assert clock.sleeps == [] and capsys.readouterr().out == ""
 
 
 def test_gives_up_after_the_bound(tmp_path, monkeypatch, capsys):
     fake_nvidia_smi(tmp_path, monkeypatch, free_mib=100)
-    reuse_port.wait_for_gpu_memory(0.5, 1, 1.0)
-    assert "GPU memory still short after 1 s; starting vLLM anyway" in capsys.readouterr().out
+    clock = fake_clock(monkeypatch)
+    assert not reuse_port.wait_for_gpu_memory(0.5, 1, 3.0)
+    assert clock.sleeps == [1.0, 1.0, 1.0]  # checked at 0, 1, 2 and 3 s, then given up
+    assert "GPU memory still short after 3 s; starting vLLM anyway" in capsys.readouterr().out
 
 
 def test_reuse_port_imports_the_cli_before_it_waits_then_runs_the_program(tmp_path, monkeypatch):
     """The import (vLLM's: ~20 s) overlaps the wait for the LMCache server's reap (>= 30 s) after a crash."""
-    state = fake_nvidia_smi(tmp_path, monkeypatch, free_mib=100)
+    fake_nvidia_smi(tmp_path, monkeypatch, free_mib=100)
+    # short at the first look, free from the second on (one second later): no timer racing the wait
+    (tmp_path / "nvidia-smi").write_text(f"#!/bin/sh\nif [ -e {tmp_path}/looked ]; then echo '0, 9000, 10000'; "
+                                         f"else touch {tmp_path}/looked; echo '0, 100, 10000'; fi\n")
     (tmp_path / "slowcli.py").write_text("import time\nSTAMP = time.time()\nprint('imported', flush=True)\n")
     (tmp_path / "prog.py").write_text("import sys, time, slowcli\nprint('ran', slowcli.STAMP < time.time(), "
                                       "sys.argv[1:], flush=True)\n")
-    threading.Timer(1.5, lambda: state.write_text("9000")).start()
     out = subprocess.run([sys.executable, str(WRAPPER), "8123", "--preload", "slowcli", "--gpu-wait", "0.6,1,20",
                           "--", str(tmp_path / "prog.py"), "serve", "--x"], capture_output=True, text=True,
                          timeout=60, cwd=tmp_path, env={"PATH": f"{tmp_path}:/usr/bin:/bin",
