@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from entrypoint.config.load import make_plan
@@ -12,13 +10,3 @@ def plan_for():
     def build(env=None, overrides=(), env_file=None, host=None):
         return make_plan(env_file, list(overrides), environ=dict(env or {}), host=host)
     return build
-
-
-def kv_transfer(plan):
-    argv = plan.vllm.argv
-    return json.loads(argv[argv.index("--kv-transfer-config") + 1])
-
-
-def flag_value(argv, flag):
-    assert flag in argv, f"{flag} not in {argv}"
-    return argv[argv.index(flag) + 1]

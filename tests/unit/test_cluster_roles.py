@@ -13,7 +13,7 @@ from entrypoint.config.settings import MPServer, ValueProblem, parse_mp_server
 from entrypoint.rundir import RunDir
 from entrypoint.render.supervisord_conf import render
 
-from conftest import kv_transfer
+from plan_argv import kv_transfer
 
 BASE = {"VLLM_MODEL": "facebook/opt-125m", "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "5",
         "VLLM_HOST": "127.0.0.1"}

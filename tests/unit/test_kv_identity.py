@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import kv_transfer
+from plan_argv import kv_transfer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import flag_value, kv_transfer
+from plan_argv import flag_value, kv_transfer
 from entrypoint.config import models, schema
 from entrypoint.config.kv_tiers import disk_namespace
 from entrypoint.config.settings import BY_NAME, SETTINGS

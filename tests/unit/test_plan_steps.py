@@ -2,7 +2,7 @@
 part and its problems, and none edits its inputs or another step's output."""
 import copy
 
-from conftest import flag_value
+from plan_argv import flag_value
 from entrypoint.config import build, kv_tiers, resources, schema as schema_mod
 from entrypoint.config.sources import collect
 

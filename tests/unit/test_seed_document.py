@@ -1,7 +1,7 @@
 """The user's document (cmw-vllm): its three configuration methods, two examples and LMCACHE_* variables."""
 import json
 
-from conftest import flag_value, kv_transfer
+from plan_argv import flag_value, kv_transfer
 
 
 def write_env(tmp_path, text):

@@ -10,7 +10,7 @@ import pytest
 from entrypoint.config import schema as schema_mod
 from entrypoint.config.load import make_plan
 
-from conftest import flag_value, kv_transfer
+from plan_argv import flag_value, kv_transfer
 
 OLD = {"vllm": "0.26.0", "lmcache": "0.5.3"}  # the stack before docs/UPGRADING.md's upgrade
 SERVER = {"VLLM_KV_OFFLOADING_BACKEND": "lmcache"}
