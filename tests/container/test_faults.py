@@ -76,3 +76,30 @@ def test_docker_stop_is_graceful(appliance):
     # Both servers were asked to stop and did so on their own.
     assert "stub-vllm" in logs and re.search(r"stopped: vllm \(exit status 0\)", logs), logs
     assert re.search(r"stopped: lmcache \(exit status 0\)", logs), logs
+
+
+def test_front_proxy_continues_a_stream_across_a_vllm_kill(appliance):
+    """APPLIANCE_FRONT_PROXY in the image: the stream a client reads with curl goes on across a SIGKILL of vLLM
+    (the stub streams fake_model's tokens, one every 0.1 s), and vLLM listens on loopback only."""
+    app = appliance(env={"APPLIANCE_FRONT_PROXY": "true", "STUB_STREAM": "model", "STUB_TOKEN_INTERVAL": "0.1"})
+    app.wait_healthy(timeout=60)
+    (old,) = app.pids(VLLM_PROCESS)
+    argv = app.cmdline(old)
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "18000"
+    body = ('{"model": "Qwen/Qwen3-0.6B", "prompt": "once upon a time", "stream": true, "max_tokens": 40, '
+            '"ignore_eos": true}')  # 16 prompt tokens + 40 within fake_model's 64
+    # curl in the background writes the stream to a file; vLLM is killed while it runs.
+    app.exec("sh", "-c", f"nohup curl -sN -H 'Content-Type: application/json' -d '{body}' "
+                         "http://127.0.0.1:8000/v1/completions > /tmp/stream.txt 2>&1 &")
+
+    def sent() -> int:
+        return int(app.exec("sh", "-c", "grep -c '^data: {' /tmp/stream.txt || true").strip() or 0)
+
+    wait_until(lambda: sent() >= 4, 30, what="a few tokens of the stream")
+    app.exec("pkill", "-KILL", "-f", VLLM_PROCESS)
+    wait_until(lambda: "data: [DONE]" in app.exec("cat", "/tmp/stream.txt"), 90, what="the end of the stream")
+    stream = app.exec("cat", "/tmp/stream.txt")
+    tokens = [line for line in stream.splitlines() if line.startswith("data: {")]
+    assert len(tokens) == 40 and '"error"' not in stream, stream[-2000:]
+    assert [p for p in app.pids(VLLM_PROCESS) if p != old], "the rest came from a restarted vLLM"
+    assert "vLLM does not serve: holding requests" in app.logs()
