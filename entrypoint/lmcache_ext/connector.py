@@ -9,12 +9,21 @@ vLLM loads it through `kv_connector_module_path` in the --kv-transfer-config the
   LMCache stores and loads whole chunks only, so a prompt shorter than one chunk can never be a hit, and a
   prompt whose every full chunk vLLM already holds on the GPU (`num_computed_tokens`) has nothing to load.
   LMCache 0.5.6 still asks the server (and the scheduler waits for the answer) in both cases.
+- a lookup-status wait that ends as soon as LMCache's heartbeat has marked the server unhealthy: with
+  blocking lookup status (LMCACHE_NONBLOCKING_LOOKUP=false, the faster default) LMCache 0.5.6 waits for the
+  answer with `future.result(timeout=mq_timeout)`, which does not look at the health flag, so a dead server
+  stalled vLLM's scheduler until it was back or for mq_timeout (30 s) (docs/RESILIENCE.md). The wait now looks
+  at the flag every HEALTH_CHECK_S and gives up as a timeout would (LMCache then answers 0: a miss, recomputed).
+  A healthy server's answer wakes it at once, as before.
 Runs inside vLLM's processes (scheduler and workers), so it may import vLLM and LMCache.
 """
 from __future__ import annotations
 
+import time
+
 from lmcache.integration.vllm.lmcache_mp_connector import LMCacheMPConnector as _LMCacheMPConnector
 from lmcache.integration.vllm.lmcache_mp_metadata import LMCacheMPRequestState
+from lmcache.v1.mp_observability.errors import LMCacheTimeoutError
 
 from ..config.kv_tiers import IDENTITY_CONFIG_KEY, SKIP_LOOKUP_CONFIG_KEY
 from .salt import request_salt
@@ -30,6 +39,45 @@ def lookup_can_help(num_tokens: int, num_computed_tokens: int, chunk_tokens: int
     return full_chunks_end > 0 and full_chunks_end > vllm_hit
 
 
+HEALTH_CHECK_S = 0.05  # how often a blocked lookup-status wait looks at the server's health
+
+
+class HealthBoundFuture:
+    """A lookup-status future (LMCache's MessagingFuture) whose blocking `result` ends with LMCache's timeout error
+    once `healthy()` turns false, instead of at the end of its timeout. Everything else is the future's own."""
+
+    def __init__(self, future, healthy):
+        self._future, self._healthy = future, healthy
+
+    def query(self) -> bool:
+        return self._future.query()
+
+    def result(self, timeout: float | None = None):
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = HEALTH_CHECK_S if end is None else min(HEALTH_CHECK_S, max(0.0, end - time.monotonic()))
+            if self._future.wait(left):
+                return self._future.result(0)
+            if not self._healthy():
+                raise LMCacheTimeoutError("the LMCache server was marked unhealthy during the lookup status wait")
+            if end is not None and time.monotonic() >= end:
+                raise LMCacheTimeoutError("Future result not available within timeout")
+
+    def __getattr__(self, name: str):
+        return getattr(self._future, name)
+
+
+def bound_status_waits(adapter) -> None:
+    """Every lookup-status future of the scheduler adapter's server clients becomes a HealthBoundFuture."""
+    for client in adapter.req_clients.values():
+        original = client.query_prefetch_status
+
+        def query_prefetch_status(request_id, _original=original):
+            return HealthBoundFuture(_original(request_id), lambda: adapter.is_healthy)
+
+        client.query_prefetch_status = query_prefetch_status
+
+
 class LMCacheMPConnector(_LMCacheMPConnector):
     """Same name as LMCache's class: vLLM treats a connector by its name in places."""
 
@@ -43,6 +91,9 @@ class LMCacheMPConnector(_LMCacheMPConnector):
         self._kv_identity = str(identity)
         self._skip_useless_lookup = bool(transfer.get_from_extra_config(SKIP_LOOKUP_CONFIG_KEY, False))
         self.lookups_skipped = 0
+        adapter = getattr(self, "scheduler_adapter", None)  # the scheduler's connector only
+        if adapter is not None:
+            bound_status_waits(adapter)
 
     def _get_or_create_request_tracker(self, request):
         tracker = super()._get_or_create_request_tracker(request)
