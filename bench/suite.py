@@ -133,6 +133,8 @@ KNOBS = {
     "STARTVS_CONFIGS": "no-offload",      # the startvs suite's appliance starts (no-offload first)
     # loadfaults (issue 14)
     "LF_DISK_GIB": "3", "LF_TMPFS": "4g", "LF_CPU_GIB": "4", "LF_PRUNE_S": "2", "LF_GAP": "true",
+    "LF_FRONT": "false",                  # APPLIANCE_FRONT_PROXY: true runs the faults behind the front proxy
+    "LF_HEARTBEAT": "5",                  # LMCACHE_HEARTBEAT_INTERVAL (2: the candidate for a <= 5 s stall)
     "LF_CLIENTS": "16", "LF_WINDOW": "10", "LF_SECONDS": "70", "LF_DISK_SECONDS": "45", "LF_VLLM_SECONDS": "110",
     "LF_RUNS": "",                        # default: lmcache-kill disk-full vllm-kill sigterm
 }
@@ -1505,7 +1507,9 @@ class Runner:
                                     f"VLLM_KV_OFFLOADING_SIZE={k['LF_CPU_GIB']}", f"LMCACHE_LOCAL_DISK={small}",
                                     f"LMCACHE_MAX_LOCAL_DISK_SIZE={cap}", "VLLM_MAX_MODEL_LEN=16384",
                                     f"APPLIANCE_DISK_PRUNE_INTERVAL={k['LF_PRUNE_S']}",
-                                    f"APPLIANCE_GAP_ANSWER={k['LF_GAP']}"):
+                                    f"APPLIANCE_GAP_ANSWER={k['LF_GAP']}",
+                                    f"APPLIANCE_FRONT_PROXY={k['LF_FRONT']}",
+                                    f"LMCACHE_HEARTBEAT_INTERVAL={k['LF_HEARTBEAT']}"):
             return
         try:
             ns = json.loads((run / "plan.json").read_text())["lmcache"]["disk"]["path"]
