@@ -24,8 +24,22 @@ from .plan import SETTING, AppliancePrograms, KvIdentityInputs, KvTiers, Lmcache
 from .resolved import Problems, Resolved, bad_value, label
 from .schema import Schema
 from .secrets import SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values, url_passwords
-from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, REFUSED_FLAGS, SETTINGS, VLLM_SECRETS, DiskChoice,
-                       MPServer, StoreURL, ValueProblem, load_json, owned_flag_problem, parse_bool, parse_value)
+from .settings import (
+    BY_NAME,
+    FILE_SECRETS,
+    OWNED_FLAGS,
+    REFUSED_FLAGS,
+    SETTINGS,
+    VLLM_SECRETS,
+    DiskChoice,
+    MPServer,
+    StoreURL,
+    ValueProblem,
+    load_json,
+    owned_flag_problem,
+    parse_bool,
+    parse_value,
+)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

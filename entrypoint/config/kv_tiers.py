@@ -19,8 +19,17 @@ from . import resources, roles
 from .flags import number_text, resolve_flag
 from .plan import DiskTier, LmcacheServer, SharedStore
 from .resolved import Problems, Resolved
-from .settings import (AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS, SETTINGS, DiskChoice,
-                       MPServer, StoreURL, owned_flag_problem)
+from .settings import (
+    AUTO,
+    DEFAULT_DISK_TIER_PATH,
+    LMCACHE_OWNED_FLAGS,
+    LMCACHE_REFUSED_FLAGS,
+    SETTINGS,
+    DiskChoice,
+    MPServer,
+    StoreURL,
+    owned_flag_problem,
+)
 from .sources import REGISTRY
 
 LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"

@@ -53,9 +53,9 @@ def _setting_schema(name: str) -> dict:
 
 @dataclass(frozen=True)
 class AppliancePrograms:
-    """The APPLIANCE_* values the supervised programs read (programs/, supervise/, inspectors/): one field per setting. The settings
-    that only shape the plan itself are named in PLANNING_ONLY (a unit test checks every APPLIANCE_* setting is
-    one or the other, so that none is silently dropped)."""
+    """The APPLIANCE_* values the supervised programs read (programs/, supervise/, inspectors/): one field per
+    setting. The settings that only shape the plan itself are named in PLANNING_ONLY (a unit test checks every
+    APPLIANCE_* setting is one or the other, so that none is silently dropped)."""
     run_dir: str = from_setting("APPLIANCE_RUN_DIR")
     startup_timeout: int = from_setting("APPLIANCE_STARTUP_TIMEOUT", type="integer", minimum=1)
     shutdown_timeout: int = from_setting("APPLIANCE_SHUTDOWN_TIMEOUT")

@@ -21,21 +21,20 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
 
+from ..common import applog
 from ..config.plan import Plan
 from ..config.secrets import REDACTED, is_secret_name, redact_argv
-from ..common import applog
-from . import reuse_port
-from .gap import GAP_OFF
+from ..config.settings import FILE_SECRETS, SECRET_NAMES
 from ..render.supervisord_conf import START_RETRIES
 from ..rundir import RunDir, read_plan
-from ..config.settings import FILE_SECRETS, SECRET_NAMES
+from . import reuse_port
+from .gap import GAP_OFF
 
 # Secret values of the planned command lines (e.g. --api-key in VLLM_EXTRA_ARGS): the plan file has them
 # redacted, so `serve` hands them over in this variable, which never reaches the servers.

@@ -39,11 +39,13 @@ from supervisor.xmlrpc import Faults
 
 from ..common import disk_prune, state, store
 from ..common.events import Listener, say, split_payload
-from .gap import HEADER as GAP_HEADER
-from ..inspectors.healthcheck import api_base, api_headers
 from ..config.plan import Plan
+from ..inspectors.healthcheck import api_base, api_headers
+from ..inspectors.snapshot import (
+    parse_metrics,  # prometheus_client's parser, each sample name summed over its label sets
+)
 from ..rundir import RunDir, read_plan
-from ..inspectors.snapshot import parse_metrics  # prometheus_client's parser, each sample name summed over its label sets
+from .gap import HEADER as GAP_HEADER
 
 NAME = "watchdog"
 STORE_TIMEOUT_S = 5.0  # a store probe must not hold up the probes of vLLM and LMCache

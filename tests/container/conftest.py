@@ -95,8 +95,9 @@ def _failed(node) -> bool:
 @pytest.fixture(scope="session")
 def docker_client():
     try:
-        import docker
         import testcontainers  # noqa: F401 (the fixtures below use it)
+
+        import docker
     except ImportError:
         missing("the docker/testcontainers packages are not installed (pip install testcontainers pytest)")
     try:
