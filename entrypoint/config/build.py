@@ -16,7 +16,7 @@ import difflib
 import math
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from . import kv_identity, kv_tiers, models, resources, roles, secret_inputs
 from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
@@ -74,7 +74,7 @@ class Builder:
     def __init__(self, raw: RawInputs, schema: Schema, environ: Mapping[str, str], host: resources.Host):
         self.raw, self.schema, self.environ, self.host = raw, schema, environ, host
         self.errors: list[str] = list(raw.errors)  # the collecting phase's problems
-        self.values: dict[str, object] = {}  # typed values of explicit settings
+        self.values: dict[str, Any] = {}  # typed values of explicit settings
         self.user_given: set[str] = set()  # names set by the operator (not registry, not default)
         self.generic_flags: dict[str, tuple[str, object]] = {}  # name -> (flag, typed value)
         self.vllm_passthrough: dict[str, str] = {}
@@ -107,7 +107,8 @@ class Builder:
         flags = self.schema.flag_by_env_name
         for name, (plain, where) in sorted(self.raw.near_misses.items()):
             candidates = self.known_names()
-            right = plain if plain in candidates else (difflib.get_close_matches(plain, candidates, n=1) or [None])[0]
+            right = plain if plain in candidates else next(iter(difflib.get_close_matches(plain, candidates, n=1)),
+                                                           None)
             fix = f"write it as {right}" if right else "write the name in capitals and plain Latin letters"
             self.error(f"{name!r} (in the {where}): not read, although it looks like an appliance setting: names "
                        f"are exact, in capitals and plain Latin letters; {fix}")
@@ -159,7 +160,7 @@ class Builder:
                        f"{self.schema.lmcache_version}: see docs/ENVIRONMENT.md, docs/UPGRADING.md)")
 
     def apply_registry(self) -> None:
-        model = self.raw.values.get("VLLM_MODEL", "").strip() or BY_NAME["VLLM_MODEL"].default
+        model = self.raw.values.get("VLLM_MODEL", "").strip() or str(BY_NAME["VLLM_MODEL"].default)
         extra = self.raw.values.get("APPLIANCE_MODEL_REGISTRY_FILE", "").strip() or None
         try:
             registry = models.load_registry(extra)
@@ -345,10 +346,10 @@ def extra_args(s: Resolved, argv: list[str], flag_setters: Mapping[str, str]) ->
             if flag == AMBIGUOUS:
                 found.error(f"{where}: {shown} is an abbreviation of several vllm serve flags; write the flag "
                             "in full")
-            elif owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS):
+            elif flag is not None and owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS):
                 found.error(f"{where}: {_as_typed(shown, flag)} "
                             f"{owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS)}")
-            elif flag in flag_setters:
+            elif flag is not None and flag in flag_setters:
                 setter = flag_setters[flag]
                 registry = " (from the model registry)" if s.raw.sources.get(setter) == REGISTRY else ""
                 found.error(f"{where}: {_as_typed(shown, flag)} is already set by {setter}{registry}; set it "
@@ -441,7 +442,7 @@ def recorded_values(s: Resolved, kv: kv_tiers.KvPart) -> tuple[dict[str, object]
     return values, sources
 
 
-def appliance_programs(values: Mapping[str, object]) -> AppliancePrograms:
+def appliance_programs(values: Mapping[str, Any]) -> AppliancePrograms:
     """The APPLIANCE_* values the supervised programs read, each from the setting its field names."""
     return AppliancePrograms(**{f.name: values[f.metadata[SETTING]] for f in dataclasses.fields(AppliancePrograms)
                                 if f.metadata[SETTING] in values})
