@@ -41,9 +41,7 @@ from ..common import disk_prune, state, store
 from ..common.events import Listener, say, split_payload
 from ..config.plan import Plan
 from ..inspectors.healthcheck import api_base, api_headers
-from ..inspectors.snapshot import (
-    parse_metrics,  # prometheus_client's parser, each sample name summed over its label sets
-)
+from ..inspectors.snapshot import parse_metrics  # prometheus_client's parser; sample names summed over label sets
 from ..rundir import RunDir, read_plan
 from .gap import HEADER as GAP_HEADER
 
