@@ -630,8 +630,8 @@ def cmd_outage(a) -> int:
             t_up = time.perf_counter()
             break
         time.sleep(0.1)
-    row = {"bench": "cluster_outage", "label": a.label, "down_s": a.down_seconds, "writer_ok_while_down": writer_down["ok"],
-           "store_restarted": t_up is not None, "tokens": a.tokens}
+    row = {"bench": "cluster_outage", "label": a.label, "down_s": a.down_seconds,
+           "writer_ok_while_down": writer_down["ok"], "store_restarted": t_up is not None, "tokens": a.tokens}
     tries = []
     if t_up is not None:
         c.log(f"store answers again {t_up - t_kill:.1f} s after the kill")
@@ -649,7 +649,8 @@ def cmd_outage(a) -> int:
                     c.Supervisor(c.socket_from_run_dir(run_dir), timeout=60).restart(["lmcache"])
                 row["lmcache_restarted_s"] = t_rs - t_up
                 deadline = max(deadline, time.perf_counter() + a.max_seconds)
-                c.log(f"    no write reached the store in {t_rs - t_up:.1f} s: LMCache servers restarted ({a.restart_lmcache})")
+                c.log(f"    no write reached the store in {t_rs - t_up:.1f} s: LMCache servers restarted "
+                      f"({a.restart_lmcache})")
             prompt = c.token_prompt(f"after{i}-{time.time_ns()}", a.tokens, "outage-after")
             before = store_info(a.redis)["keys"] if ping(a.redis) else 0
             w = c.completion_ttft(a.writer, a.model, prompt, 120)
@@ -657,8 +658,9 @@ def cmd_outage(a) -> int:
             m0 = scrape(a.reader)
             r = c.completion_ttft(a.reader, a.model, prompt, 120)
             ext = deltas(m0, scrape(a.reader)).get("vllm:external_prefix_cache_hits_total")
-            t = {"after_restart_s": time.perf_counter() - t_up, "writer_ok": w["ok"], "store_new_keys": st["store_new_keys"],
-                 "reader_ttft_s": r["ttft_s"], "reader_ok": r["ok"], "reader_external_hit_tokens": ext,
+            t = {"after_restart_s": time.perf_counter() - t_up, "writer_ok": w["ok"],
+                 "store_new_keys": st["store_new_keys"], "reader_ttft_s": r["ttft_s"], "reader_ok": r["ok"],
+                 "reader_external_hit_tokens": ext,
                  "lmcache_restarted": restarted}
             tries.append(t)
             c.log(f"    after restart +{t['after_restart_s']:.1f} s: store +{st['store_new_keys']} keys, reader "
@@ -796,8 +798,8 @@ def build_report(rows: list[dict], kv_bpt: int) -> tuple[dict, str]:
         elif cross["below_range"]:
             text = f"the hit beats recompute at every measured length (from {cross['from_tokens']} tokens)"
         else:
-            text = (f"the hit beats recompute from {cross['from_tokens']} tokens on (crossing ~{cross['interpolated_tokens']}"
-                    " tokens, interpolated)")
+            text = (f"the hit beats recompute from {cross['from_tokens']} tokens on "
+                    f"(crossing ~{cross['interpolated_tokens']} tokens, interpolated)")
         md += ["", f"Crossover: {text}.", ""]
         at = by_n.get(TARGET_TOKENS, {})
         if lab.startswith("shared-server"):
@@ -839,7 +841,8 @@ def build_report(rows: list[dict], kv_bpt: int) -> tuple[dict, str]:
             share = []
             for d in (r.get("per_replica") or {}).values():
                 share.append(f"{d.get('vllm:request_success_total', 0):.0f}")
-            trows.append([lab, str(r.get("replicas")), r.get("policy") or "-", str(r.get("requests")), str(r.get("failed")),
+            trows.append([lab, str(r.get("replicas")), r.get("policy") or "-", str(r.get("requests")),
+                          str(r.get("failed")),
                           r.get("ttft_p50_s"), r.get("ttft_p90_s"), c.fmt(r.get("tokens_per_s"), 0),
                           c.fmt(r.get("requests_per_s"), 2), " / ".join(share) or "-"])
         md.append(c.markdown_table(["run", "replicas", "policy", "requests", "failed", "TTFT p50 s", "TTFT p90 s",

@@ -362,7 +362,8 @@ def wait_ready(base: str, model: str | None = None, timeout: float = 600.0, inte
         if alive is not None and not alive():
             raise BenchError(f"{base}: the server (or its supervisor) gave up before it was ready")
         if time.perf_counter() - t > timeout:
-            raise BenchError(f"{base} not ready after {timeout:.0f} s (/health and /v1/models{' ' + model if model else ''})")
+            raise BenchError(f"{base} not ready after {timeout:.0f} s "
+                             f"(/health and /v1/models{' ' + model if model else ''})")
         time.sleep(interval)
 
 

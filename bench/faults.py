@@ -172,11 +172,12 @@ def cmd_sigterm_inflight(a) -> int:
             break
         time.sleep(0.2)
     ok = bool(result.get("ok")) and result.get("completion_tokens") == a.max_tokens and exited is not None
+    exit_text = c.fmt(exited, 1) + " s" if exited is not None else f"NOT within {a.exit_timeout} s"
     _row(a, "SIGTERM during a long request", ok,
          f"in-flight request {'completed' if result.get('ok') else 'FAILED: ' + str(result.get('error'))} with "
          f"{result.get('completion_tokens')}/{a.max_tokens} tokens, {done_after:.1f} s after SIGTERM; a new request "
          f"0.5 s after SIGTERM: {'accepted' if refused['ok'] else 'refused'}; serve exited "
-         f"{c.fmt(exited, 1) + ' s' if exited is not None else 'NOT within ' + str(a.exit_timeout) + ' s'} after SIGTERM",
+         f"{exit_text} after SIGTERM",
          inflight=result, new_request_ok=refused["ok"], exited_s=exited)
     return 0 if ok else 1
 

@@ -458,7 +458,8 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     if a.cmd == "run":
         a.base_url = f"http://127.0.0.1:{a.port}"
-    return {"model": cmd_model, "perturb": cmd_perturb, "lora": cmd_lora, "run": cmd_run, "report": cmd_report}[a.cmd](a)
+    commands = {"model": cmd_model, "perturb": cmd_perturb, "lora": cmd_lora, "run": cmd_run, "report": cmd_report}
+    return commands[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -193,7 +193,8 @@ def build_report(rows: list[dict], baseline: str, candidate: str, native: str) -
         table.append([lab, p1["mean_s"], p1["p50_s"], p2["mean_s"], p2["p50_s"], hit["mean_s"], load,
                       (p1["mean_s"] / base1) if (p1["mean_s"] is not None and base1) else None,
                       (p2["mean_s"] / base2) if (p2["mean_s"] is not None and base2) else None,
-                      f"{p1['failed'] + p2['failed'] + hit['failed']}/{p1['requests'] + p2['requests'] + hit['requests']}"])
+                      f"{p1['failed'] + p2['failed'] + hit['failed']}/"
+                      f"{p1['requests'] + p2['requests'] + hit['requests']}"])
     md.append(c.markdown_table(["config", "pass 1 mean", "pass 1 p50", "pass 2 mean", "pass 2 p50",
                                 "GPU hit mean", "pass 2 - GPU hit", f"pass 1 x {baseline}", f"pass 2 x {baseline}",
                                 "failed"], table))

@@ -303,7 +303,8 @@ def build_report(rows, baseline: str, candidate: str, native: str, from_round: i
     kv = any_params.get("gpu_kv_tokens")
     vs_gpu = f" = {ws / kv:.1f} x the GPU KV cache of {kv} tokens" if (ws and kv) else ""
     md += ["", f"### Targets (issues 5 and 12; working set {ws} tokens{vs_gpu})", "", c.targets_markdown(targets)]
-    return {"labels": s, "targets": targets, "baseline": baseline, "candidate": candidate, "native": native}, "\n".join(md)
+    summary = {"labels": s, "targets": targets, "baseline": baseline, "candidate": candidate, "native": native}
+    return summary, "\n".join(md)
 
 
 def chart(rows, s: dict, order: list[str]):

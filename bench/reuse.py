@@ -33,8 +33,8 @@ import time
 
 from bench import common as c
 
-PHASES = ("cold", "gpu_hit", "gpu_hit_settled", "after_reset", "after_vllm_restart", "after_full_restart", "restored_gpu_hit",
-          "restored_after_reset")
+PHASES = ("cold", "gpu_hit", "gpu_hit_settled", "after_reset", "after_vllm_restart", "after_full_restart",
+          "restored_gpu_hit", "restored_after_reset")
 # `run --hit-after-settle`: one more GPU hit after --settle seconds (gpu_hit_settled): tells a hit that waits
 # for the offload tier's store of the cold request just before it from one that pays on every request.
 # `again --restored-rounds N`: after the phase's round, rounds 2..N of the same prompts (restored_gpu_hit: what
@@ -436,11 +436,13 @@ def build_report(rows: list[dict], baseline: str, kv_bpt: int | None, gbps: floa
                                    [[lab, str(n), *[d.get(p) for p in passes]]
                                     for lab, by_n in sorted(churn.items()) for n, d in sorted(by_n.items())]))
     clocks = c.clock_medians([r for r in rows if r.get("bench") == "reuse"],
-                             lambda r: (r["label"], r["tokens"], r["phase"] + (" (page cache dropped)"
-                                                                               if r.get("page_cache") == "cold" else "")))
+                             lambda r: (r["label"], r["tokens"],
+                                        r["phase"] + (" (page cache dropped)"
+                                                      if r.get("page_cache") == "cold" else "")))
     md += c.clock_markdown(clocks, ["config", "tokens", "phase"])
     targets = evaluate(med, baseline, candidates, kv_bpt, gbps, target_tokens)
-    md += ["", f"### Targets (issues 5 and 12; baseline {baseline}, {target_tokens} tokens)", "", c.targets_markdown(targets)]
+    md += ["", f"### Targets (issues 5 and 12; baseline {baseline}, {target_tokens} tokens)", "",
+           c.targets_markdown(targets)]
     summary = {"baseline": baseline, "median_ttft_s": med, "churn_mean_ttft_s": churn, "count": s["count"],
                "cold_page_cache_median_ttft_s": s["cold_page_cache"],
                "restart_to_ready_s": s["restart_to_ready_s"], "kv_bytes_per_token": kv_bpt,

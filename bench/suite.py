@@ -40,8 +40,9 @@ ports (API 8000+N, LMCache 5555+10N / 8080+N / Prometheus 9090+N, metrics 9464+N
 Multi-round configurations (MR_CONFIGS, default "no-offload lmcache native"; see mr_backend below):
   no-offload, lmcache, native, lmcache-inproc (LMCACHE_MODE=in-process), lmcache-nonblocking
   (LMCACHE_NONBLOCKING_LOOKUP=true), lmcache-mw4 (the LMCache server
-  with --max-workers 4), lmcache-cpuw1 / -cpuw4 (LMCACHE_LOOKUP_WORKERS=1 / 4), lmcache-chunk512 (LMCACHE_CHUNK_SIZE=512); any of them with a suffix -mnbtN adds
-  VLLM_MAX_NUM_BATCHED_TOKENS=N (vLLM's token budget per scheduler step).
+  with --max-workers 4), lmcache-cpuw1 / -cpuw4 (LMCACHE_LOOKUP_WORKERS=1 / 4), lmcache-chunk512
+  (LMCACHE_CHUNK_SIZE=512); any of them with a suffix -mnbtN adds VLLM_MAX_NUM_BATCHED_TOKENS=N (vLLM's token
+  budget per scheduler step).
 
 Output: $OUT/results/ (results.jsonl, <bench>.md/.json/.png), $OUT/logs/<label>/ (serve output, the run
 directory's supervisord/vllm/lmcache logs, rendered config), $OUT/logs/suite.log (this console).
@@ -216,7 +217,8 @@ def with_instance_ports(words: list[str], gpu: str) -> list[str]:
     GPU=1 side by side) would both bind the LMCache server's exporter (9090) and the appliance's metrics endpoint
     (9464); the other ports move in appliance_env."""
     if gpu:
-        return [*words, f"APPLIANCE_LMCACHE_METRICS_PORT={9090 + int(gpu)}", f"APPLIANCE_METRICS_PORT={9464 + int(gpu)}"]
+        return [*words, f"APPLIANCE_LMCACHE_METRICS_PORT={9090 + int(gpu)}",
+                f"APPLIANCE_METRICS_PORT={9464 + int(gpu)}"]
     return list(words)
 
 
@@ -983,7 +985,8 @@ class Runner:
                 self.stop_appliance()
         # 2. in-process mode: LMCache inside each worker, each with its share (total / TP) of the CPU and disk tiers
         if self.need(140, "tp2 lmcache-inproc") and self.start_appliance(
-                "tp2-lmcache-inproc", "VLLM_KV_OFFLOADING_BACKEND=lmcache", f"VLLM_KV_OFFLOADING_SIZE={k['TP_CPU_GIB']}",
+                "tp2-lmcache-inproc", "VLLM_KV_OFFLOADING_BACKEND=lmcache",
+                f"VLLM_KV_OFFLOADING_SIZE={k['TP_CPU_GIB']}",
                 "LMCACHE_MODE=in-process", f"LMCACHE_LOCAL_DISK={kvdisk}-inproc",
                 f"LMCACHE_MAX_LOCAL_DISK_SIZE={k['TP_DISK_GIB']}", *tp):
             self.sizes()

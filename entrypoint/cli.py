@@ -48,11 +48,15 @@ def format_text(plan: Plan) -> str:
     if mode == "server":
         lines += ["  LMCache server command:", _shell(d["lmcache"]["argv"], "    ")]
     elif mode == "external":
-        lines += [f"  LMCache server (LMCACHE_SERVER): {plan.lmcache.server.url}, health "
-                  f"{plan.lmcache.server.health_url}; its tiers are sized there"]
+        server = plan.lmcache.server
+        assert server is not None  # external mode names its server
+        lines += [f"  LMCache server (LMCACHE_SERVER): {server.url}, health "
+                  f"{server.health_url}; its tiers are sized there"]
     elif mode == "in-process":
+        config = plan.lmcache.config
+        assert config is not None  # in-process mode has its config
         lines += [f"  LMCache config ({plan.lmcache.config_file}):"]
-        lines += [f"    {k}: {json.dumps(v)}" for k, v in plan.lmcache.config.items()]
+        lines += [f"    {k}: {json.dumps(v)}" for k, v in config.items()]
     if mode and plan.tiers.cpu_tier_gib:
         lines += [f"  CPU tier: {plan.tiers.cpu_tier_gib:g} GiB ({plan.tiers.cpu_tier_source})"]
     if plan.lmcache.disk:
@@ -82,7 +86,7 @@ def format_text(plan: Plan) -> str:
 
 def _shell(argv: list[str], indent: str) -> str:
     """A copy-pasteable command, one `--flag value` per line."""
-    lines = [[]]
+    lines: list[list[str]] = [[]]
     for arg in argv:
         if arg.startswith("--") and lines[-1]:
             lines.append([])

@@ -120,7 +120,8 @@ def syft_binary() -> str:
     if os.environ.get("SYFT"):
         return os.environ["SYFT"]
     script = ROOT / "scripts" / "ci" / "install-release-tools.sh"
-    venv = Path.home() / ".cache" / "appliance" / f"release-tools-{hashlib.sha256(script.read_bytes()).hexdigest()[:12]}"
+    digest = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
+    venv = Path.home() / ".cache" / "appliance" / f"release-tools-{digest}"
     tools = dict(line.split("=", 1) for line in run("bash", script, venv, capture=True).split())
     return tools["SYFT"]
 

@@ -6,8 +6,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from entrypoint.programs import gap as product
 from entrypoint.common.webserver import Limits
+from entrypoint.programs import gap as product
+
 from ports import free_port
 
 RETRY_AFTER = 7

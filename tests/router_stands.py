@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from entrypoint.cluster import router as product
 from entrypoint.config.settings import parse_http_url, parse_router_replicas
+
 from ports import free_port
 
 

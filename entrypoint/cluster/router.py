@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from ..common import applog
+from ..common.webserver import Limits, Server
 from ..config.settings import (
     BY_NAME,
     HTTPURL,
@@ -44,8 +46,6 @@ from ..config.settings import (
     parse_value,
 )
 from ..config.sources import collect
-from ..common import applog
-from ..common.webserver import Limits, Server
 from ..lmcache_ext.salt import request_salt
 from ..vllm_ext.identity import PATH as IDENTITY_PATH
 from ..vllm_ext.tenant_salt import bearer_token, tenant_salt

@@ -20,7 +20,6 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from .applog import emit, prefix  # noqa: F401  (prefix: the logs listener's, re-exported)
 
-
 RPC_USER = "appliance"
 
 

@@ -66,4 +66,5 @@ def ping(host: str, port: int, username: str = "", password: str = "", timeout: 
 
 def probe(plan: Plan, timeout: float, environ: Mapping[str, str] | None = None) -> tuple[bool, str]:
     store = plan.lmcache.shared_store
+    assert store is not None, "no shared store planned"
     return ping(store.host, int(store.port), store.username, password_of(plan, environ), timeout)

@@ -34,6 +34,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
@@ -98,7 +99,7 @@ def target(request: web.BaseRequest) -> str:
 
 async def read_body(request: web.BaseRequest) -> bytes:
     """The whole request body, within the server's max_body (else Refused 413) and read_timeout (408)."""
-    limits = request.protocol.owner.limits
+    limits = connection(request).owner.limits
     if request.content_length is not None and request.content_length > limits.max_body:
         raise Refused(413, f"request body larger than {limits.max_body} bytes")
     await expect_continue(request)
@@ -153,7 +154,7 @@ def parser_reason(exc: BaseException | None, message: str | None) -> str:
 
 def strict(request: web.BaseRequest) -> Refused | None:
     """What the parser accepts and RFC 9112 does not, or this server does not serve."""
-    if request.protocol.unsupported_version:
+    if connection(request).unsupported_version:
         return Refused(505, "HTTP version not supported: HTTP/1.0 and HTTP/1.1 only")
     if request.version == HttpVersion10 and "Transfer-Encoding" in request.headers:
         return Refused(400, "malformed request: Transfer-Encoding in an HTTP/1.0 request")
@@ -195,6 +196,11 @@ class Connection(RequestHandler):
         exc = kwargs.get("exc_info")
         if isinstance(exc, BaseException) and not isinstance(exc, OSError):
             self.owner.log(f"{args[0] if args else 'error'} ({where(exc)})", "error", "internal_error")
+
+
+def connection(request: web.BaseRequest) -> Connection:
+    """The request's connection: a Connection, the only kind _Manager makes (aiohttp types it as its base)."""
+    return cast(Connection, request.protocol)
 
 
 class _Manager(web.Server):
@@ -273,7 +279,7 @@ class Server:
             self.refused[status] = self.refused.get(status, 0) + 1
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        conn = request.protocol
+        conn = connection(request)
         conn.busy += 1
         try:
             problem = Refused(503, "too many connections; try again") if conn.refused else strict(request)
@@ -318,7 +324,9 @@ class Server:
         try:
             await self._stop.wait()
             # No new connections.
-            sites = {**self._handed, **({self.sock: site} if site is not None else {})}
+            sites = dict(self._handed)
+            if site is not None and self.sock is not None:  # site is self.sock's
+                sites[self.sock] = site
             self._handed.clear()
             await stop_accepting(loop, sites)
             for listening in sites.values():
@@ -393,6 +401,7 @@ class Server:
         asyncio.run_coroutine_threadsafe(work, self.loop).result()
 
     async def _serve_socket(self, sock: socket.socket) -> None:
+        assert self._runner is not None  # on the server's loop: it runs
         site = web.SockSite(self._runner, sock, backlog=BACKLOG)
         await site.start()
         self._handed[sock] = site
@@ -402,6 +411,7 @@ class Server:
         if site is None:  # not (or no longer) served: closed all the same
             sock.close()
             return
+        assert self.loop is not None and self._manager is not None  # on the server's loop: it runs
         await stop_accepting(self.loop, [sock])
         queued = accept_queued(sock)
         await site.stop()  # asyncio's server closes the socket
@@ -424,7 +434,7 @@ async def stop_accepting(loop: asyncio.AbstractEventLoop, socks) -> None:
 
 def accept_queued(sock: socket.socket) -> list[socket.socket]:
     """The connections waiting to be accepted on a non-blocking listening socket, accepted."""
-    conns = []
+    conns: list[socket.socket] = []
     while True:
         try:
             conn, _ = sock.accept()

@@ -16,7 +16,7 @@ import difflib
 import math
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from . import kv_identity, kv_tiers, models, resources, roles, secret_inputs
 from .flags import AMBIGUOUS, flag_args, parse_flag_value, resolve_flag, split_args
@@ -24,8 +24,22 @@ from .plan import SETTING, AppliancePrograms, KvIdentityInputs, KvTiers, Lmcache
 from .resolved import Problems, Resolved, bad_value, label
 from .schema import Schema
 from .secrets import SECRET_FLAGS, is_secret_name, raw_secret_values, secret_argv_values, url_passwords
-from .settings import (BY_NAME, FILE_SECRETS, OWNED_FLAGS, REFUSED_FLAGS, SETTINGS, VLLM_SECRETS, DiskChoice,
-                       MPServer, StoreURL, ValueProblem, load_json, owned_flag_problem, parse_bool, parse_value)
+from .settings import (
+    BY_NAME,
+    FILE_SECRETS,
+    OWNED_FLAGS,
+    REFUSED_FLAGS,
+    SETTINGS,
+    VLLM_SECRETS,
+    DiskChoice,
+    MPServer,
+    StoreURL,
+    ValueProblem,
+    load_json,
+    owned_flag_problem,
+    parse_bool,
+    parse_value,
+)
 from .sources import DEFAULT, ENV_FILE, ENVIRONMENT, REGISTRY, RawInputs
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -60,7 +74,7 @@ class Builder:
     def __init__(self, raw: RawInputs, schema: Schema, environ: Mapping[str, str], host: resources.Host):
         self.raw, self.schema, self.environ, self.host = raw, schema, environ, host
         self.errors: list[str] = list(raw.errors)  # the collecting phase's problems
-        self.values: dict[str, object] = {}  # typed values of explicit settings
+        self.values: dict[str, Any] = {}  # typed values of explicit settings
         self.user_given: set[str] = set()  # names set by the operator (not registry, not default)
         self.generic_flags: dict[str, tuple[str, object]] = {}  # name -> (flag, typed value)
         self.vllm_passthrough: dict[str, str] = {}
@@ -93,7 +107,8 @@ class Builder:
         flags = self.schema.flag_by_env_name
         for name, (plain, where) in sorted(self.raw.near_misses.items()):
             candidates = self.known_names()
-            right = plain if plain in candidates else (difflib.get_close_matches(plain, candidates, n=1) or [None])[0]
+            right = plain if plain in candidates else next(iter(difflib.get_close_matches(plain, candidates, n=1)),
+                                                           None)
             fix = f"write it as {right}" if right else "write the name in capitals and plain Latin letters"
             self.error(f"{name!r} (in the {where}): not read, although it looks like an appliance setting: names "
                        f"are exact, in capitals and plain Latin letters; {fix}")
@@ -145,7 +160,7 @@ class Builder:
                        f"{self.schema.lmcache_version}: see docs/ENVIRONMENT.md, docs/UPGRADING.md)")
 
     def apply_registry(self) -> None:
-        model = self.raw.values.get("VLLM_MODEL", "").strip() or BY_NAME["VLLM_MODEL"].default
+        model = self.raw.values.get("VLLM_MODEL", "").strip() or str(BY_NAME["VLLM_MODEL"].default)
         extra = self.raw.values.get("APPLIANCE_MODEL_REGISTRY_FILE", "").strip() or None
         try:
             registry = models.load_registry(extra)
@@ -276,8 +291,8 @@ def vllm_command(s: Resolved) -> tuple[VllmCommand, Problems]:
                 found.error(f"{setting.name}: the installed vLLM {s.schema.vllm_version} has no {setting.flag} flag")
                 continue
             value = v[setting.name]
-            if v.get("APPLIANCE_FRONT_PROXY") and setting.name in FRONT_MOVES:  # vLLM behind the proxy
-                value = FRONT_MOVES[setting.name](v)
+            if setting.name in ("VLLM_HOST", "VLLM_PORT"):  # behind the front proxy, vLLM moves to loopback
+                value = dict(zip(("VLLM_HOST", "VLLM_PORT"), vllm_listens(v)))[setting.name]
             if setting.kind == "human_int_or_auto" and value == -1:
                 value = "auto"
             elif setting.kind == "names":
@@ -299,16 +314,17 @@ def vllm_command(s: Resolved) -> tuple[VllmCommand, Problems]:
         found.warn("VLLM_HF_TOKEN puts the token on vLLM's command line; prefer HF_TOKEN")
     command = VllmCommand(model=model, served_model_name=names[0] if names else model,  # vLLM answers to the first
                           api_host=str(v["VLLM_HOST"]), api_port=int(v["VLLM_PORT"]),
-                          vllm_host=str(FRONT_MOVES["VLLM_HOST"](v) if v.get("APPLIANCE_FRONT_PROXY")
-                                        else v["VLLM_HOST"]),
-                          vllm_port=int(FRONT_MOVES["VLLM_PORT"](v) if v.get("APPLIANCE_FRONT_PROXY")
-                                        else v["VLLM_PORT"]),
-                          argv=argv, flag_setters=setters)
+                          vllm_host=vllm_listens(v)[0], vllm_port=vllm_listens(v)[1], argv=argv,
+                          flag_setters=setters)
     return command, found
 
 
-# With the front proxy (APPLIANCE_FRONT_PROXY) the API address is the proxy's; vLLM moves to loopback.
-FRONT_MOVES = {"VLLM_HOST": lambda v: "127.0.0.1", "VLLM_PORT": lambda v: int(v["APPLIANCE_FRONT_VLLM_PORT"])}
+def vllm_listens(v: Mapping[str, Any]) -> tuple[str, int]:
+    """Where vLLM listens: VLLM_HOST:VLLM_PORT, or behind the front proxy (APPLIANCE_FRONT_PROXY, which then holds
+    the API address) loopback:APPLIANCE_FRONT_VLLM_PORT."""
+    if v.get("APPLIANCE_FRONT_PROXY"):
+        return "127.0.0.1", int(v["APPLIANCE_FRONT_VLLM_PORT"])
+    return str(v["VLLM_HOST"]), int(v["VLLM_PORT"])
 
 
 def front_proxy(s: Resolved, role: str) -> Problems:
@@ -360,10 +376,10 @@ def extra_args(s: Resolved, argv: list[str], flag_setters: Mapping[str, str]) ->
             if flag == AMBIGUOUS:
                 found.error(f"{where}: {shown} is an abbreviation of several vllm serve flags; write the flag "
                             "in full")
-            elif owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS):
+            elif flag is not None and owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS):
                 found.error(f"{where}: {_as_typed(shown, flag)} "
                             f"{owned_flag_problem(flag, OWNED_FLAGS, REFUSED_FLAGS)}")
-            elif flag in flag_setters:
+            elif flag is not None and flag in flag_setters:
                 setter = flag_setters[flag]
                 registry = " (from the model registry)" if s.raw.sources.get(setter) == REGISTRY else ""
                 found.error(f"{where}: {_as_typed(shown, flag)} is already set by {setter}{registry}; set it "
@@ -456,7 +472,7 @@ def recorded_values(s: Resolved, kv: kv_tiers.KvPart) -> tuple[dict[str, object]
     return values, sources
 
 
-def appliance_programs(values: Mapping[str, object]) -> AppliancePrograms:
+def appliance_programs(values: Mapping[str, Any]) -> AppliancePrograms:
     """The APPLIANCE_* values the supervised programs read, each from the setting its field names."""
     return AppliancePrograms(**{f.name: values[f.metadata[SETTING]] for f in dataclasses.fields(AppliancePrograms)
                                 if f.metadata[SETTING] in values})

@@ -3,7 +3,7 @@ it and so that no value can be read as a flag, and raw arguments resolved to the
 from __future__ import annotations
 
 import shlex
-from typing import Iterable
+from typing import Any, Iterable
 
 from .settings import ValueProblem, _human_int, load_json, parse_bool
 
@@ -19,7 +19,7 @@ def split_args(text: str) -> list[str]:
                            "quote that belongs to a value with a backslash") from None
 
 
-def parse_flag_value(spec: dict, raw: str):
+def parse_flag_value(spec: dict, raw: str) -> Any:
     """Check a value against the installed vLLM's type for that flag; returns the typed value."""
     kind = spec["kind"]
     text = raw.strip()
@@ -73,7 +73,7 @@ def _one(flag: str, text: str) -> list[str]:
     return [f"{flag}={text}"] if text.startswith("-") else [flag, text]
 
 
-def flag_args(flag: str, spec: dict | None, value) -> list[str]:
+def flag_args(flag: str, spec: dict | None, value: Any) -> list[str]:
     """How one flag is written on vLLM's command line, following the installed parser's action.
     List values were checked by parse_flag_value: no element starts with '-'."""
     kind = spec["kind"] if spec else "str"

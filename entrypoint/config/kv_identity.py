@@ -22,7 +22,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .flags import AMBIGUOUS, resolve_flag
 from .settings import KV_FLAGS
@@ -106,7 +106,7 @@ def weights_fingerprint(model: str, revision: str | None, env: Mapping[str, str]
     return hub_weights(model, revision, env, download_dir), {}
 
 
-def _exists(path: Path, test=os.path.exists) -> bool:
+def _exists(path: Path, test: Callable[[Path], bool] = os.path.exists) -> bool:
     """An operator's path that the OS cannot even look up (too long, a NUL byte) does not exist."""
     try:
         return test(path)

@@ -14,13 +14,23 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import resources, roles
 from .flags import number_text, resolve_flag
 from .plan import DiskTier, LmcacheServer, SharedStore
 from .resolved import Problems, Resolved
-from .settings import (AUTO, DEFAULT_DISK_TIER_PATH, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS, SETTINGS, DiskChoice,
-                       MPServer, StoreURL, owned_flag_problem)
+from .settings import (
+    AUTO,
+    DEFAULT_DISK_TIER_PATH,
+    LMCACHE_OWNED_FLAGS,
+    LMCACHE_REFUSED_FLAGS,
+    SETTINGS,
+    DiskChoice,
+    MPServer,
+    StoreURL,
+    owned_flag_problem,
+)
 from .sources import REGISTRY
 
 LMCACHE_CONNECTOR_MP = "LMCacheMPConnector"
@@ -257,7 +267,9 @@ def cpu_tier_gib(inputs: KvInputs, out: KvPart) -> float | None:
     """The CPU tier (GiB, all GPUs together): the operator's size, the registry's, or auto from the readings.
     None (recorded as an error, or as offloading off with a warning) where auto finds too little memory."""
     v = inputs.s.values
-    kv, lmc = v.get("VLLM_KV_OFFLOADING_SIZE"), v.get("LMCACHE_MAX_LOCAL_CPU_SIZE")
+    # a size in GiB, AUTO, or None (unset)
+    kv: Any = v.get("VLLM_KV_OFFLOADING_SIZE")
+    lmc: Any = v.get("LMCACHE_MAX_LOCAL_CPU_SIZE")
     kv_user, lmc_user = ("VLLM_KV_OFFLOADING_SIZE" in inputs.s.user_given,
                          "LMCACHE_MAX_LOCAL_CPU_SIZE" in inputs.s.user_given)
     if kv_user and lmc_user and kv != lmc and (AUTO in (kv, lmc) or abs(kv - lmc) > 1e-9):
@@ -270,6 +282,7 @@ def cpu_tier_gib(inputs: KvInputs, out: KvPart) -> float | None:
             chosen, name = value, var
             break
     if chosen != AUTO:
+        assert name is not None  # set with chosen
         out.cpu_tier_source = name + (" (model registry)" if inputs.s.raw.sources.get(name) == REGISTRY else "")
         return float(chosen)
     size, out.cpu_tier_source = resources.auto_cpu_tier(inputs.s.host)
@@ -307,7 +320,7 @@ def cpu_tier_problem(host: resources.Host, cpu: float, source: str) -> str | Non
             f"{resources.gib_text(memory.bytes)} of memory this container may use ({memory.source}); {fix}")
 
 
-def _gib(value) -> str:
+def _gib(value: float | str) -> str:
     return value if value == AUTO else f"{value:g}"
 
 
@@ -369,7 +382,7 @@ def lmcache_server(inputs: KvInputs, out: KvPart, cpu: float, chunk: int) -> Non
         elif flag == "ambiguous":
             out.error(f"LMCACHE_SERVER_EXTRA_ARGS: {shown} is an abbreviation of several lmcache server flags; "
                       "write the flag in full")
-        elif owned_flag_problem(flag, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS):
+        elif flag is not None and owned_flag_problem(flag, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS):
             out.error(f"LMCACHE_SERVER_EXTRA_ARGS: {typed} "
                       f"{owned_flag_problem(flag, LMCACHE_OWNED_FLAGS, LMCACHE_REFUSED_FLAGS)}")
         elif flag in planned and flag not in ("--l2-adapter", "--server-module"):  # these add: several allowed
@@ -420,6 +433,7 @@ def prewarm_module(inputs: KvInputs, out: KvPart, cpu: float) -> list[str]:
         out.warn(f"LMCACHE_PREWARM_SIZE={number_text(gib)} is larger than the CPU tier "
                  f"({number_text(cpu)} GiB): at most the CPU tier is pre-warmed")
         gib, note = cpu, f"LMCACHE_PREWARM_SIZE, capped at the {number_text(cpu)} GiB CPU tier"
+    assert out.disk is not None  # no disk tier: returned above
     key_file = f"{out.disk.path}/{PREWARM_KEY_FILE}"
     out.prewarm = (gib, f"{note}; hot chunks recorded in {key_file}")
     spec = {"module_path": PREWARM_MODULE, "factory_name": "build_server_modules",
@@ -464,6 +478,7 @@ def shared_adapter(inputs: KvInputs, out: KvPart) -> dict[str, object]:
     model, chunk size and parallelism find each other's chunks. No password key: LMCache reads it from
     LMCACHE_RESP_PASSWORD (shared_store_credentials)."""
     store = out.shared_store
+    assert store is not None  # called only with a shared store
     adapter: dict[str, object] = {"type": "resp", "host": store.host, "port": store.port, "shared": True}
     if store.username:
         adapter["username"] = store.username

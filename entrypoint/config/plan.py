@@ -53,9 +53,9 @@ def _setting_schema(name: str) -> dict:
 
 @dataclass(frozen=True)
 class AppliancePrograms:
-    """The APPLIANCE_* values the supervised programs read (programs/, supervise/, inspectors/): one field per setting. The settings
-    that only shape the plan itself are named in PLANNING_ONLY (a unit test checks every APPLIANCE_* setting is
-    one or the other, so that none is silently dropped)."""
+    """The APPLIANCE_* values the supervised programs read (programs/, supervise/, inspectors/): one field per
+    setting. The settings that only shape the plan itself are named in PLANNING_ONLY (a unit test checks every
+    APPLIANCE_* setting is one or the other, so that none is silently dropped)."""
     run_dir: str = from_setting("APPLIANCE_RUN_DIR")
     startup_timeout: int = from_setting("APPLIANCE_STARTUP_TIMEOUT", type="integer", minimum=1)
     shutdown_timeout: int = from_setting("APPLIANCE_SHUTDOWN_TIMEOUT")
@@ -313,7 +313,7 @@ class Plan:
         "appliance", description="APPLIANCE_* values the supervised programs read (one per setting)"))
     tiers: KvTiers = field(default_factory=KvTiers, metadata=_at(
         "tiers", description="The chosen tier sizes with their source, and the hot-prefix pre-warm size"))
-    values: dict[str, object] = field(default_factory=dict, metadata=_at(  # every resolved variable
+    values: dict[str, typing.Any] = field(default_factory=dict, metadata=_at(  # every resolved variable
         "values", show=_values, type="object", propertyNames={"pattern": "^[A-Z][A-Z0-9_]*$"}))
     sources: dict[str, str] = field(default_factory=dict, metadata=_at(
         "sources", type="object",
@@ -358,7 +358,7 @@ class Plan:
     def from_dict(cls, d: dict) -> "Plan":
         """Read back a plan written by `serve` (the supervised programs start from it)."""
         hints = typing.get_type_hints(cls)
-        kwargs = {}
+        kwargs: dict[str, typing.Any] = {}
         for f in _json_fields():
             node = d
             for name in f.metadata[JSON]:

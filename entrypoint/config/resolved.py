@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 from . import resources
 from .flags import split_args
@@ -38,7 +38,9 @@ class Resolved:
     schema: Schema
     environ: Mapping[str, str]
     host: resources.Host
-    values: Mapping[str, object]  # typed values of the appliance's settings (defaults included)
+    # Typed values of the appliance's settings (defaults included); Any, as each value's type is its setting's
+    # kind (settings.parse_value checked it): int, float, bool, str, MPServer, DiskChoice, StoreURL, None, ...
+    values: Mapping[str, Any]
     user_given: frozenset[str]  # names set by the operator (not registry, not default)
     generic_flags: Mapping[str, tuple[str, object]]  # VLLM_<FLAG> name -> (flag, typed value)
     vllm_passthrough: Mapping[str, str]  # variables vLLM reads itself

@@ -39,7 +39,7 @@ class Memory:
     source: str  # where the number comes from, for messages
 
 
-def files_under(path) -> Iterator[tuple[str, os.stat_result]]:
+def files_under(path: str | os.PathLike[str]) -> Iterator[tuple[str, os.stat_result]]:
     """(path, stat) of every regular file below `path`, symlinks not followed; what vanishes meanwhile (LMCache
     evicting) or cannot be read is skipped. The disk tier's one walk: auto sizing, preflight's prune, status."""
     stack = [str(path)]

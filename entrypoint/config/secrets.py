@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .settings import MAX_JSON_DEPTH, SECRET_NAMES, json_depth
 
@@ -73,7 +73,7 @@ def _redact_json_text(arg: str) -> str:
     return arg if hidden == data else json.dumps(hidden, separators=(",", ":"))
 
 
-def redact_json(data):
+def redact_json(data: Any) -> Any:
     """A JSON value with the values under credential-like keys replaced."""
     if isinstance(data, dict):
         return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "")
@@ -124,7 +124,7 @@ def secret_leaves(arg: str) -> list[str]:
         return [arg]
     found: list[str] = []
 
-    def walk(node, hidden: bool) -> None:
+    def walk(node: Any, hidden: bool) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, hidden or (isinstance(k, str) and bool(_SECRET_KEY.search(k))))
@@ -186,7 +186,7 @@ def redact_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACTED if is_secret_name(k) else redact_urls(v)) for k, v in env.items()}
 
 
-def redact_value(name: str, value):
+def redact_value(name: str, value: Any) -> Any:
     if is_secret_name(name):
         return REDACTED
     if name.endswith("EXTRA_ARGS") and isinstance(value, str):  # may hold `--api-key ...`

@@ -28,7 +28,8 @@ DEFAULT_RUN_DIR = "/run/appliance"
 @dataclass(frozen=True)
 class Setting:
     name: str
-    kind: str  # see parse_value: str, int, bool, gib, gib_auto, gib_auto_off, port, fraction, choice, seconds, disk, args, ...
+    # see parse_value: str, int, bool, gib, gib_auto, gib_auto_off, port, fraction, choice, seconds, disk, args, ...
+    kind: str
     # (model, names, path, human_int_or_auto: values that land in an argv or a file name are checked for it)
     doc: str
     default: object = None
@@ -139,7 +140,8 @@ SETTINGS: tuple[Setting, ...] = (
        example="5.0"),
     _s("LMCACHE_LOCAL_DISK", "disk", "Disk tier: a path, a file:// URL, or `true` for the image's volume "
        f"({DEFAULT_DISK_TIER_PATH}); `false` or empty for none. A subdirectory per KV identity (weights, "
-       "KV-affecting settings, vLLM and LMCache versions; `config` shows it) keeps caches that must not mix apart.", group="LMCache",
+       "KV-affecting settings, vLLM and LMCache versions; `config` shows it) keeps caches that must not mix apart.",
+       group="LMCache",
        target="lmcache server --l2-adapter fs_native / local_disk", example="true"),
     _s("LMCACHE_MAX_LOCAL_DISK_SIZE", "gib_auto", "Cap of the disk tier in GiB, for all GPUs together; the tier "
        "never grows past it (LMCache's L2 eviction, plus a prune at start). `auto`: 80% of the volume's free space "

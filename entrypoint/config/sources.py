@@ -11,6 +11,7 @@ import re
 import shlex
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 from dotenv.parser import parse_stream
 
@@ -74,7 +75,7 @@ _REFERENCE = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za
 _BRACED = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>.*))?$", re.DOTALL)
 
 
-def interpolate(value: str, lookup, where: str) -> str:
+def interpolate(value: str, lookup: Callable[[str], str | None], where: str) -> str:
     """`$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:+alt}`, `${VAR+alt}`, `${VAR:?msg}`,
     `${VAR?msg}` and `$$` as docker compose expands them in an env file; raises EnvFileError."""
     def expand(m: re.Match) -> str:
@@ -90,12 +91,13 @@ def interpolate(value: str, lookup, where: str) -> str:
         current = lookup(name)
         present = current is not None and (current != "" or not (op or "").startswith(":"))
         if op in (":-", "-"):
-            return current if present else interpolate(arg, lookup, where)
+            return current if current is not None and present else interpolate(arg, lookup, where)
         if op in (":+", "+"):
             return interpolate(arg, lookup, where) if present else ""
         if op in (":?", "?"):
             if not present:
                 raise EnvFileError(f"{where}: {name} is required: {arg or 'it is not set'}")
+            assert current is not None  # present
             return current
         return current or ""
     return _REFERENCE.sub(expand, value)
@@ -104,10 +106,10 @@ def interpolate(value: str, lookup, where: str) -> str:
 def _single_quoted(line: str) -> bool:
     """Whether the value of this env-file line is in single quotes (compose takes those literally)."""
     m = re.match(r"\s*(?:export\s+)?[^=]*=\s*(.)", line)
-    return bool(m) and m.group(1) == "'"
+    return m is not None and m.group(1) == "'"
 
 
-def read_env_file(path: str, environ: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+def read_env_file(path: str, environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """(values, problems) of an env file, read as docker compose reads it: UTF-8, `NAME=value` lines,
     quotes, `export`, comments, and $VAR / ${VAR} expansion from earlier lines, then the environment.
     python-dotenv parses each line; a line it cannot read is a problem with its number (it only logs those).
@@ -163,7 +165,7 @@ def value_problem(name: str, value: str) -> str | None:
 
 
 def collect(environ: dict[str, str], env_file: str | None = None, overrides: list[str] | None = None,
-            flag_kind=None) -> RawInputs:
+            flag_kind: Callable[[str], bool] | None = None) -> RawInputs:
     """Gather raw values. `flag_kind(name)` says whether a VLLM_* name is a boolean flag (for overrides)."""
     raw = RawInputs()
     if env_file:
@@ -173,15 +175,15 @@ def collect(environ: dict[str, str], env_file: str | None = None, overrides: lis
             problems, file_values = [f"--env-file {env_file}: {e}"], {}
         raw.errors += problems
         for name, value in file_values.items():
-            if near_miss(name):
-                raw.near_misses[name] = (near_miss(name), ENV_FILE)
+            if plain := near_miss(name):
+                raw.near_misses[name] = (plain, ENV_FILE)
             elif is_ours(name):
                 raw.values[name], raw.sources[name] = value, ENV_FILE
             elif name not in environ:
                 raw.passthrough[name] = value
     for name, value in environ.items():
-        if near_miss(name):
-            raw.near_misses[name] = (near_miss(name), ENVIRONMENT)
+        if plain := near_miss(name):
+            raw.near_misses[name] = (plain, ENVIRONMENT)
         elif is_ours(name):
             raw.values[name], raw.sources[name] = value, ENVIRONMENT
     if overrides:
@@ -203,7 +205,7 @@ def override_env_name(flag: str) -> str:
     return "VLLM_" + body
 
 
-def parse_overrides(args: list[str], raw: RawInputs, is_bool) -> None:
+def parse_overrides(args: list[str], raw: RawInputs, is_bool: Callable[[str], bool]) -> None:
     """Command-line overrides after `serve`, in vLLM's own syntax; each one sets the matching variable.
 
     `serve MODEL` sets VLLM_MODEL; `--flag value` / `--flag=value`; a boolean flag alone is true and

@@ -3,8 +3,9 @@
 Ready: vLLM's /health answers 200, /v1/models lists the served model name, and the LMCache server (server
 mode) answers 200 on its health URL. A kv-server (APPLIANCE_ROLE) is ready when its LMCache server is. A replica
 (LMCACHE_SERVER) is ready when its vLLM is: the kv-server has its own check, and marking every replica of a
-host unhealthy for it would hide which container has the problem (`status` and the watchdog report it). This is what the image's HEALTHCHECK and compose call. The plan comes
-from the run directory `serve` wrote (APPLIANCE_RUN_DIR, default /run/appliance), else from the environment.
+host unhealthy for it would hide which container has the problem (`status` and the watchdog report it). This
+is what the image's HEALTHCHECK and compose call. The plan comes from the run directory `serve` wrote
+(APPLIANCE_RUN_DIR, default /run/appliance), else from the environment.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import requests
 
 from ..config.plan import Plan
 from ..config.secrets import REDACTED
-from ..rundir import RunDir, read_plan
 from ..config.settings import DEFAULT_RUN_DIR, FILE_SECRETS
+from ..rundir import RunDir, read_plan
 
 
 def api_base(plan: Plan) -> str:

@@ -17,9 +17,9 @@ import requests
 
 from ..common import state
 from ..config import resources
-from .healthcheck import api_headers, vllm_base
-from ..rundir import RunDir
 from ..config.plan import Plan
+from ..rundir import RunDir
+from .healthcheck import api_headers, vllm_base
 
 TIMEOUT_S = 0.4  # per HTTP call; they run in parallel, so `status` stays well under a second
 GIB = 1024 ** 3

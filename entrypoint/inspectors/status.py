@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import snapshot
-from ..rundir import RunDir, read_plan
 from ..config.settings import DEFAULT_RUN_DIR
+from ..rundir import RunDir, read_plan
 from ..version import version
+from . import snapshot
 
 EXIT_DOWN = 1
 EXIT_NOT_STARTED = 3

@@ -44,8 +44,8 @@ from pathlib import Path
 from aiohttp import web
 
 from ..common import applog
-from ..rundir import RunDir, read_plan
 from ..common.webserver import BACKLOG, Limits, Server, error_response
+from ..rundir import RunDir, read_plan
 
 NAME = "gap"
 GAP_OFF = "gap.off"  # in the run directory: "<pid>" of a vLLM that must bind the port alone

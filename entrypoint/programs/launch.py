@@ -21,21 +21,20 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
 
+from ..common import applog
 from ..config.plan import Plan
 from ..config.secrets import REDACTED, is_secret_name, redact_argv
-from ..common import applog
-from . import reuse_port
-from .gap import GAP_OFF
+from ..config.settings import FILE_SECRETS, SECRET_NAMES
 from ..render.supervisord_conf import START_RETRIES
 from ..rundir import RunDir, read_plan
-from ..config.settings import FILE_SECRETS, SECRET_NAMES
+from . import reuse_port
+from .gap import GAP_OFF
 
 # Secret values of the planned command lines (e.g. --api-key in VLLM_EXTRA_ARGS): the plan file has them
 # redacted, so `serve` hands them over in this variable, which never reaches the servers.
@@ -203,6 +202,7 @@ def lmcache_wait_url(plan: Plan) -> tuple[str | None, str]:
 
 def wait_for_lmcache(plan: Plan) -> bool:
     url, what = lmcache_wait_url(plan)
+    assert url is not None  # called only where there is one to wait for
     budget = float(plan.appliance.lmcache_wait)
     start, next_note = time.monotonic(), 10.0
     while True:
@@ -235,8 +235,8 @@ def gave_up(run: RunDir, program: str) -> int:
     # across container starts) is not ours.
     this = str(os.getppid())
     try:
-        owner, count = counter.read_text().split()
-        count = int(count) + 1 if owner == this else 1
+        owner, counted = counter.read_text().split()
+        count = int(counted) + 1 if owner == this else 1
     except (OSError, ValueError):
         count = 1
     try:
@@ -289,6 +289,7 @@ def restart_lmcache_for_gpu(plan: Plan, run: RunDir, why: str) -> bool:
 def vllm(plan: Plan, run: RunDir | None = None) -> int:
     held = run.root / GPU_HELD if run else None
     if held and held.exists():
+        assert run is not None  # held is under it
         held.unlink(missing_ok=True)
         restart_lmcache_for_gpu(plan, run, "the last vLLM start found the GPU memory still held after "
                                            f"{GPU_MEMORY_WAIT:g} s")

@@ -13,9 +13,9 @@ import json
 import os
 import sys
 
-from ..config.secrets import MIN_MASKED, REDACTED, environment_secrets
 from ..common import applog
 from ..common.events import Listener, log_bytes, prefix, split_payload
+from ..config.secrets import MIN_MASKED, REDACTED, environment_secrets
 from .launch import SECRET_ARGV_VAR
 
 MAX_PARTIAL = 65536  # a "line" longer than this without a newline is printed as it is

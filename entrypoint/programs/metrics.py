@@ -23,17 +23,17 @@ from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..common import applog, state
-from ..inspectors import snapshot
-from .front import FRONT_STATE
-from .gap import GAP_STATE
-from ..rundir import RunDir, read_plan
 from ..common.webserver import Limits, Refused, Server, read_body, run_until_signalled
 from ..config.plan import Plan
+from ..inspectors import snapshot
+from ..rundir import RunDir, read_plan
+from .front import FRONT_STATE
+from .gap import GAP_STATE
 
 NAME = "metrics"
 BIND_RETRY_S = 10.0

@@ -106,7 +106,7 @@ def patch_bind(port: int) -> None:
             self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         return original(self, address)
 
-    socket.socket.bind = bind
+    setattr(socket.socket, "bind", bind)  # a method replaced on purpose: mypy refuses the plain assignment
 
 
 def main(argv: list[str]) -> int:
@@ -115,7 +115,8 @@ def main(argv: list[str]) -> int:
         return 2
     port, cut = int(argv[0]), argv.index("--")
     options, target = argv[1:cut], argv[cut + 1:]
-    module, wait = None, None
+    module: str | None = None
+    wait: tuple[float, int, float, str | None] | None = None
     while options:
         name, value, options = options[0], options[1:2], options[2:]
         if name == "--preload" and value:
@@ -137,13 +138,13 @@ def main(argv: list[str]) -> int:
     if module:
         preload(module)
     if wait:
-        share, tp, limit, held = wait
-        if not wait_for_gpu_memory(share, tp, limit, quiet_limit=bool(held)) and held:
+        want, gpus, seconds, held_file = wait
+        if not wait_for_gpu_memory(want, gpus, seconds, quiet_limit=bool(held_file)) and held_file:
             # Never seen freed within the limit (one H200 run: the LMCache server logged its reap, the memory
             # stayed mapped). Say so and exit: the launcher's next start restarts the LMCache server first.
-            with open(held, "w") as f:
+            with open(held_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
-            log(f"GPU memory still short after {limit:g} s: exiting, so that the next start restarts the LMCache "
+            log(f"GPU memory still short after {seconds:g} s: exiting, so that the next start restarts the LMCache "
                 "server that still maps it")
             return HELD_EXIT
     if target[0] == "-m":

@@ -39,11 +39,11 @@ from supervisor.xmlrpc import Faults
 
 from ..common import disk_prune, state, store
 from ..common.events import Listener, say, split_payload
-from .gap import HEADER as GAP_HEADER
-from ..inspectors.healthcheck import api_headers, vllm_base
 from ..config.plan import Plan
+from ..inspectors.healthcheck import api_headers, vllm_base
+from ..inspectors.snapshot import parse_metrics  # prometheus_client's parser; sample names summed over label sets
 from ..rundir import RunDir, read_plan
-from ..inspectors.snapshot import parse_metrics  # prometheus_client's parser, each sample name summed over its label sets
+from .gap import HEADER as GAP_HEADER
 
 NAME = "watchdog"
 STORE_TIMEOUT_S = 5.0  # a store probe must not hold up the probes of vLLM and LMCache
@@ -196,6 +196,7 @@ class Watchdog:
 
     def probe_lmcache(self) -> tuple[bool, str]:
         url = self.plan.lmcache.health_url
+        assert url is not None  # probed only where there is an LMCache server of its own
         try:
             r = self._get(url)
         except requests.RequestException as e:
@@ -205,6 +206,7 @@ class Watchdog:
     def probe_lmcache_server(self) -> bool:
         """A replica's external LMCache server: recorded, said when it changes; True when it answers."""
         server = self.plan.lmcache.server
+        assert server is not None  # probed only where there is one
         try:
             r = self._get(server.health_url)
             up, why = r.status_code == 200, f"{server.health_url} answered {r.status_code}"
@@ -219,6 +221,7 @@ class Watchdog:
         return up
 
     def probe_store(self) -> None:
+        assert self.plan.lmcache.shared_store is not None  # probed only where there is one
         url = self.plan.lmcache.shared_store.url
         up, why = store.probe(self.plan, min(self.timeout, STORE_TIMEOUT_S))
         if self.record.shared_store(up, why):
@@ -244,6 +247,7 @@ class Watchdog:
         self.record.restart("lmcache", state.DEPENDENCY, "the shared KV store came back (LMCache does not reconnect)")
         self._call("stopProcess", "lmcache", True)
         self._call("startProcess", "lmcache", False)
+        assert self.lmcache is not None  # called only while it runs
         self.refresh(self.lmcache)
 
     def judge(self, t: Target, ok: bool, why: str, now: float) -> bool:
@@ -287,7 +291,9 @@ class Watchdog:
         for name in names:
             self._call("startProcess", name, False)
         for name in names:
-            self.refresh(self.target(name))
+            t = self.target(name)
+            assert t is not None  # `then` names only programs watched here
+            self.refresh(t)
 
     def _call(self, method: str, name: str, wait: bool) -> bool:
         """stopProcess/startProcess, where "already so" (it crashed meanwhile, or autorestart won) is fine."""
@@ -330,6 +336,7 @@ class Watchdog:
         that server's eviction is stalled, so every later prune takes the tier under its cap on its own, and
         further under it (ALONE_PRUNE_TO) since nothing frees space between prunes."""
         disk = self.plan.lmcache.disk
+        assert disk is not None  # pruned only where there is a disk tier
         cap, dirs, since = disk.max_size_gib * disk_prune.GIB, disk_prune.tier_dirs(disk), self.lmcache_since
         alone = since is not None and getattr(self, "evicting_alone_for", None) == since
         removed, freed, held = disk_prune.prune(dirs, cap, written_before=None if alone else since,
@@ -355,6 +362,7 @@ class Watchdog:
         disk tier written at GB/s must not wait for it. The period is the longest wait: the next prune
         comes sooner when the tier grows fast (prune_wait)."""
         period = float(self.plan.appliance.disk_prune_interval or DEFAULT_PRUNE_S)
+        assert self.plan.lmcache.disk is not None  # started only where there is a disk tier
         cap = self.plan.lmcache.disk.max_size_gib * disk_prune.GIB
         wait, last_after, last_at = period, None, time.monotonic()
         while not stop.wait(wait):

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from ..common import store
+from ..common.disk_prune import GIB, prune, prune_note, size_text, tier_dirs
 from ..config import kv_identity, resources
 from ..config.kv_tiers import cpu_tier_problem
 from ..config.plan import DiskTier, Plan
-from ..common import store
-from ..common.disk_prune import GIB, prune, prune_note, size_text, tier_dirs
 from ..rundir import RunDir
 
 SHM_FOR_TP = 1 * GIB  # NCCL and vLLM's shared-memory broadcast between TP workers; Docker's default is 64 MiB
@@ -112,8 +112,8 @@ def note_kv_identity(plan: Plan, found: Findings) -> None:
         _, name, recorded = max(others)
         more = f" (and {len(others) - 1} older)" if len(others) > 1 else ""
         found.notes.append(f"the disk tier holds KV of another identity, {name}{more}: not read by this start "
-                           f"({kv_identity.changed(recorded, mine)}); its files, least recently used, go first when the tier "
-                           "is over LMCACHE_MAX_LOCAL_DISK_SIZE")
+                           f"({kv_identity.changed(recorded, mine)}); its files, least recently used, go first "
+                           "when the tier is over LMCACHE_MAX_LOCAL_DISK_SIZE")
     target = Path(disk.path) / kv_identity.MANIFEST_FILE
     tmp = target.with_name(f".{target.name}.tmp")
     try:

@@ -13,8 +13,8 @@ EXIT_PREFLIGHT when a preflight check failed (nothing started), supervisord's ow
 from __future__ import annotations
 
 import ctypes
-import functools
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 from ..common import applog, state
-from . import preflight
 from ..config.plan import Plan
 from ..programs.gap import GAP_OFF, GAP_STATE
 from ..programs.launch import SECRET_ARGV_VAR, processes_of, secret_argv_values
 from ..render.supervisord_conf import START_RETRIES, render
 from ..rundir import RunDir
+from . import preflight
 
 EXIT_FATAL = 1
 EXIT_PREFLIGHT = 3

@@ -85,14 +85,16 @@ def schema_problems(dashboard: dict) -> list[str]:
     from grafana_foundation_sdk.cog import runtime
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.cog.plugins import register_default_plugins
-    from grafana_foundation_sdk.models import dashboard as model, prometheus
+    from grafana_foundation_sdk.models import dashboard as model
+    from grafana_foundation_sdk.models import prometheus
 
     register_default_plugins()  # the panel types' options and the data sources' query types
     parsed = model.Dashboard.from_json(dashboard)
     problems = _differences(dashboard, json.loads(json.dumps(parsed, cls=JSONEncoder)))
     for i, panel in enumerate(parsed.panels or []):
         if runtime.panelcfg_config(getattr(panel, "type_val", None) or "") is None:
-            problems.append(f"/panels[{i}] ({panel.title}): panel type {getattr(panel, 'type_val', None)!r} is not Grafana's")
+            problems.append(f"/panels[{i}] ({panel.title}): panel type {getattr(panel, 'type_val', None)!r} "
+                            "is not Grafana's")
         for j, target in enumerate(getattr(panel, "targets", None) or []):
             if not isinstance(target, prometheus.Dataquery) or not target.expr:
                 problems.append(f"/panels[{i}]/targets[{j}] ({panel.title}): not a Prometheus query with an expr")
@@ -119,7 +121,8 @@ def query_panels(prometheus: str, vllm: str, appliance: str, rate_interval: str 
             elif answer["data"]["result"]:
                 result = "data"
             else:
-                waiting = [n for n in dict.fromkeys(NAME.findall(expr)) if n not in now and (n in declared or event_of(n))]
+                waiting = [n for n in dict.fromkeys(NAME.findall(expr))
+                           if n not in now and (n in declared or event_of(n))]
                 result = f"not yet: {', '.join(waiting)} (no series before the first event)" if waiting else "EMPTY"
             rows.append({"panel": panel["title"], "expr": expr, "result": result})
     return rows
@@ -147,7 +150,8 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"{r['panel'][:44]:<44} {r['result'][:60]:<60} {r['expr']}")
         bad = [r for r in rows if r["result"] != "data" and not r["result"].startswith("not yet")]
-        print(f"{len(rows)} queries in {len({r['panel'] for r in rows})} panels; {len(bad)} without data or an event to wait for")
+        print(f"{len(rows)} queries in {len({r['panel'] for r in rows})} panels; "
+              f"{len(bad)} without data or an event to wait for")
         return 1 if bad else 0
     (vllm, vllm_declared), (appliance, appliance_declared) = scrape(a.vllm), scrape(a.appliance)
     now, declared = {**vllm, **appliance}, vllm_declared | appliance_declared

@@ -48,11 +48,11 @@ def from_server(url: str) -> str:
 
 def from_package() -> str:
     """Create every metrics subscriber LMCache ships, with a recording meter, then touch each instrument."""
+    import lmcache.v1.mp_observability.subscribers.metrics as subs
     from opentelemetry import metrics
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from prometheus_client import REGISTRY, generate_latest
-    import lmcache.v1.mp_observability.subscribers.metrics as subs
 
     reader = PrometheusMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     version = importlib.metadata.version("lmcache") if a.from_package else "server at " + a.url
     text = from_package() if a.from_package else from_server(a.url)
     how = "its metric subscribers through the OpenTelemetry Prometheus exporter" if a.from_package else "a scrape"
-    header = f"# LMCache {version}: metric families, recorded from {how} by scripts/observability/record_lmcache_metrics.py"
+    header = (f"# LMCache {version}: metric families, recorded from {how} by "
+              "scripts/observability/record_lmcache_metrics.py")
     out = families_text(text, header)
     with open(a.out, "w") as f:
         f.write(out)

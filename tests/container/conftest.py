@@ -106,8 +106,9 @@ def build_lock():
 @pytest.fixture(scope="session")
 def docker_client():
     try:
-        import docker
         import testcontainers  # noqa: F401 (the fixtures below use it)
+
+        import docker
     except ImportError:
         missing("the docker/testcontainers packages are not installed (pip install testcontainers pytest)")
     try:

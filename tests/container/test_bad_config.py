@@ -9,7 +9,8 @@ import pytest
 from .conftest import ROOT
 
 # `serve`'s exit status after a failed preflight, read from the source (importing it needs supervisor).
-EXIT_PREFLIGHT = int(re.search(r"^EXIT_PREFLIGHT = (\d+)", (ROOT / "entrypoint/supervise/serve.py").read_text(), re.M)[1])
+EXIT_PREFLIGHT = int(re.search(r"^EXIT_PREFLIGHT = (\d+)", (ROOT / "entrypoint/supervise/serve.py").read_text(),
+                               re.M)[1])
 
 DISK = "/var/lib/appliance/kv-disk"
 HF = "/var/lib/appliance/hf-cache"

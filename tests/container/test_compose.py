@@ -15,8 +15,6 @@ from .test_static_checks import COMPOSE, COMPOSE_TEST
 from ports import free_port
 
 
-
-
 def _models(port: int) -> list[str]:
     url = f"http://127.0.0.1:{port}/v1/models"
     body = wait_until(lambda: json.load(urllib.request.urlopen(url, timeout=5)), 30, what=f"{url} to answer")

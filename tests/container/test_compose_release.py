@@ -23,7 +23,6 @@ from .test_static_checks import COMPOSE, COMPOSE_RELEASE
 from ports import free_port
 
 
-
 @pytest.fixture(scope="module")
 def registry(docker_client, tmp_path_factory):
     """host:port of a registry with its own storage, for this module only."""
@@ -34,7 +33,8 @@ def registry(docker_client, tmp_path_factory):
     where = tmp_path_factory.mktemp("registry")
     address = f"127.0.0.1:{free_port()}"
     config = where / "config.yml"
-    config.write_text(f"version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {where / 'data'}}}}}\n"
+    config.write_text(f"version: 0.1\nlog: {{level: warn}}\n"
+                      f"storage: {{filesystem: {{rootdirectory: {where / 'data'}}}}}\n"
                       f"http: {{addr: {address}}}\n")
     with open(where / "registry.log", "w") as log:
         proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)

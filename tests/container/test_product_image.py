@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 
 import pytest
+import tomllib
 
 from entrypoint.config.load import make_plan
 from entrypoint.config.schema import pinned_versions

@@ -7,9 +7,9 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from entrypoint.config.schema import pinned_versions
 from entrypoint.version import describe, release_tags, version

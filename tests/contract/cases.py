@@ -92,7 +92,8 @@ CASES = [
          vllm={"tensor_parallel_size": 2},
          lmcache={"l1_gib": 32, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None}),
     Case("appliance-settings", {
-        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_HOST": "127.0.0.1", "VLLM_PORT": "9001", "VLLM_SERVED_MODEL_NAME": "chat",
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_HOST": "127.0.0.1", "VLLM_PORT": "9001",
+        "VLLM_SERVED_MODEL_NAME": "chat",
         "VLLM_MAX_MODEL_LEN": "8192", "VLLM_GPU_MEMORY_UTILIZATION": "0.85", "VLLM_DTYPE": "bfloat16",
         "VLLM_TRUST_REMOTE_CODE": "yes", "VLLM_LOAD_FORMAT": "safetensors", "VLLM_TOOL_CALL_PARSER": "llama3_json",
         "VLLM_ENABLE_AUTO_TOOL_CHOICE": "1", "VLLM_DISABLE_HYBRID_KV_CACHE_MANAGER": "true",
@@ -124,7 +125,8 @@ CASES = [
              "revision": "main", "seed": 7, "max_logprobs": 5,
              "compilation_config.cudagraph_capture_sizes": [1, 2, 4]}),
     Case("generic-flags-false", {
-        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_ENABLE_PREFIX_CACHING": "false", "VLLM_ENFORCE_EAGER": "no",
+        "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_ENABLE_PREFIX_CACHING": "false",
+        "VLLM_ENFORCE_EAGER": "no",
         "VLLM_DISABLE_LOG_STATS": "false", "VLLM_TRUST_REMOTE_CODE": "0", "VLLM_ENABLE_AUTO_TOOL_CHOICE": "off",
         "VLLM_DISABLE_HYBRID_KV_CACHE_MANAGER": "false"},
          vllm={"enable_prefix_caching": False, "enforce_eager": False, "disable_log_stats": False,
@@ -189,6 +191,7 @@ CASES = [
         "VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "5",
         "LMCACHE_SHARED_URL": "redis://10.0.0.7"}, mode="server",
          lmcache={"l1_gib": 5, "chunk": 256, "port": 5555, "http_port": 8080, "eviction": "LRU", "disk_gib": None}),
-    Case("seed-migration-cpu-offload-gb", {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_CPU_OFFLOAD_GB": "4"},
+    Case("seed-migration-cpu-offload-gb",
+         {"VLLM_MODEL": MODEL, "VLLM_KV_OFFLOADING_BACKEND": "none", "VLLM_CPU_OFFLOAD_GB": "4"},
          vllm={"cpu_offload_gb": 4.0, "kv_transfer_config": None}),
 ]

@@ -58,9 +58,11 @@ def parse_lmcache_server_argv(parser, argv: list[str]) -> ParsedLMCacheServer:
     assert argv[:2] == ["lmcache", "server"], f"not an `lmcache server` command: {argv[:2]}"
     from lmcache.v1.distributed.config import parse_args_to_config
     from lmcache.v1.mp_observability.config import parse_args_to_observability_config
-    from lmcache.v1.multiprocess.config import (parse_args_to_coordinator_config,
-                                                parse_args_to_http_frontend_config,
-                                                parse_args_to_mp_server_config)
+    from lmcache.v1.multiprocess.config import (
+        parse_args_to_coordinator_config,
+        parse_args_to_http_frontend_config,
+        parse_args_to_mp_server_config,
+    )
 
     args = parser.parse_args(argv[2:])
     parsed = ParsedLMCacheServer(args=args, storage=parse_args_to_config(args),

@@ -41,7 +41,8 @@ def connector_url(extra: dict) -> str:
     from lmcache.v1.multiprocess.transport.factory import _normalize_server_url
 
     assert "lmcache.mp.server_urls" not in extra and "lmcache.mp.autostart" not in extra
-    scheme, url = _normalize_server_url(_ensure_transport_scheme(f"{extra['lmcache.mp.host']}:{extra['lmcache.mp.port']}"))
+    address = f"{extra['lmcache.mp.host']}:{extra['lmcache.mp.port']}"
+    scheme, url = _normalize_server_url(_ensure_transport_scheme(address))
     assert scheme == "tcp"
     return url
 

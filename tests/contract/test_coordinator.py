@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench import cluster
+
 from .lmcache_fleet import HELLO, TOKENS, tokens_of
 from .lmcache_fleet import fleet as start_fleet
 from .lmcache_fleet import store as _store_kv
 from ports import free_ports
-
-from bench import cluster
 
 
 @pytest.fixture(scope="module")

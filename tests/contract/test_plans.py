@@ -10,8 +10,14 @@ import pytest
 from entrypoint.config.load import make_plan
 
 from .cases import CASES, Case
-from .parsers import (connector_extra_config_keys, load_lmcache_config, parse_lmcache_server_argv,
-                      parse_serve_argv, registered_kv_connectors, unknown_lmcache_keys)
+from .parsers import (
+    connector_extra_config_keys,
+    load_lmcache_config,
+    parse_lmcache_server_argv,
+    parse_serve_argv,
+    registered_kv_connectors,
+    unknown_lmcache_keys,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_FILES = sorted((REPO / "env").glob("*.env"))

@@ -216,7 +216,8 @@ def test_the_real_lmcache_server_loads_the_module_reads_the_key_file_and_keeps_i
                 return None
         mine = _until(status, seconds=120)["appliance_prewarm"]
         assert mine["key_file"] == str(path)
-        assert (mine["state"], mine["to_load"]) == (("waiting", 3) if key_file == "recorded" else ("nothing to load", 0))
+        expected = ("waiting", 3) if key_file == "recorded" else ("nothing to load", 0)
+        assert (mine["state"], mine["to_load"]) == expected
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) is not None
     finally:

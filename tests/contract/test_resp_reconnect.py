@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import pytest
+
 from ports import free_port
 
 REDIS = shutil.which("redis-server")

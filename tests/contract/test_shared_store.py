@@ -1,5 +1,6 @@
 """The shared KV tier (LMCACHE_SHARED_*) as the installed LMCache reads it: the resp adapter's config class, with
-the password only in the environment (server mode; in-process mode refuses a shared store). The plan matrix (cases.py) checks the rest of the argv around it."""
+the password only in the environment (server mode; in-process mode refuses a shared store). The plan matrix
+(cases.py) checks the rest of the argv around it."""
 from __future__ import annotations
 
 import json

@@ -25,8 +25,9 @@ from hypothesis import strategies as st  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 
-from entrypoint.programs import gap, metrics  # noqa: E402
 from entrypoint.common import webserver  # noqa: E402
+from entrypoint.programs import gap, metrics  # noqa: E402
+
 from gap_stand import RETRY_AFTER, serve_gap  # noqa: E402
 from ports import free_port  # noqa: E402
 from raw_http import status_of  # noqa: E402

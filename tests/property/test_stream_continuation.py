@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entrypoint.front.continuation import CHAT, COMPLETIONS, Stream, unresumable, upstream_body
+
 from stubs.fake_model import MAX_MODEL_LEN
 from stubs.fake_model import events as engine
+
 
 def heard(events: list[dict], path: str) -> dict:
     """What a client reads from a stream: text, token ids, finish reason, usage, and the stream's id and model."""

@@ -5,9 +5,10 @@ and answers GET /healthcheck on the HTTP port (with the LMCACHE_VERSION of the i
 
 Metrics: GET /metrics on the HTTP port, as `lmcache server` 0.5.x serves them (its --prometheus-port exporter
 is not started by the `server` command: lmcache/v1/multiprocess/http_server.py passes
-start_prometheus_http_server=False), serves the metric families the real LMCache server exposes (fixtures/lmcache-*-metrics.txt, recorded from LMCache itself), with fixed values for
-the lookup counters (STUB_LOOKUP: requested 4096 tokens, hit 3072 = 2048 from L1 + 1024 from L2); GET /status
-on the HTTP port answers LMCache's shape with the L1 use (STUB_L1_USED_BYTES of the --l1-size-gb).
+start_prometheus_http_server=False), serves the metric families the real LMCache server exposes
+(fixtures/lmcache-*-metrics.txt, recorded from LMCache itself), with fixed values for the lookup counters
+(STUB_LOOKUP: requested 4096 tokens, hit 3072 = 2048 from L1 + 1024 from L2); GET /status on
+the HTTP port answers LMCache's shape with the L1 use (STUB_L1_USED_BYTES of the --l1-size-gb).
 
 Switches (environment, read at start): STUB_LMCACHE_START_DELAY=s before the ports open.
 STUB_CONTROL_DIR=dir: triggers consumed by the process that acts on them: `lmcache-crash` (exit 1 now),

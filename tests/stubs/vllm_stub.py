@@ -9,7 +9,8 @@ request that generates a token every STUB_TOKEN_INTERVAL s) and /metrics with vL
 the _bucket, _sum and _count of vllm:time_to_first_token_seconds, vllm:request_queue_time_seconds and
 vllm:request_prefill_time_seconds, queue and prefill recorded when a request finishes as vLLM does;
 vllm:prefix_cache_queries_total and vllm:external_prefix_cache_queries_total counting prompt tokens, and their
-_hits_total, 0: the stub caches nothing; and stub_metrics_scrapes_total). /v1/* need `Authorization: Bearer $VLLM_API_KEY` when VLLM_API_KEY is set, like vLLM.
+_hits_total, 0: the stub caches nothing; and stub_metrics_scrapes_total). /v1/* need
+`Authorization: Bearer $VLLM_API_KEY` when VLLM_API_KEY is set, like vLLM.
 
 Switches (environment, read at start):
   STUB_START_DELAY=s       seconds of "model load" before the port opens

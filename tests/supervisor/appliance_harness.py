@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from ports import free_ports  # noqa: F401 - the suites import it from here
 
 from entrypoint.rundir import RunDir
+
+from ports import free_ports  # noqa: F401 - the suites import it from here
 
 REPO = Path(__file__).resolve().parents[2]
 STUBS = REPO / "tests" / "stubs"

@@ -16,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
-from appliance_harness import REPO, wait_until
 from entrypoint.inspectors.snapshot import parse_metrics
+
+from appliance_harness import REPO, wait_until
 
 
 def scrape(a) -> dict[str, float]:
@@ -90,7 +91,8 @@ def test_the_kv_server_role_runs_only_the_lmcache_server(appliance, tmp_path):
     s = kv_server(appliance, tmp_path, "kv")
     wait_until(lambda: server_ready(s), 30, "the kv-server's LMCache server")
     lmcache = s.wait_state("lmcache", "RUNNING")
-    assert sorted(p["name"] for p in s.rpc().getAllProcessInfo()) == ["lmcache", "logs", "metrics", "on-fatal", "watchdog"]
+    assert sorted(p["name"] for p in s.rpc().getAllProcessInfo()) == ["lmcache", "logs", "metrics", "on-fatal",
+                                                                     "watchdog"]
     (start,) = s.starts("lmcache")
     argv = start["argv"]
     assert argv[argv.index("--host") + 1] == argv[argv.index("--http-host") + 1] == "0.0.0.0"
@@ -128,7 +130,8 @@ def test_a_replica_waits_for_its_kv_server_and_outlives_it(appliance, tmp_path):
     r.wait_output(f"waiting for the LMCache server tcp://127.0.0.1:{zmq_port} (LMCACHE_SERVER) at "
                   f"http://127.0.0.1:{http_port}/healthcheck", 30)
     assert not r.ready() and r.starts("vllm") == []
-    assert sorted(p["name"] for p in r.rpc().getAllProcessInfo()) == ["gap", "logs", "metrics", "on-fatal", "vllm", "watchdog"]
+    assert sorted(p["name"] for p in r.rpc().getAllProcessInfo()) == ["gap", "logs", "metrics", "on-fatal", "vllm",
+                                                                     "watchdog"]
 
     ports = {"APPLIANCE_LMCACHE_PORT": zmq_port, "APPLIANCE_LMCACHE_HTTP_PORT": http_port}
     s = kv_server(appliance, tmp_path, "kv", ports)

@@ -9,9 +9,10 @@ import threading
 import time
 
 import requests
-from appliance_harness import alive, free_ports, wait_until
 
 from entrypoint.inspectors.snapshot import parse_metrics
+
+from appliance_harness import alive, free_ports, wait_until
 from stubs import fake_model
 
 MODEL = "stub/model"

@@ -7,11 +7,12 @@ import threading
 import time
 
 import requests
-from appliance_harness import STUBS, alive, wait_until
 
 from entrypoint.programs import gap as gapmod
 from entrypoint.programs.gap import HEADER
 from entrypoint.programs.watchdog import parse_metrics
+
+from appliance_harness import STUBS, alive, wait_until
 
 
 def poll(base: str, stop: threading.Event, seen: list) -> None:
@@ -27,7 +28,8 @@ def poll(base: str, stop: threading.Event, seen: list) -> None:
 
 
 def test_restart_answers_503_with_retry_after_not_connection_refused(appliance, timing):
-    a = appliance(STUB_START_DELAY=3, APPLIANCE_STARTUP_TIMEOUT=12, APPLIANCE_GAP_RETRY_AFTER=2, APPLIANCE_GAP_ANSWER="true")
+    a = appliance(STUB_START_DELAY=3, APPLIANCE_STARTUP_TIMEOUT=12, APPLIANCE_GAP_RETRY_AFTER=2,
+                  APPLIANCE_GAP_ANSWER="true")
     # From the first second, before vLLM has loaded: the gap program answers.
     a.wait_output("spawned: 'gap'", 20)
     wait_until(lambda: _status(a.base) == 503, 10, "a 503 on the API port while vLLM loads")

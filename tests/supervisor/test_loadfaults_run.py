@@ -15,7 +15,8 @@ def test_loadfaults_run_shows_the_fault_window_and_the_recovery(appliance, tmp_p
     a.wait_state("vllm", "RUNNING", 30)
     results = tmp_path / "results"
     out = subprocess.run(
-        [sys.executable, "-m", "bench.loadfaults", "run", "--label", "stub", "--results", str(results), "--base-url", a.base,
+        [sys.executable, "-m", "bench.loadfaults", "run", "--label", "stub", "--results", str(results),
+         "--base-url", a.base,
          "--model", a.env["VLLM_MODEL"], "--fault", "kill-vllm", "--fault-at", "3", "--duration", "14",
          "--window", "2", "--clients", "3", "--prefixes", "2", "--prefix-tokens", "32", "--min-tokens", "8",
          "--max-tokens", "16", "--request-timeout", "10", "--run-dir", str(a.run.root), "--ready-timeout", "20"],

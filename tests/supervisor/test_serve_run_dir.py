@@ -8,9 +8,9 @@ import resource
 import time
 from pathlib import Path
 
-from appliance_harness import wait_until
-
 from entrypoint.config.load import make_plan
+
+from appliance_harness import wait_until
 
 API_KEY = "key-from-a-file-3141"
 HF_TOKEN = "hf-token-2718"

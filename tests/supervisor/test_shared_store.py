@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from appliance_harness import REPO, free_ports, wait_until
 from entrypoint.common import store
 from entrypoint.inspectors.snapshot import parse_metrics
+
+from appliance_harness import REPO, free_ports, wait_until
 
 PASSWORD = "store-pw-5e1f"
 REDIS = shutil.which("redis-server")

@@ -11,9 +11,10 @@ import time
 
 import requests
 
-from appliance_harness import REPO, alive, wait_until
 from entrypoint.inspectors.snapshot import parse_metrics
 from entrypoint.version import version
+
+from appliance_harness import REPO, alive, wait_until
 
 GIB = 1024 ** 3
 

@@ -8,12 +8,12 @@ import os
 
 from supervisor.events import ProcessLogStdoutEvent
 
-from entrypoint.config.load import make_plan
-from entrypoint.common.events import Listener, log_bytes, split_payload
 from entrypoint.common.disk_prune import prune
-from entrypoint.rundir import RunDir
-from entrypoint.render.supervisord_conf import render, stop_wait_seconds
+from entrypoint.common.events import Listener, log_bytes, split_payload
+from entrypoint.config.load import make_plan
 from entrypoint.programs.watchdog import parse_metrics
+from entrypoint.render.supervisord_conf import render, stop_wait_seconds
+from entrypoint.rundir import RunDir
 
 
 class _Proc:  # what supervisor's events read from a process

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench import common, longdoc, multiround, reuse, startup, suite
+
 from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +95,8 @@ def test_longdoc_targets_miss_with_the_issues_numbers_and_na_without_native():
 
 def test_longdoc_report_uses_each_labels_last_run_and_writes_its_files(tmp_path):
     common.append_rows(tmp_path, ld_rows("lmcache", [9.0] * 2, [9.0] * 2))
-    common.append_rows(tmp_path, ld_rows("lmcache", [0.3] * 2, [0.05] * 2) + ld_rows("no-offload", [0.3] * 2, [0.3] * 2))
+    common.append_rows(tmp_path,
+                       ld_rows("lmcache", [0.3] * 2, [0.05] * 2) + ld_rows("no-offload", [0.3] * 2, [0.3] * 2))
     assert longdoc.main(["report", "--results", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "longdoc.json").read_text())
     assert summary["labels"]["lmcache"]["pass2"]["mean_s"] == 0.05

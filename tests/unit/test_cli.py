@@ -1,7 +1,7 @@
 """The command line as operators use it: exit codes, output contract, speed, generated files."""
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path

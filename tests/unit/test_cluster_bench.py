@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import cluster
+
 from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +93,8 @@ SYNTHETIC = (
         "object_bytes": OBJ, "objects": 64, "parallel": 8},
        {"bench": "cluster_route", "label": "2x-cache_aware", "policy": "cache_aware", "replicas": 2, "requests": 100,
         "failed": 0, "ttft_p50_s": 0.1, "ttft_p90_s": 0.3, "tokens_per_s": 50000.0, "requests_per_s": 4.0,
-        "per_replica": {"http://a": {"vllm:request_success_total": 90.0}, "http://b": {"vllm:request_success_total": 10.0}},
+        "per_replica": {"http://a": {"vllm:request_success_total": 90.0},
+                        "http://b": {"vllm:request_success_total": 10.0}},
         "params": {"users": 24, "rounds": 10}},
        {"bench": "cluster_outage", "label": "store-outage", "down_s": 5, "load_requests": 40, "load_failed": 0,
         "load_max_s": 0.2, "writer_ok_while_down": True, "store_writes_back_s": 1.5, "reader_hits_back_s": 4.0}])

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from entrypoint import cli
 from entrypoint.config.settings import MPServer, ValueProblem, parse_mp_server
-from entrypoint.rundir import RunDir
 from entrypoint.render.supervisord_conf import render
+from entrypoint.rundir import RunDir
 
 from plan_argv import kv_transfer
 
@@ -151,7 +152,8 @@ def test_supervisord_runs_only_the_roles_programs(plan_for, tmp_path):
                     run, "pw")
     replica = render(plan_for({**REPLICA, "APPLIANCE_RUN_DIR": str(tmp_path), "APPLIANCE_GAP_ANSWER": "true"}),
                      run, "pw")
-    programs = lambda conf: [line for line in conf.splitlines() if line.startswith(("[program:", "[eventlistener:"))]
+    def programs(conf):
+        return [line for line in conf.splitlines() if line.startswith(("[program:", "[eventlistener:"))]
     assert programs(server) == ["[eventlistener:logs]", "[eventlistener:on-fatal]", "[program:lmcache]",
                                 "[eventlistener:watchdog]", "[program:metrics]"]
     assert programs(replica) == ["[eventlistener:logs]", "[eventlistener:on-fatal]", "[program:vllm]",

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench import cluster
 from entrypoint.cluster import routing
 from entrypoint.cluster.routing import (
     choose_replica,
@@ -13,8 +14,6 @@ from entrypoint.cluster.routing import (
     match_instances,
     tokenize_body,
 )
-
-from bench import cluster
 
 
 def key(chunk):

@@ -36,7 +36,8 @@ def by_kind(kind: str, name: str) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("doc", documents() + documents(COMPONENT), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+@pytest.mark.parametrize("doc", documents() + documents(COMPONENT),
+                         ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
 def test_every_resource_is_valid_for_kubernetes(doc):
     kv.validate(doc, KUBERNETES_VERSION, strict=True)  # raises ValidationError (unknown fields too)
 
@@ -159,7 +160,8 @@ def test_the_replicas_register_with_the_coordinator_and_the_router_finds_it(tmp_
     assert config.replicas == ()  # discovered: the servers registered with the coordinator
     assert config.replica_port == container("StatefulSet", "replica")["ports"][0]["containerPort"]
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": config.port}
-    assert c["ports"][0]["containerPort"] == config.port == by_kind("Service", "router")["spec"]["ports"][0]["targetPort"]
+    service_port = by_kind("Service", "router")["spec"]["ports"][0]["targetPort"]
+    assert c["ports"][0]["containerPort"] == config.port == service_port
     # the base's `router` Service now selects these pods
     selector = by_kind("Service", "router")["spec"]["selector"]
     assert selector.items() <= router["metadata"]["labels"].items()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
+from entrypoint.common.disk_prune import prune, tier_dirs
 from entrypoint.config.kv_tiers import OTHER_NAMESPACES, disk_namespace
 from entrypoint.config.plan import DiskTier
 from entrypoint.supervise.preflight import Findings, check_disk_tier
-from entrypoint.common.disk_prune import prune, tier_dirs
 
 GIB = 1 << 30
 

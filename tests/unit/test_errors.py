@@ -178,8 +178,8 @@ def test_registry_entry_with_an_unknown_key(tmp_path, plan_for):
 
 def test_missing_env_file(plan_for):
     plan = plan_for({}, env_file="/nonexistent/.env")
-    assert plan.errors == ["--env-file /nonexistent/.env: cannot read the file (No such file or directory); mount it or "
-                           "fix the path"]
+    assert plan.errors == ["--env-file /nonexistent/.env: cannot read the file (No such file or directory); "
+                           "mount it or fix the path"]
 
 
 def test_in_process_mode_renders_its_own_config_file(plan_for):

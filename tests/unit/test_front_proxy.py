@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from ports import free_ports
 
 from entrypoint.front.continuation import CHAT, COMPLETIONS
 from entrypoint.front.proxy import HEADER, Config, serve
+
+from ports import free_ports
 from stubs import fake_model
 
 STUB = Path(__file__).resolve().parents[1] / "stubs" / "vllm_stub.py"

@@ -13,6 +13,7 @@ from entrypoint.inspectors.healthcheck import api_base, api_keys, vllm_base
 from entrypoint.programs import front, metrics, on_fatal
 from entrypoint.render.supervisord_conf import render, stop_wait_seconds
 from entrypoint.rundir import RunDir
+
 from test_resilience_settings import config
 
 

@@ -19,6 +19,7 @@ import requests
 from entrypoint.programs import gap as gapmod
 from entrypoint.programs.gap import Gap, listeners
 from entrypoint.programs.launch import port_free, shared_port_argv
+
 from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from entrypoint.programs import gap as gapmod
+
 from gap_stand import RETRY_AFTER, serve_gap
 from raw_http import exchange, reset, status_of
 

@@ -180,7 +180,8 @@ def launcher(tmp_path, monkeypatch, env: dict):
 
 
 def test_the_next_start_restarts_the_lmcache_server_first(tmp_path, monkeypatch, capsys):
-    plan, run, seen, sup = launcher(tmp_path, monkeypatch, {"APPLIANCE_VLLM_COMMAND": "python3 -m vllm.entrypoints.cli.main"})
+    plan, run, seen, sup = launcher(tmp_path, monkeypatch,
+                                    {"APPLIANCE_VLLM_COMMAND": "python3 -m vllm.entrypoints.cli.main"})
     launch.vllm(plan, run)  # no held file: nothing restarted; reuse_port is told where to leave one
     argv = seen.pop()
     assert sup.calls == [] and argv[argv.index("--gpu-wait") + 1].endswith(f",{run.root / launch.GPU_HELD}")
@@ -192,8 +193,9 @@ def test_the_next_start_restarts_the_lmcache_server_first(tmp_path, monkeypatch,
 
 
 def test_without_a_server_of_its_own_nothing_is_restarted(tmp_path, monkeypatch):
-    plan, run, seen, sup = launcher(tmp_path, monkeypatch, {"APPLIANCE_VLLM_COMMAND": "python3 -m vllm.entrypoints.cli.main",
-                                                            "VLLM_KV_OFFLOADING_BACKEND": "none"})
+    plan, run, seen, sup = launcher(tmp_path, monkeypatch,
+                                    {"APPLIANCE_VLLM_COMMAND": "python3 -m vllm.entrypoints.cli.main",
+                                     "VLLM_KV_OFFLOADING_BACKEND": "none"})
     (run.root / launch.GPU_HELD).write_text("1\n")
     launch.vllm(plan, run)
     argv = seen.pop()

@@ -321,8 +321,8 @@ def test_where_the_appliance_is_stricter_it_says_why(plan_for):
 def test_a_percent_sign_in_the_run_dir_reaches_supervisord_escaped(tmp_path, plan_for):
     from supervisor.options import ServerOptions
 
-    from entrypoint.rundir import RunDir
     from entrypoint.render.supervisord_conf import render
+    from entrypoint.rundir import RunDir
     run_dir = tmp_path / "100%run"
     plan = plan_for({"APPLIANCE_RUN_DIR": str(run_dir), **LOOPBACK})
     assert plan.errors == []

@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from plan_argv import kv_transfer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entrypoint.config import kv_identity
 from entrypoint.config.kv_identity import MANIFEST_FILE, changed
 from entrypoint.supervise.preflight import Findings, check_disk_tier, note_kv_identity
+
+from plan_argv import kv_transfer
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"VLLM_MODEL": "org/m", "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "4"}

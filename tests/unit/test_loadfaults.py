@@ -103,7 +103,8 @@ def test_unknown_fault_is_an_error():
 
 def test_tier_samples_per_window_disk_overshoot_and_cpu_tier_failures():
     gib = 2**30
-    samples = [{"t": 1, "disk_bytes": 1 * gib, "l1_failures": 0.0}, {"t": 5, "disk_bytes": 4 * gib, "l1_failures": 10.0},
+    samples = [{"t": 1, "disk_bytes": 1 * gib, "l1_failures": 0.0},
+               {"t": 5, "disk_bytes": 4 * gib, "l1_failures": 10.0},
                {"t": 11, "disk_bytes": int(4.4 * gib), "l1_failures": 25.0},
                {"t": 15, "disk_bytes": 3 * gib, "l1_failures": None}]
     ws = loadfaults.windows([], 20, 10)

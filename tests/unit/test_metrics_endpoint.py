@@ -13,9 +13,10 @@ import requests
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
-from entrypoint.programs import metrics
 from entrypoint.common import webserver
 from entrypoint.inspectors.snapshot import parse_metrics
+from entrypoint.programs import metrics
+
 from ports import free_port
 from raw_http import exchange, status_of
 

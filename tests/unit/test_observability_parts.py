@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from entrypoint.common import applog, state
-from entrypoint.programs import metrics
 from entrypoint.inspectors import snapshot
+from entrypoint.programs import metrics
 from entrypoint.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,7 +222,8 @@ def test_dashboard_data_check_reports_missing_and_moving_metrics(tmp_path, monke
         # LMCache's eviction counter exists only from the first eviction: absent, it waits for one
         evicted = next(r for r in rows if r["metric"] == "lmcache_mp_l1_evicted_chunks_total")
         assert (evicted["present"], evicted["waits_for"]) == (False, "a CPU-tier eviction")
-        bodies["appliance"] += "# TYPE lmcache_mp_l1_evicted_chunks_total counter\nlmcache_mp_l1_evicted_chunks_total 3\n"
+        bodies["appliance"] += ("# TYPE lmcache_mp_l1_evicted_chunks_total counter\n"
+                                "lmcache_mp_l1_evicted_chunks_total 3\n")
         check.main(["after", "--vllm", vurl, "--appliance", aurl, "--before", str(before), "--out", str(out)])
         evicted = next(r for r in json.loads(out.read_text()) if r["metric"] == "lmcache_mp_l1_evicted_chunks_total")
         assert evicted["present"] and "waits_for" not in evicted

@@ -3,10 +3,10 @@ command, and requirements/test.txt, the lock CI installs from."""
 from __future__ import annotations
 
 import re
-import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 
 from entrypoint.cli import main

@@ -3,10 +3,11 @@ import json
 
 import pytest
 
-from plan_argv import flag_value, kv_transfer
 from entrypoint.config import models, schema
 from entrypoint.config.kv_tiers import disk_namespace
 from entrypoint.config.settings import BY_NAME, SETTINGS
+
+from plan_argv import flag_value, kv_transfer
 
 
 def test_defaults_serve_the_embedded_model_with_lmcache(plan_for):
@@ -77,8 +78,9 @@ def test_generic_flags(plan_for, env, expected):
 
 
 def test_flags_after_serve_accept_vllm_syntax(plan_for):
-    plan = plan_for({"VLLM_KV_OFFLOADING_BACKEND": "lmcache"}, ["org/model", "--enforce-eager", "--max-num-seqs=8", "--lmcache-chunk-size", "512",
-                         "--", "--seed", "3"])
+    plan = plan_for({"VLLM_KV_OFFLOADING_BACKEND": "lmcache"},
+                    ["org/model", "--enforce-eager", "--max-num-seqs=8", "--lmcache-chunk-size", "512",
+                     "--", "--seed", "3"])
     assert plan.errors == []
     assert plan.vllm.argv[2] == "org/model"
     assert "--enforce-eager" in plan.vllm.argv

@@ -2,9 +2,11 @@
 part and its problems, and none edits its inputs or another step's output."""
 import copy
 
-from plan_argv import flag_value
-from entrypoint.config import build, kv_tiers, resources, schema as schema_mod
+from entrypoint.config import build, kv_tiers, resources
+from entrypoint.config import schema as schema_mod
 from entrypoint.config.sources import collect
+
+from plan_argv import flag_value
 
 SERVER = {"VLLM_MODEL": "m", "VLLM_KV_OFFLOADING_BACKEND": "lmcache", "VLLM_KV_OFFLOADING_SIZE": "4"}
 

@@ -6,8 +6,17 @@ import json
 import jsonschema
 
 from entrypoint.config import plan as plan_mod
-from entrypoint.config.plan import (FROM, PLANNING_ONLY, PLANNING_ONLY_GROUPS, SETTING, AppliancePrograms, KvTiers,
-                                    LmcacheServer, Plan, SharedStore)
+from entrypoint.config.plan import (
+    FROM,
+    PLANNING_ONLY,
+    PLANNING_ONLY_GROUPS,
+    SETTING,
+    AppliancePrograms,
+    KvTiers,
+    LmcacheServer,
+    Plan,
+    SharedStore,
+)
 from entrypoint.config.settings import BY_NAME, SETTINGS
 
 

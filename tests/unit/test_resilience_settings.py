@@ -10,8 +10,8 @@ import pytest
 
 from entrypoint.config.load import make_plan
 from entrypoint.programs import on_fatal
-from entrypoint.rundir import RunDir
 from entrypoint.render.supervisord_conf import render
+from entrypoint.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 

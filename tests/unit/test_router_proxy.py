@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from entrypoint.cluster import router as product
+
 from ports import free_port
 from raw_http import exchange, reset, status_of
 from router_stands import echo_server, serve_router, url_of, wait_until_idle

@@ -162,6 +162,7 @@ def test_committed_lmcache_schemas_list_the_adapter_types_the_plan_writes():
     """The generator once read LMCache 0.5.6's adapter registry before the adapters registered themselves (an
     empty list). Every committed schema must know the types the appliance renders."""
     import json
+
     from entrypoint.config.schema import SCHEMA_DIR
     for path in sorted(SCHEMA_DIR.glob("lmcache-*.json")):
         types = json.loads(path.read_text())["l2_adapter_types"]

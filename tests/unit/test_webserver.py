@@ -11,6 +11,7 @@ import requests
 from aiohttp import web
 
 from entrypoint.common import webserver
+
 from ports import free_port
 from raw_http import exchange, status_of
 

@@ -2,9 +2,6 @@
 worker (else each worker would set it up again, and tests meant to follow each other would not)."""
 from pathlib import Path
 
-import pytest
-
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
