@@ -198,6 +198,7 @@ class Prewarm:
                  len(self._pending), _gib(sum(s for _, s in self._pending)), self._interval,
                  "" if self._recording else " (recording off)")
         self._status.update(state="waiting" if self._pending else "nothing to load", to_load=len(self._pending))
+        self.rounds = 0  # rounds of the loop so far (each checks the layout registry)
         self._thread = threading.Thread(target=self._run, name="appliance-prewarm", daemon=True)
         self._thread.start()
 
@@ -241,6 +242,7 @@ class Prewarm:
         loaded = asked = loaded_bytes = 0
         sizes: dict[str, int] = {}
         while not self._stop.wait(POLL_S / 5 if running else POLL_S):  # a finer clock while loading
+            self.rounds += 1  # observable: a test waits for rounds instead of sleeping
             try:
                 if self._pending:
                     submitted = self._submit_ready(jobs)

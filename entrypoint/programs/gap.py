@@ -160,6 +160,7 @@ class Gap:
         self.sock: socket.socket | None = None
         self.inode = 0
         self.answered = 0  # written on the server's loop, read by the watching thread: an int, no lock needed
+        self.rounds = 0  # rounds of the watching loop so far (a test waits for rounds instead of sleeping)
         self.bind_problem = ""
         self.stopping = threading.Event()
         self.http = Server(self.answer, None, None, limits, self.log, error_type=ERROR_TYPE)
@@ -272,6 +273,7 @@ class Gap:
 
     def step(self) -> None:
         """One round: decide whether to hold the port, then wait a poll (the server answers meanwhile)."""
+        self.rounds += 1
         off = self.stand_down()
         others = self.others_listen()
         if self.sock is not None and (off or others):

@@ -129,7 +129,8 @@ def test_hot_chunks_recorded_by_one_server_are_loaded_by_the_next(lmcache_parser
     try:
         module = second.modules[0]
         assert _l1_count(second.ctx) == 0
-        time.sleep(1.5)
+        seen = module.rounds
+        _until(lambda: module.rounds >= seen + 2)  # two looks at the layout registry
         assert module.report_status()["appliance_prewarm"]["state"] == "waiting"  # no layout yet: no load
         second.ctx.layout_desc_registry.register("m", 1, _layout())  # what vLLM's KV registration does
         status = _until(lambda: (s := module.report_status()["appliance_prewarm"])["state"] == "done" and s)

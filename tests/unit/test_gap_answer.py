@@ -51,14 +51,16 @@ def running_gap():
 
     def start(port: int, **kw) -> Gap:
         g = Gap("127.0.0.1", port, 7, **kw)
-        threading.Thread(target=g.run, daemon=True).start()
-        made.append(g)
+        t = threading.Thread(target=g.run, daemon=True)
+        t.start()
+        made.append((g, t))
         return g
 
     yield start
-    for g in made:
+    for g, _ in made:
         g.stopping.set()
-    time.sleep(0.2)
+    for _, t in made:
+        t.join(10)  # run() releases the port and stops the server before it returns
 
 
 def vllm_like_socket(port: int, reuse_port: bool) -> socket.socket:
@@ -160,7 +162,8 @@ def test_gap_off_file_leaves_the_port_to_a_process_that_cannot_share_it(running_
         until(lambda: g.sock is None)
         s = vllm_like_socket(port, reuse_port=False)  # the unshared vLLM binds: no EADDRINUSE
         s.close()
-        time.sleep(gapmod.RELEASED_POLL_S * 2)
+        seen = g.rounds
+        until(lambda: g.rounds >= seen + 2)  # two more rounds of the gap's watch, each free to take the port
         assert g.sock is None, "the gap must not take the port back while that process lives"
     finally:
         child.kill()
@@ -176,7 +179,8 @@ def test_a_foreign_holder_of_the_port_is_reported_once_and_waited_for(running_ga
     said = []
     g = running_gap(port, say=lambda message, **kw: said.append(message))
     until(lambda: said)
-    time.sleep(gapmod.RELEASED_POLL_S * 2)
+    seen = g.rounds
+    until(lambda: g.rounds >= seen + 2)  # two more tries to listen: still one report
     assert g.sock is None and len([m for m in said if "cannot listen" in m]) == 1
     foreign.close()
     until(lambda: g.sock is not None, gapmod.RELEASED_POLL_S * 4)
