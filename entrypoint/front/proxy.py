@@ -9,7 +9,8 @@ costs clients a pause instead of errors.
 - A stream that died after its first token is **continued** on the restarted vLLM from exactly the tokens
   already sent (continuation.py), so the client reads one uninterrupted stream. A stream that cannot be continued
   faithfully (continuation.unresumable names why) ends with one error event, as a dropped stream does today.
-- `/health` answers 503 while vLLM is down or the proxy stops, so that readiness fails before anything else.
+- `/health` (and the other probes: PROBES) answers 503 while vLLM is down or the proxy stops, so that readiness
+  fails before anything else and a scrape is never held.
 - On stop (`Server.shutdown(drain_s)`): no new connection is accepted; requests in flight finish.
 - The API key, when set, is checked here (vLLM's own check stays: a second lock on loopback).
 
@@ -34,6 +35,8 @@ ERROR_TYPE = "front_proxy_error"
 HEADER = "X-Appliance-Front"  # on the proxy's own answers (held past the bound, unauthorized): never on vLLM's
 MAX_EVENT = 64 * 1024 * 1024  # bytes of one server-sent event from vLLM (the first carries the prompt's token ids)
 SSE_TYPE = "text/event-stream"
+# Asked by load balancers and scrapers about the present: answered 503 at once while vLLM is down, not held.
+PROBES = frozenset(("/health", "/metrics", "/ping", "/version", "/load"))
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ class FrontProxy:
     async def answer(self, request: web.BaseRequest) -> web.StreamResponse:
         arrived = time.monotonic()
         path = request.path
-        if path == "/health":
+        if path in PROBES:  # a probe asks about now: never held
             if self.stopping or self.ready is None or not self.ready.is_set():
                 return self.own(503, "vLLM is not serving (starting, restarting or stopping)")
         elif self.config.api_keys and path.startswith("/v1/") and not self.authorized(request):
