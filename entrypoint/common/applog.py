@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import sys
+from typing import Any, TextIO
 
 ENV = "APPLIANCE_LOG_FORMAT"
 FORMATS = ("text", "json")
@@ -26,12 +27,12 @@ def prefix(name: str) -> str:
     return f"{name:<{NAME_WIDTH}} | "
 
 
-def record(program: str, message: str, level: str = "info", event: str = "message", **fields) -> dict:
+def record(program: str, message: str, level: str = "info", event: str = "message", **fields: Any) -> dict[str, Any]:
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
     return {"ts": now, "program": program, "level": level, "event": event, "message": message, **fields}
 
 
-def as_json(program: str, message: str, level: str = "info", event: str = "message", **fields) -> str:
+def as_json(program: str, message: str, level: str = "info", event: str = "message", **fields: Any) -> str:
     return json.dumps(record(program, message, level, event, **fields), ensure_ascii=False, default=str)
 
 
@@ -47,8 +48,8 @@ def is_record(line: bytes | str) -> bool:
     return isinstance(obj, dict) and {"program", "level", "event"} <= obj.keys()
 
 
-def emit(program: str, message: str, level: str = "info", event: str = "message", stream=None,
-         text_prefix: str | None = None, **fields) -> None:
+def emit(program: str, message: str, level: str = "info", event: str = "message", stream: TextIO | None = None,
+         text_prefix: str | None = None, **fields: Any) -> None:
     """Write one line (text: one per line of `message`). `text_prefix` replaces the `name | ` prefix in text
     mode, for lines another prefixer adds to (the launcher's, which the `logs` listener prefixes)."""
     stream = stream or sys.stderr

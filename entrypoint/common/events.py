@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import xmlrpc.client
+from typing import Any, BinaryIO
 
 from supervisor.xmlrpc import SupervisorTransport
 
@@ -58,7 +59,7 @@ def log_bytes(data: str) -> bytes:
 class Listener:
     """One eventlistener's side of the protocol. `next()` acknowledges the previous event by itself."""
 
-    def __init__(self, stdin_fd: int = 0, stdout=None):
+    def __init__(self, stdin_fd: int = 0, stdout: BinaryIO | None = None) -> None:
         self.fd = stdin_fd
         self.out = stdout or sys.stdout.buffer
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -106,6 +107,6 @@ class Listener:
         return headers, payload
 
 
-def say(name: str, message: str, level: str = "info", event: str = "message", **fields) -> None:
+def say(name: str, message: str, level: str = "info", event: str = "message", **fields: Any) -> None:
     """A listener's own output (its stdout is the protocol): on stderr, prefixed text or JSON (applog)."""
     emit(name, message, level=level, event=event, stream=sys.stderr, **fields)

@@ -10,7 +10,11 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 # Why a program was (re)started by supervision, the `reason` label of appliance_restarts_total.
 EXITED = "exited"  # it exited or crashed (or failed to start) and supervisord started it again
@@ -43,10 +47,10 @@ def save(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _locked(method):
+def _locked(method: Callable[..., _T]) -> Callable[..., _T]:
     """Recorder methods run one at a time: the watchdog's prune thread records too, and saving iterates the
     record."""
-    def locked(self, *args, **kwargs):
+    def locked(self: Recorder, *args: Any, **kwargs: Any) -> _T:
         with self.lock:
             return method(self, *args, **kwargs)
     locked.__name__, locked.__doc__ = method.__name__, method.__doc__

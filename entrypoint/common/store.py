@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Mapping
+from typing import BinaryIO, Mapping
 
 from ..config.kv_tiers import RESP_PASSWORD_ENV
 from ..config.plan import Plan
@@ -27,7 +27,7 @@ def _command(*words: str) -> bytes:
     return b"".join(out)
 
 
-def _reply(f) -> str:
+def _reply(f: BinaryIO) -> str:
     line = f.readline(MAX_REPLY)
     if not line:
         raise ConnectionError("the store closed the connection")

@@ -31,14 +31,18 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+from multidict import MultiMapping
 
 # Hop-by-hop fields (RFC 9110 7.6.1), never passed on by a proxy, and the framing fields the sending side sets
 # itself (Host for its peer, Content-Length for the body it sends, Expect for its own 100-continue).
@@ -83,7 +87,7 @@ def error_response(status: int, reason: str, kind: str) -> web.Response:
     return resp
 
 
-def end_to_end(headers) -> list[tuple[str, str]]:
+def end_to_end(headers: MultiMapping[str]) -> list[tuple[str, str]]:
     """The fields a proxy passes on: without the hop-by-hop ones, those the Connection field names (RFC 9110
     7.6.1) and the framing ones (the next hop gets its own)."""
     named = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
@@ -170,7 +174,7 @@ class Connection(RequestHandler):
     """aiohttp's per-connection protocol, with what the connection limit needs to know (`busy`, `idle_since`,
     `refused`) and aiohttp's error paths made quiet: no traceback, no request bytes, answers of our shape."""
 
-    def __init__(self, manager: "_Manager", **kwargs):
+    def __init__(self, manager: "_Manager", **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.owner = manager.owner
         self.busy = 0  # requests being handled (0 or 1: one at a time per connection)
@@ -178,7 +182,7 @@ class Connection(RequestHandler):
         self.refused = False  # over the connection limit with nobody idle: its request gets 503
         self.unsupported_version = False  # the request being handled said HTTP/2.0 (llhttp takes it): 505
 
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # an answer was under way: nothing more can be said (aiohttp's rule)
             raise ConnectionError("answer already begun")
@@ -192,7 +196,7 @@ class Connection(RequestHandler):
         self.owner.count_refused(status)
         return error_response(status, reason, self.owner.error_type)
 
-    def log_exception(self, *args, **kwargs) -> None:
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
         if isinstance(exc, BaseException) and not isinstance(exc, OSError):
             self.owner.log(f"{args[0] if args else 'error'} ({where(exc)})", "error", "internal_error")
@@ -206,14 +210,15 @@ def connection(request: web.BaseRequest) -> Connection:
 class _Manager(web.Server):
     """aiohttp's connection manager, making `Connection`s and keeping to the connection limit."""
 
-    def __init__(self, handler: Handler, owner: "Server", **kwargs):
+    def __init__(self, handler: Handler, owner: "Server", **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.owner = owner
 
     def __call__(self) -> Connection:
         return Connection(self, loop=self._loop, **self._kwargs)
 
-    def _make_request(self, message, payload, protocol, writer, task) -> web.BaseRequest:
+    def _make_request(self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
+                      writer: AbstractStreamWriter, task: "asyncio.Task[None]") -> web.BaseRequest:
         # Called as each request's turn comes (one at a time per connection). A version other than 1.x is noted
         # on the connection and the request answered (505) in HTTP/1.1: aiohttp answers in the request's version.
         unsupported = message.version not in (HttpVersion10, HttpVersion11)
@@ -422,7 +427,7 @@ class Server:
                 conn.close()
 
 
-async def stop_accepting(loop: asyncio.AbstractEventLoop, socks) -> None:
+async def stop_accepting(loop: asyncio.AbstractEventLoop, socks: Iterable[socket.socket]) -> None:
     """asyncio accepts no more connections on the listening `socks`, and those it accepted just now are set up:
     closing its server under one whose setup is pending leaves that connection open and served by nobody
     (asyncio's Server._attach asserts the server is open; the failure is swallowed)."""
