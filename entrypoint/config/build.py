@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -47,12 +48,12 @@ TENANT_MIDDLEWARE = "entrypoint.vllm_ext.tenant_salt.TenantSaltMiddleware"
 REQUIRED = ("VLLM_MODEL", "VLLM_PORT", "APPLIANCE_VLLM_COMMAND")  # without them no step can run
 
 
-def _suggest(name: str, candidates) -> str:
+def _suggest(name: str, candidates: Iterable[str]) -> str:
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
     return f"; did you mean {match[0]}?" if match else ""
 
 
-def _typed_lmcache_value(type_name: str, raw: str):
+def _typed_lmcache_value(type_name: str, raw: str) -> Any:
     t = type_name.replace("Optional[", "").rstrip("]")
     if t == "int":
         return int(raw)
@@ -275,7 +276,7 @@ def vllm_command(s: Resolved) -> tuple[VllmCommand, Problems]:
     names = str(v.get("VLLM_SERVED_MODEL_NAME", "")).split()
     setters: dict[str, str] = {}
 
-    def flag(name: str, flag: str, value) -> list[str]:
+    def flag(name: str, flag: str, value: Any) -> list[str]:
         setters[flag] = name
         try:
             return flag_args(flag, s.schema.serve_flags[flag], value)

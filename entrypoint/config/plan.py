@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 from .secrets import mask_text, redact_argv, redact_env, redact_json, redact_value
 from .settings import BY_NAME
@@ -22,16 +24,17 @@ FROM = "from"  # field metadata of a derived field: the settings it is computed 
 JSON = "json"  # field metadata of a Plan field: its path in the JSON plan
 SCHEMA = "schema"  # field metadata: its JSON schema (docs/config.schema.json)
 SHOW = "show"  # field metadata: how it is shown, (value, redact, plan) -> JSON (redaction), where not as it is
+Show: TypeAlias = "Callable[[Any, bool, Plan], Any]"  # a SHOW function
 
 
-def from_setting(name: str, **schema):
+def from_setting(name: str, **schema: Any) -> Any:
     """A field holding the typed value of one setting; its default is the setting's, so that a plan written
     before the setting existed still reads back."""
     return field(default=BY_NAME[name].default,
                  metadata={SETTING: name, KEY: name, SCHEMA: schema or _setting_schema(name)})
 
 
-def derived(*settings: str, default=None, **schema):
+def derived(*settings: str, default: Any = None, **schema: Any) -> Any:
     """A field computed while planning from the named settings (documented, and found by grep)."""
     return field(default=default, metadata={FROM: settings, SCHEMA: schema})
 
@@ -117,8 +120,8 @@ class DiskTier:
     others: str = field(default="", metadata={SCHEMA: {"type": "string"}})
 
 
-_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
-_HOST = {"type": "string", "minLength": 1}
+_PORT: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 65535}
+_HOST: dict[str, Any] = {"type": "string", "minLength": 1}
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ class LmcacheServer:
                                       SCHEMA: {"type": "string", "pattern": "^http://"}})
 
 
-_TEXT_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_TEXT_MAP: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ def _redacted_json_text(value: str) -> str:
     return value
 
 
-def _mask_leaves(node, mask):
+def _mask_leaves(node: Any, mask: Callable[[str], str]) -> Any:
     if isinstance(node, str):
         return mask(node)
     if isinstance(node, dict):
@@ -171,31 +174,31 @@ def _mask_leaves(node, mask):
     return node
 
 
-def _argv(value, redact, plan):
+def _argv(value: list[str] | None, redact: bool, plan: Plan) -> list[str] | None:
     return None if value is None else redact_argv(value) if redact else list(value)
 
 
-def _env(value, redact, plan):
+def _env(value: Mapping[str, str], redact: bool, plan: Plan) -> dict[str, str]:
     return redact_env(value) if redact else dict(value)
 
 
-def _config(value, redact, plan):
+def _config(value: dict[str, Any] | None, redact: bool, plan: Plan) -> Any:
     return redact_json(value) if redact else value
 
 
-def _sorted(value, redact, plan):
+def _sorted(value: Iterable[str], redact: bool, plan: Plan) -> list[str]:
     return sorted(value)
 
 
-def _values(value, redact, plan):
+def _values(value: Mapping[str, Any], redact: bool, plan: Plan) -> dict[str, Any]:
     return {k: redact_value(k, v) if redact else v for k, v in value.items()}
 
 
-def _messages(value, redact, plan):
+def _messages(value: Sequence[str], redact: bool, plan: Plan) -> list[str]:
     return [plan.mask(m) for m in value] if redact else list(value)
 
 
-def _identity_inputs(value: KvIdentityInputs, redact, plan):
+def _identity_inputs(value: KvIdentityInputs, redact: bool, plan: Plan) -> Any:
     """A KV-affecting flag can carry a credential (--model-loader-extra-config's storage keys): shown
     redacted like every JSON argument; the digest was taken of the real value."""
     shown = _as_json(value, redact, plan)
@@ -204,7 +207,7 @@ def _identity_inputs(value: KvIdentityInputs, redact, plan):
     return shown
 
 
-def _as_json(value, redact: bool, plan: Plan):
+def _as_json(value: Any, redact: bool, plan: Plan) -> Any:
     """A part (a dataclass) as JSON: each field under its setting's name where it is one (from_setting: the
     JSON plan names APPLIANCE_SHUTDOWN_TIMEOUT as the operator does), else under its own name, shown as its
     metadata says."""
@@ -213,7 +216,7 @@ def _as_json(value, redact: bool, plan: Plan):
     return {_key(f): _shown(f, getattr(value, f.name), redact, plan) for f in dataclasses.fields(value)}
 
 
-def _shown(f: dataclasses.Field, value, redact: bool, plan: Plan):
+def _shown(f: dataclasses.Field[Any], value: Any, redact: bool, plan: Plan) -> Any:
     show = f.metadata.get(SHOW)
     return show(value, redact, plan) if show else _as_json(value, redact, plan)
 
@@ -222,7 +225,7 @@ def _key(f: dataclasses.Field) -> str:
     return f.metadata.get(KEY, f.name)
 
 
-def _from_json(cls, data):
+def _from_json(cls: Any, data: Mapping[str, Any] | None) -> Any:
     """A part read back; a key the writer did not have takes the field's default."""
     if data is None:
         return None
@@ -235,7 +238,7 @@ def _from_json(cls, data):
     return cls(**kwargs)
 
 
-def _part_type(hint):
+def _part_type(hint: Any) -> Any:
     """The dataclass a field holds (`SharedStore | None` -> SharedStore), or None for a plain value."""
     for t in (hint, *typing.get_args(hint)):
         if dataclasses.is_dataclass(t):
@@ -243,18 +246,19 @@ def _part_type(hint):
     return None
 
 
-def _at(*path: str, show=None, **schema):
+def _at(*path: str, show: Any = None, **schema: Any) -> dict[str, Any]:
     """Metadata of a Plan field: where it stands in the JSON plan, how it is shown, its schema."""
+    # show: a Show or None (Any: callers spread JSON-schema dicts into **schema, which mypy could take for it)
     return {JSON: path, **_as(show, **schema)}
 
 
-def _as(show=None, **schema):
+def _as(show: Show | None = None, **schema: Any) -> dict[str, Any]:
     """Metadata of a part's field: how it is shown, its schema."""
     return {SCHEMA: schema, **({SHOW: show} if show else {})}
 
 
-_ARGV = {"type": "array", "items": {"type": "string"}}
-_MESSAGES = {"type": "array", "items": {"type": "string", "minLength": 1}}
+_ARGV: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+_MESSAGES: dict[str, Any] = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 
 @dataclass(frozen=True)
@@ -376,7 +380,7 @@ def _json_fields() -> list[dataclasses.Field]:
 
 
 # -- the JSON schema (docs/config.schema.json) ------------------------------------------------------------
-def _part_schema(cls) -> dict:
+def _part_schema(cls: type[Any]) -> dict:
     props = {_key(f): _field_schema(f, typing.get_type_hints(cls)[f.name]) for f in dataclasses.fields(cls)}
     required = [_key(f) for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -384,7 +388,7 @@ def _part_schema(cls) -> dict:
             "properties": props}
 
 
-def _field_schema(f: dataclasses.Field, hint) -> dict:
+def _field_schema(f: dataclasses.Field[Any], hint: Any) -> dict:
     schema = dict(f.metadata.get(SCHEMA, {}))
     part = _part_type(hint)
     if part is None:

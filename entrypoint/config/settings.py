@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
@@ -62,7 +64,7 @@ class Setting:
         return self.target or (f"vllm serve {self.flag}" if self.flag else "")
 
 
-def _s(*args, **kwargs) -> Setting:
+def _s(*args: Any, **kwargs: Any) -> Setting:
     return Setting(*args, **kwargs)
 
 
@@ -602,6 +604,7 @@ KV_NEUTRAL_FLAGS = frozenset({
 MAX_VALUE_BYTES = 131072  # Linux MAX_ARG_STRLEN: execve refuses a longer single argument or variable
 MAX_SECONDS = 7 * 86400  # longer waits overflow select() timeouts and mean "never" anyway
 AUTO = "auto"
+_N = TypeVar("_N", int, float)
 
 
 class ValueProblem(ValueError):
@@ -617,7 +620,7 @@ def parse_bool(raw: str) -> bool:
     raise ValueProblem("must be true or false (also accepted: 1/0, yes/no, on/off)")
 
 
-def _number(raw: str, cast, what: str):
+def _number(raw: str, cast: Callable[[str], _N], what: str) -> _N:
     try:
         value = cast(raw.strip())
     except (ValueError, OverflowError):
@@ -667,7 +670,7 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def load_json(text: str):
+def load_json(text: str) -> Any:
     """json.loads for an operator's value: a ValueProblem, never a RecursionError."""
     if json_depth(text) > MAX_JSON_DEPTH:
         raise ValueProblem(f"is JSON nested deeper than {MAX_JSON_DEPTH} levels")
@@ -686,12 +689,12 @@ def split_names(raw: str) -> list[str]:
     return raw.split()
 
 
-def parse_value(setting: Setting, raw: str, tool_parsers: list[str] | None = None):
+def parse_value(setting: Setting, raw: str, tool_parsers: list[str] | None = None) -> Any:
     """Turn the raw text of a variable into its typed value, or raise ValueProblem (one parser per kind)."""
     return PARSERS[setting.kind](setting, raw, tool_parsers or [])
 
 
-def _model(setting: Setting, raw: str, _tp) -> str:
+def _model(setting: Setting, raw: str, _tp: list[str]) -> str:
     text = raw.strip()
     if text.startswith("-"):
         raise ValueProblem("a model id or path cannot start with '-' (vLLM would read it as an option)")
@@ -700,7 +703,7 @@ def _model(setting: Setting, raw: str, _tp) -> str:
     return text
 
 
-def _names(setting: Setting, raw: str, _tp) -> str:
+def _names(setting: Setting, raw: str, _tp: list[str]) -> str:
     names = split_names(raw)
     bad = [n for n in names if n.startswith("-")]
     if bad:
@@ -710,7 +713,7 @@ def _names(setting: Setting, raw: str, _tp) -> str:
     return " ".join(names)
 
 
-def _path(setting: Setting, raw: str, _tp) -> str:
+def _path(setting: Setting, raw: str, _tp: list[str]) -> str:
     text = raw.strip()
     if not text.startswith("/") or has_control(text):
         raise ValueProblem("must be an absolute path without control characters, e.g. /run/appliance")
@@ -719,14 +722,14 @@ def _path(setting: Setting, raw: str, _tp) -> str:
     return text.rstrip("/") or "/"
 
 
-def _human_int_or_auto(setting: Setting, raw: str, _tp) -> int:
+def _human_int_or_auto(setting: Setting, raw: str, _tp: list[str]) -> int:
     value = _human_int(raw.strip(), allow_auto=True)
     if value != -1 and value < 1:
         raise ValueProblem("must be at least 1, or auto")
     return value
 
 
-def _whole(setting: Setting, raw: str, _tp) -> int:
+def _whole(setting: Setting, raw: str, _tp: list[str]) -> int:
     value = _number(raw, int, "a whole number")
     if setting.kind == "seconds" and value > MAX_SECONDS:
         raise ValueProblem(f"must be at most {MAX_SECONDS} (a week)")
@@ -735,14 +738,14 @@ def _whole(setting: Setting, raw: str, _tp) -> int:
     return value
 
 
-def _port(setting: Setting, raw: str, _tp) -> int:
+def _port(setting: Setting, raw: str, _tp: list[str]) -> int:
     value = _number(raw, int, "a port number (1-65535)")
     if not 1 <= value <= 65535:
         raise ValueProblem("must be a port number (1-65535)")
     return value
 
 
-def _gib(setting: Setting, raw: str, _tp):
+def _gib(setting: Setting, raw: str, _tp: list[str]) -> float | str:
     kind = setting.kind  # gib, gib_auto (also `auto`), gib_auto_off (also `auto`, and 0 for off)
     if kind != "gib" and raw.strip().lower() == AUTO:
         return AUTO
@@ -754,14 +757,14 @@ def _gib(setting: Setting, raw: str, _tp):
     return value + 0.0  # -0.0 is 0
 
 
-def _fraction(setting: Setting, raw: str, _tp) -> float:
+def _fraction(setting: Setting, raw: str, _tp: list[str]) -> float:
     value = _number(raw, float, "a number in (0, 1], e.g. 0.9")
     if not 0 < value <= 1:
         raise ValueProblem("must be a number in (0, 1], e.g. 0.9")
     return value
 
 
-def _choice(setting: Setting, raw: str, _tp) -> str:
+def _choice(setting: Setting, raw: str, _tp: list[str]) -> str:
     for choice in setting.choices:
         if raw.strip().lower() == choice.lower():
             return choice
@@ -774,20 +777,20 @@ def _tool_parser(setting: Setting, raw: str, tool_parsers: list[str]) -> str:
     return raw
 
 
-def _router_replicas(setting: Setting, raw: str, _tp) -> str:
+def _router_replicas(setting: Setting, raw: str, _tp: list[str]) -> str:
     # normalized text (plans hold plain values); the router parses it again
     return " ".join(r.url + (f"={r.lmcache_http_port}" if r.lmcache_http_port else "")
                     for r in parse_router_replicas(raw))
 
 
-def _duration(setting: Setting, raw: str, _tp) -> float:
+def _duration(setting: Setting, raw: str, _tp: list[str]) -> float:
     value = _number(raw, float, "a number of seconds, e.g. 0.5")
     if not 0 < value <= MAX_SECONDS:
         raise ValueProblem(f"must be a number of seconds in (0, {MAX_SECONDS}], e.g. 0.5")
     return value
 
 
-def _store_user(setting: Setting, raw: str, _tp) -> str:
+def _store_user(setting: Setting, raw: str, _tp: list[str]) -> str:
     text = raw.strip()
     if not re.fullmatch(r"[A-Za-z0-9._@:+=-]{1,256}", text):
         raise ValueProblem("must be a Redis user name: 1-256 letters, digits or ._@:+=- (no spaces)")
