@@ -20,6 +20,8 @@ Runs inside vLLM's processes (scheduler and workers), so it may import vLLM and 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from lmcache.integration.vllm.lmcache_mp_connector import LMCacheMPConnector as _LMCacheMPConnector
 from lmcache.integration.vllm.lmcache_mp_metadata import LMCacheMPRequestState
@@ -46,13 +48,13 @@ class HealthBoundFuture:
     """A lookup-status future (LMCache's MessagingFuture) whose blocking `result` ends with LMCache's timeout error
     once `healthy()` turns false, instead of at the end of its timeout. Everything else is the future's own."""
 
-    def __init__(self, future, healthy):
+    def __init__(self, future: Any, healthy: Callable[[], bool]) -> None:
         self._future, self._healthy = future, healthy
 
     def query(self) -> bool:
         return self._future.query()
 
-    def result(self, timeout: float | None = None):
+    def result(self, timeout: float | None = None) -> Any:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             left = HEALTH_CHECK_S if end is None else min(HEALTH_CHECK_S, max(0.0, end - time.monotonic()))
@@ -63,16 +65,16 @@ class HealthBoundFuture:
             if end is not None and time.monotonic() >= end:
                 raise LMCacheTimeoutError("Future result not available within timeout")
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._future, name)
 
 
-def bound_status_waits(adapter) -> None:
+def bound_status_waits(adapter: Any) -> None:
     """Every lookup-status future of the scheduler adapter's server clients becomes a HealthBoundFuture."""
     for client in adapter.req_clients.values():
         original = client.query_prefetch_status
 
-        def query_prefetch_status(request_id, _original=original):
+        def query_prefetch_status(request_id: Any, _original: Any = original) -> HealthBoundFuture:
             return HealthBoundFuture(_original(request_id), lambda: adapter.is_healthy)
 
         client.query_prefetch_status = query_prefetch_status
@@ -81,7 +83,7 @@ def bound_status_waits(adapter) -> None:
 class LMCacheMPConnector(_LMCacheMPConnector):
     """Same name as LMCache's class: vLLM treats a connector by its name in places."""
 
-    def __init__(self, vllm_config, role, kv_cache_config=None):
+    def __init__(self, vllm_config: Any, role: Any, kv_cache_config: Any = None) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
         transfer = vllm_config.kv_transfer_config
         identity = transfer.get_from_extra_config(IDENTITY_CONFIG_KEY, "")
@@ -95,14 +97,14 @@ class LMCacheMPConnector(_LMCacheMPConnector):
         if adapter is not None:
             bound_status_waits(adapter)
 
-    def _get_or_create_request_tracker(self, request):
+    def _get_or_create_request_tracker(self, request: Any) -> Any:
         tracker = super()._get_or_create_request_tracker(request)
         # Idempotent (derived from the request, not from the tracker), so a tracker seen twice is unchanged.
         tracker.cache_salt = request_salt(self._kv_identity, getattr(request, "lora_request", None),
                                           getattr(request, "cache_salt", None))
         return tracker
 
-    def get_num_new_matched_tokens(self, request, num_computed_tokens: int):
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int | None, bool]:
         if self._skip_useless_lookup:
             tracker = self._get_or_create_request_tracker(request)
             # Only a fresh tracker with no lookup in flight (eager prefetch submits one at queueing; a

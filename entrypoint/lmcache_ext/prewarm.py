@@ -24,8 +24,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 FORMAT = "appliance-prewarm/1"
 POLL_S = 0.5  # how often the layout registry and the running prefetches are checked
@@ -48,11 +50,11 @@ def _gib(n: int) -> str:
 # chunk_hash_hex, size_bytes]. Plain JSON, so that an operator can read it; written to a temporary file
 # and renamed, so that a reader never sees half of one.
 
-def encode_row(key, size: int) -> list:
+def encode_row(key: Any, size: int) -> list:
     return [key.model_name, key.kv_rank, key.object_group_id, key.cache_salt, key.chunk_hash.hex(), int(size)]
 
 
-def decode_rows(data, object_key) -> tuple[list[tuple[object, int]], int]:
+def decode_rows(data: Any, object_key: Any) -> tuple[list[tuple[object, int]], int]:
     """(key, size) pairs from a key file's parsed JSON, and how many rows were skipped. `object_key` is
     LMCache's ObjectKey class (its own checks run: a row it rejects is skipped). Raises ValueError when the
     file is not ours at all."""
@@ -76,7 +78,7 @@ def decode_rows(data, object_key) -> tuple[list[tuple[object, int]], int]:
     return out, skipped
 
 
-def read_key_file(path: Path, object_key) -> tuple[list[tuple[object, int]], str]:
+def read_key_file(path: Path, object_key: Any) -> tuple[list[tuple[object, int]], str]:
     """The recorded keys (most recent first) and a note for the log; never raises."""
     try:
         data = json.loads(path.read_bytes())
@@ -103,7 +105,7 @@ def write_key_file(path: Path, rows: list[tuple[object, int]]) -> None:
     os.replace(tmp, path)
 
 
-def bounded(rows, max_bytes: int) -> list:
+def bounded(rows: Iterable[tuple[Any, int]], max_bytes: int) -> list[tuple[Any, int]]:
     """The longest head of `rows` (most recent first) whose sizes add up to at most max_bytes."""
     out, total = [], 0
     for key, size in rows:
@@ -125,21 +127,21 @@ class HotKeys:
         self._order: OrderedDict[object, int] = OrderedDict()
         self.generation = 0  # bumped on every change: nothing to write while it stands still
 
-    def written(self, keys, metas) -> None:
+    def written(self, keys: Iterable[object], metas: Iterable[Any]) -> None:
         with self._lock:
             for key, meta in reversed(list(zip(keys, metas))):
                 self._order[key] = int(getattr(meta, "size_bytes", 0) or 0)
                 self._order.move_to_end(key)
             self.generation += 1
 
-    def used(self, keys) -> None:
+    def used(self, keys: Iterable[object]) -> None:
         with self._lock:
             for key in reversed(list(keys)):
                 if key in self._order:
                     self._order.move_to_end(key)
             self.generation += 1
 
-    def removed(self, keys) -> None:
+    def removed(self, keys: Iterable[object]) -> None:
         with self._lock:
             for key in keys:
                 self._order.pop(key, None)
@@ -154,7 +156,7 @@ class HotKeys:
 class Prewarm:
     """The EngineModule (context, report_status, close) LMCache composes into its server."""
 
-    def __init__(self, ctx, key_file: str, max_bytes: int, record_interval_s: float) -> None:
+    def __init__(self, ctx: Any, key_file: str, max_bytes: int, record_interval_s: float) -> None:
         # Everything this module uses of LMCache, imported here: an LMCache without it fails the factory
         # (one log line, no module), not a thread later.
         from lmcache.v1.distributed.api import GroupedObjectKeys, ObjectKey
@@ -204,7 +206,7 @@ class Prewarm:
 
     # EngineModule protocol
     @property
-    def context(self):
+    def context(self) -> Any:
         return self._ctx
 
     def report_status(self) -> dict:
@@ -277,7 +279,7 @@ class Prewarm:
                 with self._lock:
                     self._status["state"] = "failed"
 
-    def _submit_ready(self, jobs) -> dict[str, tuple[int, int]]:
+    def _submit_ready(self, jobs: Any) -> dict[str, tuple[int, int]]:
         """Submit the recorded keys of every (model, world size) whose KV layout is now registered: one warm
         prefetch per (object group, kv rank) row, as LMCache's prefetch rows are. Returns {request id:
         (chunks, bytes)}."""
@@ -303,7 +305,7 @@ class Prewarm:
         return out
 
 
-def build_server_modules(build_context):
+def build_server_modules(build_context: Any) -> Prewarm | None:
     """LMCache's factory hook (ExtServerModuleBuildContext -> modules). Any problem: no module, one log line."""
     config = getattr(build_context, "config", None) or {}
     try:

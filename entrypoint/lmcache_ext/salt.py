@@ -19,7 +19,7 @@ import os
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
-def adapter_fingerprint(lora_request) -> str:
+def adapter_fingerprint(lora_request: object) -> str:
     """'' for the base model; else what names the adapter's weights."""
     if lora_request is None:
         return ""
@@ -34,7 +34,7 @@ def adapter_fingerprint(lora_request) -> str:
     return "\0".join([name, path, *files])
 
 
-def request_salt(identity: str, lora_request=None, own_salt: str | None = None) -> str:
+def request_salt(identity: str, lora_request: object = None, own_salt: str | None = None) -> str:
     """`kv-<identity>` for a base-model request without a salt of its own (readable in LMCache's file names),
     else `kv-<identity>-<hash of adapter and own salt>`."""
     base = f"kv-{identity}"
