@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+
+from .asgi import App, Receive, Scope, Send
 
 PATH = "/appliance/kv-identity"
 IDENTITY_ENV = "APPLIANCE_KV_IDENTITY"
 TENANT_ENV = "APPLIANCE_TENANT_SALT"
 
 
-def announcement(environ=None) -> dict:
+def announcement(environ: Mapping[str, str] | None = None) -> dict:
     env = os.environ if environ is None else environ
     return {"kv_identity": env.get(IDENTITY_ENV, ""), "tenant_isolation": env.get(TENANT_ENV) == "1"}
 
 
 class KvIdentityMiddleware:
-    def __init__(self, app):
+    def __init__(self, app: App) -> None:
         self.app = app
         self.body = json.dumps(announcement()).encode()
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") != PATH or scope.get("method") not in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
         await send({"type": "http.response.start", "status": 200,

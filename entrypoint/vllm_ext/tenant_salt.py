@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from .asgi import App, Message, Receive, Scope, Send
+
 # The endpoints whose requests accept vLLM's `cache_salt` and compute KV for a prompt.
 SALTED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages"})
 MAX_BODY = 64 << 20  # a body past this is passed on unread (vLLM's own limits answer it)
@@ -53,10 +55,10 @@ def salted_body(body: bytes, api_key: str) -> bytes | None:
 
 
 class TenantSaltMiddleware:
-    def __init__(self, app):
+    def __init__(self, app: App) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope.get("method") != "POST"
                 or scope.get("path", "").removeprefix(scope.get("root_path", "")) not in SALTED_PATHS):
             return await self.app(scope, receive, send)
@@ -81,7 +83,7 @@ class TenantSaltMiddleware:
             scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
         replayed = False
 
-        async def replay():
+        async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
