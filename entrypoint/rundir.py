@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .common.events import supervisor_rpc
 from .config.plan import Plan
@@ -39,7 +40,7 @@ class RunDir:
     def password(self) -> Path:
         return self.root / "supervisor.password"  # mode 0600, new at every start
 
-    def rpc(self):
+    def rpc(self) -> Any:  # a ServerProxy: Any, as its calls' results are (XML-RPC is untyped)
         """supervisord's XML-RPC interface (the watchdog, on-fatal and the tests use it)."""
         return supervisor_rpc(str(self.socket), self.password.read_text().strip())
 

@@ -18,9 +18,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from ..common import applog
 from ..common.webserver import Limits
+from ..config.plan import Plan
 from ..front.proxy import Config, FrontProxy, serve
 from ..inspectors.healthcheck import api_keys, vllm_base
 from ..rundir import RunDir, read_plan
@@ -32,7 +34,7 @@ STATE_EVERY_S = 1.0
 LIMITS = Limits(max_connections=4096, idle_timeout=75.0, read_timeout=60.0, max_body=256 * 1024 * 1024)
 
 
-def config_of(plan) -> Config:
+def config_of(plan: Plan) -> Config:
     a = plan.appliance
     return Config(upstream=vllm_base(plan), api_keys=api_keys(plan), max_held=int(a.front_max_held),
                   max_hold_s=float(a.front_max_hold), retry_after=int(a.gap_retry_after),
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = read_plan(argv[0])
     run = RunDir(Path(argv[0]).parent)
 
-    def say(message: str, level: str = "info", event: str = "message", **fields) -> None:
+    def say(message: str, level: str = "info", event: str = "message", **fields: Any) -> None:
         applog.emit(NAME, message, level=level, event=event, stream=sys.stdout, text_prefix="", **fields)
 
     stop = threading.Event()

@@ -39,7 +39,9 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -152,7 +154,8 @@ def pid_alive(pid: int) -> bool:
 
 class Gap:
     def __init__(self, host: str, port: int, retry_after: int, off_file: Path | None = None,
-                 say=None, proc_net: str | None = None, state_file: Path | None = None, limits: Limits = LIMITS):
+                 say: Callable[..., None] | None = None, proc_net: str | None = None, state_file: Path | None = None,
+                 limits: Limits = LIMITS) -> None:
         self.host, self.port, self.retry_after = host, port, retry_after
         self.off_file, self.proc_net, self.state_file = off_file, proc_net, state_file
         self.state_written, self.state_shown = 0.0, (False, 0)
@@ -170,7 +173,7 @@ class Gap:
     def why() -> str:
         return "vLLM is not serving (starting, restarting or stopping)"
 
-    def log(self, message: str, level: str = "info", event: str = "message", **fields) -> None:
+    def log(self, message: str, level: str = "info", event: str = "message", **fields: Any) -> None:
         """The server's own lines (a failure of its code; never a request's bytes), through `say`."""
         self.say(message, event=event, level=level, **fields)
 
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = read_plan(argv[0])
     run = RunDir(Path(argv[0]).parent)
 
-    def say(message: str, event: str = "message", level: str = "info", **fields) -> None:
+    def say(message: str, event: str = "message", level: str = "info", **fields: Any) -> None:
         applog.emit(NAME, message, level=level, event=event, stream=sys.stdout, text_prefix="", **fields)
 
     gap = Gap(plan.api_host, plan.api_port, int(plan.appliance.gap_retry_after),

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
@@ -58,7 +59,8 @@ def log(message: str) -> None:
 
 
 # -- environment and argv ------------------------------------------------------------------------------
-def server_environment(plan: Plan, extra: dict[str, str], environ=None) -> dict[str, str]:
+def server_environment(plan: Plan, extra: Mapping[str, str],
+                       environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """os.environ minus what the appliance translated, plus the planned variables. Redacted secrets in the
     plan are taken from the environment, where `serve` put their real values."""
     env = dict(os.environ if environ is None else environ)
@@ -72,7 +74,7 @@ def server_environment(plan: Plan, extra: dict[str, str], environ=None) -> dict[
     return env
 
 
-def vllm_environment(plan: Plan, environ=None) -> dict[str, str]:
+def vllm_environment(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """vLLM's: without the secrets only the LMCache server needs (the shared store's password, which `serve`
     put in the environment supervisord passes to every program)."""
     env = server_environment(plan, plan.vllm.env, environ)
@@ -82,7 +84,7 @@ def vllm_environment(plan: Plan, environ=None) -> dict[str, str]:
     return env
 
 
-def lmcache_environment(plan: Plan, environ=None) -> dict[str, str]:
+def lmcache_environment(plan: Plan, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The LMCache server's: as vLLM's, without the secrets only vLLM needs (its API key, the HF token)."""
     env = server_environment(plan, plan.lmcache.env, environ)
     for name in (*SECRET_NAMES, *FILE_SECRETS.values()):
@@ -91,7 +93,7 @@ def lmcache_environment(plan: Plan, environ=None) -> dict[str, str]:
     return env
 
 
-def server_argv(name: str, argv: list[str], environ=None) -> list[str]:
+def server_argv(name: str, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
     secrets = json.loads((os.environ if environ is None else environ).get(SECRET_ARGV_VAR) or "{}").get(name, {})
     return [secrets.get(str(i), arg) for i, arg in enumerate(argv)]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 
 from ..common import applog
 from ..common.events import Listener, log_bytes, prefix, split_payload
@@ -21,7 +22,7 @@ from .launch import SECRET_ARGV_VAR
 MAX_PARTIAL = 65536  # a "line" longer than this without a newline is printed as it is
 
 
-def secret_bytes(environ=None) -> list[bytes]:
+def secret_bytes(environ: Mapping[str, str] | None = None) -> list[bytes]:
     """What to mask, longest first (a key that contains another is hidden whole)."""
     environ = os.environ if environ is None else environ
     try:

@@ -19,16 +19,19 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..common import applog, state
-from ..common.webserver import Limits, Refused, Server, read_body, run_until_signalled
+from ..common.webserver import Handler, Limits, Refused, Server, read_body, run_until_signalled
 from ..config.plan import Plan
 from ..inspectors import snapshot
 from ..rundir import RunDir, read_plan
@@ -45,13 +48,13 @@ class ApplianceCollector:
     def __init__(self, plan: Plan, run: RunDir, versions: dict[str, str]):
         self.plan, self.run, self.versions = plan, run, versions
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         snap = snapshot.take(self.plan, self.run)
         yield from self.appliance_families(snap)
         if snap.lmcache_metrics_text:
             yield from lmcache_families(snap.lmcache_metrics_text)
 
-    def appliance_families(self, snap: snapshot.Snapshot):
+    def appliance_families(self, snap: snapshot.Snapshot) -> Iterator[Metric]:
         p = self.plan
         info = InfoMetricFamily("appliance", "The appliance: versions, model and KV offloading mode.")
         info.add_metric([], {"vllm_version": self.versions.get("vllm", ""),
@@ -139,7 +142,7 @@ def state_file(run: RunDir, name: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def front_families(state: dict):
+def front_families(state: Mapping[str, object]) -> Iterator[Metric]:
     """The front proxy's counters (front.py writes them about every second)."""
     def number(key: str) -> float:
         value = state.get(key, 0)
@@ -160,7 +163,7 @@ def front_families(state: dict):
         yield CounterMetricFamily(name, text, value=number(key))
 
 
-def lmcache_families(text: str):
+def lmcache_families(text: str) -> Iterator[Metric]:
     """The LMCache server's families, passed on as they are (a malformed tail is dropped, not guessed)."""
     try:
         yield from text_string_to_metric_families(text)
@@ -184,7 +187,7 @@ def versions() -> dict[str, str]:
 LIMITS = Limits(max_connections=64, idle_timeout=15.0, read_timeout=10.0, max_body=64 * 1024)
 
 
-def make_handler(registry: CollectorRegistry):
+def make_handler(registry: CollectorRegistry) -> Handler:
     """GET (or HEAD) /metrics: prometheus_client's exposition of `registry`, in the format the scraper accepts
     (Prometheus text or OpenMetrics). The collectors do blocking I/O (the LMCache server's exporter, supervisord):
     in a thread, so that the server keeps answering meanwhile."""
@@ -200,7 +203,7 @@ def make_handler(registry: CollectorRegistry):
     return handle
 
 
-def log(message: str, level: str = "info", event: str = "message", **fields) -> None:
+def log(message: str, level: str = "info", event: str = "message", **fields: Any) -> None:
     applog.emit(NAME, message, level=level, event=event, stream=sys.stdout, text_prefix="", **fields)
 
 

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 USAGE = ("usage: reuse_port.py PORT [--preload MODULE] [--gpu-wait SHARE,TP,SECONDS[,HELD_FILE]] -- "
          "SCRIPT [ARGS...] | -m MODULE [ARGS...]")
@@ -100,7 +101,7 @@ def patch_bind(port: int) -> None:
     """socket.socket.bind sets SO_REUSEPORT first where the address is a TCP address with `port`."""
     original = socket.socket.bind
 
-    def bind(self, address):
+    def bind(self: socket.socket, address: Any) -> None:
         if (self.family in (socket.AF_INET, socket.AF_INET6) and self.type == socket.SOCK_STREAM
                 and isinstance(address, tuple) and len(address) >= 2 and address[1] == port):
             self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -33,6 +33,7 @@ import time
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 from supervisor.xmlrpc import Faults
@@ -76,7 +77,7 @@ class Target:
 
 
 class Watchdog:
-    def __init__(self, plan: Plan, rpc, record: state.Recorder | None = None):
+    def __init__(self, plan: Plan, rpc: Any, record: state.Recorder | None = None) -> None:
         a = plan.appliance
         self.record = record or state.Recorder(RunDir.of(plan).state)
         self.grace = float(a.startup_timeout)
@@ -146,7 +147,7 @@ class Watchdog:
                 self.refresh(t)
 
     # -- probes ---------------------------------------------------------------------------------------------
-    def _get(self, url: str, **kw) -> requests.Response:
+    def _get(self, url: str, **kw: Any) -> requests.Response:
         return self.http.get(url, timeout=self.timeout, **kw)
 
     def _failure(self, url: str, e: requests.RequestException) -> str:
