@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..common.webserver import Limits, Refused, Server, end_to_end, read_body, target
+from ..common.webserver import Limits, Log, Refused, Server, end_to_end, read_body, target
 from .routing import PLACED_PATHS, NoReplica
+
+if TYPE_CHECKING:  # router.py imports this module
+    from .router import Replica, Router
 
 CONNECT_TIMEOUT = 5.0
 PLACEMENT_THREADS = 32  # placements at once (each up to two lookups of APPLIANCE_ROUTER_LOOKUP_TIMEOUT)
@@ -54,7 +58,7 @@ def forward_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
 class Proxy:
     """The request handler of the router's server (one per router)."""
 
-    def __init__(self, router):
+    def __init__(self, router: Router) -> None:
         self.router = router
         self.placement = ThreadPoolExecutor(PLACEMENT_THREADS, thread_name_prefix="router-placement")
         self.session: aiohttp.ClientSession | None = None
@@ -120,7 +124,8 @@ class Proxy:
                 router.done(replica)
         raise Refused(502, "the replicas did not answer")
 
-    async def send(self, replica, method: str, path: str, body: bytes, headers: list) -> aiohttp.ClientResponse:
+    async def send(self, replica: Replica, method: str, path: str, body: bytes, headers: list
+                   ) -> aiohttp.ClientResponse:
         """The replica's response, its head read; UpstreamError when it fails before that (nothing has gone back to
         the client yet)."""
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT,
@@ -168,7 +173,7 @@ class Proxy:
         self.placement.shutdown(wait=False, cancel_futures=True)
 
 
-def make(router, limits: Limits, host: str, port: int, log) -> Server:
+def make(router: Router, limits: Limits, host: str, port: int, log: Log) -> Server:
     """The router's server, listening (OSError: the port is taken); `serve_forever` or `start_thread` runs it."""
     proxy = Proxy(router)
     server = Server(proxy, host, port, limits, log, error_type=ERROR_TYPE, on_stop=proxy.close)

@@ -27,15 +27,17 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ..common import applog
-from ..common.webserver import Limits, Server
+from ..common.webserver import Limits, Log, Server
 from ..config.settings import (
     BY_NAME,
     HTTPURL,
@@ -127,7 +129,8 @@ def _connection(scheme: str, host: str, port: int, timeout: float) -> http.clien
     return cls(host, port, timeout=timeout)
 
 
-def call_json(base: str, path: str, payload=None, headers: dict | None = None, timeout: float = 5.0):
+def call_json(base: str, path: str, payload: Any = None, headers: dict | None = None, timeout: float = 5.0
+              ) -> tuple[int, Any]:
     """(status, decoded JSON or None) of GET (payload None) or POST base+path. Unreachable on network errors."""
     u = urlsplit(base)
     conn = _connection(u.scheme, u.hostname or "", u.port or (443 if u.scheme == "https" else 80), timeout)
@@ -167,7 +170,7 @@ class Replica:
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.fallbacks: dict[str, int] = {}
         self.routing_errors = 0
@@ -196,7 +199,7 @@ class Metrics:
 class Router:
     """Replicas, their health, the instance -> replica map, and the placement of one request."""
 
-    def __init__(self, config: RouterConfig, log=None):
+    def __init__(self, config: RouterConfig, log: Log | None = None) -> None:
         self.config = config
         self.coordinator = config.coordinator.url
         self.discover = not config.replicas
@@ -475,7 +478,7 @@ class _Families:
     def __init__(self, router: Router, refused: dict[int, int]):
         self.router, self.refused = router, refused
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         r, m = self.router, self.router.metrics
         with r.lock:
             rows = [(x.url, {attr: float(getattr(x, attr)) for *_, attr in PER_REPLICA}) for x in r.replicas]

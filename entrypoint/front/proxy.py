@@ -22,13 +22,14 @@ import asyncio
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from ..common.webserver import Limits, Refused, Server, end_to_end, error_response, read_body, target
+from ..common.webserver import Limits, Log, Refused, Server, end_to_end, error_response, read_body, target
 from .continuation import CHAT, COMPLETIONS, Stream, parse_event, unresumable, upstream_body
 
 ERROR_TYPE = "front_proxy_error"
@@ -73,7 +74,7 @@ class VllmDown(Exception):
 
 
 class FrontProxy:
-    def __init__(self, config: Config, log=None):
+    def __init__(self, config: Config, log: Log | None = None) -> None:
         self.config = config
         self.log = log or (lambda message, **kw: None)
         self.counters = Counters()
@@ -208,7 +209,8 @@ class FrontProxy:
         resp.headers[HEADER] = "1"
         return resp
 
-    async def forward(self, request: web.BaseRequest, body: bytes, headers, arrived: float) -> web.StreamResponse:
+    async def forward(self, request: web.BaseRequest, body: bytes, headers: list[tuple[str, str]], arrived: float
+                      ) -> web.StreamResponse:
         """A request whose answer is read whole before it is passed on: sent again if vLLM dies first. An answer
         that is itself a stream (a stream the proxy does not continue) is passed on as it comes."""
         assert self.session is not None
@@ -244,8 +246,8 @@ class FrontProxy:
         await out.write_eof()
         return out
 
-    async def stream(self, request: web.BaseRequest, path: str, body: dict, headers, arrived: float
-                     ) -> web.StreamResponse:
+    async def stream(self, request: web.BaseRequest, path: str, body: dict, headers: list[tuple[str, str]],
+                     arrived: float) -> web.StreamResponse:
         """A completion or chat stream, continued on the restarted vLLM if vLLM dies during it."""
         assert self.session is not None
         why = unresumable(path, body, self.config.reasoning_parser)
@@ -272,11 +274,11 @@ class FrontProxy:
                     if out is None:
                         out = web.StreamResponse(status=200, headers=_answer_headers(up))
                         await out.prepare(request)
-                    async for data in _events(up.content):
-                        event = parse_event(data)
+                    async for text in _events(up.content):
+                        event = parse_event(text)
                         if event is None:
-                            await out.write(b"data: " + data.encode() + b"\n\n")
-                            if data.strip() == "[DONE]":
+                            await out.write(b"data: " + text.encode() + b"\n\n")
+                            if text.strip() == "[DONE]":
                                 await out.write_eof()
                                 return out
                             continue
@@ -323,7 +325,7 @@ async def _write_event(out: web.StreamResponse, event: Any) -> None:
     await out.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
 
 
-async def _events(content: aiohttp.StreamReader):
+async def _events(content: aiohttp.StreamReader) -> AsyncIterator[str]:
     """The `data:` payloads of a server-sent event stream, one per event (an event over MAX_EVENT bytes ends the
     stream as if vLLM had gone away: nothing vLLM sends is that large)."""
     buffer = b""
@@ -341,7 +343,7 @@ async def _events(content: aiohttp.StreamReader):
             raise aiohttp.ClientPayloadError("event too large")
 
 
-def serve(host: str, port: int, config: Config, log=None) -> tuple[Server, FrontProxy]:
+def serve(host: str, port: int, config: Config, log: Log | None = None) -> tuple[Server, FrontProxy]:
     """A running proxy on host:port (its loop in a thread of its own); stop it with `server.shutdown(drain_s)`
     after setting `proxy.stopping`."""
     proxy = FrontProxy(config, log)
