@@ -22,7 +22,9 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 # A library the module links that a CPU-only torch does not bring (libcudart, libc10_cuda, ...).
 _CUDA_LIBRARY = re.compile(r"lib(cudart|cuda|c10_cuda|torch_cuda|nccl|cublas|cufile)[\w.]*\.so")
@@ -43,7 +45,7 @@ def compiled_modules() -> list[Path]:
     return found
 
 
-def check(cpu_only: bool = False, out=sys.stdout) -> int:
+def check(cpu_only: bool = False, out: TextIO = sys.stdout) -> int:
     """Load every compiled LMCache module with RTLD_NOW; return how many loaded, raise OpsMismatch."""
     modules = compiled_modules()
     import torch  # loads libc10/libtorch (and, for a CUDA torch, its CUDA libraries) process-wide
@@ -73,7 +75,7 @@ def check(cpu_only: bool = False, out=sys.stdout) -> int:
     return loaded
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cpu-only", action="store_true",
                    help="skip modules that need CUDA when torch is a CPU build; the image build never passes it")

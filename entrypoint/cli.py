@@ -21,6 +21,7 @@ import json
 import os
 import shlex
 import sys
+from typing import TextIO
 
 from .config.load import make_plan
 from .config.plan import Plan
@@ -94,13 +95,13 @@ def _shell(argv: list[str], indent: str) -> str:
     return indent + (" \\\n" + indent + "  ").join(" ".join(line) for line in lines)
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     if isinstance(value, dict):  # LMCACHE_LOCAL_DISK
         return (value.get("path") or "true (image volume)") if value.get("enabled") else "false"
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def report_problems(plan: Plan, stream=None) -> None:
+def report_problems(plan: Plan, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     for msg in plan.errors:
         print(f"error: {plan.mask(msg)}", file=stream)

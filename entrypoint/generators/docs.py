@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import models, plan
@@ -86,7 +87,7 @@ def _groups() -> list[str]:
     return seen
 
 
-def _cell(text) -> str:
+def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -156,7 +157,7 @@ def outputs() -> dict[Path, str]:
     return files
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--check", action="store_true", help="fail if the checked-in files differ")
     args = p.parse_args(argv)

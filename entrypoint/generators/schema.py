@@ -16,7 +16,9 @@ import importlib.metadata
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "config" / "schema"
 
@@ -32,7 +34,7 @@ def _force_cpu_platform() -> None:
         platforms.current_platform = CpuPlatform()
 
 
-def vllm_serve_parser():
+def vllm_serve_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The real `vllm serve` argument parser (shared with the contract tests)."""
     _force_cpu_platform()
     from vllm.entrypoints.cli.serve import ServeSubcommand
@@ -46,7 +48,7 @@ def vllm_serve_parser():
     return parser, serve
 
 
-def _inner_type(t):
+def _inner_type(t: Any) -> tuple[Any, bool]:
     # vLLM wraps many types as optional_type(inner): look through the closure.
     if t is not None and getattr(t, "__name__", "") == "_optional_type" and t.__closure__:
         for cell in t.__closure__:
@@ -55,7 +57,7 @@ def _inner_type(t):
     return t, False
 
 
-def _kind(action) -> str:
+def _kind(action: argparse.Action) -> str:
     name = type(action).__name__
     if name == "BooleanOptionalAction":
         return "bool"
@@ -77,7 +79,7 @@ def _kind(action) -> str:
     }.get(tname, "str")
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> object:
     try:
         json.dumps(value)
         return value
@@ -167,7 +169,7 @@ def connector_extra_config_keys(package_dir: Path) -> dict[str, object]:
     return dict(sorted(keys.items()))
 
 
-def _literal(text: str):
+def _literal(text: str) -> Any:
     try:
         return ast.literal_eval(text.strip())
     except (ValueError, SyntaxError):
@@ -215,7 +217,7 @@ def stub_lmcache_compiled_ops() -> None:
         sys.modules["lmcache.c_ops"] = mock.MagicMock(name="lmcache.c_ops")
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=SCHEMA_DIR)
     p.add_argument("--cpu-only", action="store_true",

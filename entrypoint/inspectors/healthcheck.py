@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import requests
 
@@ -100,7 +100,7 @@ def problems(plan: Plan, timeout: float, headers: dict[str, str]) -> list[str]:
     if not plan.vllm.argv:  # the kv-server role: only the LMCache server
         return lmcache_problems(plan, timeout)
 
-    def get(url: str, **kw) -> requests.Response | None:
+    def get(url: str, **kw: Any) -> requests.Response | None:
         try:
             return requests.get(url, timeout=timeout, **kw)
         except requests.RequestException as e:

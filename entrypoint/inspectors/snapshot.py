@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -65,7 +66,7 @@ def l1_usage(status: dict) -> tuple[int, int] | None:
     used = total = 0
     found = False
 
-    def walk(node):
+    def walk(node: object) -> None:
         nonlocal used, total, found
         if isinstance(node, dict):
             if "memory_used_bytes" in node:
@@ -121,7 +122,7 @@ def take(plan: Plan, run: RunDir) -> Snapshot:
     snap = Snapshot(taken_at=time.time(), record=state.load(run.state))
     http = requests.Session()
 
-    def get(url: str | None, headers=None):
+    def get(url: str | None, headers: Mapping[str, str] | None = None) -> requests.Response | None:
         if not url:
             return None
         try:

@@ -24,6 +24,7 @@ import stat
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 
 from ..common import applog, state
 from ..config.plan import Plan
@@ -143,7 +144,7 @@ def run_supervisord(run: RunDir) -> int:
     _become_subreaper()
     pid = os.posix_spawn(sys.executable, argv, os.environ, setpgroup=0)
 
-    def forward(signum, _frame):
+    def forward(signum: int, _frame: FrameType | None) -> None:
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
