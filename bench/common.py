@@ -30,6 +30,8 @@ import urllib.request
 import xmlrpc.client
 from pathlib import Path
 
+from entrypoint.common.procs import pid_alive  # noqa: F401 - the tools call it as c.pid_alive
+
 # Token ids of the exact-length prompts: inside the 32000-entry vocabulary of the GPU bundle's byte-level
 # BPE, away from the special tokens at the bottom (bos=0, eos=1).
 TOKEN_LOW, TOKEN_HIGH = 10, 31000
@@ -367,18 +369,14 @@ def wait_ready(base: str, model: str | None = None, timeout: float = 600.0, inte
         time.sleep(interval)
 
 
-def pid_alive(pid: int) -> bool:
-    """The process exists and is not a zombie (a child its parent has not reaped yet counts as gone)."""
+def dispatch(parser: argparse.ArgumentParser, commands: dict, argv: list[str] | None = None) -> int:
+    """A tool's main: its subcommand (`commands[name](args)`); a BenchError is one line and exit 2."""
+    a = parser.parse_args(argv)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+        return commands[a.cmd](a)
+    except BenchError as e:
+        log(f"ERROR: {e}")
+        return 2
 
 
 # --- supervisord -----------------------------------------------------------------------------------------

@@ -238,13 +238,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    a = parser().parse_args(argv)
-    try:
-        return {"disk-fill": cmd_disk_fill, "kill-lmcache": cmd_kill_lmcache, "sigterm-inflight": cmd_sigterm_inflight,
-                "report": cmd_report}[a.cmd](a)
-    except c.BenchError as e:
-        c.log(f"ERROR: {e}")
-        return 2
+    return c.dispatch(parser(), {"disk-fill": cmd_disk_fill, "kill-lmcache": cmd_kill_lmcache,
+                                 "sigterm-inflight": cmd_sigterm_inflight, "report": cmd_report}, argv)
 
 
 if __name__ == "__main__":

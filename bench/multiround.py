@@ -378,12 +378,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    a = parser().parse_args(argv)
-    try:
-        return {"run": cmd_run, "report": cmd_report}[a.cmd](a)
-    except c.BenchError as e:
-        c.log(f"ERROR: {e}")
-        return 2
+    return c.dispatch(parser(), {"run": cmd_run, "report": cmd_report}, argv)
 
 
 if __name__ == "__main__":

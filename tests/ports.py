@@ -23,6 +23,8 @@ import os
 import socket
 from pathlib import Path
 
+from entrypoint.common.procs import pid_alive  # a lease of a process that is gone is free
+
 LOW, HIGH = 20000, 32000  # [LOW, HIGH): below the ephemeral range, above the usual well-known servers
 SLOT = 1000               # ports per slot: 12 slots
 LEASES = Path(os.environ.get("APPLIANCE_TEST_PORT_LEASES", "/tmp/appliance-test-ports"))
@@ -37,16 +39,6 @@ def _slot_start() -> int:
     return LOW + (index % ((HIGH - LOW) // SLOT)) * SLOT
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _lease(port: int) -> bool:
     """Lease `port` to this process unless another live process holds it."""
     LEASES.mkdir(mode=0o777, parents=True, exist_ok=True)
@@ -54,7 +46,7 @@ def _lease(port: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         owner = os.read(fd, 32).decode(errors="replace").strip()
-        if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
+        if owner.isdigit() and int(owner) != os.getpid() and pid_alive(int(owner)):
             return False
         os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)

@@ -12,7 +12,6 @@ the run directory about every second, for the metrics program (appliance_front_*
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..common import applog
+from ..common import applog, state
 from ..common.webserver import Limits
 from ..config.plan import Plan
 from ..front.proxy import Config, FrontProxy, serve
@@ -50,10 +49,8 @@ def state_of(proxy: FrontProxy) -> dict:
 
 
 def write_state(path: Path, proxy: FrontProxy) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(state_of(proxy)) + "\n")
-        tmp.replace(path)
+        state.save(path, state_of(proxy))  # atomically: the metrics program never reads half of it
     except OSError:
         pass  # a full run directory must not stop the proxy
 

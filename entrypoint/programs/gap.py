@@ -31,7 +31,6 @@ first). Connections accepted before a release are answered after it too. The mai
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import socket
@@ -45,7 +44,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..common import applog
+from ..common import applog, state
+from ..common.procs import pid_alive
 from ..common.webserver import BACKLOG, Limits, Server, error_response
 from ..rundir import RunDir, read_plan
 
@@ -139,19 +139,6 @@ def proc_listeners(port: int, proc_net: str = "/proc/net") -> set[int]:
     return found
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 class Gap:
     def __init__(self, host: str, port: int, retry_after: int, off_file: Path | None = None,
                  say: Callable[..., None] | None = None, proc_net: str | None = None, state_file: Path | None = None,
@@ -239,10 +226,8 @@ class Gap:
                                                       or now - self.state_written < STATE_EVERY_S)):
             return
         self.state_written, self.state_shown = now, shown
-        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
         try:
-            tmp.write_text(json.dumps({"holding": shown[0], "answered": shown[1], "since": time.time()}) + "\n")
-            tmp.replace(self.state_file)
+            state.save(self.state_file, {"holding": shown[0], "answered": shown[1], "since": time.time()})
         except OSError:
             pass  # a full run directory must not stop the answers
 

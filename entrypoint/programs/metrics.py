@@ -112,7 +112,7 @@ class ApplianceCollector:
             yield GaugeMetricFamily("appliance_lmcache_server_up", "1 when the LMCache server this replica uses "
                                     "(LMCACHE_SERVER) answered the watchdog's last health check.",
                                     value=1.0 if server.get("up") else 0.0)
-        gap = gap_state(self.run)
+        gap = state_file(self.run, GAP_STATE)
         if p.appliance.gap_answer and gap is not None:
             yield GaugeMetricFamily("appliance_gap_holding", "1 while the gap program answers vLLM's port with 503 "
                                     "(vLLM does not listen: starting, restarting, stopping).",
@@ -126,11 +126,6 @@ class ApplianceCollector:
         if snap.lmcache_up is not None:
             yield GaugeMetricFamily("appliance_lmcache_metrics_up", "1 when the LMCache server's metrics were read "
                                     "at this scrape.", value=1.0 if snap.lmcache_metrics_text else 0.0)
-
-
-def gap_state(run: RunDir) -> dict | None:
-    """The gap program's gap.json (gap.py), or None before it wrote one."""
-    return state_file(run, GAP_STATE)
 
 
 def state_file(run: RunDir, name: str) -> dict | None:
