@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -169,3 +170,22 @@ def test_a_stream_that_cannot_be_continued_ends_with_an_error_event(stack):
     crash.join()
     assert "seed" in events[-1]["error"]["message"] and proxy.counters.resumed == 0
     assert 0 < len(text(events, COMPLETIONS)) < 40
+
+
+def test_idle_and_slow_clients_do_not_stop_it_from_serving(stack):
+    """300 connections that never send a whole request (idle, or a body that never ends): a normal request is
+    answered meanwhile (the connection limit itself is webserver.py's, tested with the router and the gap)."""
+    base, _, _ = stack
+    port = int(base.rsplit(":", 1)[1])
+    idle = []
+    for i in range(300):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if i % 2:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # slow body
+        idle.append(s)
+    try:
+        r = post(base, COMPLETIONS, {"model": MODEL, "prompt": "still there", "max_tokens": 1})
+        assert r.status_code == 200
+    finally:
+        for s in idle:
+            s.close()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,6 +19,8 @@ from entrypoint.render.supervisord_conf import render, stop_wait_seconds
 from entrypoint.rundir import RunDir
 
 from test_resilience_settings import config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name,value,message", [
@@ -108,3 +114,23 @@ def test_its_counters_become_metrics(tmp_path):
     # a corrupt state file is no metric, not a failure
     (tmp_path / front.FRONT_STATE).write_text("{not json")
     assert metrics.state_file(RunDir(tmp_path), front.FRONT_STATE) is None
+
+
+FRONT_SETTINGS = ["APPLIANCE_FRONT_PROXY", "APPLIANCE_FRONT_VLLM_PORT", "APPLIANCE_FRONT_MAX_HELD",
+                  "APPLIANCE_FRONT_MAX_HOLD", "APPLIANCE_FRONT_MAX_RESENDS"]
+SECRET = "sk-front-planted-91827"
+
+
+@pytest.mark.parametrize("name", FRONT_SETTINGS)
+@pytest.mark.parametrize("value", ["", "-", "--port=1", "'5'", '"true"', "5 --api-key x", "\udcff\udcfe",
+                                   SECRET, f"http://u:{SECRET}@h"])
+def test_hostile_values_give_a_plan_or_exit_2_never_a_traceback_or_the_secret(name, value, tmp_path):
+    env_file = tmp_path / ".env"  # non-UTF-8 bytes reach the entrypoint through an env file
+    env_file.write_bytes(f"{name}={value}\n".encode("utf-8", "surrogateescape"))
+    base = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "VLLM_API_KEY": SECRET}
+    out = subprocess.run([sys.executable, "-m", "entrypoint", "config", "--env-file", str(env_file)], cwd=ROOT,
+                         env=base, capture_output=True, text=True, timeout=60)
+    assert out.returncode in (0, 2), out.stderr
+    assert "Traceback" not in out.stderr and SECRET not in out.stdout + out.stderr
+    if out.returncode == 2:
+        assert "error: " in out.stderr
